@@ -1,0 +1,53 @@
+//! Command-line settings shared by the subcommands that run reconcilers.
+
+use anyhow::Context as _;
+use clap::Args;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::controller;
+use crate::session::objects::SessionSettings;
+
+/// Reconciler settings shared by `controller` and `dev`.
+#[derive(Args, Clone, Debug)]
+pub struct ControllerSettings {
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Sessions reconciled concurrently.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Domain of session URLs and Ingress hosts.
+    #[arg(long, env = "INGRESS_DOMAIN", default_value = "streamspace.local")]
+    ingress_domain: String,
+    /// Ingress class of session Ingresses.
+    #[arg(long, env = "INGRESS_CLASS", default_value = "traefik")]
+    ingress_class: String,
+    /// Do not create Ingresses.
+    #[arg(long, env = "DISABLE_INGRESS")]
+    no_ingress: bool,
+    /// Size of a new user home volume claim.
+    #[arg(long, env = "HOME_SIZE", default_value = "50Gi")]
+    home_size: String,
+    /// Storage class of new home claims (default: the cluster default class).
+    #[arg(long, env = "HOME_STORAGE_CLASS")]
+    home_storage_class: Option<String>,
+}
+
+impl ControllerSettings {
+    pub fn to_config(&self) -> anyhow::Result<controller::Config> {
+        crate::quantity::parse(&self.home_size)
+            .with_context(|| format!("--home-size {:?}", self.home_size))?;
+        anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        Ok(controller::Config {
+            namespace: self.watch_namespace.clone(),
+            concurrency: self.concurrency,
+            session: SessionSettings {
+                ingress_domain: self.ingress_domain.clone(),
+                ingress_class: (!self.no_ingress).then(|| self.ingress_class.clone()),
+                home_size: Quantity(self.home_size.clone()),
+                home_storage_class: self.home_storage_class.clone(),
+            },
+        })
+    }
+}
+

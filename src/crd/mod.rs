@@ -1,0 +1,75 @@
+//! Custom resource types of group `stream.space`, version `v1alpha1`.
+
+pub mod common;
+pub mod install;
+pub mod session;
+pub mod template;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use common::{Condition, ResourceSpec};
+pub use session::{Session, SessionPhase, SessionSpec, SessionState, SessionStatus};
+pub use template::{Template, TemplateSpec, TemplateStatus};
+
+/// API group of every kind this project defines.
+pub const GROUP: &str = "stream.space";
+
+/// Every CRD this binary serves, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![Session::crd(), Template::crd()]
+}
+
+/// All CRDs as one multi-document YAML stream, as `crds` prints it and the chart ships it.
+pub fn to_yaml(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::new();
+    for crd in crds {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// The chart ships one file per CRD; regenerate with `UPDATE_CRDS=1 cargo test --lib crd`.
+    #[test]
+    fn chart_crds_match_the_types() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/streamspace-controller/crds");
+        for crd in all() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let path = dir.join(format!("{name}.yaml"));
+            let generated = to_yaml(std::slice::from_ref(&crd)).expect("CRD serialises");
+            if std::env::var_os("UPDATE_CRDS").is_some() {
+                std::fs::create_dir_all(&dir).expect("create chart dir");
+                std::fs::write(&path, &generated).expect("write CRD");
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{} differs from the generated CRD; run `UPDATE_CRDS=1 cargo test --lib crd` and commit",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn crds_have_the_compatible_names() {
+        let session = Session::crd();
+        assert_eq!(session.spec.group, "stream.space");
+        assert_eq!(session.spec.names.short_names, Some(vec!["ss".to_string()]));
+        let template = Template::crd();
+        assert_eq!(template.spec.names.short_names, Some(vec!["tpl".to_string()]));
+        let columns: Vec<String> = session.spec.versions[0]
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(columns, ["User", "Template", "State", "Phase", "URL", "Age"]);
+    }
+}

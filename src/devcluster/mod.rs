@@ -1,0 +1,42 @@
+//! A local Kubernetes cluster for integration tests and the `dev` subcommand.
+//!
+//! [`ControlPlane`] starts real `etcd`, `kube-apiserver` and `kube-controller-manager`
+//! processes (Kubernetes 1.20) on loopback with freshly generated certificates and an admin
+//! bearer token. There is no scheduler and no kubelet; [`NodeSimulator`] registers fake nodes,
+//! binds pending pods to them and reports them running, so Deployments become available and
+//! garbage collection completes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), streamspace_controller::devcluster::Error> {
+//! use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig};
+//!
+//! let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
+//! let client = plane.client().await?;
+//! let simulator = NodeSimulator::spawn(client.clone(), SimulatorConfig::default());
+//! // ... use `client` or `plane.kubeconfig_path()` ...
+//! simulator.stop().await;
+//! plane.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The binaries come from `scripts/control-plane-binaries.sh` (embedded; a cold build takes
+//! several minutes, later calls are instant) unless `STREAMSPACE_CP_BIN_DIR` names a directory
+//! that already holds them. Linux only: child processes are tied to this process with
+//! `PR_SET_PDEATHSIG`.
+
+mod binaries;
+mod certs;
+mod control_plane;
+mod data_dir;
+mod error;
+mod kubeconfig;
+mod process;
+pub mod simulator;
+
+pub use binaries::{BIN_DIR_ENV, REQUIRED_BINARIES, resolve_bin_dir};
+pub use control_plane::{
+    ControlPlane, ControlPlaneOptions, SERVICE_ACCOUNT_ISSUER, SERVICE_CLUSTER_IP_RANGE,
+};
+pub use error::Error;
+pub use simulator::{NodeSimulator, SimulatorConfig};

@@ -1,0 +1,17 @@
+//! streamspace-controller: reconciles StreamSpace `Session` and `Template` objects.
+//!
+//! Layout follows the design: pure decisions (`session::state`, `template::validate`,
+//! `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
+//! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod dev;
+pub mod devcluster;
+pub mod http;
+pub mod metrics;
+pub mod quantity;
+pub mod session;
+pub mod telemetry;
+pub mod template;

@@ -1,0 +1,41 @@
+//! Session lifecycle: the objects a Session owns, the pure state machine that decides what
+//! they should be, and the reconciler that applies that decision.
+
+pub mod names;
+pub mod objects;
+pub mod reconciler;
+pub mod state;
+
+/// Errors of the session reconciler; each has a fixed label for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed while {action}: {source}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("session has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { source, .. } if is_conflict(source) => "conflict",
+            Error::Api { .. } => "api",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+
+    /// Conflicts resolve themselves on the next attempt with fresh data: retry quickly.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if is_conflict(source))
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

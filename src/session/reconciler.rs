@@ -1,0 +1,280 @@
+//! The I/O shell around [`state::decide`]: read the session's world from watch caches, apply the
+//! decision with server-side apply under our own field manager, and write status only when it
+//! changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::names;
+use super::objects::SessionContext;
+use super::state::{self, DeploymentChange, Observed};
+use super::{Error, Result};
+use crate::controller::{Context, FIELD_MANAGER};
+use crate::crd::{Session, SessionPhase, Template};
+
+pub const CONTROLLER: &str = "session";
+
+/// Watch caches the session reconciler reads instead of the API server.
+#[derive(Clone)]
+pub struct SessionStores {
+    pub templates: Store<Template>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub ingresses: Store<Ingress>,
+    pub pods: Store<Pod>,
+    pub claims: Store<PersistentVolumeClaim>,
+}
+
+pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    let namespace = session.namespace().ok_or(Error::NoNamespace)?;
+    let name = session.name_any();
+    if session.meta().deletion_timestamp.is_some() {
+        // Owned objects go with garbage collection; the home claim stays by design.
+        return Ok(Action::await_change());
+    }
+    let stores = &ctx.session_stores;
+    let child = names::child_name(&name);
+    let template = stores
+        .templates
+        .get(&ObjectRef::new(&session.spec.template).within(&namespace));
+    let deployment = stores.deployments.get(&ObjectRef::new(&child).within(&namespace));
+    let service = stores.services.get(&ObjectRef::new(&child).within(&namespace));
+    let ingress = stores.ingresses.get(&ObjectRef::new(&child).within(&namespace));
+    let claim = stores.claims.get(
+        &ObjectRef::new(&names::home_claim_name(&session.spec.user)).within(&namespace),
+    );
+    let session_label = names::label_value(&name);
+    let pods: Vec<Arc<Pod>> = stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|pod| {
+            pod.namespace().as_deref() == Some(namespace.as_str())
+                && pod.labels().get("session") == Some(&session_label)
+        })
+        .collect();
+
+    let Some(owner) = session.controller_owner_ref(&()) else {
+        return Err(Error::NoNamespace);
+    };
+    let sctx = SessionContext {
+        name: &name,
+        namespace: &namespace,
+        spec: &session.spec,
+        owner,
+        settings: &ctx.config.session,
+    };
+    let observed = Observed {
+        template: template.as_deref().map(|t| &t.spec),
+        deployment: deployment.as_deref(),
+        service: service.as_deref(),
+        ingress: ingress.as_deref(),
+        home_claim: claim.as_deref(),
+        pods: pods.iter().map(Arc::as_ref).collect(),
+    };
+    let decision = state::decide(&sctx, &observed);
+
+    let writer = Writer {
+        ctx: &ctx,
+        namespace: &namespace,
+    };
+    writer.deployment(&child, decision.deployment).await?;
+    if let Some(service) = decision.service {
+        writer.apply("service", &child, &service).await?;
+    }
+    if let Some(ingress) = decision.ingress {
+        writer.apply("ingress", &child, &ingress).await?;
+    }
+    if let Some(claim) = decision.home_claim {
+        writer.create_claim(&claim).await?;
+    }
+
+    let previous_phase = session.status.as_ref().and_then(|s| s.phase.clone());
+    if let Some(status) = state::status_update(
+        session.status.as_ref(),
+        &decision.status,
+        session.meta().generation,
+        Timestamp::now(),
+    ) {
+        writer.status(&name, &status).await?;
+        if previous_phase.as_ref() != Some(&decision.status.phase) {
+            publish_phase_event(&ctx, &session, &decision.status).await;
+        }
+    }
+    Ok(Action::requeue(decision.recheck))
+}
+
+pub fn error_policy(_session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcilers
+        .failure(CONTROLLER, error.metric_label());
+    warn!(%error, "session reconcile failed");
+    if error.is_transient() {
+        Action::requeue(Duration::from_millis(500))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+struct Writer<'a> {
+    ctx: &'a Context,
+    namespace: &'a str,
+}
+
+impl Writer<'_> {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), self.namespace)
+    }
+
+    async fn apply<K>(&self, kind: &'static str, name: &str, object: &K) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let mut object = object.clone();
+        // Server-side apply needs the type information in the body.
+        let body = with_type_meta::<K>(&mut object);
+        self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
+        self.api::<K>()
+            .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Api {
+                action: "applying a session object",
+                source,
+            })
+    }
+
+    async fn deployment(&self, name: &str, change: DeploymentChange) -> Result<()> {
+        match change {
+            DeploymentChange::Keep => Ok(()),
+            DeploymentChange::Apply(deployment) => {
+                self.apply("deployment", name, deployment.as_ref()).await
+            }
+            DeploymentChange::ScaleToZero => {
+                self.ctx.metrics.reconcilers.write(CONTROLLER, "deployment");
+                let patch = serde_json::json!({"spec": {"replicas": 0}});
+                self.api::<Deployment>()
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| Error::Api {
+                        action: "scaling the deployment to zero",
+                        source,
+                    })
+            }
+            DeploymentChange::Delete => {
+                self.ctx.metrics.reconcilers.write(CONTROLLER, "deployment");
+                match self
+                    .api::<Deployment>()
+                    .delete(name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+                    Err(source) => Err(Error::Api {
+                        action: "deleting the deployment",
+                        source,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Creates the home claim; one that already exists (another session of the same user
+    /// raced us) is left exactly as it is.
+    async fn create_claim(&self, claim: &PersistentVolumeClaim) -> Result<()> {
+        self.ctx.metrics.reconcilers.write(CONTROLLER, "persistentvolumeclaim");
+        match self
+            .api::<PersistentVolumeClaim>()
+            .create(&PostParams::default(), claim)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Err(source) => Err(Error::Api {
+                action: "creating the home volume claim",
+                source,
+            }),
+        }
+    }
+
+    async fn status(&self, name: &str, status: &crate::crd::SessionStatus) -> Result<()> {
+        self.ctx.metrics.reconcilers.write(CONTROLLER, "session_status");
+        let body = serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1",
+            "kind": "Session",
+            "status": status,
+        });
+        self.api::<Session>()
+            .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Api {
+                action: "writing session status",
+                source,
+            })
+    }
+}
+
+fn with_type_meta<K>(object: &mut K) -> serde_json::Value
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let mut body = serde_json::to_value(&*object).unwrap_or_default();
+    if let Some(map) = body.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    body
+}
+
+async fn publish_phase_event(ctx: &Context, session: &Session, status: &state::StatusReport) {
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == state::CONDITION_READY);
+    let (type_, reason) = match &status.phase {
+        SessionPhase::Failed => (EventType::Warning, ready.map_or("Failed", |c| c.reason)),
+        SessionPhase::Pending if ready.is_some_and(|c| c.reason == "TemplateNotFound") => {
+            (EventType::Warning, "TemplateNotFound")
+        }
+        _ => (EventType::Normal, status.phase.as_str()),
+    };
+    let note = ready.map(|c| c.message.clone());
+    info!(session = %session.name_any(), phase = %status.phase, "session phase changed");
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note,
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &session.object_ref(&()))
+        .await
+    {
+        warn!(%error, "could not publish session event");
+    }
+}

@@ -1,0 +1,264 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimStatus, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::*;
+use crate::crd::SessionSpec;
+use crate::session::objects::SessionSettings;
+
+fn spec(state: &str) -> SessionSpec {
+    serde_json::from_value(serde_json::json!({"user": "alice", "template": "firefox", "state": state}))
+        .expect("spec")
+}
+
+fn template() -> TemplateSpec {
+    serde_json::from_value(serde_json::json!({"displayName": "Firefox", "baseImage": "img"}))
+        .expect("template")
+}
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "stream.space/v1alpha1".into(),
+        kind: "Session".into(),
+        name: "s1".into(),
+        uid: "uid".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn decide_for(spec: &SessionSpec, observed: &Observed<'_>) -> Decision {
+    let settings = SessionSettings::default();
+    let ctx = SessionContext {
+        name: "s1",
+        namespace: "ns",
+        spec,
+        owner: owner(),
+        settings: &settings,
+    };
+    decide(&ctx, observed)
+}
+
+fn desired_deployment(spec: &SessionSpec, available: i32) -> Deployment {
+    let settings = SessionSettings::default();
+    let ctx = SessionContext {
+        name: "s1",
+        namespace: "ns",
+        spec,
+        owner: owner(),
+        settings: &settings,
+    };
+    let mut deployment = objects::deployment(&ctx, &template(), 1);
+    deployment.status = Some(DeploymentStatus {
+        available_replicas: Some(available),
+        ..DeploymentStatus::default()
+    });
+    deployment
+}
+
+fn pod(name: &str, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("session".into(), "s1".into())])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn condition_of<'a>(decision: &'a Decision, type_: &str) -> Option<&'a ConditionReport> {
+    decision.status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[test]
+fn new_running_session_creates_everything_and_is_pending() {
+    let spec = spec("running");
+    let template = template();
+    let decision = decide_for(&spec, &Observed { template: Some(&template), ..Observed::default() });
+    assert!(matches!(decision.deployment, DeploymentChange::Apply(_)));
+    assert!(decision.service.is_some());
+    assert!(decision.ingress.is_some());
+    assert!(decision.home_claim.is_some());
+    assert_eq!(decision.status.phase, SessionPhase::Pending);
+    assert_eq!(condition_of(&decision, CONDITION_READY).map(|c| c.status), Some(false));
+}
+
+#[test]
+fn ready_pod_and_available_replica_mean_running_with_no_changes() {
+    let spec = spec("running");
+    let template = template();
+    let deployment = desired_deployment(&spec, 1);
+    let settings = SessionSettings::default();
+    let ctx = SessionContext { name: "s1", namespace: "ns", spec: &spec, owner: owner(), settings: &settings };
+    let service = objects::service(&ctx, &template);
+    let ingress = objects::ingress(&ctx, &template);
+    let claim = objects::home_claim(&ctx);
+    let ready = pod("ss-s1-abc", true);
+    let observed = Observed {
+        template: Some(&template),
+        deployment: Some(&deployment),
+        service: Some(&service),
+        ingress: ingress.as_ref(),
+        home_claim: Some(&claim),
+        pods: vec![&ready],
+    };
+    let decision = decide(&ctx, &observed);
+    assert_eq!(decision.deployment, DeploymentChange::Keep);
+    assert!(decision.service.is_none() && decision.ingress.is_none() && decision.home_claim.is_none());
+    assert_eq!(decision.status.phase, SessionPhase::Running);
+    assert_eq!(decision.status.pod_name.as_deref(), Some("ss-s1-abc"));
+    assert_eq!(decision.status.url.as_deref(), Some("https://s1.streamspace.local"));
+}
+
+#[test]
+fn available_replica_without_ready_pod_is_still_pending() {
+    let spec = spec("running");
+    let template = template();
+    let deployment = desired_deployment(&spec, 1);
+    let starting = pod("p", false);
+    let decision = decide_for(
+        &spec,
+        &Observed { template: Some(&template), deployment: Some(&deployment), pods: vec![&starting], ..Observed::default() },
+    );
+    assert_eq!(decision.status.phase, SessionPhase::Pending);
+    assert_eq!(decision.status.pod_name.as_deref(), Some("p"));
+}
+
+#[test]
+fn missing_template_waits_in_pending() {
+    let decision = decide_for(&spec("running"), &Observed::default());
+    assert_eq!(decision.status.phase, SessionPhase::Pending);
+    assert_eq!(decision.deployment, DeploymentChange::Keep);
+    let resolved = condition_of(&decision, CONDITION_TEMPLATE_RESOLVED).expect("condition");
+    assert!(!resolved.status);
+    assert_eq!(resolved.reason, "TemplateNotFound");
+    assert_eq!(resolved.message, "Template 'firefox' not found in namespace 'ns'");
+}
+
+#[test]
+fn invalid_template_fails_with_its_message() {
+    let broken: TemplateSpec = serde_json::from_value(serde_json::json!({"displayName": "x"})).expect("t");
+    let decision = decide_for(&spec("running"), &Observed { template: Some(&broken), ..Observed::default() });
+    assert_eq!(decision.status.phase, SessionPhase::Failed);
+    assert_eq!(condition_of(&decision, CONDITION_READY).map(|c| c.message.as_str()), Some("baseImage is required"));
+}
+
+#[test]
+fn hibernate_scales_to_zero_without_needing_the_template() {
+    let running = spec("running");
+    let deployment = desired_deployment(&running, 1);
+    let decision = decide_for(&spec("hibernated"), &Observed { deployment: Some(&deployment), ..Observed::default() });
+    assert_eq!(decision.deployment, DeploymentChange::ScaleToZero);
+    assert_eq!(decision.status.phase, SessionPhase::Hibernated);
+    assert_eq!(decision.status.pod_name, None);
+}
+
+#[test]
+fn wake_after_hibernation_reapplies_one_replica() {
+    let spec = spec("running");
+    let template = template();
+    let mut deployment = desired_deployment(&spec, 0);
+    if let Some(s) = deployment.spec.as_mut() {
+        s.replicas = Some(0);
+    }
+    let decision = decide_for(&spec, &Observed { template: Some(&template), deployment: Some(&deployment), ..Observed::default() });
+    assert!(matches!(decision.deployment, DeploymentChange::Apply(_)));
+}
+
+#[test]
+fn terminate_deletes_the_deployment_only() {
+    let running = spec("running");
+    let deployment = desired_deployment(&running, 1);
+    let decision = decide_for(&spec("terminated"), &Observed { deployment: Some(&deployment), ..Observed::default() });
+    assert_eq!(decision.deployment, DeploymentChange::Delete);
+    assert!(decision.service.is_none() && decision.home_claim.is_none());
+    assert_eq!(decision.status.phase, SessionPhase::Terminated);
+    assert!(condition_of(&decision, CONDITION_PVC_BOUND).is_none());
+}
+
+#[test]
+fn unknown_state_and_bad_quantities_fail_clearly() {
+    let template = template();
+    let unknown = decide_for(&spec("paused"), &Observed { template: Some(&template), ..Observed::default() });
+    assert_eq!(unknown.status.phase, SessionPhase::Failed);
+    assert_eq!(condition_of(&unknown, CONDITION_READY).map(|c| c.reason), Some("UnknownState"));
+    assert_eq!(unknown.deployment, DeploymentChange::Keep);
+
+    let bad: SessionSpec = serde_json::from_value(serde_json::json!({
+        "user": "a", "template": "t", "state": "running", "resources": {"requests": {"cpu": "lots"}}
+    }))
+    .expect("spec");
+    let decision = decide_for(&bad, &Observed { template: Some(&template), ..Observed::default() });
+    assert_eq!(decision.status.phase, SessionPhase::Failed);
+    let ready = condition_of(&decision, CONDITION_READY).expect("ready");
+    assert_eq!(ready.reason, "InvalidResources");
+    assert!(ready.message.contains("resources.requests.cpu"), "{}", ready.message);
+}
+
+#[test]
+fn pvc_condition_follows_the_claim_phase() {
+    let spec = spec("hibernated");
+    let claim = PersistentVolumeClaim {
+        status: Some(PersistentVolumeClaimStatus { phase: Some("Bound".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let decision = decide_for(&spec, &Observed { home_claim: Some(&claim), ..Observed::default() });
+    assert_eq!(condition_of(&decision, CONDITION_PVC_BOUND).map(|c| c.status), Some(true));
+}
+
+fn report(phase: SessionPhase) -> StatusReport {
+    StatusReport {
+        phase,
+        pod_name: Some("p".into()),
+        url: None,
+        conditions: vec![ConditionReport { type_: CONDITION_READY, status: true, reason: "Running", message: "ok".into() }],
+    }
+}
+
+#[test]
+fn status_update_is_none_when_nothing_changed() {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let t1: Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
+    let first = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("first write");
+    assert_eq!(status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1), None);
+}
+
+#[test]
+fn status_update_keeps_transition_time_of_unchanged_conditions() {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let t1: Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
+    let first = status_update(None, &report(SessionPhase::Pending), Some(1), t0).expect("write");
+    let second = status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1).expect("write");
+    assert_eq!(second.conditions[0].last_transition_time, Some(Time(t0)));
+    assert_eq!(second.reconciled_at, Some(Time(t1)));
+}
+
+#[test]
+fn status_update_ignores_others_conditions_and_keeps_last_activity_out() {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let mut current = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
+    current.conditions.push(Condition { type_: "Idle".into(), status: "False".into(), ..Condition::default() });
+    current.last_activity = Some(Time(t0));
+    assert_eq!(status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0), None);
+    let changed = status_update(Some(&current), &report(SessionPhase::Hibernated), Some(1), t0).expect("write");
+    assert_eq!(changed.last_activity, None, "never written by the reconciler");
+}
+
+#[test]
+fn status_update_removes_a_condition_we_no_longer_report() {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let mut current = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
+    current.conditions.push(Condition { type_: CONDITION_PVC_BOUND.into(), status: "True".into(), ..Condition::default() });
+    assert!(status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0).is_some());
+}

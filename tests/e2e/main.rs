@@ -1,0 +1,4 @@
+//! End-to-end tests against a real control plane (see `support`).
+
+mod session_lifecycle;
+mod support;
