@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::crd::{Session, Template};
@@ -54,6 +55,8 @@ pub struct Context {
     pub metrics: SharedMetrics,
     pub config: Config,
     pub session_stores: SessionStores,
+    /// Becomes true once every watch cache has its initial list.
+    pub caches_loaded: watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +113,13 @@ type Reflected<K> = (
 
 fn reflect<K>(api: Api<K>, config: watcher::Config) -> Reflected<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config.any_semantic()))
@@ -131,10 +140,13 @@ pub async fn run(
     check_crds(&client).await?;
     let ns = config.namespace.as_deref();
     let session_selector = watcher::Config::default().labels(&format!("app={APP_SESSION}"));
-    let (templates, template_stream) = reflect(api::<Template>(&client, ns), watcher::Config::default());
-    let (deployments, deployment_stream) = reflect(api::<Deployment>(&client, ns), session_selector.clone());
+    let (templates, template_stream) =
+        reflect(api::<Template>(&client, ns), watcher::Config::default());
+    let (deployments, deployment_stream) =
+        reflect(api::<Deployment>(&client, ns), session_selector.clone());
     let (services, service_stream) = reflect(api::<Service>(&client, ns), session_selector.clone());
-    let (ingresses, ingress_stream) = reflect(api::<Ingress>(&client, ns), session_selector.clone());
+    let (ingresses, ingress_stream) =
+        reflect(api::<Ingress>(&client, ns), session_selector.clone());
     let (pods, pod_stream) = reflect(api::<Pod>(&client, ns), session_selector);
     let (claims, claim_stream) = reflect(
         api::<PersistentVolumeClaim>(&client, ns),
@@ -155,17 +167,22 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let (loaded_tx, caches_loaded) = watch::channel(false);
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
         metrics,
         config: config.clone(),
         session_stores: stores.clone(),
+        caches_loaded,
     });
 
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let session_controller = Controller::new(api::<Session>(&client, ns), watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().concurrency(config.concurrency));
+    let session_controller = Controller::new(
+        api::<Session>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(ControllerConfig::default().concurrency(config.concurrency));
     let session_store = session_controller.store();
     let sessions_of_template = {
         let session_store = session_store.clone();
@@ -195,7 +212,10 @@ pub async fn run(
             session_store
                 .state()
                 .into_iter()
-                .filter(|s| s.namespace() == namespace && crate::session::names::label_value(&s.spec.user) == user)
+                .filter(|s| {
+                    s.namespace() == namespace
+                        && crate::session::names::label_value(&s.spec.user) == user
+                })
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
         }
@@ -208,25 +228,30 @@ pub async fn run(
         .watches_stream(template_stream, sessions_of_template)
         .watches_stream(claim_stream, sessions_of_claim)
         .graceful_shutdown_on(shutdown.clone())
-        .run(session_reconciler::reconcile, session_reconciler::error_policy, ctx.clone())
+        .run(
+            session_reconciler::reconcile,
+            session_reconciler::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
-    let templates_controller = Controller::new(api::<Template>(&client, ns), watcher::Config::default().any_semantic())
-        .graceful_shutdown_on(shutdown.clone())
-        .run(template_reconciler::reconcile, template_reconciler::error_policy, ctx.clone())
-        .for_each(|_| future::ready(()));
+    let templates_controller = Controller::new(
+        api::<Template>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        template_reconciler::reconcile,
+        template_reconciler::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| future::ready(()));
 
-    let ready = async move {
-        let loaded = tokio::try_join!(
-            templates.wait_until_ready(),
-            deployments.wait_until_ready(),
-            services.wait_until_ready(),
-            ingresses.wait_until_ready(),
-            pods.wait_until_ready(),
-            claims.wait_until_ready(),
-            session_store.wait_until_ready(),
-        );
-        if loaded.is_ok() {
+    let ready = async {
+        let loaded = stores.wait_until_ready().await.is_ok()
+            && session_store.wait_until_ready().await.is_ok();
+        if loaded {
+            let _ = loaded_tx.send(true);
             readiness.set();
             info!("all watch caches loaded; controller ready");
         }

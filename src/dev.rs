@@ -70,7 +70,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let (client, control_plane) = match &args.kubeconfig {
         Some(path) => (client_from(Some(path)).await?, None),
         None => {
-            eprintln!("starting the local control plane (the first run builds it; this takes several minutes)...");
+            eprintln!(
+                "starting the local control plane (the first run builds it; this takes several minutes)..."
+            );
             let control_plane = ControlPlane::start(ControlPlaneOptions::default())
                 .await
                 .context("starting the local control plane")?;
@@ -103,7 +105,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let server = tokio::spawn(crate::http::serve(args.http_addr, router, stopped(stop_rx.clone())));
+    let server = tokio::spawn(crate::http::serve(
+        args.http_addr,
+        router,
+        stopped(stop_rx.clone()),
+    ));
     let controller = tokio::spawn(controller::run(
         client.clone(),
         config,
@@ -182,7 +188,10 @@ fn read_yaml_dir(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             files.push((path.display().to_string(), text));
@@ -197,9 +206,13 @@ async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let namespace = serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
     });
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(namespace))
-        .await
-        .with_context(|| format!("creating namespace {name}"))?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(namespace),
+    )
+    .await
+    .with_context(|| format!("creating namespace {name}"))?;
     Ok(())
 }
 
@@ -213,8 +226,8 @@ async fn print_sessions(client: &Client) {
         }
     };
     println!(
-        "\n{:<16} {:<16} {:<8} {:<16} {:<11} {:<11} {}",
-        "NAMESPACE", "NAME", "USER", "TEMPLATE", "STATE", "PHASE", "POD / REASON"
+        "\n{:<16} {:<16} {:<8} {:<16} {:<11} {:<11} POD / REASON",
+        "NAMESPACE", "NAME", "USER", "TEMPLATE", "STATE", "PHASE"
     );
     for session in sessions {
         let status = session.status.clone().unwrap_or_default();

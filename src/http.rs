@@ -29,7 +29,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "watch caches are still loading")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch caches are still loading",
+        )
     }
 }
 

@@ -47,28 +47,53 @@ impl ReconcilerMetrics {
             }),
             writes: Family::default(),
         };
-        registry.register("reconciliations", "Reconciliations started", metrics.reconciles.clone());
-        registry.register("reconcile_failures", "Reconciliations that failed, by error kind", metrics.failures.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", metrics.duration.clone());
-        registry.register("api_writes", "Writes to the Kubernetes API, by object kind", metrics.writes.clone());
+        registry.register(
+            "reconciliations",
+            "Reconciliations started",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Reconciliations that failed, by error kind",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes to the Kubernetes API, by object kind",
+            metrics.writes.clone(),
+        );
         metrics
     }
 
     /// Counts a reconciliation and returns a timer that records its duration when dropped.
     pub fn start(&self, controller: &'static str) -> ReconcileTimer {
-        self.reconciles.get_or_create(&ControllerLabel { controller }).inc();
+        self.reconciles
+            .get_or_create(&ControllerLabel { controller })
+            .inc();
         ReconcileTimer {
-            histogram: self.duration.get_or_create(&ControllerLabel { controller }).clone(),
+            histogram: self
+                .duration
+                .get_or_create(&ControllerLabel { controller })
+                .clone(),
             started: Instant::now(),
         }
     }
 
     pub fn failure(&self, controller: &'static str, error: &'static str) {
-        self.failures.get_or_create(&ErrorLabels { controller, error }).inc();
+        self.failures
+            .get_or_create(&ErrorLabels { controller, error })
+            .inc();
     }
 
     pub fn write(&self, controller: &'static str, kind: &'static str) {
-        self.writes.get_or_create(&WriteLabels { controller, kind }).inc();
+        self.writes
+            .get_or_create(&WriteLabels { controller, kind })
+            .inc();
     }
 }
 
@@ -92,8 +117,12 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("streamspace");
-        let reconcilers = ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
-        Metrics { registry, reconcilers }
+        let reconcilers =
+            ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
+        Metrics {
+            registry,
+            reconcilers,
+        }
     }
 }
 

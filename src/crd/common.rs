@@ -114,7 +114,9 @@ impl ResourceSpec {
                 requests
                     .entry(key.to_string())
                     .or_insert_with(|| value.clone());
-                limits.entry(key.to_string()).or_insert_with(|| value.clone());
+                limits
+                    .entry(key.to_string())
+                    .or_insert_with(|| value.clone());
             }
         }
         if requests.is_empty() && limits.is_empty() {
@@ -189,6 +191,14 @@ pub(crate) fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut item = generator.subschema_for::<Condition>();
     if let Some(object) = item.as_object_mut() {
         object.insert("required".into(), serde_json::json!(["type", "status"]));
+        // Reading tolerates missing fields; the schema should not invent values for them.
+        if let Some(properties) = object.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for property in properties.values_mut() {
+                if let Some(property) = property.as_object_mut() {
+                    property.remove("default");
+                }
+            }
+        }
     }
     json_schema!({
         "type": "array",

@@ -39,7 +39,8 @@ mod tests {
     /// The chart ships one file per CRD; regenerate with `UPDATE_CRDS=1 cargo test --lib crd`.
     #[test]
     fn chart_crds_match_the_types() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/streamspace-controller/crds");
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/streamspace-controller/crds");
         for crd in all() {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let path = dir.join(format!("{name}.yaml"));
@@ -63,13 +64,19 @@ mod tests {
         assert_eq!(session.spec.group, "stream.space");
         assert_eq!(session.spec.names.short_names, Some(vec!["ss".to_string()]));
         let template = Template::crd();
-        assert_eq!(template.spec.names.short_names, Some(vec!["tpl".to_string()]));
+        assert_eq!(
+            template.spec.names.short_names,
+            Some(vec!["tpl".to_string()])
+        );
         let columns: Vec<String> = session.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(columns, ["User", "Template", "State", "Phase", "URL", "Age"]);
+        assert_eq!(
+            columns,
+            ["User", "Template", "State", "Phase", "URL", "Age"]
+        );
     }
 }

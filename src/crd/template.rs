@@ -39,14 +39,15 @@ lenient_string_enum! {
     shortname = "tpl",
     namespaced,
     status = "TemplateStatus",
-    printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName"),
-    printcolumn(name = "Category", type_ = "string", json_path = ".spec.category"),
-    printcolumn(name = "Image", type_ = "string", json_path = ".spec.baseImage"),
-    printcolumn(name = "Memory", type_ = "string", json_path = ".spec.defaultResources.memory"),
-    printcolumn(name = "Valid", type_ = "boolean", json_path = ".status.valid"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Category","type":"string","jsonPath":".spec.category"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.baseImage"}"#,
+    printcolumn = r#"{"name":"Memory","type":"string","jsonPath":".spec.defaultResources.memory"}"#,
+    printcolumn = r#"{"name":"Valid","type":"boolean","jsonPath":".status.valid"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = require_name_and_image)]
 pub struct TemplateSpec {
     #[serde(default)]
     pub display_name: String,
@@ -93,6 +94,20 @@ impl TemplateSpec {
             .filter(|port| *port != 0)
             .unwrap_or(DEFAULT_VNC_PORT)
     }
+}
+
+/// The API server requires `displayName` and `baseImage` (as the chart's CRD always did); Rust
+/// reads them leniently so that an object stored without them is reported, not unreadable.
+fn require_name_and_image(schema: &mut schemars::Schema) {
+    let required = ["displayName", "baseImage"];
+    if let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for name in required {
+            if let Some(property) = properties.get_mut(name).and_then(|p| p.as_object_mut()) {
+                property.remove("default");
+            }
+        }
+    }
+    schema.insert("required".into(), serde_json::json!(required));
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

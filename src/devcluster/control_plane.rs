@@ -13,6 +13,7 @@ use kube::Api;
 use super::certs::{self, Pki};
 use super::data_dir::DataDir;
 use super::process::{ManagedProcess, log_tail};
+use super::readyz::ReadyzProbe;
 use super::{Error, binaries, kubeconfig};
 
 /// Service CIDR of the cluster (the `kubernetes` service gets `10.96.0.1`).
@@ -32,8 +33,11 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Upper bound of a single start-up probe request.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Start attempts when a chosen port was taken by someone else meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
 /// How long stopped components get between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Options of [`ControlPlane::start`].
 #[derive(Debug, Clone)]
@@ -93,11 +97,35 @@ struct Layout {
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager and waits until the API server is
     /// ready and the controllers have created the `default` service account.
+    ///
+    /// Ports are picked by binding port 0 and released before the components bind them; if
+    /// another process grabs one in between, the start is retried with fresh ports.
     pub async fn start(options: ControlPlaneOptions) -> Result<Self, Error> {
         let started = Instant::now();
         let bin_dir = binaries::resolve_bin_dir(options.bin_dir.as_deref()).await?;
+        let mut attempt = 1;
+        let plane = loop {
+            match Self::start_once(&bin_dir, &options).await {
+                Err(e) if attempt < START_ATTEMPTS && is_port_conflict(&e) => {
+                    tracing::warn!(attempt, error = %e, "port conflict, retrying with new ports");
+                    attempt += 1;
+                }
+                result => break result?,
+            }
+        };
+        tracing::info!(
+            elapsed = ?started.elapsed(),
+            server = %plane.server_url,
+            data_dir = %plane.data_dir().display(),
+            "local control plane ready"
+        );
+        Ok(plane)
+    }
+
+    /// One start attempt with freshly chosen ports and credentials.
+    async fn start_once(bin_dir: &Path, options: &ControlPlaneOptions) -> Result<Self, Error> {
         let data_dir = DataDir::create(options.data_dir.as_deref())?;
-        let layout = Layout::new(bin_dir, data_dir.path())?;
+        let layout = Layout::new(bin_dir.to_path_buf(), data_dir.path())?;
         let mut plane = Self {
             processes: Vec::with_capacity(3),
             kubeconfig_path: layout.kubeconfig.clone(),
@@ -112,13 +140,7 @@ impl ControlPlane {
             &plane.ca_pem,
             &plane.admin_token,
         )?;
-        plane.boot(&layout, &options).await?;
-        tracing::info!(
-            elapsed = ?started.elapsed(),
-            server = %plane.server_url,
-            data_dir = %plane.data_dir().display(),
-            "local control plane ready"
-        );
+        plane.boot(&layout, options).await?;
         Ok(plane)
     }
 
@@ -188,11 +210,13 @@ impl ControlPlane {
         let mut args = layout.apiserver_args();
         args.extend(options.extra_apiserver_args.iter().cloned());
         self.spawn("kube-apiserver", layout, args).await?;
-        let client = self.client().await?;
+        let readyz =
+            ReadyzProbe::new(&layout.pki.ca_pem, layout.apiserver_port, &self.admin_token)?;
         self.wait_for("kube-apiserver /readyz", timeout, async || {
-            is_ready(&client).await
+            readyz.is_ready().await
         })
         .await?;
+        let client = self.client().await?;
 
         let mut args = layout.controller_manager_args();
         args.extend(options.extra_controller_manager_args.iter().cloned());
@@ -231,7 +255,7 @@ impl ControlPlane {
         loop {
             self.check_running()?;
             let ok = tokio::time::timeout(PROBE_TIMEOUT, probe()).await;
-            if ok == Ok(true) {
+            if matches!(ok, Ok(true)) {
                 tracing::debug!(what, elapsed = ?started.elapsed(), "start-up step done");
                 return Ok(());
             }
@@ -312,14 +336,20 @@ impl Layout {
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={}", self.apiserver_port),
             "--insecure-port=0".into(),
-            format!("--cert-dir={}", self.data_dir.join("apiserver-certs").display()),
+            format!(
+                "--cert-dir={}",
+                self.data_dir.join("apiserver-certs").display()
+            ),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),
             format!("--token-auth-file={}", pki.token_file.display()),
             "--authorization-mode=RBAC".into(),
             format!("--service-account-key-file={}", pki.sa_public_key.display()),
-            format!("--service-account-signing-key-file={}", pki.sa_private_key.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_private_key.display()
+            ),
             format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
             format!("--api-audiences={SERVICE_ACCOUNT_ISSUER}"),
             format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
@@ -344,7 +374,10 @@ impl Layout {
             "--port=0".into(),
             format!("--controllers={CONTROLLERS}"),
             "--use-service-account-credentials=false".into(),
-            format!("--service-account-private-key-file={}", pki.sa_private_key.display()),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.sa_private_key.display()
+            ),
             format!("--root-ca-file={}", pki.ca_cert.display()),
             "--concurrent-deployment-syncs=10".into(),
             "--concurrent-replicaset-syncs=10".into(),
@@ -373,19 +406,9 @@ fn free_ports() -> Result<[u16; 3], Error> {
     Ok(ports)
 }
 
-/// Whether `GET /readyz` answers `ok`.
-async fn is_ready(client: &kube::Client) -> bool {
-    // The request builder of kube-core yields `/readyz` for an empty base path.
-    let Ok(request) = kube::core::Request::new("").get("readyz", &Default::default()) else {
-        return false;
-    };
-    match client.request_text(request).await {
-        Ok(body) => body.trim() == "ok",
-        Err(e) => {
-            tracing::trace!(error = %e, "/readyz not ready yet");
-            false
-        }
-    }
+/// Whether a component died because its port was taken.
+fn is_port_conflict(error: &Error) -> bool {
+    matches!(error, Error::ProcessExited { tail, .. } if tail.contains("address already in use"))
 }
 
 /// Whether the `default` namespace and its `default` service account exist.
@@ -404,6 +427,23 @@ mod tests {
     fn free_ports_are_distinct() {
         let [a, b, c] = free_ports().expect("ports");
         assert!(a != b && b != c && a != c);
+    }
+
+    #[test]
+    fn port_conflicts_are_recognised() {
+        let exited = |tail: &str| Error::ProcessExited {
+            name: "etcd",
+            status: "exit code 1".into(),
+            log: PathBuf::from("etcd.log"),
+            tail: tail.into(),
+        };
+        assert!(is_port_conflict(&exited(
+            "listen tcp 127.0.0.1:40565: bind: address already in use"
+        )));
+        assert!(!is_port_conflict(&exited("permission denied")));
+        assert!(!is_port_conflict(&Error::Binaries(
+            "address already in use".into()
+        )));
     }
 
     #[tokio::test]

@@ -86,19 +86,39 @@ fn remove_stale(root: &Path) {
 /// Whether the directory's owner is gone (or it has had no owner for a long time).
 fn is_stale(dir: &Path) -> bool {
     match std::fs::read_to_string(dir.join(PID_FILE)) {
-        Ok(pid) => pid.trim().parse::<libc::pid_t>().is_ok_and(|pid| !is_alive(pid)),
+        Ok(pid) => pid
+            .trim()
+            .parse::<libc::pid_t>()
+            .is_ok_and(|pid| !is_alive(pid)),
         Err(_) => is_older_than(dir, ORPHAN_GRACE),
     }
 }
 
-/// Whether a process with this id exists.
+/// Whether a process with this id exists and is not a zombie (a killed owner may linger
+/// unreaped for a moment).
 fn is_alive(pid: libc::pid_t) -> bool {
     if pid <= 0 {
         return false;
     }
     // SAFETY: signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    exists && !is_zombie(pid)
+}
+
+/// Whether `/proc/<pid>/stat` reports state `Z` (or `X`).
+fn is_zombie(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The command name is in parentheses and may contain spaces.
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|s| s == "Z" || s == "X")
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `path` was last modified more than `age` ago.
@@ -133,7 +153,23 @@ mod tests {
 
         assert!(!dead.exists());
         assert!(alive.exists());
-        assert!(fresh.exists(), "directories without pid file get a grace period");
+        assert!(
+            fresh.exists(),
+            "directories without pid file get a grace period"
+        );
         assert!(other.exists(), "only prefixed directories are touched");
+    }
+
+    #[test]
+    fn liveness_of_processes() {
+        let me = libc::pid_t::try_from(std::process::id()).expect("pid");
+        assert!(is_alive(me));
+        assert!(!is_alive(0));
+        assert!(!is_alive(2_147_483_646));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!is_alive(pid), "an exited, unreaped child is a zombie");
+        child.wait().expect("wait");
     }
 }

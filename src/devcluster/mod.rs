@@ -32,6 +32,7 @@ mod data_dir;
 mod error;
 mod kubeconfig;
 mod process;
+mod readyz;
 pub mod simulator;
 
 pub use binaries::{BIN_DIR_ENV, REQUIRED_BINARIES, resolve_bin_dir};

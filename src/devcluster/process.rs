@@ -10,8 +10,8 @@ use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::sync::OnceLock;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::Error;
@@ -53,7 +53,7 @@ fn start_spawner_thread() -> Result<mpsc::Sender<SpawnRequest>, String> {
 fn serve_spawn_requests(receiver: &mpsc::Receiver<SpawnRequest>) {
     while let Ok(mut request) = receiver.recv() {
         let result = request.command.spawn();
-        // The requester may have given up; then the child is killed on drop below.
+        // The requester may have given up waiting: do not leave its child running.
         if let Err(Ok(mut child)) = request.reply.send(result) {
             let _ = child.kill();
             let _ = child.wait();
@@ -156,7 +156,7 @@ impl ManagedProcess {
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
         self.signal_terminate();
-        self.wait_or_kill(Instant::now() + Duration::from_secs(3));
+        self.wait_or_kill(Instant::now() + Duration::from_secs(1));
     }
 }
 
@@ -196,7 +196,15 @@ fn build_command(
 /// has (the parent could have died between fork and prctl).
 fn die_with_parent(parent: u32) -> io::Result<()> {
     // SAFETY: plain system calls without pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -17,6 +17,8 @@ pub enum Error {
     },
     #[error("session has no namespace")]
     NoNamespace,
+    #[error("a watch cache closed before it loaded (the controller is shutting down)")]
+    CacheClosed,
 }
 
 impl Error {
@@ -25,6 +27,7 @@ impl Error {
             Error::Api { source, .. } if is_conflict(source) => "conflict",
             Error::Api { .. } => "api",
             Error::NoNamespace => "no_namespace",
+            Error::CacheClosed => "cache_closed",
         }
     }
 

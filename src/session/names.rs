@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn child_names_follow_the_session() {
-        assert_eq!(child_name("alice-firefox-1a2b3c4d"), "ss-alice-firefox-1a2b3c4d");
+        assert_eq!(
+            child_name("alice-firefox-1a2b3c4d"),
+            "ss-alice-firefox-1a2b3c4d"
+        );
         assert_eq!(child_name("a.b"), "ss-a-b");
         let long = "x".repeat(100);
         let name = child_name(&long);
@@ -156,7 +159,10 @@ mod tests {
         assert_eq!(labels.get("user").map(String::as_str), Some("alice"));
         assert_eq!(labels.get("template").map(String::as_str), Some("firefox"));
         assert_eq!(labels.get("session").map(String::as_str), Some("s1"));
-        assert_eq!(labels.get("tag.stream.space/gpu").map(String::as_str), Some("true"));
+        assert_eq!(
+            labels.get("tag.stream.space/gpu").map(String::as_str),
+            Some("true")
+        );
         assert_eq!(labels.len(), 5);
     }
 }

@@ -215,14 +215,10 @@ pub fn service(ctx: &SessionContext<'_>, template: &TemplateSpec) -> Service {
 /// The session's Ingress, or `None` when Ingress is disabled.
 pub fn ingress(ctx: &SessionContext<'_>, template: &TemplateSpec) -> Option<Ingress> {
     let class = ctx.settings.ingress_class.clone()?;
-    let mut metadata = ctx.metadata(ctx.labels());
-    // Older ingress controllers read only the annotation, newer ones only the field.
-    metadata.annotations = Some(BTreeMap::from([(
-        "kubernetes.io/ingress.class".to_string(),
-        class.clone(),
-    )]));
+    // Only the field: the API server rejects the legacy `kubernetes.io/ingress.class`
+    // annotation when `ingressClassName` is set as well.
     Some(with_hash(Ingress {
-        metadata,
+        metadata: ctx.metadata(ctx.labels()),
         spec: Some(IngressSpec {
             ingress_class_name: Some(class),
             rules: Some(vec![IngressRule {

@@ -38,8 +38,30 @@ pub struct SessionStores {
     pub claims: Store<PersistentVolumeClaim>,
 }
 
+impl SessionStores {
+    /// Resolves once every cache has its initial list.
+    ///
+    /// A store wakes only one waiter, so exactly one task may call this; everyone else waits
+    /// on [`Context::caches_loaded`].
+    pub async fn wait_until_ready(&self) -> Result<()> {
+        let closed = |_| Error::CacheClosed;
+        self.templates.wait_until_ready().await.map_err(closed)?;
+        self.deployments.wait_until_ready().await.map_err(closed)?;
+        self.services.wait_until_ready().await.map_err(closed)?;
+        self.ingresses.wait_until_ready().await.map_err(closed)?;
+        self.pods.wait_until_ready().await.map_err(closed)?;
+        self.claims.wait_until_ready().await.map_err(closed)
+    }
+}
+
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    // Deciding before the caches are loaded would read existing children as missing.
+    ctx.caches_loaded
+        .clone()
+        .wait_for(|loaded| *loaded)
+        .await
+        .map_err(|_| Error::CacheClosed)?;
     let namespace = session.namespace().ok_or(Error::NoNamespace)?;
     let name = session.name_any();
     if session.meta().deletion_timestamp.is_some() {
@@ -51,12 +73,18 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     let template = stores
         .templates
         .get(&ObjectRef::new(&session.spec.template).within(&namespace));
-    let deployment = stores.deployments.get(&ObjectRef::new(&child).within(&namespace));
-    let service = stores.services.get(&ObjectRef::new(&child).within(&namespace));
-    let ingress = stores.ingresses.get(&ObjectRef::new(&child).within(&namespace));
-    let claim = stores.claims.get(
-        &ObjectRef::new(&names::home_claim_name(&session.spec.user)).within(&namespace),
-    );
+    let deployment = stores
+        .deployments
+        .get(&ObjectRef::new(&child).within(&namespace));
+    let service = stores
+        .services
+        .get(&ObjectRef::new(&child).within(&namespace));
+    let ingress = stores
+        .ingresses
+        .get(&ObjectRef::new(&child).within(&namespace));
+    let claim = stores
+        .claims
+        .get(&ObjectRef::new(&names::home_claim_name(&session.spec.user)).within(&namespace));
     let session_label = names::label_value(&name);
     let pods: Vec<Arc<Pod>> = stores
         .pods
@@ -156,7 +184,11 @@ impl Writer<'_> {
         let body = with_type_meta::<K>(&mut object);
         self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
         self.api::<K>()
-            .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
             .await
             .map(|_| ())
             .map_err(|source| Error::Api {
@@ -204,7 +236,10 @@ impl Writer<'_> {
     /// Creates the home claim; one that already exists (another session of the same user
     /// raced us) is left exactly as it is.
     async fn create_claim(&self, claim: &PersistentVolumeClaim) -> Result<()> {
-        self.ctx.metrics.reconcilers.write(CONTROLLER, "persistentvolumeclaim");
+        self.ctx
+            .metrics
+            .reconcilers
+            .write(CONTROLLER, "persistentvolumeclaim");
         match self
             .api::<PersistentVolumeClaim>()
             .create(&PostParams::default(), claim)
@@ -220,14 +255,21 @@ impl Writer<'_> {
     }
 
     async fn status(&self, name: &str, status: &crate::crd::SessionStatus) -> Result<()> {
-        self.ctx.metrics.reconcilers.write(CONTROLLER, "session_status");
+        self.ctx
+            .metrics
+            .reconcilers
+            .write(CONTROLLER, "session_status");
         let body = serde_json::json!({
             "apiVersion": "stream.space/v1alpha1",
             "kind": "Session",
             "status": status,
         });
         self.api::<Session>()
-            .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
             .await
             .map(|_| ())
             .map_err(|source| Error::Api {
@@ -270,11 +312,7 @@ async fn publish_phase_event(ctx: &Context, session: &Session, status: &state::S
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &session.object_ref(&()))
-        .await
-    {
+    if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
         warn!(%error, "could not publish session event");
     }
 }

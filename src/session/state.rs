@@ -121,10 +121,7 @@ pub fn decide(ctx: &SessionContext<'_>, observed: &Observed<'_>) -> Decision {
     };
     if let Some((reason, message)) = invalid {
         decision.status.phase = SessionPhase::Failed;
-        decision.status.conditions = vec![
-            template_condition,
-            not_ready(reason, message),
-        ];
+        decision.status.conditions = vec![template_condition, not_ready(reason, message)];
         decision.recheck = RESYNC;
         return decision;
     }
@@ -142,7 +139,12 @@ pub fn decide(ctx: &SessionContext<'_>, observed: &Observed<'_>) -> Decision {
             decision.status.url = Some(ctx.url());
             decision.status.conditions = vec![
                 template_condition,
-                condition(CONDITION_DEPLOYMENT_READY, false, "Hibernated", "scaled to zero"),
+                condition(
+                    CONDITION_DEPLOYMENT_READY,
+                    false,
+                    "Hibernated",
+                    "scaled to zero",
+                ),
                 not_ready("Hibernated", "session is hibernated".into()),
             ];
         }
@@ -153,14 +155,22 @@ pub fn decide(ctx: &SessionContext<'_>, observed: &Observed<'_>) -> Decision {
             decision.status.phase = SessionPhase::Terminated;
             decision.status.conditions = vec![
                 template_condition,
-                condition(CONDITION_DEPLOYMENT_READY, false, "Terminated", "deployment deleted"),
+                condition(
+                    CONDITION_DEPLOYMENT_READY,
+                    false,
+                    "Terminated",
+                    "deployment deleted",
+                ),
                 not_ready("Terminated", "session is terminated".into()),
             ];
         }
         SessionState::Unknown(_) => {}
     }
     if ctx.spec.persistent_home && state != SessionState::Terminated {
-        decision.status.conditions.push(pvc_condition(observed.home_claim));
+        decision
+            .status
+            .conditions
+            .push(pvc_condition(observed.home_claim));
     }
     decision
 }
@@ -173,13 +183,15 @@ fn running(
 ) {
     let Some(template) = observed.template else {
         let message = template_condition.message.clone();
-        decision.status.conditions = vec![template_condition, not_ready("TemplateNotFound", message)];
+        decision.status.conditions =
+            vec![template_condition, not_ready("TemplateNotFound", message)];
         decision.recheck = WAITING_RECHECK;
         return;
     };
     if let Err(message) = template::validate(template) {
         decision.status.phase = SessionPhase::Failed;
-        decision.status.conditions = vec![template_condition, not_ready("TemplateInvalid", message)];
+        decision.status.conditions =
+            vec![template_condition, not_ready("TemplateInvalid", message)];
         return;
     }
 
@@ -211,18 +223,37 @@ fn running(
     decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
     decision.status.url = Some(ctx.url());
     let (phase, ready) = if available >= 1 && pod_ready {
-        (SessionPhase::Running, condition(CONDITION_READY, true, "Running", "session is running"))
+        (
+            SessionPhase::Running,
+            condition(CONDITION_READY, true, "Running", "session is running"),
+        )
     } else {
         decision.recheck = WAITING_RECHECK;
-        (SessionPhase::Pending, not_ready("Starting", "waiting for the session pod to become ready".into()))
+        (
+            SessionPhase::Pending,
+            not_ready(
+                "Starting",
+                "waiting for the session pod to become ready".into(),
+            ),
+        )
     };
     decision.status.phase = phase;
     decision.status.conditions = vec![
         template_condition,
         if available >= 1 {
-            condition(CONDITION_DEPLOYMENT_READY, true, "Available", "deployment has an available replica")
+            condition(
+                CONDITION_DEPLOYMENT_READY,
+                true,
+                "Available",
+                "deployment has an available replica",
+            )
         } else {
-            condition(CONDITION_DEPLOYMENT_READY, false, "Unavailable", "deployment has no available replica yet")
+            condition(
+                CONDITION_DEPLOYMENT_READY,
+                false,
+                "Unavailable",
+                "deployment has no available replica yet",
+            )
         },
         ready,
     ];
@@ -254,7 +285,11 @@ fn pick_pod<'a>(pods: &[&'a Pod]) -> Option<&'a Pod> {
     alive.sort_by(|a, b| {
         is_ready(b)
             .cmp(&is_ready(a))
-            .then_with(|| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp))
+            .then_with(|| {
+                b.metadata
+                    .creation_timestamp
+                    .cmp(&a.metadata.creation_timestamp)
+            })
             .then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
     alive.first().copied()
@@ -271,7 +306,10 @@ fn is_ready(pod: &Pod) -> bool {
         })
 }
 
-fn template_condition(ctx: &SessionContext<'_>, template: Option<&TemplateSpec>) -> ConditionReport {
+fn template_condition(
+    ctx: &SessionContext<'_>,
+    template: Option<&TemplateSpec>,
+) -> ConditionReport {
     match template.map(template::validate) {
         None => condition(
             CONDITION_TEMPLATE_RESOLVED,
@@ -282,7 +320,12 @@ fn template_condition(ctx: &SessionContext<'_>, template: Option<&TemplateSpec>)
                 ctx.spec.template, ctx.namespace
             ),
         ),
-        Some(Err(message)) => condition(CONDITION_TEMPLATE_RESOLVED, false, "TemplateInvalid", &message),
+        Some(Err(message)) => condition(
+            CONDITION_TEMPLATE_RESOLVED,
+            false,
+            "TemplateInvalid",
+            &message,
+        ),
         Some(Ok(())) => condition(
             CONDITION_TEMPLATE_RESOLVED,
             true,
@@ -297,14 +340,39 @@ fn pvc_condition(claim: Option<&PersistentVolumeClaim>) -> ConditionReport {
         .and_then(|claim| claim.status.as_ref())
         .and_then(|status| status.phase.as_deref());
     match (claim, phase) {
-        (None, _) => condition(CONDITION_PVC_BOUND, false, "NotFound", "home volume claim does not exist yet"),
-        (Some(_), Some("Bound")) => condition(CONDITION_PVC_BOUND, true, "Bound", "home volume claim is bound"),
-        (Some(_), Some(phase)) => condition(CONDITION_PVC_BOUND, false, "NotBound", &format!("home volume claim is {phase}")),
-        (Some(_), None) => condition(CONDITION_PVC_BOUND, false, "NotBound", "home volume claim is not bound yet"),
+        (None, _) => condition(
+            CONDITION_PVC_BOUND,
+            false,
+            "NotFound",
+            "home volume claim does not exist yet",
+        ),
+        (Some(_), Some("Bound")) => condition(
+            CONDITION_PVC_BOUND,
+            true,
+            "Bound",
+            "home volume claim is bound",
+        ),
+        (Some(_), Some(phase)) => condition(
+            CONDITION_PVC_BOUND,
+            false,
+            "NotBound",
+            &format!("home volume claim is {phase}"),
+        ),
+        (Some(_), None) => condition(
+            CONDITION_PVC_BOUND,
+            false,
+            "NotBound",
+            "home volume claim is not bound yet",
+        ),
     }
 }
 
-fn condition(type_: &'static str, status: bool, reason: &'static str, message: &str) -> ConditionReport {
+fn condition(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: &str,
+) -> ConditionReport {
     ConditionReport {
         type_,
         status,
@@ -341,10 +409,9 @@ pub fn status_update(
             let status = if wanted.status { "True" } else { "False" };
             let previous = current.conditions.iter().find(|c| c.type_ == wanted.type_);
             let last_transition_time = match previous {
-                Some(previous) if previous.status == status => previous
-                    .last_transition_time
-                    .clone()
-                    .or_else(|| Some(Time(now))),
+                Some(previous) if previous.status == status => {
+                    previous.last_transition_time.clone().or(Some(Time(now)))
+                }
                 _ => Some(Time(now)),
             };
             Condition {
@@ -391,15 +458,16 @@ fn same_conditions(current: &[Condition], ours: &[Condition]) -> bool {
         .iter()
         .filter(|have| OWN_CONDITIONS.contains(&have.type_.as_str()))
         .all(|have| ours.iter().any(|wanted| wanted.type_ == have.type_));
-    no_stale && ours.iter().all(|wanted| {
-        current.iter().any(|have| {
-            have.type_ == wanted.type_
-                && have.status == wanted.status
-                && have.reason == wanted.reason
-                && have.message == wanted.message
-                && have.observed_generation == wanted.observed_generation
+    no_stale
+        && ours.iter().all(|wanted| {
+            current.iter().any(|have| {
+                have.type_ == wanted.type_
+                    && have.status == wanted.status
+                    && have.reason == wanted.reason
+                    && have.message == wanted.message
+                    && have.observed_generation == wanted.observed_generation
+            })
         })
-    })
 }
 
 #[cfg(test)]

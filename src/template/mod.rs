@@ -35,7 +35,10 @@ pub fn validate(spec: &TemplateSpec) -> Result<(), String> {
 
 /// Checks that every quantity in a resource block parses, naming the first bad one.
 pub fn validate_resources(path: &str, resources: &ResourceSpec) -> Result<(), String> {
-    let maps = [("requests", &resources.requests), ("limits", &resources.limits)];
+    let maps = [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ];
     for (section, map) in maps {
         for (key, value) in map.iter().flatten() {
             quantity::parse(&value.0).map_err(|e| format!("{path}.{section}.{key}: {e}"))?;

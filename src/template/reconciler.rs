@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::ResourceExt;
 use tracing::warn;
 
 use super::{VALID_MESSAGE, validate};
@@ -54,9 +54,13 @@ pub async fn reconcile(template: Arc<Template>, ctx: Arc<Context>) -> Result<Act
         ctx.metrics.reconcilers.write(CONTROLLER, "template_status");
         let api: Api<Template> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = serde_json::json!({ "status": desired });
-        api.patch_status(&template.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map_err(Error::Status)?;
+        api.patch_status(
+            &template.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(Error::Status)?;
     }
     Ok(Action::await_change())
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use streamspace_controller::crd::{Session, SessionPhase, Template};
 
@@ -41,13 +41,25 @@ fn is_phase(expected: SessionPhase) -> impl Fn(&Session) -> bool {
     move |s| phase(s) == Some(expected.clone())
 }
 
-fn condition<'a>(session: &'a Session, type_: &str) -> Option<&'a streamspace_controller::crd::Condition> {
-    session.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+fn condition<'a>(
+    session: &'a Session,
+    type_: &str,
+) -> Option<&'a streamspace_controller::crd::Condition> {
+    session
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 async fn set_state(env: &TestEnv, name: &str, state: &str) {
     env.api::<Session>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": state}})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"state": state}})),
+        )
         .await
         .expect("patch state");
 }
@@ -66,12 +78,23 @@ async fn replicas(env: &TestEnv, name: &str) -> Option<i32> {
 async fn running_session_gets_its_objects_and_becomes_running() {
     let env = TestEnv::new("running").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("alice-1", "alice", "firefox", "running")).await;
+    env.create::<Session>(session("alice-1", "alice", "firefox", "running"))
+        .await;
 
-    let running = wait_object(&env.api::<Session>(), "alice-1", "phase Running", is_phase(SessionPhase::Running)).await;
+    let running = wait_object(
+        &env.api::<Session>(),
+        "alice-1",
+        "phase Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
     let uid = running.uid().expect("uid");
 
-    let deployment = env.api::<Deployment>().get("ss-alice-1").await.expect("deployment ss-alice-1");
+    let deployment = env
+        .api::<Deployment>()
+        .get("ss-alice-1")
+        .await
+        .expect("deployment ss-alice-1");
     let expected_labels = BTreeMap::from([
         ("app".to_string(), "streamspace-session".to_string()),
         ("user".to_string(), "alice".to_string()),
@@ -80,40 +103,87 @@ async fn running_session_gets_its_objects_and_becomes_running() {
     ]);
     assert_eq!(deployment.labels(), &expected_labels);
     let owner = &deployment.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Session", uid.as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Session", uid.as_str(), Some(true))
+    );
     let spec = deployment.spec.expect("spec");
     assert_eq!(spec.replicas, Some(1));
     let pod_template = spec.template;
-    assert_eq!(pod_template.metadata.and_then(|m| m.labels), Some(expected_labels.clone()));
+    assert_eq!(
+        pod_template.metadata.and_then(|m| m.labels),
+        Some(expected_labels.clone())
+    );
     let container = &pod_template.spec.expect("pod spec").containers[0];
     assert_eq!(container.name, "session");
     let port = &container.ports.as_ref().expect("ports")[0];
-    assert_eq!((port.name.as_deref(), port.container_port), (Some("vnc"), 3000));
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("vnc"), 3000)
+    );
 
-    let service = env.api::<Service>().get("ss-alice-1").await.expect("service");
+    let service = env
+        .api::<Service>()
+        .get("ss-alice-1")
+        .await
+        .expect("service");
     assert_eq!(service.labels(), &expected_labels);
     assert_eq!(service.owner_references()[0].uid, uid);
     let service_port = &service.spec.and_then(|s| s.ports).expect("ports")[0];
-    assert_eq!((service_port.name.as_deref(), service_port.port), (Some("vnc"), 3000));
+    assert_eq!(
+        (service_port.name.as_deref(), service_port.port),
+        (Some("vnc"), 3000)
+    );
 
-    let ingress = env.api::<Ingress>().get("ss-alice-1").await.expect("ingress");
-    let host = ingress.spec.and_then(|s| s.rules).and_then(|r| r[0].host.clone());
+    let ingress = env
+        .api::<Ingress>()
+        .get("ss-alice-1")
+        .await
+        .expect("ingress");
+    let host = ingress
+        .spec
+        .and_then(|s| s.rules)
+        .and_then(|r| r[0].host.clone());
     assert_eq!(host.as_deref(), Some("alice-1.test.local"));
 
-    let claim = env.api::<PersistentVolumeClaim>().get("home-alice").await.expect("home claim");
-    assert!(claim.owner_references().is_empty(), "home claim must not be owned");
-    assert_eq!(claim.labels().get("app").map(String::as_str), Some("streamspace-user-home"));
-    assert_eq!(claim.spec.and_then(|s| s.access_modes), Some(vec!["ReadWriteMany".to_string()]));
+    let claim = env
+        .api::<PersistentVolumeClaim>()
+        .get("home-alice")
+        .await
+        .expect("home claim");
+    assert!(
+        claim.owner_references().is_empty(),
+        "home claim must not be owned"
+    );
+    assert_eq!(
+        claim.labels().get("app").map(String::as_str),
+        Some("streamspace-user-home")
+    );
+    assert_eq!(
+        claim.spec.and_then(|s| s.access_modes),
+        Some(vec!["ReadWriteMany".to_string()])
+    );
 
-    let pods = env.api::<Pod>().list(&ListParams::default().labels("session=alice-1")).await.expect("pods");
+    let pods = env
+        .api::<Pod>()
+        .list(&ListParams::default().labels("session=alice-1"))
+        .await
+        .expect("pods");
     assert_eq!(pods.items.len(), 1);
     let status = running.status.expect("status");
-    assert_eq!(status.pod_name.as_deref(), Some(pods.items[0].name_any().as_str()));
+    assert_eq!(
+        status.pod_name.as_deref(),
+        Some(pods.items[0].name_any().as_str())
+    );
     assert_eq!(status.url.as_deref(), Some("https://alice-1.test.local"));
     assert_eq!(status.observed_generation, running.metadata.generation);
     assert!(status.reconciled_at.is_some());
     for type_ in ["Ready", "TemplateResolved", "DeploymentReady"] {
-        let c = status.conditions.iter().find(|c| c.type_ == type_).expect(type_);
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect(type_);
         assert_eq!(c.status, "True", "{type_}: {c:?}");
     }
     env.cleanup().await;
@@ -123,19 +193,44 @@ async fn running_session_gets_its_objects_and_becomes_running() {
 async fn hibernate_and_wake_scale_the_deployment() {
     let env = TestEnv::new("hibernate").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("bob-1", "bob", "firefox", "running")).await;
+    env.create::<Session>(session("bob-1", "bob", "firefox", "running"))
+        .await;
     let sessions = env.api::<Session>();
-    wait_object(&sessions, "bob-1", "Running", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "bob-1",
+        "Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
 
     set_state(&env, "bob-1", "hibernated").await;
-    let hibernated = wait_object(&sessions, "bob-1", "Hibernated", is_phase(SessionPhase::Hibernated)).await;
+    let hibernated = wait_object(
+        &sessions,
+        "bob-1",
+        "Hibernated",
+        is_phase(SessionPhase::Hibernated),
+    )
+    .await;
     assert_eq!(replicas(&env, "ss-bob-1").await, Some(0));
     assert_eq!(hibernated.status.and_then(|s| s.pod_name), None);
-    env.api::<Service>().get("ss-bob-1").await.expect("service kept while hibernated");
-    env.api::<PersistentVolumeClaim>().get("home-bob").await.expect("claim kept while hibernated");
+    env.api::<Service>()
+        .get("ss-bob-1")
+        .await
+        .expect("service kept while hibernated");
+    env.api::<PersistentVolumeClaim>()
+        .get("home-bob")
+        .await
+        .expect("claim kept while hibernated");
 
     set_state(&env, "bob-1", "running").await;
-    wait_object(&sessions, "bob-1", "Running again", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "bob-1",
+        "Running again",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
     assert_eq!(replicas(&env, "ss-bob-1").await, Some(1));
     env.cleanup().await;
 }
@@ -144,14 +239,30 @@ async fn hibernate_and_wake_scale_the_deployment() {
 async fn terminate_deletes_the_deployment_and_keeps_the_claim() {
     let env = TestEnv::new("terminate").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("carol-1", "carol", "firefox", "running")).await;
+    env.create::<Session>(session("carol-1", "carol", "firefox", "running"))
+        .await;
     let sessions = env.api::<Session>();
-    wait_object(&sessions, "carol-1", "Running", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "carol-1",
+        "Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
 
     set_state(&env, "carol-1", "terminated").await;
-    wait_object(&sessions, "carol-1", "Terminated", is_phase(SessionPhase::Terminated)).await;
+    wait_object(
+        &sessions,
+        "carol-1",
+        "Terminated",
+        is_phase(SessionPhase::Terminated),
+    )
+    .await;
     wait_gone(&env.api::<Deployment>(), "ss-carol-1", "deployment deleted").await;
-    env.api::<PersistentVolumeClaim>().get("home-carol").await.expect("claim kept");
+    env.api::<PersistentVolumeClaim>()
+        .get("home-carol")
+        .await
+        .expect("claim kept");
     env.cleanup().await;
 }
 
@@ -159,15 +270,38 @@ async fn terminate_deletes_the_deployment_and_keeps_the_claim() {
 async fn deleting_a_session_collects_its_objects_but_not_the_home_claim() {
     let env = TestEnv::new("delete").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("dan-1", "dan", "firefox", "running")).await;
+    env.create::<Session>(session("dan-1", "dan", "firefox", "running"))
+        .await;
     let sessions = env.api::<Session>();
-    wait_object(&sessions, "dan-1", "Running", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "dan-1",
+        "Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
 
-    sessions.delete("dan-1", &DeleteParams::foreground()).await.expect("delete session");
-    wait_gone(&env.api::<Deployment>(), "ss-dan-1", "deployment garbage-collected").await;
-    wait_gone(&env.api::<Service>(), "ss-dan-1", "service garbage-collected").await;
+    sessions
+        .delete("dan-1", &DeleteParams::foreground())
+        .await
+        .expect("delete session");
+    wait_gone(
+        &env.api::<Deployment>(),
+        "ss-dan-1",
+        "deployment garbage-collected",
+    )
+    .await;
+    wait_gone(
+        &env.api::<Service>(),
+        "ss-dan-1",
+        "service garbage-collected",
+    )
+    .await;
     wait_gone(&sessions, "dan-1", "session gone").await;
-    env.api::<PersistentVolumeClaim>().get("home-dan").await.expect("home claim survives");
+    env.api::<PersistentVolumeClaim>()
+        .get("home-dan")
+        .await
+        .expect("home claim survives");
     env.cleanup().await;
 }
 
@@ -175,7 +309,8 @@ async fn deleting_a_session_collects_its_objects_but_not_the_home_claim() {
 async fn missing_template_waits_then_proceeds_and_invalid_template_fails() {
     let env = TestEnv::new("template-gate").await;
     let sessions = env.api::<Session>();
-    env.create::<Session>(session("erin-1", "erin", "later", "running")).await;
+    env.create::<Session>(session("erin-1", "erin", "later", "running"))
+        .await;
     let waiting = wait_object(&sessions, "erin-1", "TemplateResolved=False", |s| {
         condition(s, "TemplateResolved").is_some_and(|c| c.status == "False")
     })
@@ -184,27 +319,62 @@ async fn missing_template_waits_then_proceeds_and_invalid_template_fails() {
     let resolved = condition(&waiting, "TemplateResolved").expect("condition");
     assert_eq!(resolved.reason, "TemplateNotFound");
     assert!(resolved.message.contains("'later'"), "{}", resolved.message);
-    assert!(env.api::<Deployment>().get_opt("ss-erin-1").await.expect("get").is_none());
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("ss-erin-1")
+            .await
+            .expect("get")
+            .is_none()
+    );
 
     env.create::<Template>(template("later")).await;
-    wait_object(&sessions, "erin-1", "Running after the template appears", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "erin-1",
+        "Running after the template appears",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
 
     env.create::<Template>(json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Template",
-        "metadata": {"name": "broken"}, "spec": {"displayName": "No image"}
+        "metadata": {"name": "broken"},
+        "spec": {"displayName": "Bad port", "baseImage": "img", "vnc": {"enabled": true, "port": 80}}
     }))
     .await;
-    env.create::<Session>(session("erin-2", "erin", "broken", "running")).await;
-    let failed = wait_object(&sessions, "erin-2", "Failed", is_phase(SessionPhase::Failed)).await;
+    env.create::<Session>(session("erin-2", "erin", "broken", "running"))
+        .await;
+    let failed = wait_object(
+        &sessions,
+        "erin-2",
+        "Failed",
+        is_phase(SessionPhase::Failed),
+    )
+    .await;
     let ready = condition(&failed, "Ready").expect("Ready condition");
-    assert_eq!(ready.message, "baseImage is required");
+    assert_eq!(
+        ready.message,
+        "VNC port must be between 1024 and 65535 (got 80)"
+    );
     let templates = env.api::<Template>();
-    let broken = wait_object(&templates, "broken", "template status", |t| t.status.is_some()).await;
+    let broken = wait_object(&templates, "broken", "template status", |t| {
+        t.status.is_some()
+    })
+    .await;
     let status = broken.status.expect("status");
     assert!(!status.valid);
-    assert_eq!(status.message, "baseImage is required");
-    let good = wait_object(&templates, "later", "template status", |t| t.status.is_some()).await;
-    assert_eq!(good.status.map(|s| (s.valid, s.message)), Some((true, "Template is valid and ready to use".to_string())));
+    assert_eq!(
+        status.message,
+        "VNC port must be between 1024 and 65535 (got 80)"
+    );
+    let good = wait_object(&templates, "later", "template status", |t| {
+        t.status.is_some()
+    })
+    .await;
+    assert_eq!(
+        good.status.map(|s| (s.valid, s.message)),
+        Some((true, "Template is valid and ready to use".to_string()))
+    );
     env.cleanup().await;
 }
 
@@ -217,16 +387,31 @@ async fn legacy_flat_resources_become_requests_and_limits() {
     body["spec"]["persistentHome"] = json!(false);
     env.create::<Session>(body).await;
     let stored = env.api::<Session>().get("fay-1").await.expect("session");
-    assert!(!stored.spec.persistent_home, "persistentHome: false survives the API server");
+    assert!(
+        !stored.spec.persistent_home,
+        "persistentHome: false survives the API server"
+    );
 
-    let deployment = wait_object(&env.api::<Deployment>(), "ss-fay-1", "deployment", |_| true).await;
-    let container = deployment.spec.and_then(|s| s.template.spec).expect("pod").containers[0].clone();
+    let deployment =
+        wait_object(&env.api::<Deployment>(), "ss-fay-1", "deployment", |_| true).await;
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod")
+        .containers[0]
+        .clone();
     let resources = container.resources.expect("resources");
-    for map in [resources.requests.expect("requests"), resources.limits.expect("limits")] {
+    for map in [
+        resources.requests.expect("requests"),
+        resources.limits.expect("limits"),
+    ] {
         assert_eq!(map.get("memory").map(|q| q.0.as_str()), Some("2Gi"));
         assert_eq!(map.get("cpu").map(|q| q.0.as_str()), Some("1"));
     }
-    assert!(container.volume_mounts.is_none(), "no home mount without persistentHome");
+    assert!(
+        container.volume_mounts.is_none(),
+        "no home mount without persistentHome"
+    );
     env.cleanup().await;
 }
 
@@ -234,18 +419,38 @@ async fn legacy_flat_resources_become_requests_and_limits() {
 async fn last_activity_written_by_others_survives_reconciles() {
     let env = TestEnv::new("last-activity").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("gus-1", "gus", "firefox", "running")).await;
+    env.create::<Session>(session("gus-1", "gus", "firefox", "running"))
+        .await;
     let sessions = env.api::<Session>();
-    wait_object(&sessions, "gus-1", "Running", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "gus-1",
+        "Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
 
     let stamp = "2026-01-02T03:04:05Z";
     sessions
-        .patch_status("gus-1", &PatchParams::default(), &Patch::Merge(json!({"status": {"lastActivity": stamp}})))
+        .patch_status(
+            "gus-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastActivity": stamp}})),
+        )
         .await
         .expect("heartbeat-style patch");
     set_state(&env, "gus-1", "hibernated").await;
-    let hibernated = wait_object(&sessions, "gus-1", "Hibernated", is_phase(SessionPhase::Hibernated)).await;
-    let kept = hibernated.status.and_then(|s| s.last_activity).map(|t| t.0.to_string());
+    let hibernated = wait_object(
+        &sessions,
+        "gus-1",
+        "Hibernated",
+        is_phase(SessionPhase::Hibernated),
+    )
+    .await;
+    let kept = hibernated
+        .status
+        .and_then(|s| s.last_activity)
+        .map(|t| t.0.to_string());
     assert_eq!(kept.as_deref(), Some(stamp));
     env.cleanup().await;
 }
@@ -256,24 +461,57 @@ async fn restart_mid_way_converges_without_duplicates() {
     env.create::<Template>(template("firefox")).await;
     let names: Vec<String> = (0..6).map(|i| format!("hank-{i}")).collect();
     for name in &names {
-        env.create::<Session>(session(name, "hank", "firefox", "running")).await;
+        env.create::<Session>(session(name, "hank", "firefox", "running"))
+            .await;
     }
     // Crash as soon as the first Deployment exists, with the rest still to do.
     let deployments = env.api::<Deployment>();
-    wait_for("a first deployment", || async { deployments.list(&ListParams::default()).await.map(|l| l.items.len()).unwrap_or(0) }, |n| *n >= 1).await;
+    wait_for(
+        "a first deployment",
+        || async {
+            deployments
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0)
+        },
+        |n| *n >= 1,
+    )
+    .await;
     env.controller.take().expect("controller").kill().await;
     env.start_controller().await;
 
     let sessions = env.api::<Session>();
     for name in &names {
-        wait_object(&sessions, name, "Running after restart", is_phase(SessionPhase::Running)).await;
+        wait_object(
+            &sessions,
+            name,
+            "Running after restart",
+            is_phase(SessionPhase::Running),
+        )
+        .await;
     }
-    let all = deployments.list(&ListParams::default()).await.expect("list");
+    let all = deployments
+        .list(&ListParams::default())
+        .await
+        .expect("list");
     assert_eq!(all.items.len(), names.len(), "one deployment per session");
-    let pods = env.api::<Pod>().list(&ListParams::default().labels("app=streamspace-session")).await.expect("pods");
-    let live = pods.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+    let pods = env
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=streamspace-session"))
+        .await
+        .expect("pods");
+    let live = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
     assert_eq!(live, names.len(), "one pod per session");
-    let claims = env.api::<PersistentVolumeClaim>().list(&ListParams::default()).await.expect("claims");
+    let claims = env
+        .api::<PersistentVolumeClaim>()
+        .list(&ListParams::default())
+        .await
+        .expect("claims");
     assert_eq!(claims.items.len(), 1, "one shared home claim for the user");
     env.cleanup().await;
 }
@@ -282,14 +520,26 @@ async fn restart_mid_way_converges_without_duplicates() {
 async fn steady_state_reconcile_writes_nothing() {
     let mut env = TestEnv::new("steady").await;
     env.create::<Template>(template("firefox")).await;
-    env.create::<Session>(session("ida-1", "ida", "firefox", "running")).await;
+    env.create::<Session>(session("ida-1", "ida", "firefox", "running"))
+        .await;
     let sessions = env.api::<Session>();
-    wait_object(&sessions, "ida-1", "Running", is_phase(SessionPhase::Running)).await;
+    wait_object(
+        &sessions,
+        "ida-1",
+        "Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
     // Let the last watch events settle before taking the snapshot.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     let versions = |env: &TestEnv| {
-        let (s, d, svc, i) = (env.api::<Session>(), env.api::<Deployment>(), env.api::<Service>(), env.api::<Ingress>());
+        let (s, d, svc, i) = (
+            env.api::<Session>(),
+            env.api::<Deployment>(),
+            env.api::<Service>(),
+            env.api::<Ingress>(),
+        );
         async move {
             (
                 s.get("ida-1").await.expect("s").resource_version(),
@@ -304,11 +554,24 @@ async fn steady_state_reconcile_writes_nothing() {
     env.controller.take().expect("controller").stop().await;
     env.start_controller().await;
     let controller = env.controller.as_ref().expect("controller");
-    wait_for("the restarted controller to reconcile", || async {
-        controller.metrics.encode()
-    }, |text| text.lines().any(|l| l.starts_with("streamspace_controller_reconciliations_total{controller=\"session\"}") && !l.ends_with(" 0"))).await;
+    wait_for(
+        "the restarted controller to reconcile",
+        || async { controller.metrics.encode() },
+        |text| {
+            text.lines().any(|l| {
+                l.starts_with(
+                    "streamspace_controller_reconciliations_total{controller=\"session\"}",
+                ) && !l.ends_with(" 0")
+            })
+        },
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(controller.writes(), "", "a steady-state reconcile must not write");
+    assert_eq!(
+        controller.writes(),
+        "",
+        "a steady-state reconcile must not write"
+    );
     assert_eq!(versions(&env).await, before);
     env.cleanup().await;
 }
@@ -319,27 +582,66 @@ async fn malformed_sessions_fail_clearly_without_blocking_others() {
     env.create::<Template>(template("firefox")).await;
 
     // The schema rejects an unknown state outright, with a message naming the field.
-    let unknown: Session = serde_json::from_value(session("jo-0", "jo", "firefox", "paused")).expect("typed");
-    let error = env.api::<Session>().create(&PostParams::default(), &unknown).await.expect_err("rejected");
+    let unknown: Session =
+        serde_json::from_value(session("jo-0", "jo", "firefox", "paused")).expect("typed");
+    let error = env
+        .api::<Session>()
+        .create(&PostParams::default(), &unknown)
+        .await
+        .expect_err("rejected");
     assert!(error.to_string().contains("spec.state"), "{error}");
 
     let mut bad = session("jo-1", "jo", "firefox", "running");
     bad["spec"]["resources"] = json!({"requests": {"cpu": "lots"}});
     env.create::<Session>(bad).await;
-    env.create::<Session>(session("jo-2", "jo", "firefox", "running")).await;
+    env.create::<Session>(session("jo-2", "jo", "firefox", "running"))
+        .await;
 
     let sessions = env.api::<Session>();
     let failed = wait_object(&sessions, "jo-1", "Failed", is_phase(SessionPhase::Failed)).await;
     let ready = condition(&failed, "Ready").expect("Ready");
     assert_eq!(ready.reason, "InvalidResources");
-    assert!(ready.message.contains("resources.requests.cpu"), "{}", ready.message);
-    wait_object(&sessions, "jo-2", "the valid neighbour Running", is_phase(SessionPhase::Running)).await;
-    assert!(env.api::<Deployment>().get_opt("ss-jo-1").await.expect("get").is_none());
+    assert!(
+        ready.message.contains("resources.requests.cpu"),
+        "{}",
+        ready.message
+    );
+    wait_object(
+        &sessions,
+        "jo-2",
+        "the valid neighbour Running",
+        is_phase(SessionPhase::Running),
+    )
+    .await;
+    assert!(
+        env.api::<Deployment>()
+            .get_opt("ss-jo-1")
+            .await
+            .expect("get")
+            .is_none()
+    );
 
     let events: Api<Event> = env.api();
-    let warning = wait_for("a warning event", || async {
-        events.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default()
-    }, |items| items.iter().any(|e| e.reason.as_deref() == Some("InvalidResources"))).await;
-    assert!(warning.iter().any(|e| e.type_.as_deref() == Some("Warning")));
+    let warning = wait_for(
+        "a warning event",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+        },
+        |items| {
+            items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("InvalidResources"))
+        },
+    )
+    .await;
+    assert!(
+        warning
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning"))
+    );
     env.cleanup().await;
 }

@@ -16,7 +16,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use streamspace_controller::controller::{self, Readiness};
-use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig};
+use streamspace_controller::devcluster::{
+    ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
+};
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::session::objects::SessionSettings;
 use tokio::sync::watch;
@@ -86,6 +88,13 @@ async fn start_cluster() -> Result<(ControlPlane, NodeSimulator), String> {
 
 /// A client on the current test's runtime.
 pub async fn client() -> Client {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let path = kubeconfig();
     let _ = rustls::crypto::ring::default_provider().install_default();
     streamspace_controller::dev::client_from(Some(&path))
@@ -142,17 +151,26 @@ impl TestEnv {
     pub async fn without_controller(test: &str) -> TestEnv {
         let client = client().await;
         let n = NAMESPACE_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let namespace = format!("{}-{}-{n}", test.replace('_', "-"), std::process::id() % 100_000);
+        let namespace = format!(
+            "{}-{}-{n}",
+            test.replace('_', "-"),
+            std::process::id() % 100_000
+        );
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-        let body: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": namespace}
-        }))
-        .expect("namespace object");
+        let body: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": namespace}
+            }))
+            .expect("namespace object");
         namespaces
             .create(&PostParams::default(), &body)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
-        TestEnv { client, namespace, controller: None }
+        TestEnv {
+            client,
+            namespace,
+            controller: None,
+        }
     }
 
     pub fn settings() -> SessionSettings {
@@ -179,13 +197,23 @@ impl TestEnv {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                if let Err(e) = controller::run(client, config, metrics, readiness, shutdown).await {
+                if let Err(e) = controller::run(client, config, metrics, readiness, shutdown).await
+                {
                     panic!("controller failed: {e}");
                 }
             }
         });
-        wait_for("controller watch caches to load", || async { readiness.is_ready() }, |ready| *ready).await;
-        self.controller = Some(RunningController { metrics, stop, task });
+        wait_for(
+            "controller watch caches to load",
+            || async { readiness.is_ready() },
+            |ready| *ready,
+        )
+        .await;
+        self.controller = Some(RunningController {
+            metrics,
+            stop,
+            task,
+        });
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -217,7 +245,9 @@ impl TestEnv {
             controller.stop().await;
         }
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.namespace, &DeleteParams::default()).await;
+        let _ = namespaces
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
     }
 }
 
@@ -261,5 +291,10 @@ pub async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str)
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let _ = wait_for(what, || async { api.get_opt(name).await }, |r| matches!(r, Ok(None))).await;
+    let _ = wait_for(
+        what,
+        || async { api.get_opt(name).await },
+        |r| matches!(r, Ok(None)),
+    )
+    .await;
 }

@@ -10,10 +10,14 @@
 //!   ready; terminating pods on a simulated node are deleted with grace period 0. Pods on other
 //!   nodes are left alone.
 //! * **Volumes** (optional) — see [`SIMULATED_VOLUME_LABEL`].
+//! * **Namespaces** (optional) — pods on simulated nodes are removed as soon as their namespace
+//!   starts terminating, so namespace deletion does not wait for kube-controller-manager's
+//!   grace-period based requeue.
 //!
 //! Watch errors are retried with backoff, failed calls are retried on the next event or the
 //! periodic resync; nothing in here panics on cluster data.
 
+mod namespaces;
 mod nodes;
 mod pod_status;
 mod pods;
@@ -49,6 +53,9 @@ pub struct SimulatorConfig {
     pub resync_interval: Duration,
     /// Whether to provision `hostPath` volumes for class-less pending claims.
     pub provision_volumes: bool,
+    /// Whether pods on simulated nodes are removed at once when their namespace is deleted
+    /// (otherwise namespace deletion takes about 16 s; see the `namespaces` module).
+    pub fast_namespace_deletion: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -61,16 +68,24 @@ impl Default for SimulatorConfig {
             heartbeat_interval: Duration::from_secs(10),
             resync_interval: Duration::from_secs(5),
             provision_volumes: true,
+            fast_namespace_deletion: true,
         }
     }
 }
 
 /// Runs the simulator until `shutdown` completes. Nodes are left in place afterwards.
-pub async fn run(client: kube::Client, config: SimulatorConfig, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    client: kube::Client,
+    config: SimulatorConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let config = Arc::new(config);
     let mut tasks = JoinSet::new();
     tasks.spawn(nodes::run(client.clone(), config.clone()));
     tasks.spawn(pods::run(client.clone(), config.clone()));
+    if config.fast_namespace_deletion {
+        tasks.spawn(namespaces::run(client.clone(), config.clone()));
+    }
     if config.provision_volumes {
         tasks.spawn(volumes::run(client, config.clone()));
     }

@@ -134,10 +134,30 @@ fn node_status(config: &SimulatorConfig, index: usize, name: &str, since: &Time)
 fn node_conditions(since: &Time) -> Vec<NodeCondition> {
     let now = Time(Timestamp::now());
     [
-        ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        (
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
     ]
     .into_iter()
     .map(|(type_, status, reason, message)| NodeCondition {
@@ -186,7 +206,10 @@ async fn renew_lease(leases: &Api<Lease>, node: &Node) -> Result<(), kube::Error
                 "leaseDurationSeconds": LEASE_DURATION_SECONDS,
                 "renewTime": now,
             }}));
-            leases.patch(name, &PatchParams::default(), &patch).await.map(drop)
+            leases
+                .patch(name, &PatchParams::default(), &patch)
+                .await
+                .map(drop)
         }
         Ok(None) => leases
             .create(&PostParams::default(), &new_lease(node, name, now))

@@ -20,7 +20,9 @@ pub(super) fn running(pod: &Pod, addresses: &Addresses<'_>, now: &Time) -> PodSt
     let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
     let spec = pod.spec.as_ref();
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let init_containers = spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
+    let init_containers = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
     let current = pod.status.as_ref();
     PodStatus {
         phase: Some("Running".into()),
@@ -32,7 +34,11 @@ pub(super) fn running(pod: &Pod, addresses: &Addresses<'_>, now: &Time) -> PodSt
         pod_ips: Some(vec![PodIP {
             ip: addresses.pod_ip.to_owned(),
         }]),
-        start_time: Some(current.and_then(|s| s.start_time.clone()).unwrap_or_else(|| now.clone())),
+        start_time: Some(
+            current
+                .and_then(|s| s.start_time.clone())
+                .unwrap_or_else(|| now.clone()),
+        ),
         conditions: Some(conditions(pod, now)),
         container_statuses: Some(
             containers
@@ -177,7 +183,11 @@ mod tests {
         assert_eq!(status.pod_ip.as_deref(), Some("10.244.0.1"));
         let containers = status.container_statuses.unwrap_or_default();
         assert_eq!(containers.len(), 2);
-        assert!(containers.iter().all(|c| c.ready && c.started == Some(true)));
+        assert!(
+            containers
+                .iter()
+                .all(|c| c.ready && c.started == Some(true))
+        );
         assert_eq!(containers[0].image, "nginx:1");
         assert_eq!(status.init_container_statuses.map(|s| s.len()), Some(1));
         let conditions = status.conditions.unwrap_or_default();

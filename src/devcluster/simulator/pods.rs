@@ -69,6 +69,15 @@ pub(super) async fn run(client: kube::Client, config: Arc<SimulatorConfig>) {
     }
 }
 
+/// Whether an action is finished for the pod version it was attempted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Nothing more to do until the pod changes.
+    Done,
+    /// Try again on the next node event or resync, even if the pod does not change.
+    Retry,
+}
+
 /// State of the pod loop.
 struct PodWorker {
     client: kube::Client,
@@ -110,7 +119,10 @@ impl PodWorker {
     /// Re-examines every known pod and forgets pods that are gone.
     async fn resync(&mut self) {
         let pods = self.pod_store.state();
-        let live: HashSet<&str> = pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        let live: HashSet<&str> = pods
+            .iter()
+            .filter_map(|p| p.metadata.uid.as_deref())
+            .collect();
         self.handled.retain(|uid, _| live.contains(uid.as_str()));
         for pod in &pods {
             self.handle(pod).await;
@@ -127,15 +139,19 @@ impl PodWorker {
             return;
         }
         let result = match action {
-            Action::None => Ok(()),
+            Action::None => Ok(Progress::Done),
             Action::Bind => self.bind(pod).await,
-            Action::MarkRunning => self.mark_running(pod).await,
-            Action::FinishDeletion => self.finish_deletion(pod, &uid).await,
+            Action::MarkRunning => self.mark_running(pod).await.map(|()| Progress::Done),
+            Action::FinishDeletion => self
+                .finish_deletion(pod, &uid)
+                .await
+                .map(|()| Progress::Done),
         };
         match result {
-            Ok(()) => {
+            Ok(Progress::Done) => {
                 self.handled.insert(uid, version);
             }
+            Ok(Progress::Retry) => {}
             Err(e) => tracing::warn!(
                 pod = %pod_key(pod), ?action, error = %e,
                 "simulator action failed; will retry"
@@ -143,10 +159,11 @@ impl PodWorker {
         }
     }
 
-    /// Binds the pod to a fitting simulated node, or marks it unschedulable.
-    async fn bind(&mut self, pod: &Pod) -> Result<(), kube::Error> {
+    /// Binds the pod to a fitting simulated node, or marks it unschedulable and asks to be
+    /// retried (a node may appear or change later).
+    async fn bind(&mut self, pod: &Pod) -> Result<Progress, kube::Error> {
         let Some(node) = self.pick_node(pod) else {
-            return self.mark_unschedulable(pod).await;
+            return self.mark_unschedulable(pod).await.map(|()| Progress::Retry);
         };
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let binding = Binding {
@@ -164,15 +181,20 @@ impl PodWorker {
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let bound = api
-            .create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding)
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
             .await;
         match bound {
-            // Already bound (by us after a stale event, or by someone else): fine.
-            Err(e) if api_code(&e) == Some(409) || api_code(&e) == Some(404) => Ok(()),
+            // Already bound (by us after a stale event, or by someone else) or gone: fine.
+            Err(e) if api_code(&e) == Some(409) || api_code(&e) == Some(404) => Ok(Progress::Done),
             Err(e) => Err(e),
             Ok(_) => {
                 tracing::debug!(pod = %pod_key(pod), node = %node, "bound pod");
-                Ok(())
+                Ok(Progress::Done)
             }
         }
     }
@@ -223,9 +245,17 @@ impl PodWorker {
 
     /// Reports the pod as running on its node.
     async fn mark_running(&mut self, pod: &Pod) -> Result<(), kube::Error> {
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
         let host_ip = self.host_ip(node_name);
-        let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
         let existing_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let pod_ip = match existing_ip {
             Some(ip) if !ip.is_empty() => ip,
@@ -237,14 +267,16 @@ impl PodWorker {
             host_ip: &host_ip,
         };
         let status = pod_status::running(pod, &addresses, &Time(Timestamp::now()));
-        self.patch_pod_status(pod, json!({ "status": status })).await?;
+        self.patch_pod_status(pod, json!({ "status": status }))
+            .await?;
         tracing::debug!(pod = %pod_key(pod), node = %node_name, "pod running");
         Ok(())
     }
 
     /// Deletes a terminating pod immediately, as the kubelet does once containers stopped.
     async fn finish_deletion(&self, pod: &Pod, uid: &str) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -263,10 +295,19 @@ impl PodWorker {
         }
     }
 
-    async fn patch_pod_status(&self, pod: &Pod, patch: serde_json::Value) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+    async fn patch_pod_status(
+        &self,
+        pod: &Pod,
+        patch: serde_json::Value,
+    ) -> Result<(), kube::Error> {
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         match api
-            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
             .await
         {
             Err(e) if api_code(&e) == Some(404) => Ok(()),
@@ -289,7 +330,12 @@ impl PodWorker {
                     .map(|a| a.address.clone())
             });
         from_store.unwrap_or_else(|| {
-            let index = self.config.node_names.iter().position(|n| n == node_name).unwrap_or(0);
+            let index = self
+                .config
+                .node_names
+                .iter()
+                .position(|n| n == node_name)
+                .unwrap_or(0);
             super::nodes::node_ip(index)
         })
     }
@@ -312,7 +358,11 @@ fn decide(pod: &Pod, is_simulated: impl Fn(&str) -> bool) -> Action {
     let node = spec.node_name.as_deref().filter(|n| !n.is_empty());
     let on_simulated_node = node.is_some_and(&is_simulated);
     if pod.metadata.deletion_timestamp.is_some() {
-        return if on_simulated_node { Action::FinishDeletion } else { Action::None };
+        return if on_simulated_node {
+            Action::FinishDeletion
+        } else {
+            Action::None
+        };
     }
     let ours = spec
         .scheduler_name
@@ -320,7 +370,9 @@ fn decide(pod: &Pod, is_simulated: impl Fn(&str) -> bool) -> Action {
         .is_none_or(|s| s.is_empty() || s == DEFAULT_SCHEDULER);
     match node {
         None if ours && !terminal => Action::Bind,
-        Some(_) if on_simulated_node && !terminal && phase != Some("Running") => Action::MarkRunning,
+        Some(_) if on_simulated_node && !terminal && phase != Some("Running") => {
+            Action::MarkRunning
+        }
         _ => Action::None,
     }
 }
@@ -388,12 +440,24 @@ mod tests {
         let cases = [
             (pod(None, Some("Pending"), false), Action::Bind),
             (pod(None, Some("Failed"), false), Action::None),
-            (pod(Some("sim-node-1"), Some("Pending"), false), Action::MarkRunning),
+            (
+                pod(Some("sim-node-1"), Some("Pending"), false),
+                Action::MarkRunning,
+            ),
             (pod(Some("sim-node-1"), None, false), Action::MarkRunning),
-            (pod(Some("sim-node-1"), Some("Running"), false), Action::None),
-            (pod(Some("sim-node-1"), Some("Succeeded"), false), Action::None),
+            (
+                pod(Some("sim-node-1"), Some("Running"), false),
+                Action::None,
+            ),
+            (
+                pod(Some("sim-node-1"), Some("Succeeded"), false),
+                Action::None,
+            ),
             (pod(Some("real-node"), Some("Pending"), false), Action::None),
-            (pod(Some("sim-node-1"), Some("Running"), true), Action::FinishDeletion),
+            (
+                pod(Some("sim-node-1"), Some("Running"), true),
+                Action::FinishDeletion,
+            ),
             (pod(Some("real-node"), Some("Running"), true), Action::None),
             (pod(None, Some("Pending"), true), Action::None),
         ];

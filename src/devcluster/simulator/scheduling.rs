@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration,
+};
 
 /// Whether `node`, which currently runs `pods_on_node` pods, can take a pod with `spec`.
 pub(super) fn fits(spec: &PodSpec, node: &Node, pods_on_node: usize) -> bool {
@@ -27,7 +29,11 @@ fn is_unschedulable(node: &Node) -> bool {
 
 /// Every taint with effect `NoSchedule` or `NoExecute` is tolerated.
 fn tolerates_all_taints(spec: &PodSpec, node: &Node) -> bool {
-    let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default();
     let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     taints
         .iter()
@@ -73,7 +79,10 @@ fn matches_required_affinity(spec: &PodSpec, node: &Node) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     required.is_none_or(|selector| {
         selector
             .node_selector_terms
@@ -137,9 +146,7 @@ fn node_labels(node: &Node) -> Option<&BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        Affinity, NodeAffinity, NodeSelector, NodeSpec, NodeStatus,
-    };
+    use k8s_openapi::api::core::v1::{Affinity, NodeAffinity, NodeSelector, NodeSpec, NodeStatus};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn node(labels: &[(&str, &str)], taints: Vec<Taint>) -> Node {
@@ -222,7 +229,10 @@ mod tests {
     #[test]
     fn taints_need_tolerations() {
         let tainted = node(&[], vec![taint("dedicated", Some("gpu"), "NoSchedule")]);
-        let soft = node(&[], vec![taint("dedicated", Some("gpu"), "PreferNoSchedule")]);
+        let soft = node(
+            &[],
+            vec![taint("dedicated", Some("gpu"), "PreferNoSchedule")],
+        );
         assert!(!fits(&PodSpec::default(), &tainted, 0));
         assert!(fits(&PodSpec::default(), &soft, 0));
         for (tol, ok) in [

@@ -67,7 +67,9 @@ async fn provision_if_needed(volumes: &Api<PersistentVolume>, claim: &Persistent
         return;
     };
     match volumes.create(&PostParams::default(), &volume).await {
-        Ok(_) => tracing::debug!(claim = %claim_key(claim), volume = %volume.name_any(), "provisioned"),
+        Ok(_) => {
+            tracing::debug!(claim = %claim_key(claim), volume = %volume.name_any(), "provisioned")
+        }
         Err(e) if api_code(&e) == Some(409) => {}
         Err(e) => tracing::warn!(claim = %claim_key(claim), error = %e, "provisioning failed"),
     }
@@ -81,7 +83,10 @@ async fn delete_released(volumes: &Api<PersistentVolume>) -> Result<(), kube::Er
     for volume in list {
         let phase = volume.status.as_ref().and_then(|s| s.phase.as_deref());
         if phase == Some("Released") {
-            match volumes.delete(&volume.name_any(), &DeleteParams::default()).await {
+            match volumes
+                .delete(&volume.name_any(), &DeleteParams::default())
+                .await
+            {
                 Err(e) if api_code(&e) != Some(404) => return Err(e),
                 _ => tracing::debug!(volume = %volume.name_any(), "deleted released volume"),
             }
@@ -112,7 +117,10 @@ fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
     Some(PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(BTreeMap::from([(SIMULATED_VOLUME_LABEL.to_owned(), "true".to_owned())])),
+            labels: Some(BTreeMap::from([(
+                SIMULATED_VOLUME_LABEL.to_owned(),
+                "true".to_owned(),
+            )])),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -145,13 +153,19 @@ fn volume_for(claim: &PersistentVolumeClaim) -> Option<PersistentVolume> {
 }
 
 fn claim_key(claim: &PersistentVolumeClaim) -> String {
-    format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any())
+    format!(
+        "{}/{}",
+        claim.namespace().unwrap_or_default(),
+        claim.name_any()
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
 
     fn claim(class: Option<&str>, phase: &str) -> PersistentVolumeClaim {
         PersistentVolumeClaim {
@@ -165,7 +179,10 @@ mod tests {
                 storage_class_name: class.map(Into::into),
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_owned(), Quantity("5Gi".into()))])),
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity("5Gi".into()),
+                    )])),
                     ..VolumeResourceRequirements::default()
                 }),
                 ..PersistentVolumeClaimSpec::default()
@@ -182,7 +199,10 @@ mod tests {
         let volume = volume_for(&claim(None, "Pending")).expect("volume");
         assert_eq!(volume.metadata.name.as_deref(), Some("pvc-u1"));
         let spec = volume.spec.unwrap_or_default();
-        assert_eq!(spec.capacity.unwrap_or_default().get("storage"), Some(&Quantity("5Gi".into())));
+        assert_eq!(
+            spec.capacity.unwrap_or_default().get("storage"),
+            Some(&Quantity("5Gi".into()))
+        );
         let claim_ref = spec.claim_ref.unwrap_or_default();
         assert_eq!(claim_ref.namespace.as_deref(), Some("ns"));
         assert_eq!(claim_ref.uid.as_deref(), Some("u1"));

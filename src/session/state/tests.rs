@@ -9,8 +9,10 @@ use crate::crd::SessionSpec;
 use crate::session::objects::SessionSettings;
 
 fn spec(state: &str) -> SessionSpec {
-    serde_json::from_value(serde_json::json!({"user": "alice", "template": "firefox", "state": state}))
-        .expect("spec")
+    serde_json::from_value(
+        serde_json::json!({"user": "alice", "template": "firefox", "state": state}),
+    )
+    .expect("spec")
 }
 
 fn template() -> TemplateSpec {
@@ -85,13 +87,22 @@ fn condition_of<'a>(decision: &'a Decision, type_: &str) -> Option<&'a Condition
 fn new_running_session_creates_everything_and_is_pending() {
     let spec = spec("running");
     let template = template();
-    let decision = decide_for(&spec, &Observed { template: Some(&template), ..Observed::default() });
+    let decision = decide_for(
+        &spec,
+        &Observed {
+            template: Some(&template),
+            ..Observed::default()
+        },
+    );
     assert!(matches!(decision.deployment, DeploymentChange::Apply(_)));
     assert!(decision.service.is_some());
     assert!(decision.ingress.is_some());
     assert!(decision.home_claim.is_some());
     assert_eq!(decision.status.phase, SessionPhase::Pending);
-    assert_eq!(condition_of(&decision, CONDITION_READY).map(|c| c.status), Some(false));
+    assert_eq!(
+        condition_of(&decision, CONDITION_READY).map(|c| c.status),
+        Some(false)
+    );
 }
 
 #[test]
@@ -100,7 +111,13 @@ fn ready_pod_and_available_replica_mean_running_with_no_changes() {
     let template = template();
     let deployment = desired_deployment(&spec, 1);
     let settings = SessionSettings::default();
-    let ctx = SessionContext { name: "s1", namespace: "ns", spec: &spec, owner: owner(), settings: &settings };
+    let ctx = SessionContext {
+        name: "s1",
+        namespace: "ns",
+        spec: &spec,
+        owner: owner(),
+        settings: &settings,
+    };
     let service = objects::service(&ctx, &template);
     let ingress = objects::ingress(&ctx, &template);
     let claim = objects::home_claim(&ctx);
@@ -115,10 +132,15 @@ fn ready_pod_and_available_replica_mean_running_with_no_changes() {
     };
     let decision = decide(&ctx, &observed);
     assert_eq!(decision.deployment, DeploymentChange::Keep);
-    assert!(decision.service.is_none() && decision.ingress.is_none() && decision.home_claim.is_none());
+    assert!(
+        decision.service.is_none() && decision.ingress.is_none() && decision.home_claim.is_none()
+    );
     assert_eq!(decision.status.phase, SessionPhase::Running);
     assert_eq!(decision.status.pod_name.as_deref(), Some("ss-s1-abc"));
-    assert_eq!(decision.status.url.as_deref(), Some("https://s1.streamspace.local"));
+    assert_eq!(
+        decision.status.url.as_deref(),
+        Some("https://s1.streamspace.local")
+    );
 }
 
 #[test]
@@ -129,7 +151,12 @@ fn available_replica_without_ready_pod_is_still_pending() {
     let starting = pod("p", false);
     let decision = decide_for(
         &spec,
-        &Observed { template: Some(&template), deployment: Some(&deployment), pods: vec![&starting], ..Observed::default() },
+        &Observed {
+            template: Some(&template),
+            deployment: Some(&deployment),
+            pods: vec![&starting],
+            ..Observed::default()
+        },
     );
     assert_eq!(decision.status.phase, SessionPhase::Pending);
     assert_eq!(decision.status.pod_name.as_deref(), Some("p"));
@@ -143,22 +170,41 @@ fn missing_template_waits_in_pending() {
     let resolved = condition_of(&decision, CONDITION_TEMPLATE_RESOLVED).expect("condition");
     assert!(!resolved.status);
     assert_eq!(resolved.reason, "TemplateNotFound");
-    assert_eq!(resolved.message, "Template 'firefox' not found in namespace 'ns'");
+    assert_eq!(
+        resolved.message,
+        "Template 'firefox' not found in namespace 'ns'"
+    );
 }
 
 #[test]
 fn invalid_template_fails_with_its_message() {
-    let broken: TemplateSpec = serde_json::from_value(serde_json::json!({"displayName": "x"})).expect("t");
-    let decision = decide_for(&spec("running"), &Observed { template: Some(&broken), ..Observed::default() });
+    let broken: TemplateSpec =
+        serde_json::from_value(serde_json::json!({"displayName": "x"})).expect("t");
+    let decision = decide_for(
+        &spec("running"),
+        &Observed {
+            template: Some(&broken),
+            ..Observed::default()
+        },
+    );
     assert_eq!(decision.status.phase, SessionPhase::Failed);
-    assert_eq!(condition_of(&decision, CONDITION_READY).map(|c| c.message.as_str()), Some("baseImage is required"));
+    assert_eq!(
+        condition_of(&decision, CONDITION_READY).map(|c| c.message.as_str()),
+        Some("baseImage is required")
+    );
 }
 
 #[test]
 fn hibernate_scales_to_zero_without_needing_the_template() {
     let running = spec("running");
     let deployment = desired_deployment(&running, 1);
-    let decision = decide_for(&spec("hibernated"), &Observed { deployment: Some(&deployment), ..Observed::default() });
+    let decision = decide_for(
+        &spec("hibernated"),
+        &Observed {
+            deployment: Some(&deployment),
+            ..Observed::default()
+        },
+    );
     assert_eq!(decision.deployment, DeploymentChange::ScaleToZero);
     assert_eq!(decision.status.phase, SessionPhase::Hibernated);
     assert_eq!(decision.status.pod_name, None);
@@ -172,7 +218,14 @@ fn wake_after_hibernation_reapplies_one_replica() {
     if let Some(s) = deployment.spec.as_mut() {
         s.replicas = Some(0);
     }
-    let decision = decide_for(&spec, &Observed { template: Some(&template), deployment: Some(&deployment), ..Observed::default() });
+    let decision = decide_for(
+        &spec,
+        &Observed {
+            template: Some(&template),
+            deployment: Some(&deployment),
+            ..Observed::default()
+        },
+    );
     assert!(matches!(decision.deployment, DeploymentChange::Apply(_)));
 }
 
@@ -180,7 +233,13 @@ fn wake_after_hibernation_reapplies_one_replica() {
 fn terminate_deletes_the_deployment_only() {
     let running = spec("running");
     let deployment = desired_deployment(&running, 1);
-    let decision = decide_for(&spec("terminated"), &Observed { deployment: Some(&deployment), ..Observed::default() });
+    let decision = decide_for(
+        &spec("terminated"),
+        &Observed {
+            deployment: Some(&deployment),
+            ..Observed::default()
+        },
+    );
     assert_eq!(decision.deployment, DeploymentChange::Delete);
     assert!(decision.service.is_none() && decision.home_claim.is_none());
     assert_eq!(decision.status.phase, SessionPhase::Terminated);
@@ -190,31 +249,62 @@ fn terminate_deletes_the_deployment_only() {
 #[test]
 fn unknown_state_and_bad_quantities_fail_clearly() {
     let template = template();
-    let unknown = decide_for(&spec("paused"), &Observed { template: Some(&template), ..Observed::default() });
+    let unknown = decide_for(
+        &spec("paused"),
+        &Observed {
+            template: Some(&template),
+            ..Observed::default()
+        },
+    );
     assert_eq!(unknown.status.phase, SessionPhase::Failed);
-    assert_eq!(condition_of(&unknown, CONDITION_READY).map(|c| c.reason), Some("UnknownState"));
+    assert_eq!(
+        condition_of(&unknown, CONDITION_READY).map(|c| c.reason),
+        Some("UnknownState")
+    );
     assert_eq!(unknown.deployment, DeploymentChange::Keep);
 
     let bad: SessionSpec = serde_json::from_value(serde_json::json!({
         "user": "a", "template": "t", "state": "running", "resources": {"requests": {"cpu": "lots"}}
     }))
     .expect("spec");
-    let decision = decide_for(&bad, &Observed { template: Some(&template), ..Observed::default() });
+    let decision = decide_for(
+        &bad,
+        &Observed {
+            template: Some(&template),
+            ..Observed::default()
+        },
+    );
     assert_eq!(decision.status.phase, SessionPhase::Failed);
     let ready = condition_of(&decision, CONDITION_READY).expect("ready");
     assert_eq!(ready.reason, "InvalidResources");
-    assert!(ready.message.contains("resources.requests.cpu"), "{}", ready.message);
+    assert!(
+        ready.message.contains("resources.requests.cpu"),
+        "{}",
+        ready.message
+    );
 }
 
 #[test]
 fn pvc_condition_follows_the_claim_phase() {
     let spec = spec("hibernated");
     let claim = PersistentVolumeClaim {
-        status: Some(PersistentVolumeClaimStatus { phase: Some("Bound".into()), ..Default::default() }),
+        status: Some(PersistentVolumeClaimStatus {
+            phase: Some("Bound".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    let decision = decide_for(&spec, &Observed { home_claim: Some(&claim), ..Observed::default() });
-    assert_eq!(condition_of(&decision, CONDITION_PVC_BOUND).map(|c| c.status), Some(true));
+    let decision = decide_for(
+        &spec,
+        &Observed {
+            home_claim: Some(&claim),
+            ..Observed::default()
+        },
+    );
+    assert_eq!(
+        condition_of(&decision, CONDITION_PVC_BOUND).map(|c| c.status),
+        Some(true)
+    );
 }
 
 fn report(phase: SessionPhase) -> StatusReport {
@@ -222,7 +312,12 @@ fn report(phase: SessionPhase) -> StatusReport {
         phase,
         pod_name: Some("p".into()),
         url: None,
-        conditions: vec![ConditionReport { type_: CONDITION_READY, status: true, reason: "Running", message: "ok".into() }],
+        conditions: vec![ConditionReport {
+            type_: CONDITION_READY,
+            status: true,
+            reason: "Running",
+            message: "ok".into(),
+        }],
     }
 }
 
@@ -230,8 +325,12 @@ fn report(phase: SessionPhase) -> StatusReport {
 fn status_update_is_none_when_nothing_changed() {
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
     let t1: Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
-    let first = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("first write");
-    assert_eq!(status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1), None);
+    let first =
+        status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("first write");
+    assert_eq!(
+        status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1),
+        None
+    );
 }
 
 #[test]
@@ -239,7 +338,8 @@ fn status_update_keeps_transition_time_of_unchanged_conditions() {
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
     let t1: Timestamp = "2026-01-01T00:05:00Z".parse().expect("time");
     let first = status_update(None, &report(SessionPhase::Pending), Some(1), t0).expect("write");
-    let second = status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1).expect("write");
+    let second =
+        status_update(Some(&first), &report(SessionPhase::Running), Some(1), t1).expect("write");
     assert_eq!(second.conditions[0].last_transition_time, Some(Time(t0)));
     assert_eq!(second.reconciled_at, Some(Time(t1)));
 }
@@ -247,18 +347,40 @@ fn status_update_keeps_transition_time_of_unchanged_conditions() {
 #[test]
 fn status_update_ignores_others_conditions_and_keeps_last_activity_out() {
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-    let mut current = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
-    current.conditions.push(Condition { type_: "Idle".into(), status: "False".into(), ..Condition::default() });
+    let mut current =
+        status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
+    current.conditions.push(Condition {
+        type_: "Idle".into(),
+        status: "False".into(),
+        ..Condition::default()
+    });
     current.last_activity = Some(Time(t0));
-    assert_eq!(status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0), None);
-    let changed = status_update(Some(&current), &report(SessionPhase::Hibernated), Some(1), t0).expect("write");
-    assert_eq!(changed.last_activity, None, "never written by the reconciler");
+    assert_eq!(
+        status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0),
+        None
+    );
+    let changed = status_update(
+        Some(&current),
+        &report(SessionPhase::Hibernated),
+        Some(1),
+        t0,
+    )
+    .expect("write");
+    assert_eq!(
+        changed.last_activity, None,
+        "never written by the reconciler"
+    );
 }
 
 #[test]
 fn status_update_removes_a_condition_we_no_longer_report() {
     let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-    let mut current = status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
-    current.conditions.push(Condition { type_: CONDITION_PVC_BOUND.into(), status: "True".into(), ..Condition::default() });
+    let mut current =
+        status_update(None, &report(SessionPhase::Running), Some(1), t0).expect("write");
+    current.conditions.push(Condition {
+        type_: CONDITION_PVC_BOUND.into(),
+        status: "True".into(),
+        ..Condition::default()
+    });
     assert!(status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0).is_some());
 }
