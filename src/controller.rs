@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::backoff::FailureBackoff;
 use crate::crd::{Session, Template};
 use crate::metrics::SharedMetrics;
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
@@ -57,6 +58,8 @@ pub struct Context {
     pub session_stores: SessionStores,
     /// Becomes true once every watch cache has its initial list.
     pub caches_loaded: watch::Receiver<bool>,
+    /// Retry delays of objects whose reconcile keeps failing.
+    pub backoff: FailureBackoff,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,7 @@ pub async fn run(
         config: config.clone(),
         session_stores: stores.clone(),
         caches_loaded,
+        backoff: FailureBackoff::default(),
     });
 
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));

@@ -30,6 +30,51 @@ pub fn to_yaml(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr
     Ok(out)
 }
 
+/// A standalone JSON Schema of one kind, for editors (`# yaml-language-server: $schema=...`)
+/// and offline validation: the CRD's structural schema plus the object envelope.
+pub fn json_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
+    let version = crd.spec.versions.first();
+    let body = version
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_default();
+    let api_version = format!(
+        "{}/{}",
+        crd.spec.group,
+        version.map(|v| v.name.as_str()).unwrap_or_default()
+    );
+    let mut properties = body
+        .get("properties")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(map) = properties.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            serde_json::json!({"const": api_version}),
+        );
+        map.insert(
+            "kind".into(),
+            serde_json::json!({"const": crd.spec.names.kind}),
+        );
+        map.insert(
+            "metadata".into(),
+            serde_json::json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}}
+            }),
+        );
+    }
+    serde_json::json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": crd.spec.names.kind,
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": properties,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -53,6 +98,30 @@ mod tests {
             assert!(
                 committed == generated,
                 "{} differs from the generated CRD; run `UPDATE_CRDS=1 cargo test --lib crd` and commit",
+                path.display()
+            );
+        }
+    }
+
+    /// `manifests-schema/` holds one JSON Schema per kind, regenerated the same way.
+    #[test]
+    fn manifest_schemas_match_the_types() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests-schema");
+        for crd in all() {
+            let kind = crd.spec.names.kind.to_lowercase();
+            let path = dir.join(format!("{kind}.schema.json"));
+            let generated = format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json_schema(&crd)).expect("schema serialises")
+            );
+            if std::env::var_os("UPDATE_CRDS").is_some() {
+                std::fs::create_dir_all(&dir).expect("create schema dir");
+                std::fs::write(&path, &generated).expect("write schema");
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == generated,
+                "{} differs from the generated schema; run `UPDATE_CRDS=1 cargo test --lib crd` and commit",
                 path.display()
             );
         }

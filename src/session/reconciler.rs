@@ -3,7 +3,6 @@
 //! changed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
@@ -143,19 +142,27 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
             publish_phase_event(&ctx, &session, &decision.status).await;
         }
     }
+    ctx.backoff.succeeded(&backoff_key(&session));
     Ok(Action::requeue(decision.recheck))
 }
 
-pub fn error_policy(_session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcilers
         .failure(CONTROLLER, error.metric_label());
-    warn!(%error, "session reconcile failed");
-    if error.is_transient() {
-        Action::requeue(Duration::from_millis(500))
-    } else {
-        Action::requeue(Duration::from_secs(5))
-    }
+    let delay = ctx
+        .backoff
+        .failed(backoff_key(&session), error.is_transient());
+    warn!(session = %session.name_any(), %error, retry_in = ?delay, "session reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff_key(session: &Session) -> String {
+    format!(
+        "session/{}/{}",
+        session.namespace().unwrap_or_default(),
+        session.name_any()
+    )
 }
 
 struct Writer<'a> {

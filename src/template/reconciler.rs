@@ -2,7 +2,6 @@
 //! the verdict changed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -62,13 +61,23 @@ pub async fn reconcile(template: Arc<Template>, ctx: Arc<Context>) -> Result<Act
         .await
         .map_err(Error::Status)?;
     }
+    ctx.backoff.succeeded(&backoff_key(&template));
     Ok(Action::await_change())
 }
 
-pub fn error_policy(_template: Arc<Template>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(template: Arc<Template>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcilers
         .failure(CONTROLLER, error.metric_label());
-    warn!(%error, "template reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    let delay = ctx.backoff.failed(backoff_key(&template), false);
+    warn!(template = %template.name_any(), %error, retry_in = ?delay, "template reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff_key(template: &Template) -> String {
+    format!(
+        "template/{}/{}",
+        template.namespace().unwrap_or_default(),
+        template.name_any()
+    )
 }

@@ -1,0 +1,238 @@
+//! Throughput of the session controller against the local control plane.
+//!
+//! Creates N Sessions at once (default 500, `BENCH_SESSIONS` to change) in a fresh namespace,
+//! with the real `streamspace-controller controller` binary running as a separate process, and
+//! prints: time until every Deployment exists, time until every Session is Running, the
+//! controller's peak RSS, and its API writes per Session, with the time compared to the floor
+//! the API server allows (N sessions x 4 writes at about 850 writes/s).
+//!
+//! Run with `cargo bench --bench sessions`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use streamspace_controller::controller::FIELD_MANAGER;
+use streamspace_controller::crd::{Session, SessionPhase, Template};
+use streamspace_controller::devcluster::{
+    ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
+};
+
+/// Writes per session the floor assumes (Deployment, Service, claim, status).
+const FLOOR_WRITES_PER_SESSION: f64 = 4.0;
+/// Creates per second the local API server sustains with 16 requests in flight.
+const FLOOR_WRITES_PER_SECOND: f64 = 850.0;
+const IN_FLIGHT: usize = 16;
+const TIMEOUT: Duration = Duration::from_secs(600);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sessions: usize = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
+    let client = plane.client().await?;
+    streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
+    let simulator = NodeSimulator::spawn(
+        client.clone(),
+        SimulatorConfig {
+            node_names: (1..=8).map(|i| format!("bench-node-{i}")).collect(),
+            node_pods: "1000".into(),
+            ..SimulatorConfig::default()
+        },
+    );
+
+    let namespace = "bench";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))?,
+        )
+        .await?;
+    let templates: Api<Template> = Api::namespaced(client.clone(), namespace);
+    templates
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "stream.space/v1alpha1", "kind": "Template",
+                "metadata": {"name": "desktop"},
+                "spec": {"displayName": "Desktop", "baseImage": "desktop:latest"}
+            }))?,
+        )
+        .await?;
+
+    let http_port = free_port()?;
+    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+        .args(["controller", "--watch-namespace", namespace, "--http-addr"])
+        .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = controller
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
+    wait_ready(http_port).await?;
+
+    let api: Api<Session> = Api::namespaced(client.clone(), namespace);
+    let started = Instant::now();
+    let created: Vec<kube::Result<Session>> = stream::iter(0..sessions)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let session: Session = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+                    "metadata": {"name": format!("s-{i}")},
+                    "spec": {"user": format!("user-{i}"), "template": "desktop", "state": "running"}
+                }))
+                .map_err(kube::Error::SerdeError)?;
+                api.create(&PostParams::default(), &session).await
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    let failures = created.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(failures == 0, "{failures} session creates failed");
+    let created_after = started.elapsed();
+
+    let deployments_after =
+        wait_until(&client, namespace, started, |c| c.deployments >= sessions).await?;
+    let running_after = wait_until(&client, namespace, started, |c| c.running >= sessions).await?;
+    let peak_rss_kib = peak_rss_kib(pid)?;
+    let writes = scrape_writes(http_port).await?;
+
+    let floor = sessions as f64 * FLOOR_WRITES_PER_SESSION / FLOOR_WRITES_PER_SECOND;
+    println!("sessions                      {sessions}");
+    println!(
+        "all created (client side)     {:.2} s",
+        created_after.as_secs_f64()
+    );
+    println!(
+        "all Deployments exist         {:.2} s",
+        deployments_after.as_secs_f64()
+    );
+    println!(
+        "all Sessions Running          {:.2} s",
+        running_after.as_secs_f64()
+    );
+    println!("floor ({FLOOR_WRITES_PER_SESSION} writes/session)    {floor:.2} s");
+    println!(
+        "Running / floor               {:.2}x",
+        running_after.as_secs_f64() / floor
+    );
+    println!(
+        "controller peak RSS           {:.1} MiB",
+        peak_rss_kib as f64 / 1024.0
+    );
+    println!(
+        "controller API writes         {writes} ({:.2} per session)",
+        writes as f64 / sessions as f64
+    );
+
+    let _ = controller.kill().await;
+    simulator.stop().await;
+    plane.stop().await;
+    Ok(())
+}
+
+struct Counts {
+    deployments: usize,
+    running: usize,
+}
+
+async fn wait_until(
+    client: &Client,
+    namespace: &str,
+    started: Instant,
+    done: impl Fn(&Counts) -> bool,
+) -> anyhow::Result<Duration> {
+    let sessions: Api<Session> = Api::namespaced(client.clone(), namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    loop {
+        let counts = Counts {
+            deployments: deployments
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .len(),
+            running: sessions
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|s| {
+                    s.status.as_ref().and_then(|s| s.phase.as_ref()) == Some(&SessionPhase::Running)
+                })
+                .count(),
+        };
+        if done(&counts) {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < TIMEOUT,
+            "gave up after {TIMEOUT:?}: {} deployments, {} running",
+            counts.deployments,
+            counts.running
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+async fn wait_ready(port: u16) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if http_get(port, "/readyz")
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("controller did not become ready")
+}
+
+async fn scrape_writes(port: u16) -> anyhow::Result<u64> {
+    let body = http_get(port, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("streamspace_controller_api_writes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+}
