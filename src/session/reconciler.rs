@@ -186,9 +186,8 @@ impl Writer<'_> {
             + Clone
             + std::fmt::Debug,
     {
-        let mut object = object.clone();
         // Server-side apply needs the type information in the body.
-        let body = with_type_meta::<K>(&mut object);
+        let body = with_type_meta(object);
         self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
         self.api::<K>()
             .patch(
@@ -286,11 +285,11 @@ impl Writer<'_> {
     }
 }
 
-fn with_type_meta<K>(object: &mut K) -> serde_json::Value
+fn with_type_meta<K>(object: &K) -> serde_json::Value
 where
     K: Resource<DynamicType = ()> + Serialize,
 {
-    let mut body = serde_json::to_value(&*object).unwrap_or_default();
+    let mut body = serde_json::to_value(object).unwrap_or_default();
     if let Some(map) = body.as_object_mut() {
         map.insert("apiVersion".into(), K::api_version(&()).into());
         map.insert("kind".into(), K::kind(&()).into());
