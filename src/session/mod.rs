@@ -1,6 +1,8 @@
 //! Session lifecycle: the objects a Session owns, the pure state machine that decides what
 //! they should be, and the reconciler that applies that decision.
 
+#[cfg(test)]
+mod fixtures;
 pub mod names;
 pub mod objects;
 pub mod reconciler;

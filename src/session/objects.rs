@@ -320,44 +320,10 @@ mod tests {
     use super::*;
     use crate::crd::common::ResourceSpec;
     use crate::crd::template::VncConfig;
+    use crate::session::fixtures::{self, owner, template, with_ctx};
 
     fn spec() -> SessionSpec {
-        serde_json::from_value(serde_json::json!({
-            "user": "alice", "template": "firefox", "state": "running"
-        }))
-        .expect("spec")
-    }
-
-    fn template() -> TemplateSpec {
-        serde_json::from_value(serde_json::json!({
-            "displayName": "Firefox", "baseImage": "lscr.io/linuxserver/firefox:latest",
-            "env": [{"name": "PUID", "value": "1000"}],
-            "defaultResources": {"memory": "2Gi", "cpu": "1000m"}
-        }))
-        .expect("template")
-    }
-
-    fn owner() -> OwnerReference {
-        OwnerReference {
-            api_version: "stream.space/v1alpha1".into(),
-            kind: "Session".into(),
-            name: "s1".into(),
-            uid: "uid-1".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
-    }
-
-    fn with_ctx<R>(spec: &SessionSpec, f: impl FnOnce(&SessionContext<'_>) -> R) -> R {
-        let settings = SessionSettings::default();
-        let ctx = SessionContext {
-            name: "s1",
-            namespace: "ns",
-            spec,
-            owner: owner(),
-            settings: &settings,
-        };
-        f(&ctx)
+        fixtures::spec("running")
     }
 
     #[test]

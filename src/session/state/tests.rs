@@ -2,57 +2,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimStatus, PodCondition, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
 use crate::crd::SessionSpec;
+use crate::session::fixtures::{owner, spec, template, with_ctx};
 use crate::session::objects::SessionSettings;
 
-fn spec(state: &str) -> SessionSpec {
-    serde_json::from_value(
-        serde_json::json!({"user": "alice", "template": "firefox", "state": state}),
-    )
-    .expect("spec")
-}
-
-fn template() -> TemplateSpec {
-    serde_json::from_value(serde_json::json!({"displayName": "Firefox", "baseImage": "img"}))
-        .expect("template")
-}
-
-fn owner() -> OwnerReference {
-    OwnerReference {
-        api_version: "stream.space/v1alpha1".into(),
-        kind: "Session".into(),
-        name: "s1".into(),
-        uid: "uid".into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 fn decide_for(spec: &SessionSpec, observed: &Observed<'_>) -> Decision {
-    let settings = SessionSettings::default();
-    let ctx = SessionContext {
-        name: "s1",
-        namespace: "ns",
-        spec,
-        owner: owner(),
-        settings: &settings,
-    };
-    decide(&ctx, observed)
+    with_ctx(spec, |ctx| decide(ctx, observed))
 }
 
 fn desired_deployment(spec: &SessionSpec, available: i32) -> Deployment {
-    let settings = SessionSettings::default();
-    let ctx = SessionContext {
-        name: "s1",
-        namespace: "ns",
-        spec,
-        owner: owner(),
-        settings: &settings,
-    };
-    let mut deployment = objects::deployment(&ctx, &template(), 1);
+    let mut deployment = with_ctx(spec, |ctx| objects::deployment(ctx, &template(), 1));
     deployment.status = Some(DeploymentStatus {
         available_replicas: Some(available),
         ..DeploymentStatus::default()
