@@ -16,4 +16,4 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 # End-to-end tests mostly wait on the API server; more threads than cores keeps them busy.
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
