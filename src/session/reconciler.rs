@@ -119,16 +119,28 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         ctx: &ctx,
         namespace: &namespace,
     };
-    writer.deployment(&child, decision.deployment).await?;
-    if let Some(service) = decision.service {
-        writer.apply("service", &child, &service).await?;
-    }
-    if let Some(ingress) = decision.ingress {
-        writer.apply("ingress", &child, &ingress).await?;
-    }
-    if let Some(claim) = decision.home_claim {
-        writer.create_claim(&claim).await?;
-    }
+    // The children are independent of each other: write them concurrently.
+    tokio::try_join!(
+        writer.deployment(&child, decision.deployment),
+        async {
+            match &decision.service {
+                Some(service) => writer.apply("service", &child, service).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match &decision.ingress {
+                Some(ingress) => writer.apply("ingress", &child, ingress).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match &decision.home_claim {
+                Some(claim) => writer.create_claim(claim).await,
+                None => Ok(()),
+            }
+        },
+    )?;
 
     let previous_phase = session.status.as_ref().and_then(|s| s.phase.clone());
     if let Some(status) = state::status_update(
