@@ -109,7 +109,16 @@ async fn main() -> anyhow::Result<()> {
         wait_until(&client, namespace, started, |c| c.deployments >= sessions).await?;
     let running_after = wait_until(&client, namespace, started, |c| c.running >= sessions).await?;
     let peak_rss_kib = peak_rss_kib(pid)?;
-    let writes = scrape_writes(http_port).await?;
+    let metrics = http_get(http_port, "/metrics").await?;
+    let writes = metric_sum(&metrics, "streamspace_controller_api_writes_total");
+    let reconciles = metric_sum(
+        &metrics,
+        "streamspace_controller_reconciliations_total{controller=\"session\"}",
+    );
+    let duration_sum = metric_value(
+        &metrics,
+        "streamspace_controller_reconcile_duration_seconds_sum{controller=\"session\"}",
+    );
 
     let floor = sessions as f64 * FLOOR_WRITES_PER_SESSION / FLOOR_WRITES_PER_SECOND;
     println!("sessions                      {sessions}");
@@ -135,8 +144,13 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_kib as f64 / 1024.0
     );
     println!(
-        "controller API writes         {writes} ({:.2} per session)",
-        writes as f64 / sessions as f64
+        "controller API writes         {writes:.0} ({:.2} per session)",
+        writes / sessions as f64
+    );
+    println!(
+        "session reconciles            {reconciles:.0} ({:.2} per session, mean {:.1} ms)",
+        reconciles / sessions as f64,
+        1000.0 * duration_sum / reconciles.max(1.0)
     );
 
     let _ = controller.kill().await;
@@ -218,13 +232,18 @@ async fn wait_ready(port: u16) -> anyhow::Result<()> {
     anyhow::bail!("controller did not become ready")
 }
 
-async fn scrape_writes(port: u16) -> anyhow::Result<u64> {
-    let body = http_get(port, "/metrics").await?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("streamspace_controller_api_writes_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
+/// Sum of every sample whose line starts with `prefix` (all label combinations).
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
