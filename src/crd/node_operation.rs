@@ -226,7 +226,7 @@ pub struct NodeOperationStatus {
 pub struct DrainStatus {
     /// Pods to evict (seen so far).
     pub total: u32,
-    /// Evictions the API server accepted.
+    /// Pods of the drain that were evicted (gone or terminating).
     pub evicted: u32,
     /// Pods to evict that are still on the node (terminating ones included).
     pub remaining: u32,

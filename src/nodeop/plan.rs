@@ -114,6 +114,8 @@ pub struct DrainPlan {
     pub skipped: Vec<String>,
     /// Every pod that must still go (terminating ones included), sorted.
     pub remaining: Vec<String>,
+    /// Pods to evict that are not terminating yet.
+    pub not_evicted: usize,
     /// The pods to evict now: at most `concurrency` minus the pods still terminating.
     pub evict_now: Vec<PodFacts>,
 }
@@ -155,6 +157,7 @@ pub fn plan(
     if !result.refused.is_empty() {
         return result;
     }
+    result.not_evicted = candidates.len();
     candidates.sort_by_key(|p| (blocked_before.contains(&p.key()), p.key()));
     let budget = options.concurrency().saturating_sub(terminating);
     result.evict_now = candidates.into_iter().take(budget).cloned().collect();

@@ -467,12 +467,12 @@ impl Stepper<'_> {
                 spec.node_name,
                 listed.join("; ")
             );
-            record_remaining(&mut drain, &plan.remaining);
+            record_remaining(&mut drain, &plan);
             status.drain = Some(drain);
             return Ok(self.finish(status, false, "PodsRefused", message));
         }
         if plan.is_done() {
-            record_remaining(&mut drain, &plan.remaining);
+            record_remaining(&mut drain, &plan);
             drain.blocked.clear();
             status.drain = Some(drain);
             let message = format!("node {} drained", spec.node_name);
@@ -480,7 +480,7 @@ impl Stepper<'_> {
         }
         let start = status.start_time.as_ref().map(|t| t.0);
         if state::timed_out(start, options.timeout_seconds, self.now) {
-            record_remaining(&mut drain, &plan.remaining);
+            record_remaining(&mut drain, &plan);
             let message = format!(
                 "drain of node {} timed out after {}s with {} pods remaining: {}",
                 spec.node_name,
@@ -491,6 +491,8 @@ impl Stepper<'_> {
             status.drain = Some(drain);
             return Ok(self.finish(status, false, "Timeout", message));
         }
+        // Counted before this pass evicts, so the pods it evicts are not counted twice.
+        record_remaining(&mut drain, &plan);
         let results: Vec<(PodFacts, Eviction)> =
             futures::stream::iter(plan.evict_now.iter().cloned())
                 .map(|pod| async move {
@@ -564,7 +566,6 @@ impl Stepper<'_> {
         }
         blocked.sort_by(|a, b| a.pod.cmp(&b.pod));
         drain.blocked = blocked;
-        record_remaining(&mut drain, &plan.remaining);
         let (reason, message, requeue) = match drain.blocked.first() {
             Some(first) => {
                 let by = first
@@ -734,23 +735,31 @@ impl Stepper<'_> {
             action: "NodeOperation".into(),
             secondary: None,
         };
-        if let Err(error) = self
-            .ctx
-            .recorder
-            .publish(&event, &self.op.object_ref(&()))
-            .await
-        {
+        // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
+        // reference names the event's namespace too.
+        let mut reference = self.op.object_ref(&());
+        reference.namespace = Some("default".into());
+        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
             warn!(%error, "could not publish node operation event");
         }
     }
 }
 
-fn record_remaining(drain: &mut DrainStatus, remaining: &[String]) {
-    drain.remaining = u32::try_from(remaining.len()).unwrap_or(u32::MAX);
-    drain.remaining_pods = remaining.iter().take(MAX_LISTED_PODS).cloned().collect();
-    drain.total = drain
-        .total
-        .max(drain.evicted.saturating_add(drain.remaining));
+/// Records the pods still to go. `total` grows when pods that were never evicted appear;
+/// `evicted` counts the drain's pods that are gone or going, so it stays right even when a
+/// crash lost the status write after an accepted eviction.
+fn record_remaining(drain: &mut DrainStatus, plan: &plan::DrainPlan) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let not_evicted = count(plan.not_evicted);
+    drain.remaining = count(plan.remaining.len());
+    drain.remaining_pods = plan
+        .remaining
+        .iter()
+        .take(MAX_LISTED_PODS)
+        .cloned()
+        .collect();
+    drain.total = drain.total.max(drain.evicted.saturating_add(not_evicted));
+    drain.evicted = drain.total.saturating_sub(not_evicted);
 }
 
 /// Sets phase, message and the summary condition (keeping its transition time while its status
