@@ -257,28 +257,27 @@ mod tests {
         });
         let strict = drain(|d| d.ignore_daemon_sets = false);
         let replica = pod("r", Some("ReplicaSet"));
-        let refuse = |d: Disposition| matches!(d, Disposition::Refuse(_));
-        let cases: Vec<(&PodFacts, &DrainSpec, fn(Disposition) -> bool)> = vec![
-            (&mirror, &defaults, |d| matches!(d, Disposition::Skip(_))),
-            (&daemon, &defaults, |d| matches!(d, Disposition::Skip(_))),
-            (&daemon, &strict, |d| matches!(d, Disposition::Refuse(_))),
-            (&unmanaged, &defaults, |d| {
-                matches!(d, Disposition::Refuse(_))
-            }),
-            (&unmanaged, &permissive, |d| d == Disposition::Evict),
-            (&empty_dir, &defaults, |d| {
-                matches!(d, Disposition::Refuse(_))
-            }),
-            (&empty_dir, &permissive, |d| d == Disposition::Evict),
-            (&finished_unmanaged, &defaults, |d| d == Disposition::Evict),
-            (&going, &defaults, |d| d == Disposition::Terminating),
-            (&replica, &defaults, |d| d == Disposition::Evict),
+        let kind = |d: Disposition| match d {
+            Disposition::Skip(_) => "skip",
+            Disposition::Refuse(_) => "refuse",
+            Disposition::Terminating => "terminating",
+            Disposition::Evict => "evict",
+        };
+        let cases = [
+            (&mirror, &defaults, "skip"),
+            (&daemon, &defaults, "skip"),
+            (&daemon, &strict, "refuse"),
+            (&unmanaged, &defaults, "refuse"),
+            (&unmanaged, &permissive, "evict"),
+            (&empty_dir, &defaults, "refuse"),
+            (&empty_dir, &permissive, "evict"),
+            (&finished_unmanaged, &defaults, "evict"),
+            (&going, &defaults, "terminating"),
+            (&replica, &defaults, "evict"),
         ];
-        for (pod, options, check) in cases {
-            let got = classify(pod, options);
-            assert!(check(got.clone()), "{} -> {got:?}", pod.name);
+        for (pod, options, expected) in cases {
+            assert_eq!(kind(classify(pod, options)), expected, "{}", pod.name);
         }
-        assert!(refuse(classify(&unmanaged, &defaults)));
     }
 
     #[test]
