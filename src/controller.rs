@@ -141,10 +141,6 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
         .list(&probe)
         .await
         .map_err(|e| StartError::CrdMissing("templates.stream.space", e))?;
-    Api::<NodeOperation>::all(client.clone())
-        .list(&probe)
-        .await
-        .map_err(|e| StartError::CrdMissing("nodeoperations.stream.space", e))?;
     Ok(())
 }
 
@@ -216,12 +212,16 @@ pub async fn run(
     if let Some(selector) = &nodeop_settings.selector {
         nodeop_watch = nodeop_watch.labels(selector);
     }
-    let nodeop_controller =
+    let mut nodeop_controller =
         Controller::new(Api::<NodeOperation>::all(client.clone()), nodeop_watch).with_config(
             ControllerConfig::default().concurrency(nodeop_settings.concurrency.max(1)),
         );
     let nodeop_store = nodeop_controller.store();
     let node_operations = if nodeop_settings.enabled {
+        Api::<NodeOperation>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| StartError::CrdMissing("nodeoperations.stream.space", e))?;
         let policy = crate::nodeop::policy::discover(&client)
             .await
             .map_err(StartError::PolicyDiscovery)?;
@@ -238,11 +238,9 @@ pub async fn run(
                 client.clone()
             }
         };
-        Some(NodeOpShared::new(
-            nodeop_store.clone(),
-            policy,
-            eviction_client,
-        ))
+        let (shared, woken) = NodeOpShared::new(nodeop_store.clone(), policy, eviction_client);
+        nodeop_controller = nodeop_controller.reconcile_on(woken);
+        Some(shared)
     } else {
         None
     };

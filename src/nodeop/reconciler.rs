@@ -20,6 +20,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::edits::{self, NodeEdit, NodeView};
@@ -61,15 +62,46 @@ pub struct NodeOpShared {
     pub eviction_client: Client,
     /// When an "eviction blocked" Event was last published, by operation and pod.
     blocked_events: Mutex<HashMap<String, Instant>>,
+    /// Asks the controller to reconcile an operation now (see [`NodeOpShared::wake_siblings`]).
+    wake: UnboundedSender<ObjectRef<NodeOperation>>,
 }
 
 impl NodeOpShared {
-    pub fn new(store: Store<NodeOperation>, policy: PolicyApi, eviction_client: Client) -> Self {
-        NodeOpShared {
+    /// The shared state, and the stream of operations to reconcile at once, for
+    /// `Controller::reconcile_on`.
+    pub fn new(
+        store: Store<NodeOperation>,
+        policy: PolicyApi,
+        eviction_client: Client,
+    ) -> (
+        Self,
+        impl futures::Stream<Item = ObjectRef<NodeOperation>> + Send + 'static,
+    ) {
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        let shared = NodeOpShared {
             store,
             policy,
             eviction_client,
             blocked_events: Mutex::default(),
+            wake,
+        };
+        let woken = futures::stream::unfold(woken, |mut rx| async move {
+            rx.recv().await.map(|next| (next, rx))
+        });
+        (shared, woken)
+    }
+
+    /// Wakes the unfinished operations of the node when this one finished or goes, so a
+    /// waiting operation starts at once instead of at its next periodic check.
+    fn wake_siblings(&self, op: &NodeOperation) {
+        let waiting = self.store.state().into_iter().filter(|o| {
+            o.spec.node_name == op.spec.node_name
+                && o.name_any() != op.name_any()
+                && !sibling(o).finished
+        });
+        for other in waiting {
+            // The receiver only goes away with the controller.
+            let _ = self.wake.send(ObjectRef::from_obj(other.as_ref()));
         }
     }
 
@@ -138,7 +170,9 @@ pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Acti
     };
     let siblings = siblings(&shared.store, &op);
     let action = if op.meta().deletion_timestamp.is_some() {
-        cleanup(&ctx, &op, &siblings).await?
+        let action = cleanup(&ctx, &op, &siblings).await?;
+        shared.wake_siblings(&op);
+        action
     } else {
         if !op.finalizers().iter().any(|f| f == FINALIZER) {
             add_finalizer(&ctx, &op).await?;
@@ -383,8 +417,11 @@ impl Stepper<'_> {
         Ok(outcome)
     }
 
-    /// A finished operation keeps its cordon and counts down its time to live.
+    /// A finished operation keeps its cordon and counts down its time to live. Its first pass
+    /// here follows the watch event of its final status, so the cache already shows it
+    /// finished: the right moment to wake an operation waiting for it.
     async fn hold(&self, status: NodeOperationStatus) -> Result<Outcome> {
+        self.shared.wake_siblings(self.op);
         if self.op.spec.cordons() {
             let nodes: Api<Node> = Api::all(self.ctx.client.clone());
             if let Some(node) = nodes
