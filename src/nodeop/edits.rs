@@ -10,12 +10,20 @@ use k8s_openapi::api::core::v1::{Node, Taint};
 
 use crate::crd::node_operation::{LabelEdits, NodeTaint, TaintEdits, TaintSelector};
 
+/// Annotation (value `true`) on a node that a NodeOperation cordoned while it was schedulable:
+/// whoever releases the last cordon makes the node schedulable again and removes it. Kept on
+/// the node rather than in one operation's status so it survives the hand-over between
+/// operations of the same node.
+pub const CORDON_ANNOTATION: &str = "stream.space/cordoned-by-node-operation";
+
 /// The fields of a node an operation may change.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub unschedulable: bool,
+    /// Carries [`CORDON_ANNOTATION`]: the cordon is ours, not someone else's.
+    pub cordoned_by_us: bool,
 }
 
 impl NodeView {
@@ -25,6 +33,12 @@ impl NodeView {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            cordoned_by_us: node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CORDON_ANNOTATION))
+                .is_some_and(|v| v == "true"),
         }
     }
 }
@@ -34,6 +48,8 @@ impl NodeView {
 pub struct NodeEdit {
     /// Label keys set (`Some`) or removed (`None`); a merge patch of `metadata.labels`.
     pub labels: BTreeMap<String, Option<String>>,
+    /// Annotation keys set or removed, like `labels`.
+    pub annotations: BTreeMap<String, Option<String>>,
     /// The complete new taint list.
     pub taints: Option<Vec<Taint>>,
     pub unschedulable: Option<bool>,
@@ -41,7 +57,10 @@ pub struct NodeEdit {
 
 impl NodeEdit {
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.taints.is_none() && self.unschedulable.is_none()
+        self.labels.is_empty()
+            && self.annotations.is_empty()
+            && self.taints.is_none()
+            && self.unschedulable.is_none()
     }
 
     /// The JSON merge patch, guarded by `resource_version`.
@@ -52,6 +71,9 @@ impl NodeEdit {
         }
         if !self.labels.is_empty() {
             metadata.insert("labels".into(), serde_json::json!(self.labels));
+        }
+        if !self.annotations.is_empty() {
+            metadata.insert("annotations".into(), serde_json::json!(self.annotations));
         }
         let mut spec = serde_json::Map::new();
         if let Some(taints) = &self.taints {
@@ -134,7 +156,33 @@ pub fn node_edit(
             .map(|l| label_changes(&node.labels, l))
             .unwrap_or_default(),
         taints: taints.and_then(|t| taint_changes(&node.taints, t)),
-        unschedulable: (cordon && !node.unschedulable).then_some(true),
+        ..cordon_edit(node, cordon)
+    }
+}
+
+/// Cordons a schedulable node and marks the cordon as ours; a node that is already
+/// unschedulable is left as it is.
+fn cordon_edit(node: &NodeView, cordon: bool) -> NodeEdit {
+    if !cordon || node.unschedulable {
+        return NodeEdit::default();
+    }
+    NodeEdit {
+        annotations: BTreeMap::from([(CORDON_ANNOTATION.to_string(), Some("true".to_string()))]),
+        unschedulable: Some(true),
+        ..NodeEdit::default()
+    }
+}
+
+/// Releases our cordon: schedulable again and the mark removed. A cordon that is not ours is
+/// left alone.
+pub fn uncordon_edit(node: &NodeView) -> NodeEdit {
+    if !node.cordoned_by_us {
+        return NodeEdit::default();
+    }
+    NodeEdit {
+        annotations: BTreeMap::from([(CORDON_ANNOTATION.to_string(), None)]),
+        unschedulable: node.unschedulable.then_some(false),
+        ..NodeEdit::default()
     }
 }
 
@@ -275,7 +323,10 @@ mod tests {
         let patch = edit.merge_patch(Some("42"));
         assert_eq!(
             patch,
-            serde_json::json!({"metadata": {"resourceVersion": "42"}, "spec": {"unschedulable": true}})
+            serde_json::json!({
+                "metadata": {"resourceVersion": "42", "annotations": {CORDON_ANNOTATION: "true"}},
+                "spec": {"unschedulable": true}
+            })
         );
         let cordoned = NodeView {
             unschedulable: true,
@@ -283,5 +334,25 @@ mod tests {
         };
         assert!(node_edit(&cordoned, None, None, true).is_empty());
         assert!(node_edit(&node, None, None, false).is_empty());
+    }
+
+    #[test]
+    fn uncordon_releases_only_our_cordon() {
+        let theirs = NodeView {
+            unschedulable: true,
+            ..NodeView::default()
+        };
+        assert!(uncordon_edit(&theirs).is_empty());
+        let ours = NodeView {
+            unschedulable: true,
+            cordoned_by_us: true,
+            ..NodeView::default()
+        };
+        let edit = uncordon_edit(&ours);
+        assert_eq!(edit.unschedulable, Some(false));
+        assert_eq!(
+            edit.merge_patch(None)["metadata"]["annotations"][CORDON_ANNOTATION],
+            serde_json::Value::Null
+        );
     }
 }

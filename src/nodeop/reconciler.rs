@@ -141,7 +141,6 @@ fn sibling(op: &NodeOperation) -> Sibling {
             .is_some_and(NodeOperationPhase::is_finished),
         deleting: op.meta().deletion_timestamp.is_some(),
         cordons: op.spec.cordons(),
-        prior_unschedulable: status.and_then(|s| s.prior_unschedulable),
     }
 }
 
@@ -213,17 +212,15 @@ async fn cleanup(ctx: &Context, op: &NodeOperation, siblings: &[Sibling]) -> Res
     if !op.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let prior = op.status.as_ref().and_then(|s| s.prior_unschedulable);
-    if state::uncordon_on_delete(op.spec.cordons(), prior, siblings) {
+    if state::release_cordon_on_delete(op.spec.cordons(), siblings) {
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         match nodes.get_opt(&op.spec.node_name).await {
             Ok(Some(node)) => {
-                edit_node(ctx, &nodes, node, |view| NodeEdit {
-                    unschedulable: view.unschedulable.then_some(false),
-                    ..NodeEdit::default()
-                })
-                .await?;
-                info!(node = %op.spec.node_name, operation = %op.name_any(), "node uncordoned");
+                let before = NodeView::of(&node);
+                edit_node(ctx, &nodes, node, edits::uncordon_edit).await?;
+                if before.cordoned_by_us {
+                    info!(node = %op.spec.node_name, operation = %op.name_any(), "node uncordoned");
+                }
             }
             Ok(None) => {}
             Err(source) => return Err(api_error("reading the node")(source)),
@@ -382,10 +379,10 @@ impl Stepper<'_> {
         }
         if spec.cordons() && status.prior_unschedulable.is_none() {
             // Recorded before cordoning, so a crash in between cannot lose it.
-            let node_unschedulable = NodeView::of(&node).unschedulable;
+            let view = NodeView::of(&node);
             status.prior_unschedulable = Some(state::prior_unschedulable(
-                node_unschedulable,
-                self.siblings,
+                view.unschedulable,
+                view.cordoned_by_us,
             ));
             set(
                 &mut status,

@@ -16,7 +16,6 @@ pub struct Sibling {
     pub finished: bool,
     pub deleting: bool,
     pub cordons: bool,
-    pub prior_unschedulable: Option<bool>,
 }
 
 /// The operation that must finish before `name` (created at `created`) may run: the oldest
@@ -35,19 +34,16 @@ pub fn waits_for<'a>(
         .min_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
 }
 
-/// The node's schedulability before any of our operations cordoned it: a cordon held by one of
-/// our own operations does not count as "cordoned by someone else".
-pub fn prior_unschedulable(node_unschedulable: bool, siblings: &[Sibling]) -> bool {
-    node_unschedulable
-        && !siblings
-            .iter()
-            .any(|s| !s.deleting && s.cordons && s.prior_unschedulable == Some(false))
+/// The node's schedulability before any of our operations cordoned it: a cordon marked as
+/// ours (see `edits::CORDON_ANNOTATION`) does not count as "cordoned by someone else".
+pub fn prior_unschedulable(node_unschedulable: bool, cordoned_by_us: bool) -> bool {
+    node_unschedulable && !cordoned_by_us
 }
 
-/// Whether deleting an operation makes the node schedulable again: only when it cordoned a
-/// node that was schedulable before, and no other operation still holds a cordon.
-pub fn uncordon_on_delete(cordons: bool, prior: Option<bool>, siblings: &[Sibling]) -> bool {
-    cordons && prior == Some(false) && !siblings.iter().any(|s| !s.deleting && s.cordons)
+/// Whether deleting an operation releases its cordon: when it holds one and no other live
+/// operation of the node does. (Releasing uncordons only a cordon marked as ours.)
+pub fn release_cordon_on_delete(cordons: bool, siblings: &[Sibling]) -> bool {
+    cordons && !siblings.iter().any(|s| !s.deleting && s.cordons)
 }
 
 /// Checks what the schema cannot (or what older objects may hold); the message says what to fix.
@@ -155,28 +151,24 @@ mod tests {
     }
 
     #[test]
-    fn prior_state_and_uncordon() {
+    fn prior_state_and_release() {
         let holder = Sibling {
             cordons: true,
-            prior_unschedulable: Some(false),
             ..sib("a", 0)
         };
         let leaving = Sibling {
             deleting: true,
             ..holder.clone()
         };
-        // Cordoned by someone else vs. by our own earlier operation.
-        assert!(prior_unschedulable(true, &[]));
-        assert!(!prior_unschedulable(true, std::slice::from_ref(&holder)));
-        assert!(!prior_unschedulable(false, &[]));
-        assert!(prior_unschedulable(true, std::slice::from_ref(&leaving)));
-        // Uncordon only what we cordoned, and only when no one else holds it.
-        assert!(uncordon_on_delete(true, Some(false), &[]));
-        assert!(!uncordon_on_delete(true, Some(true), &[]));
-        assert!(!uncordon_on_delete(true, None, &[]));
-        assert!(!uncordon_on_delete(false, Some(false), &[]));
-        assert!(!uncordon_on_delete(true, Some(false), &[holder]));
-        assert!(uncordon_on_delete(true, Some(false), &[leaving]));
+        // Cordoned by someone else vs. by one of our operations.
+        assert!(prior_unschedulable(true, false));
+        assert!(!prior_unschedulable(true, true));
+        assert!(!prior_unschedulable(false, false));
+        // The last live holder releases.
+        assert!(release_cordon_on_delete(true, &[]));
+        assert!(!release_cordon_on_delete(false, &[]));
+        assert!(!release_cordon_on_delete(true, &[holder]));
+        assert!(release_cordon_on_delete(true, &[leaving]));
     }
 
     #[test]

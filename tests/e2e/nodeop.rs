@@ -318,8 +318,32 @@ async fn cordon_holds_while_the_operation_exists_and_restores_prior_state() {
         |cordoned| *cordoned,
     )
     .await;
+    // A second operation takes over the cordon: deleting the first keeps the node cordoned,
+    // deleting the last one uncordons it.
+    let second = t
+        .op("free-2", json!({"nodeName": free, "cordon": true}))
+        .await;
+    let status = t.wait_phase(&second, NodeOperationPhase::Succeeded).await;
+    assert_eq!(
+        status.prior_unschedulable,
+        Some(false),
+        "our own cordon is not prior state"
+    );
     t.delete_op(&op).await;
+    assert!(
+        t.unschedulable(&free).await,
+        "still held by the second operation"
+    );
+    t.delete_op(&second).await;
     assert!(!t.unschedulable(&free).await, "deletion uncordons");
+    let annotations = t
+        .nodes()
+        .get(&free)
+        .await
+        .expect("node")
+        .annotations()
+        .clone();
+    assert!(annotations.is_empty(), "{annotations:?}");
 
     let op = t
         .op("cordoned", json!({"nodeName": cordoned, "cordon": true}))
