@@ -840,3 +840,77 @@ fn phase_label(phase: &NodeOperationPhase) -> &'static str {
         NodeOperationPhase::Unknown(_) => "Unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(remaining: usize, not_evicted: usize) -> plan::DrainPlan {
+        plan::DrainPlan {
+            remaining: (0..remaining).map(|i| format!("ns/p{i}")).collect(),
+            not_evicted,
+            ..plan::DrainPlan::default()
+        }
+    }
+
+    #[test]
+    fn drain_counts_survive_passes_and_lost_writes() {
+        // (status before, remaining pods, of which not yet evicted) -> (total, evicted, remaining)
+        let cases = [
+            ((0, 0), 3, 3, (3, 0, 3)),
+            // one evicted and still terminating
+            ((3, 0), 3, 2, (3, 1, 3)),
+            // a crash lost the write of two accepted evictions: derived from what is left
+            ((3, 0), 1, 1, (3, 2, 1)),
+            // a new pod to evict appeared on the node
+            ((3, 3), 1, 1, (4, 3, 1)),
+            ((3, 3), 0, 0, (3, 3, 0)),
+        ];
+        for ((total, evicted), remaining, not_evicted, expected) in cases {
+            let mut drain = DrainStatus {
+                total,
+                evicted,
+                ..DrainStatus::default()
+            };
+            record_remaining(&mut drain, &plan_with(remaining, not_evicted));
+            assert_eq!(
+                (drain.total, drain.evicted, drain.remaining),
+                expected,
+                "{total} {evicted} {remaining} {not_evicted}"
+            );
+        }
+    }
+
+    #[test]
+    fn condition_keeps_its_transition_time_while_the_reason_stays() {
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap_or_default();
+        let t1 = Timestamp::from_second(1_700_000_060).unwrap_or_default();
+        let mut status = NodeOperationStatus::default();
+        set(
+            &mut status,
+            NodeOperationPhase::Running,
+            "Draining",
+            "a".into(),
+            t0,
+        );
+        set(
+            &mut status,
+            NodeOperationPhase::Running,
+            "Draining",
+            "b".into(),
+            t1,
+        );
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t0)));
+        assert_eq!(status.message.as_deref(), Some("b"));
+        set(
+            &mut status,
+            NodeOperationPhase::Succeeded,
+            "Drained",
+            "c".into(),
+            t1,
+        );
+        assert_eq!(status.conditions[0].status, "True");
+        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t1)));
+    }
+}
