@@ -355,9 +355,13 @@ async fn cordon_holds_while_the_operation_exists_and_restores_prior_state() {
         t.unschedulable(&cordoned).await,
         "a node cordoned before the operation stays cordoned"
     );
-    let events = t.events_of(&t.op_name("free")).await;
-    assert!(events.iter().any(|r| r == "Started"), "{events:?}");
-    assert!(events.iter().any(|r| r == "Succeeded"), "{events:?}");
+    let first = t.op_name("free");
+    wait_for(
+        "Started and Succeeded events",
+        || t.events_of(&first),
+        |events| events.iter().any(|r| r == "Started") && events.iter().any(|r| r == "Succeeded"),
+    )
+    .await;
     t.cleanup().await;
 }
 
@@ -460,8 +464,13 @@ async fn budget_blocks_the_drain_until_relaxed() {
             .all(|b| b.pod.starts_with(&format!("{}/db-", t.ns()))),
         "{blocked:?}"
     );
-    let events = t.events_of(&op).await;
-    assert!(events.iter().any(|r| r == "EvictionBlocked"), "{events:?}");
+    // Published right after the status write.
+    wait_for(
+        "an EvictionBlocked event",
+        || t.events_of(&op),
+        |events| events.iter().any(|r| r == "EvictionBlocked"),
+    )
+    .await;
 
     t.relax_budget("db-budget", 1).await;
     let status = t.wait_phase(&op, NodeOperationPhase::Succeeded).await;
