@@ -31,6 +31,15 @@ pub struct ControllerSettings {
     /// Storage class of new home claims (default: the cluster default class).
     #[arg(long, env = "HOME_STORAGE_CLASS")]
     home_storage_class: Option<String>,
+    /// Only handle NodeOperations matching this label selector (default: all).
+    #[arg(long, env = "NODE_OPERATION_SELECTOR")]
+    node_operation_selector: Option<String>,
+    /// NodeOperations reconciled concurrently.
+    #[arg(long, env = "NODE_OPERATION_CONCURRENCY", default_value_t = 4)]
+    node_operation_concurrency: u16,
+    /// Do not handle NodeOperations.
+    #[arg(long, env = "DISABLE_NODE_OPERATIONS")]
+    no_node_operations: bool,
 }
 
 impl ControllerSettings {
@@ -46,6 +55,12 @@ impl ControllerSettings {
                 ingress_class: (!self.no_ingress).then(|| self.ingress_class.clone()),
                 home_size: Quantity(self.home_size.clone()),
                 home_storage_class: self.home_storage_class.clone(),
+            },
+            node_operations: controller::NodeOperationSettings {
+                enabled: !self.no_node_operations,
+                selector: self.node_operation_selector.clone(),
+                concurrency: self.node_operation_concurrency.max(1),
+                kube_config: None,
             },
         })
     }

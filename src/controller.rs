@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::backoff::FailureBackoff;
-use crate::crd::{Session, Template};
+use crate::crd::{NodeOperation, Session, Template};
 use crate::metrics::SharedMetrics;
+use crate::nodeop::reconciler::{self as nodeop_reconciler, NodeOpShared};
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::session::objects::SessionSettings;
 use crate::session::reconciler::{self as session_reconciler, SessionStores};
@@ -37,6 +38,7 @@ pub struct Config {
     /// Sessions reconciled at the same time.
     pub concurrency: u16,
     pub session: SessionSettings,
+    pub node_operations: NodeOperationSettings,
 }
 
 impl Default for Config {
@@ -45,6 +47,34 @@ impl Default for Config {
             namespace: None,
             concurrency: 16,
             session: SessionSettings::default(),
+            node_operations: NodeOperationSettings::default(),
+        }
+    }
+}
+
+/// Which NodeOperations this instance handles, and how.
+#[derive(Clone, Debug)]
+pub struct NodeOperationSettings {
+    pub enabled: bool,
+    /// Label selector on NodeOperations (all when `None`); NodeOperations are cluster-scoped,
+    /// so `Config::namespace` does not narrow them.
+    pub selector: Option<String>,
+    /// NodeOperations reconciled at the same time.
+    pub concurrency: u16,
+    /// Connection settings for the eviction client. kube's default client retries HTTP 429 for
+    /// minutes, which would hold a reconcile worker while a PodDisruptionBudget blocks an
+    /// eviction; with these settings evictions use a client that does not. Without them the
+    /// shared client is used (and a warning logged).
+    pub kube_config: Option<kube::Config>,
+}
+
+impl Default for NodeOperationSettings {
+    fn default() -> Self {
+        NodeOperationSettings {
+            enabled: true,
+            selector: None,
+            concurrency: 4,
+            kube_config: None,
         }
     }
 }
@@ -60,6 +90,8 @@ pub struct Context {
     pub caches_loaded: watch::Receiver<bool>,
     /// Retry delays of objects whose reconcile keeps failing.
     pub backoff: FailureBackoff,
+    /// Shared state of the node operation reconciler; `None` when it is disabled.
+    pub node_operations: Option<NodeOpShared>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +100,10 @@ pub enum StartError {
         "the {0} CRD is not served by the cluster ({1}); install it with `streamspace-controller crds | kubectl apply -f -`"
     )]
     CrdMissing(&'static str, #[source] kube::Error),
+    #[error("could not discover the policy API versions (Eviction, PodDisruptionBudget): {0}")]
+    PolicyDiscovery(#[source] kube::Error),
+    #[error("could not build the eviction client: {0}")]
+    EvictionClient(#[source] kube::Error),
 }
 
 /// Readiness of the controller: true once every watch cache has loaded.
@@ -171,6 +207,43 @@ pub async fn run(
         },
     );
     let (loaded_tx, caches_loaded) = watch::channel(false);
+    let nodeop_settings = &config.node_operations;
+    let mut nodeop_watch = watcher::Config::default().any_semantic();
+    if let Some(selector) = &nodeop_settings.selector {
+        nodeop_watch = nodeop_watch.labels(selector);
+    }
+    let mut nodeop_controller =
+        Controller::new(Api::<NodeOperation>::all(client.clone()), nodeop_watch).with_config(
+            ControllerConfig::default().concurrency(nodeop_settings.concurrency.max(1)),
+        );
+    let nodeop_store = nodeop_controller.store();
+    let node_operations = if nodeop_settings.enabled {
+        Api::<NodeOperation>::all(client.clone())
+            .list(&ListParams::default().limit(1))
+            .await
+            .map_err(|e| StartError::CrdMissing("nodeoperations.stream.space", e))?;
+        let policy = crate::nodeop::policy::discover(&client)
+            .await
+            .map_err(StartError::PolicyDiscovery)?;
+        let eviction_client = match &nodeop_settings.kube_config {
+            Some(kube_config) => {
+                let mut kube_config = kube_config.clone();
+                kube_config.default_retry = false;
+                Client::try_from(kube_config).map_err(StartError::EvictionClient)?
+            }
+            None => {
+                tracing::warn!(
+                    "no kube config for evictions: a blocked eviction will be retried inside the client"
+                );
+                client.clone()
+            }
+        };
+        let (shared, woken) = NodeOpShared::new(nodeop_store.clone(), policy, eviction_client);
+        nodeop_controller = nodeop_controller.reconcile_on(woken);
+        Some(shared)
+    } else {
+        None
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -179,6 +252,7 @@ pub async fn run(
         session_stores: stores.clone(),
         caches_loaded,
         backoff: FailureBackoff::default(),
+        node_operations,
     });
 
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -251,9 +325,35 @@ pub async fn run(
     )
     .for_each(|_| future::ready(()));
 
+    let nodeops_enabled = config.node_operations.enabled;
+    let node_operations = async {
+        if !nodeops_enabled {
+            return;
+        }
+        let operations_of_node = {
+            let store = nodeop_store.clone();
+            move |node: Node| nodeop_reconciler::operations_of_node(&store, &node.name_any())
+        };
+        nodeop_controller
+            .watches(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+                operations_of_node,
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                nodeop_reconciler::reconcile,
+                nodeop_reconciler::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| future::ready(()))
+            .await;
+    };
+
     let ready = async {
         let loaded = stores.wait_until_ready().await.is_ok()
-            && session_store.wait_until_ready().await.is_ok();
+            && session_store.wait_until_ready().await.is_ok()
+            && (!nodeops_enabled || nodeop_store.wait_until_ready().await.is_ok());
         if loaded {
             let _ = loaded_tx.send(true);
             readiness.set();
@@ -261,7 +361,7 @@ pub async fn run(
         }
     };
     info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    future::join3(sessions, templates_controller, ready).await;
+    future::join4(sessions, templates_controller, node_operations, ready).await;
     info!("controller stopped");
     Ok(())
 }

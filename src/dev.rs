@@ -50,6 +50,12 @@ pub struct DevArgs {
 
 /// A client for `kubeconfig`, or for the in-cluster / default configuration when `None`.
 pub async fn client_from(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = kube_config_from(kubeconfig).await?;
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The connection settings `client_from` uses.
+pub async fn kube_config_from(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -62,7 +68,7 @@ pub async fn client_from(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
             .await
             .context("no kubeconfig given and no in-cluster or default configuration found")?,
     };
-    Client::try_from(config).context("building the Kubernetes client")
+    Ok(config)
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -84,6 +90,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
 
+    let kubeconfig_path = match (&args.kubeconfig, &control_plane) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(plane)) => Some(plane.kubeconfig_path().to_path_buf()),
+        (None, None) => None,
+    };
+    let mut config = config;
+    config.node_operations.kube_config = Some(kube_config_from(kubeconfig_path.as_deref()).await?);
     crd::install::install(&client, FIELD_MANAGER).await?;
     let simulator = match control_plane {
         Some(_) => Some(NodeSimulator::spawn(

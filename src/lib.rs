@@ -1,7 +1,8 @@
-//! streamspace-controller: reconciles StreamSpace `Session` and `Template` objects.
+//! streamspace-controller: reconciles StreamSpace `Session`, `Template` and `NodeOperation`
+//! objects.
 //!
 //! Layout follows the design: pure decisions (`session::state`, `template::validate`,
-//! `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
+//! `nodeop::plan`, `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
 //! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
 
 pub mod backoff;
@@ -12,6 +13,7 @@ pub mod dev;
 pub mod devcluster;
 pub mod http;
 pub mod metrics;
+pub mod nodeop;
 pub mod quantity;
 pub mod session;
 pub mod telemetry;

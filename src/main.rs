@@ -60,8 +60,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let config = args.settings.to_config()?;
-    let client = dev::client_from(args.kubeconfig.as_deref()).await?;
+    let mut config = args.settings.to_config()?;
+    let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
+    config.node_operations.kube_config = Some(kube_config.clone());
+    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let router = http::router(metrics.clone(), readiness.clone());

@@ -108,10 +108,65 @@ impl Drop for ReconcileTimer {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+/// Node operations: phases reached, drain durations, evictions.
+#[derive(Clone)]
+pub struct NodeOperationMetrics {
+    /// Operations that entered a phase.
+    pub phases: Family<PhaseLabel, Counter>,
+    /// Time from the start of a drain to its end (Succeeded or Failed).
+    pub drain_duration: Histogram,
+    /// Evictions the API server accepted.
+    pub evictions: Counter,
+    /// Evictions refused because a PodDisruptionBudget would be violated (HTTP 429).
+    pub blocked_evictions: Counter,
+}
+
+impl NodeOperationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = NodeOperationMetrics {
+            phases: Family::default(),
+            drain_duration: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            evictions: Counter::default(),
+            blocked_evictions: Counter::default(),
+        };
+        registry.register(
+            "phase_transitions",
+            "Node operations that entered a phase",
+            metrics.phases.clone(),
+        );
+        registry.register(
+            "drain_duration_seconds",
+            "Time from the start of a drain until it succeeded or failed",
+            metrics.drain_duration.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Pod evictions accepted by the API server",
+            metrics.evictions.clone(),
+        );
+        registry.register(
+            "blocked_evictions",
+            "Pod evictions refused because a PodDisruptionBudget would be violated",
+            metrics.blocked_evictions.clone(),
+        );
+        metrics
+    }
+
+    pub fn entered(&self, phase: &'static str) {
+        self.phases.get_or_create(&PhaseLabel { phase }).inc();
+    }
+}
+
 /// The process's metrics registry and the handles every subsystem records into.
 pub struct Metrics {
     pub registry: Registry,
     pub reconcilers: ReconcilerMetrics,
+    pub node_operations: NodeOperationMetrics,
 }
 
 impl Default for Metrics {
@@ -119,9 +174,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("streamspace");
         let reconcilers =
             ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let node_operations =
+            NodeOperationMetrics::register(registry.sub_registry_with_prefix("nodeop"));
         Metrics {
             registry,
             reconcilers,
+            node_operations,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod install;
+pub mod node_operation;
 pub mod session;
 pub mod template;
 
@@ -9,6 +10,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{Condition, ResourceSpec};
+pub use node_operation::{
+    NodeOperation, NodeOperationPhase, NodeOperationSpec, NodeOperationStatus,
+};
 pub use session::{Session, SessionPhase, SessionSpec, SessionState, SessionStatus};
 pub use template::{Template, TemplateSpec, TemplateStatus};
 
@@ -17,7 +21,7 @@ pub const GROUP: &str = "stream.space";
 
 /// Every CRD this binary serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Session::crd(), Template::crd()]
+    vec![Session::crd(), Template::crd(), NodeOperation::crd()]
 }
 
 /// All CRDs as one multi-document YAML stream, as `crds` prints it and the chart ships it.

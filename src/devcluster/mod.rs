@@ -40,4 +40,4 @@ pub use control_plane::{
     ControlPlane, ControlPlaneOptions, SERVICE_ACCOUNT_ISSUER, SERVICE_CLUSTER_IP_RANGE,
 };
 pub use error::Error;
-pub use simulator::{NodeSimulator, SimulatorConfig};
+pub use simulator::{ADOPTED_NODE_LABEL, NodeSimulator, SimulatorConfig};

@@ -24,6 +24,9 @@ use streamspace_controller::session::objects::SessionSettings;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Label that ties a cluster-scoped object (a NodeOperation) to one test's controller.
+pub const TEST_ENV_LABEL: &str = "stream.space/test-env";
+
 /// Upper bound for any awaited condition; generous because the machines are shared.
 pub const WAIT: Duration = Duration::from_secs(90);
 
@@ -188,6 +191,15 @@ impl TestEnv {
             namespace: Some(self.namespace.clone()),
             concurrency: 8,
             session: Self::settings(),
+            node_operations: controller::NodeOperationSettings {
+                selector: Some(format!("{TEST_ENV_LABEL}={}", self.namespace)),
+                kube_config: Some(
+                    streamspace_controller::dev::kube_config_from(Some(&kubeconfig()))
+                        .await
+                        .expect("kube config"),
+                ),
+                ..controller::NodeOperationSettings::default()
+            },
         };
         let task = tokio::spawn({
             let client = self.client.clone();

@@ -9,6 +9,11 @@
 //! * **Kubelet** — pods on a simulated node that are not `Running` are reported running and
 //!   ready; terminating pods on a simulated node are deleted with grace period 0. Pods on other
 //!   nodes are left alone.
+//! * **Adopted nodes** — nodes created by someone else (a test) with the label
+//!   [`ADOPTED_NODE_LABEL`]`=true` get the kubelet part too (pods bound to them run, terminating
+//!   ones are finished), but unbound pods are only scheduled onto them when the pod's
+//!   `nodeSelector` asks for that label, so tests that cordon, taint or drain their own nodes
+//!   never disturb pods of other tests. Their status is not heartbeated.
 //! * **Volumes** (optional) — see [`SIMULATED_VOLUME_LABEL`].
 //! * **Namespaces** (optional) — pods on simulated nodes are removed as soon as their namespace
 //!   starts terminating, so namespace deletion does not wait for kube-controller-manager's
@@ -32,6 +37,9 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use volumes::SIMULATED_VOLUME_LABEL;
+
+/// Label (value `true`) of nodes created elsewhere that the simulator runs pods on.
+pub const ADOPTED_NODE_LABEL: &str = "stream.space/simulated-node";
 
 /// Annotation set on nodes the simulator creates.
 pub const SIMULATED_ANNOTATION: &str = "streamspace.dev/simulated-node";

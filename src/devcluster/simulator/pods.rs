@@ -112,8 +112,15 @@ impl PodWorker {
         }
     }
 
+    /// One of the configured nodes, or an adopted one (see [`super::ADOPTED_NODE_LABEL`]).
     fn is_simulated(&self, node: &str) -> bool {
-        self.node_names.contains(node)
+        self.node_names.contains(node) || self.is_adopted(node)
+    }
+
+    fn is_adopted(&self, node: &str) -> bool {
+        self.node_store
+            .get(&reflector::ObjectRef::new(node))
+            .is_some_and(|n| is_adopted(&n))
     }
 
     /// Re-examines every known pod and forgets pods that are gone.
@@ -207,7 +214,12 @@ impl PodWorker {
             .node_store
             .state()
             .into_iter()
-            .filter(|n| self.is_simulated(&n.name_any()) && n.metadata.deletion_timestamp.is_none())
+            .filter(|n| {
+                let name = n.name_any();
+                let eligible = self.node_names.contains(&name)
+                    || (is_adopted(n) && selects_adopted_nodes(spec));
+                eligible && n.metadata.deletion_timestamp.is_none()
+            })
             .collect();
         nodes.sort_by_key(|n| n.name_any());
         let fitting: Vec<String> = nodes
@@ -375,6 +387,23 @@ fn decide(pod: &Pod, is_simulated: impl Fn(&str) -> bool) -> Action {
         }
         _ => Action::None,
     }
+}
+
+/// Whether the node carries [`super::ADOPTED_NODE_LABEL`]`=true`.
+fn is_adopted(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(super::ADOPTED_NODE_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// Whether the pod's `nodeSelector` asks for adopted nodes (the only pods bound to them).
+fn selects_adopted_nodes(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    spec.node_selector
+        .as_ref()
+        .and_then(|s| s.get(super::ADOPTED_NODE_LABEL))
+        .is_some_and(|v| v == "true")
 }
 
 /// Pods on `node` that still occupy it.

@@ -1,0 +1,58 @@
+//! Node operations: cordon, drain, uncordon, label and taint edits, declared by `NodeOperation`
+//! objects.
+//!
+//! Pure decisions: `plan` (which pods a drain evicts, skips or refuses, and the next batch),
+//! `edits` (label, taint and cordon changes), `state` (ordering of operations on one node, prior
+//! state, validation, timeouts). I/O: `policy` (Eviction and PodDisruptionBudget, in whichever
+//! `policy` version the server offers) and `reconciler`.
+
+pub mod edits;
+pub mod plan;
+pub mod policy;
+pub mod reconciler;
+pub mod state;
+
+/// Errors of the node operation reconciler; each has a fixed label for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed while {action}: {source}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the node kept changing under us; gave up after {0} attempts")]
+    TooManyConflicts(u32),
+    #[error("a watch cache closed before it loaded (the controller is shutting down)")]
+    CacheClosed,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { source, .. } if is_conflict(source) => "conflict",
+            Error::Api { .. } => "api",
+            Error::TooManyConflicts(_) => "too_many_conflicts",
+            Error::CacheClosed => "cache_closed",
+        }
+    }
+
+    /// Conflicts resolve themselves on the next attempt with fresh data: retry quickly.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api { source, .. } => is_conflict(source),
+            Error::TooManyConflicts(_) => true,
+            Error::CacheClosed => false,
+        }
+    }
+}
+
+pub(crate) fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+pub(crate) fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_not_found())
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

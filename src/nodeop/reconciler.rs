@@ -1,0 +1,916 @@
+//! The I/O shell around the node operation rules: read the operation, its siblings (from the
+//! watch cache), the node and its pods; take one step (edit the node, evict the next batch);
+//! write status only when it changed; requeue instead of waiting.
+//!
+//! Steps of one operation: `Pending` while an older operation of the same node is unfinished;
+//! `Running` while the node edits and the drain progress; `Succeeded` or `Failed` at the end.
+//! A finished operation that cordons keeps the node cordoned until it is deleted; the finalizer
+//! then uncordons the node if it was schedulable before.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use super::edits::{self, NodeEdit, NodeView};
+use super::plan::{self, Budget, PodFacts};
+use super::policy::{self, Eviction, PolicyApi};
+use super::state::{self, Sibling};
+use super::{Error, Result, is_conflict, is_not_found};
+use crate::controller::{Context, FIELD_MANAGER};
+use crate::crd::Condition;
+use crate::crd::node_operation::{
+    BlockedPod, DrainStatus, NodeOperation, NodeOperationPhase, NodeOperationStatus,
+};
+
+pub const CONTROLLER: &str = "nodeoperation";
+/// Held while the operation may still need to uncordon its node.
+pub const FINALIZER: &str = "stream.space/node-operation";
+/// Condition that summarises the operation.
+pub const CONDITION: &str = "Complete";
+
+/// How soon a drain looks again whether evicted pods are gone.
+const DRAIN_POLL: Duration = Duration::from_secs(1);
+/// How soon an eviction refused by a PodDisruptionBudget is retried.
+const BLOCKED_RETRY: Duration = Duration::from_secs(3);
+/// How soon a waiting operation checks again (sibling changes also wake it).
+const WAITING_RECHECK: Duration = Duration::from_secs(5);
+/// At most one "eviction blocked" Event per pod and operation in this interval.
+const BLOCKED_EVENT_INTERVAL: Duration = Duration::from_secs(60);
+/// Attempts of a node write that keeps conflicting with other writers.
+const CONFLICT_ATTEMPTS: u32 = 5;
+/// Pod names listed in status at most (the counts are always complete).
+const MAX_LISTED_PODS: usize = 50;
+
+/// What the node operation reconciler shares besides the common [`Context`].
+pub struct NodeOpShared {
+    /// Every NodeOperation this controller handles (the controller's own cache).
+    pub store: Store<NodeOperation>,
+    pub policy: PolicyApi,
+    /// A client that does not retry HTTP 429 by itself.
+    pub eviction_client: Client,
+    /// When an "eviction blocked" Event was last published, by operation and pod.
+    blocked_events: Mutex<HashMap<String, Instant>>,
+    /// Asks the controller to reconcile an operation now (see [`NodeOpShared::wake_siblings`]).
+    wake: UnboundedSender<ObjectRef<NodeOperation>>,
+}
+
+impl NodeOpShared {
+    /// The shared state, and the stream of operations to reconcile at once, for
+    /// `Controller::reconcile_on`.
+    pub fn new(
+        store: Store<NodeOperation>,
+        policy: PolicyApi,
+        eviction_client: Client,
+    ) -> (
+        Self,
+        impl futures::Stream<Item = ObjectRef<NodeOperation>> + Send + 'static,
+    ) {
+        let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+        let shared = NodeOpShared {
+            store,
+            policy,
+            eviction_client,
+            blocked_events: Mutex::default(),
+            wake,
+        };
+        let woken = futures::stream::unfold(woken, |mut rx| async move {
+            rx.recv().await.map(|next| (next, rx))
+        });
+        (shared, woken)
+    }
+
+    /// Wakes the unfinished operations of the node when this one finished or goes, so a
+    /// waiting operation starts at once instead of at its next periodic check.
+    fn wake_siblings(&self, op: &NodeOperation) {
+        let waiting = self.store.state().into_iter().filter(|o| {
+            o.spec.node_name == op.spec.node_name
+                && o.name_any() != op.name_any()
+                && !sibling(o).finished
+        });
+        for other in waiting {
+            // The receiver only goes away with the controller.
+            let _ = self.wake.send(ObjectRef::from_obj(other.as_ref()));
+        }
+    }
+
+    /// Whether an Event about this blocked pod may be published now (and notes that it is).
+    fn blocked_event_due(&self, key: String) -> bool {
+        let mut last = self
+            .blocked_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        last.retain(|_, at| now.duration_since(*at) < BLOCKED_EVENT_INTERVAL);
+        if last.contains_key(&key) {
+            return false;
+        }
+        last.insert(key, now);
+        true
+    }
+}
+
+/// The other operations of the same node, from the cache.
+pub fn siblings(store: &Store<NodeOperation>, op: &NodeOperation) -> Vec<Sibling> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.spec.node_name == op.spec.node_name && o.name_any() != op.name_any())
+        .map(|o| sibling(o))
+        .collect()
+}
+
+fn sibling(op: &NodeOperation) -> Sibling {
+    let status = op.status.as_ref();
+    Sibling {
+        name: op.name_any(),
+        created: op.meta().creation_timestamp.as_ref().map(|t| t.0),
+        finished: status
+            .and_then(|s| s.phase.as_ref())
+            .is_some_and(NodeOperationPhase::is_finished),
+        deleting: op.meta().deletion_timestamp.is_some(),
+        cordons: op.spec.cordons(),
+    }
+}
+
+/// The operations of `node`, to wake when the node changes.
+pub fn operations_of_node(
+    store: &Store<NodeOperation>,
+    node: &str,
+) -> Vec<ObjectRef<NodeOperation>> {
+    store
+        .state()
+        .iter()
+        .filter(|o| o.spec.node_name == node)
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    ctx.caches_loaded
+        .clone()
+        .wait_for(|loaded| *loaded)
+        .await
+        .map_err(|_| Error::CacheClosed)?;
+    let Some(shared) = ctx.node_operations.as_ref() else {
+        return Ok(Action::await_change());
+    };
+    let siblings = siblings(&shared.store, &op);
+    let action = if op.meta().deletion_timestamp.is_some() {
+        let action = cleanup(&ctx, &op, &siblings).await?;
+        shared.wake_siblings(&op);
+        action
+    } else {
+        if !op.finalizers().iter().any(|f| f == FINALIZER) {
+            add_finalizer(&ctx, &op).await?;
+        }
+        let step = Stepper {
+            ctx: &ctx,
+            shared,
+            op: &op,
+            siblings: &siblings,
+            now: Timestamp::now(),
+        };
+        step.run().await?
+    };
+    ctx.backoff.succeeded(&backoff_key(&op));
+    Ok(action)
+}
+
+pub fn error_policy(op: Arc<NodeOperation>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcilers
+        .failure(CONTROLLER, error.metric_label());
+    let delay = ctx.backoff.failed(backoff_key(&op), error.is_transient());
+    warn!(operation = %op.name_any(), %error, retry_in = ?delay, "node operation reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff_key(op: &NodeOperation) -> String {
+    format!("nodeoperation/{}", op.name_any())
+}
+
+fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Api { action, source }
+}
+
+/// Uncordons (when this operation cordoned a schedulable node and no other holds it), then
+/// releases the object.
+async fn cleanup(ctx: &Context, op: &NodeOperation, siblings: &[Sibling]) -> Result<Action> {
+    if !op.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    if state::release_cordon_on_delete(op.spec.cordons(), siblings) {
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        match nodes.get_opt(&op.spec.node_name).await {
+            Ok(Some(node)) => {
+                let before = NodeView::of(&node);
+                edit_node(ctx, &nodes, node, edits::uncordon_edit).await?;
+                if before.cordoned_by_us {
+                    info!(node = %op.spec.node_name, operation = %op.name_any(), "node uncordoned");
+                }
+            }
+            Ok(None) => {}
+            Err(source) => return Err(api_error("reading the node")(source)),
+        }
+    }
+    let remaining: Vec<String> = op
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    write_finalizers(ctx, op, remaining).await?;
+    Ok(Action::await_change())
+}
+
+async fn add_finalizer(ctx: &Context, op: &NodeOperation) -> Result<()> {
+    let mut finalizers = op.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    write_finalizers(ctx, op, finalizers).await
+}
+
+/// Replaces the finalizer list, guarded by the resource version (a conflict retries).
+async fn write_finalizers(
+    ctx: &Context,
+    op: &NodeOperation,
+    finalizers: Vec<String>,
+) -> Result<()> {
+    ctx.metrics.reconcilers.write(CONTROLLER, "nodeoperation");
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": op.resource_version(),
+    }});
+    let api: Api<NodeOperation> = Api::all(ctx.client.clone());
+    match api
+        .patch(
+            &op.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(api_error("writing finalizers")(source)),
+    }
+}
+
+/// Applies the edits computed by `edit` to the freshest node, re-reading and recomputing on
+/// every conflict.
+async fn edit_node(
+    ctx: &Context,
+    nodes: &Api<Node>,
+    mut node: Node,
+    edit: impl Fn(&NodeView) -> NodeEdit,
+) -> Result<Node> {
+    let name = node.name_any();
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let change = edit(&NodeView::of(&node));
+        if change.is_empty() {
+            return Ok(node);
+        }
+        ctx.metrics.reconcilers.write(CONTROLLER, "node");
+        let patch = change.merge_patch(node.resource_version().as_deref());
+        match nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(updated) => return Ok(updated),
+            Err(e) if is_conflict(&e) => {
+                node = nodes
+                    .get(&name)
+                    .await
+                    .map_err(api_error("re-reading the node after a conflict"))?;
+            }
+            Err(source) => return Err(api_error("editing the node")(source)),
+        }
+    }
+    Err(Error::TooManyConflicts(CONFLICT_ATTEMPTS))
+}
+
+/// One pass over one live operation.
+struct Stepper<'a> {
+    ctx: &'a Context,
+    shared: &'a NodeOpShared,
+    op: &'a NodeOperation,
+    siblings: &'a [Sibling],
+    now: Timestamp,
+}
+
+/// The result of a pass: the status to report and when to look again.
+struct Outcome {
+    status: NodeOperationStatus,
+    requeue: Option<Duration>,
+    events: Vec<(EventType, &'static str, String)>,
+}
+
+impl Stepper<'_> {
+    async fn run(&self) -> Result<Action> {
+        let before = self.op.status.clone().unwrap_or_default();
+        let outcome = self.step(before.clone()).await?;
+        self.report(&before, outcome.status).await?;
+        for (type_, reason, note) in outcome.events {
+            self.publish(type_, reason, note).await;
+        }
+        Ok(match outcome.requeue {
+            Some(delay) => Action::requeue(delay),
+            None => Action::await_change(),
+        })
+    }
+
+    async fn step(&self, mut status: NodeOperationStatus) -> Result<Outcome> {
+        let spec = &self.op.spec;
+        let phase = status.phase.clone();
+        if phase.as_ref().is_some_and(NodeOperationPhase::is_finished) {
+            return self.hold(status).await;
+        }
+        status.observed_generation = self.op.meta().generation;
+        if let Err(message) = state::validate(spec) {
+            return Ok(self.finish(status, false, "InvalidSpec", message));
+        }
+        if let Some(first) = state::waits_for(
+            &self.op.name_any(),
+            self.op.meta().creation_timestamp.as_ref().map(|t| t.0),
+            self.siblings,
+        ) {
+            let message = format!(
+                "waiting for NodeOperation {} on node {} to finish (one operation per node at a time)",
+                first.name, spec.node_name
+            );
+            set(
+                &mut status,
+                NodeOperationPhase::Pending,
+                "WaitingForOperation",
+                message,
+                self.now,
+            );
+            return Ok(Outcome {
+                status,
+                requeue: Some(WAITING_RECHECK),
+                events: vec![],
+            });
+        }
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let Some(node) = nodes
+            .get_opt(&spec.node_name)
+            .await
+            .map_err(api_error("reading the node"))?
+        else {
+            let message = format!("node {} does not exist", spec.node_name);
+            return Ok(self.finish(status, false, "NodeNotFound", message));
+        };
+        let mut events = Vec::new();
+        if phase != Some(NodeOperationPhase::Running) {
+            status.start_time = Some(Time(self.now));
+            events.push((EventType::Normal, "Started", self.describe()));
+        }
+        if spec.cordons() && status.prior_unschedulable.is_none() {
+            // Recorded before cordoning, so a crash in between cannot lose it.
+            let view = NodeView::of(&node);
+            status.prior_unschedulable = Some(state::prior_unschedulable(
+                view.unschedulable,
+                view.cordoned_by_us,
+            ));
+            set(
+                &mut status,
+                NodeOperationPhase::Running,
+                "Started",
+                self.describe(),
+                self.now,
+            );
+            self.write_status(&status).await?;
+        }
+        edit_node(self.ctx, &nodes, node, |view| {
+            edits::node_edit(
+                view,
+                spec.labels.as_ref(),
+                spec.taints.as_ref(),
+                spec.cordons(),
+            )
+        })
+        .await?;
+        let mut outcome = match &spec.drain {
+            Some(_) => self.drain(status).await?,
+            None => {
+                let message = format!("node {} edited", spec.node_name);
+                self.finish(status, true, "Succeeded", message)
+            }
+        };
+        events.append(&mut outcome.events);
+        outcome.events = events;
+        Ok(outcome)
+    }
+
+    /// A finished operation keeps its cordon and counts down its time to live. Its first pass
+    /// here follows the watch event of its final status, so the cache already shows it
+    /// finished: the right moment to wake an operation waiting for it.
+    async fn hold(&self, status: NodeOperationStatus) -> Result<Outcome> {
+        self.shared.wake_siblings(self.op);
+        if self.op.spec.cordons() {
+            let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+            if let Some(node) = nodes
+                .get_opt(&self.op.spec.node_name)
+                .await
+                .map_err(api_error("reading the node"))?
+            {
+                edit_node(self.ctx, &nodes, node, |view| {
+                    edits::node_edit(view, None, None, true)
+                })
+                .await?;
+            }
+        }
+        let completion = status.completion_time.as_ref().map(|t| t.0);
+        let left = state::ttl_left(
+            completion,
+            self.op.spec.ttl_seconds_after_finished,
+            self.now,
+        );
+        if left == Some(Duration::ZERO) {
+            let api: Api<NodeOperation> = Api::all(self.ctx.client.clone());
+            self.ctx
+                .metrics
+                .reconcilers
+                .write(CONTROLLER, "nodeoperation");
+            match api
+                .delete(&self.op.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => info!(operation = %self.op.name_any(), "time to live expired; deleted"),
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => return Err(api_error("deleting an expired operation")(source)),
+            }
+            return Ok(Outcome {
+                status,
+                requeue: None,
+                events: vec![],
+            });
+        }
+        Ok(Outcome {
+            status,
+            requeue: left,
+            events: vec![],
+        })
+    }
+
+    /// One drain pass: list the node's pods, plan, evict the next batch, report progress.
+    async fn drain(&self, mut status: NodeOperationStatus) -> Result<Outcome> {
+        let spec = &self.op.spec;
+        let options = spec.drain.clone().unwrap_or_default();
+        let pods: Api<Pod> = Api::all(self.ctx.client.clone());
+        let listed = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", spec.node_name)))
+            .await
+            .map_err(api_error("listing the node's pods"))?;
+        let facts: Vec<PodFacts> = listed.items.iter().map(PodFacts::from_pod).collect();
+        let mut drain = status.drain.clone().unwrap_or_default();
+        let blocked_before: BTreeSet<String> =
+            drain.blocked.iter().map(|b| b.pod.clone()).collect();
+        let plan = plan::plan(&facts, &options, &blocked_before);
+        drain.skipped = plan.skipped.clone();
+        if !plan.refused.is_empty() {
+            drain.blocked = plan
+                .refused
+                .iter()
+                .map(|(pod, reason)| BlockedPod {
+                    pod: pod.clone(),
+                    reason: (*reason).to_string(),
+                    pod_disruption_budget: None,
+                })
+                .collect();
+            let listed: Vec<String> = plan
+                .refused
+                .iter()
+                .take(MAX_LISTED_PODS)
+                .map(|(pod, reason)| format!("{pod} is {reason}"))
+                .collect();
+            let message = format!(
+                "cannot drain node {}; nothing was evicted: {}",
+                spec.node_name,
+                listed.join("; ")
+            );
+            record_remaining(&mut drain, &plan);
+            status.drain = Some(drain);
+            return Ok(self.finish(status, false, "PodsRefused", message));
+        }
+        if plan.is_done() {
+            record_remaining(&mut drain, &plan);
+            drain.blocked.clear();
+            status.drain = Some(drain);
+            let message = format!("node {} drained", spec.node_name);
+            return Ok(self.finish(status, true, "Drained", message));
+        }
+        let start = status.start_time.as_ref().map(|t| t.0);
+        if state::timed_out(start, options.timeout_seconds, self.now) {
+            record_remaining(&mut drain, &plan);
+            let message = format!(
+                "drain of node {} timed out after {}s with {} pods remaining: {}",
+                spec.node_name,
+                options.timeout_seconds.unwrap_or_default(),
+                plan.remaining.len(),
+                drain.remaining_pods.join(", ")
+            );
+            status.drain = Some(drain);
+            return Ok(self.finish(status, false, "Timeout", message));
+        }
+        // Counted before this pass evicts, so the pods it evicts are not counted twice.
+        record_remaining(&mut drain, &plan);
+        let results: Vec<(PodFacts, Eviction)> =
+            futures::stream::iter(plan.evict_now.iter().cloned())
+                .map(|pod| async move {
+                    let result = policy::evict(
+                        &self.shared.eviction_client,
+                        &self.shared.policy,
+                        &pod,
+                        options.grace_period_seconds,
+                    )
+                    .await;
+                    (pod, result)
+                })
+                .buffer_unordered(options.concurrency())
+                .collect()
+                .await;
+        let attempted: BTreeSet<String> = results.iter().map(|(p, _)| p.key()).collect();
+        // Blocks reported before for pods that were not tried again this pass still stand.
+        let mut blocked: Vec<BlockedPod> = drain
+            .blocked
+            .iter()
+            .filter(|b| !attempted.contains(&b.pod) && plan.remaining.contains(&b.pod))
+            .cloned()
+            .collect();
+        let mut events = Vec::new();
+        let mut budgets: HashMap<String, Vec<Budget>> = HashMap::new();
+        status.last_error = None;
+        for (pod, result) in results {
+            match result {
+                Eviction::Accepted => {
+                    drain.evicted += 1;
+                    self.ctx.metrics.node_operations.evictions.inc();
+                    self.ctx.metrics.reconcilers.write(CONTROLLER, "eviction");
+                }
+                Eviction::Gone => {}
+                Eviction::Blocked(message) => {
+                    self.ctx.metrics.node_operations.blocked_evictions.inc();
+                    let budget = self.budget_of(&pod, &mut budgets).await;
+                    let reason = format!("eviction refused: {message}");
+                    if self.shared.blocked_event_due(format!(
+                        "{}/{}",
+                        self.op.name_any(),
+                        pod.key()
+                    )) {
+                        let note = match &budget {
+                            Some(b) => format!(
+                                "eviction of pod {} blocked by PodDisruptionBudget {b}; retrying",
+                                pod.key()
+                            ),
+                            None => format!(
+                                "eviction of pod {} blocked: {message}; retrying",
+                                pod.key()
+                            ),
+                        };
+                        events.push((EventType::Warning, "EvictionBlocked", note));
+                    }
+                    blocked.push(BlockedPod {
+                        pod: pod.key(),
+                        reason,
+                        pod_disruption_budget: budget,
+                    });
+                }
+                Eviction::Failed(message) => {
+                    status.last_error = Some(format!("evicting {}: {message}", pod.key()));
+                    blocked.push(BlockedPod {
+                        pod: pod.key(),
+                        reason: format!("eviction failed: {message}"),
+                        pod_disruption_budget: None,
+                    });
+                }
+            }
+        }
+        blocked.sort_by(|a, b| a.pod.cmp(&b.pod));
+        drain.blocked = blocked;
+        let (reason, message, requeue) = match drain.blocked.first() {
+            Some(first) => {
+                let by = first
+                    .pod_disruption_budget
+                    .as_ref()
+                    .map(|b| format!(" by PodDisruptionBudget {b}"))
+                    .unwrap_or_default();
+                let message = format!(
+                    "draining node {}: {} of {} pods evicted, {} remaining; eviction of {} blocked{by} ({} blocked in all); retrying every {}s; relax the budget or scale up to let it proceed",
+                    spec.node_name,
+                    drain.evicted,
+                    drain.total,
+                    drain.remaining,
+                    first.pod,
+                    drain.blocked.len(),
+                    BLOCKED_RETRY.as_secs()
+                );
+                ("EvictionBlocked", message, BLOCKED_RETRY)
+            }
+            None => {
+                let message = format!(
+                    "draining node {}: {} of {} pods evicted, {} remaining",
+                    spec.node_name, drain.evicted, drain.total, drain.remaining
+                );
+                ("Draining", message, DRAIN_POLL)
+            }
+        };
+        status.drain = Some(drain);
+        set(
+            &mut status,
+            NodeOperationPhase::Running,
+            reason,
+            message,
+            self.now,
+        );
+        Ok(Outcome {
+            status,
+            requeue: Some(requeue),
+            events,
+        })
+    }
+
+    /// `namespace/name` of the budget that covers the pod, reading each namespace's budgets once
+    /// per pass.
+    async fn budget_of(
+        &self,
+        pod: &PodFacts,
+        cache: &mut HashMap<String, Vec<Budget>>,
+    ) -> Option<String> {
+        if !cache.contains_key(&pod.namespace) {
+            let read = policy::budgets(&self.ctx.client, &self.shared.policy, &pod.namespace).await;
+            let list = read.unwrap_or_else(|error| {
+                warn!(namespace = %pod.namespace, %error, "could not read PodDisruptionBudgets");
+                Vec::new()
+            });
+            cache.insert(pod.namespace.clone(), list);
+        }
+        let budgets = cache.get(&pod.namespace)?;
+        plan::budget_for(pod, budgets).map(|b| format!("{}/{}", b.namespace, b.name))
+    }
+
+    fn finish(
+        &self,
+        mut status: NodeOperationStatus,
+        succeeded: bool,
+        reason: &'static str,
+        message: String,
+    ) -> Outcome {
+        let phase = if succeeded {
+            NodeOperationPhase::Succeeded
+        } else {
+            NodeOperationPhase::Failed
+        };
+        status.completion_time = Some(Time(self.now));
+        if !succeeded {
+            status.last_error = Some(message.clone());
+        }
+        set(&mut status, phase, reason, message.clone(), self.now);
+        let type_ = if succeeded {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let requeue = self
+            .op
+            .spec
+            .ttl_seconds_after_finished
+            .map(|ttl| Duration::from_secs(u64::try_from(ttl).unwrap_or(0)));
+        Outcome {
+            status,
+            requeue,
+            events: vec![(type_, reason, message)],
+        }
+    }
+
+    fn describe(&self) -> String {
+        let spec = &self.op.spec;
+        let mut what = Vec::new();
+        if spec.drain.is_some() {
+            what.push("drain");
+        } else if spec.cordon {
+            what.push("cordon");
+        }
+        if spec.labels.as_ref().is_some_and(|l| !l.is_empty()) {
+            what.push("labels");
+        }
+        if spec.taints.as_ref().is_some_and(|t| !t.is_empty()) {
+            what.push("taints");
+        }
+        format!("{} node {}", what.join(", "), spec.node_name)
+    }
+
+    /// Writes status when it changed and counts phase transitions.
+    async fn report(
+        &self,
+        before: &NodeOperationStatus,
+        status: NodeOperationStatus,
+    ) -> Result<()> {
+        if &status == before {
+            return Ok(());
+        }
+        self.write_status(&status).await?;
+        if status.phase != before.phase
+            && let Some(phase) = &status.phase
+        {
+            let metrics = &self.ctx.metrics.node_operations;
+            metrics.entered(phase_label(phase));
+            info!(operation = %self.op.name_any(), node = %self.op.spec.node_name, %phase, "node operation phase changed");
+            if phase.is_finished()
+                && self.op.spec.drain.is_some()
+                && let Some(start) = &status.start_time
+            {
+                metrics
+                    .drain_duration
+                    .observe(state::elapsed(start.0, self.now).as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_status(&self, status: &NodeOperationStatus) -> Result<()> {
+        self.ctx
+            .metrics
+            .reconcilers
+            .write(CONTROLLER, "nodeoperation_status");
+        let body = serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1",
+            "kind": "NodeOperation",
+            "status": status,
+        });
+        let api: Api<NodeOperation> = Api::all(self.ctx.client.clone());
+        api.patch_status(
+            &self.op.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map(|_| ())
+        .map_err(api_error("writing node operation status"))
+    }
+
+    async fn publish(&self, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "NodeOperation".into(),
+            secondary: None,
+        };
+        // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
+        // reference names the event's namespace too.
+        let mut reference = self.op.object_ref(&());
+        reference.namespace = Some("default".into());
+        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
+            warn!(%error, "could not publish node operation event");
+        }
+    }
+}
+
+/// Records the pods still to go. `total` grows when pods that were never evicted appear;
+/// `evicted` counts the drain's pods that are gone or going, so it stays right even when a
+/// crash lost the status write after an accepted eviction.
+fn record_remaining(drain: &mut DrainStatus, plan: &plan::DrainPlan) {
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let not_evicted = count(plan.not_evicted);
+    drain.remaining = count(plan.remaining.len());
+    drain.remaining_pods = plan
+        .remaining
+        .iter()
+        .take(MAX_LISTED_PODS)
+        .cloned()
+        .collect();
+    drain.total = drain.total.max(drain.evicted.saturating_add(not_evicted));
+    drain.evicted = drain.total.saturating_sub(not_evicted);
+}
+
+/// Sets phase, message and the summary condition (keeping its transition time while its status
+/// and reason stay the same).
+fn set(
+    status: &mut NodeOperationStatus,
+    phase: NodeOperationPhase,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) {
+    let condition_status = if phase == NodeOperationPhase::Succeeded {
+        "True"
+    } else {
+        "False"
+    };
+    let previous = status.conditions.iter().find(|c| c.type_ == CONDITION);
+    let transition = match previous {
+        Some(c) if c.status == condition_status && c.reason == reason => {
+            c.last_transition_time.clone()
+        }
+        _ => Some(Time(now)),
+    };
+    let condition = Condition {
+        type_: CONDITION.to_string(),
+        status: condition_status.to_string(),
+        reason: reason.to_string(),
+        message: message.clone(),
+        last_transition_time: transition,
+        observed_generation: status.observed_generation,
+    };
+    status.conditions.retain(|c| c.type_ != CONDITION);
+    status.conditions.push(condition);
+    status.phase = Some(phase);
+    status.message = Some(message);
+}
+
+fn phase_label(phase: &NodeOperationPhase) -> &'static str {
+    match phase {
+        NodeOperationPhase::Pending => "Pending",
+        NodeOperationPhase::Running => "Running",
+        NodeOperationPhase::Succeeded => "Succeeded",
+        NodeOperationPhase::Failed => "Failed",
+        NodeOperationPhase::Unknown(_) => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(remaining: usize, not_evicted: usize) -> plan::DrainPlan {
+        plan::DrainPlan {
+            remaining: (0..remaining).map(|i| format!("ns/p{i}")).collect(),
+            not_evicted,
+            ..plan::DrainPlan::default()
+        }
+    }
+
+    #[test]
+    fn drain_counts_survive_passes_and_lost_writes() {
+        // (status before, remaining pods, of which not yet evicted) -> (total, evicted, remaining)
+        let cases = [
+            ((0, 0), 3, 3, (3, 0, 3)),
+            // one evicted and still terminating
+            ((3, 0), 3, 2, (3, 1, 3)),
+            // a crash lost the write of two accepted evictions: derived from what is left
+            ((3, 0), 1, 1, (3, 2, 1)),
+            // a new pod to evict appeared on the node
+            ((3, 3), 1, 1, (4, 3, 1)),
+            ((3, 3), 0, 0, (3, 3, 0)),
+        ];
+        for ((total, evicted), remaining, not_evicted, expected) in cases {
+            let mut drain = DrainStatus {
+                total,
+                evicted,
+                ..DrainStatus::default()
+            };
+            record_remaining(&mut drain, &plan_with(remaining, not_evicted));
+            assert_eq!(
+                (drain.total, drain.evicted, drain.remaining),
+                expected,
+                "{total} {evicted} {remaining} {not_evicted}"
+            );
+        }
+    }
+
+    #[test]
+    fn condition_keeps_its_transition_time_while_the_reason_stays() {
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap_or_default();
+        let t1 = Timestamp::from_second(1_700_000_060).unwrap_or_default();
+        let mut status = NodeOperationStatus::default();
+        set(
+            &mut status,
+            NodeOperationPhase::Running,
+            "Draining",
+            "a".into(),
+            t0,
+        );
+        set(
+            &mut status,
+            NodeOperationPhase::Running,
+            "Draining",
+            "b".into(),
+            t1,
+        );
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t0)));
+        assert_eq!(status.message.as_deref(), Some("b"));
+        set(
+            &mut status,
+            NodeOperationPhase::Succeeded,
+            "Drained",
+            "c".into(),
+            t1,
+        );
+        assert_eq!(status.conditions[0].status, "True");
+        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t1)));
+    }
+}
