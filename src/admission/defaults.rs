@@ -1,0 +1,200 @@
+//! The defaulting decision: a Session as raw JSON plus its Template in, a JSON Patch out.
+//!
+//! The patch only ever adds what is missing (`idleTimeout`, `maxSessionDuration`,
+//! `persistentHome`, `state`, `resources` from the Template) and the `user` and `template`
+//! labels, so fields this version does not know pass through untouched.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use serde_json::{Value, json};
+
+use crate::crd::TemplateSpec;
+use crate::crd::session::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSION_DURATION};
+use crate::session::names::label_value;
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+fn is_missing(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(map)) => map.is_empty(),
+        Some(Value::String(text)) => text.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The operations that default `session`; empty when nothing is missing or it has no spec.
+pub fn defaults_patch(session: &Value, template: Option<&TemplateSpec>) -> Patch {
+    let mut operations = Vec::new();
+    let Some(spec) = session.get("spec").and_then(Value::as_object) else {
+        return Patch(operations);
+    };
+    let fields = [
+        ("idleTimeout", json!(DEFAULT_IDLE_TIMEOUT)),
+        ("maxSessionDuration", json!(DEFAULT_MAX_SESSION_DURATION)),
+        ("persistentHome", json!(true)),
+        ("state", json!("running")),
+    ];
+    for (field, value) in fields {
+        if is_missing(spec.get(field)) {
+            let op = if spec.contains_key(field) {
+                PatchOperation::Replace(ReplaceOperation {
+                    path: pointer(&["spec", field]),
+                    value,
+                })
+            } else {
+                add(&["spec", field], value)
+            };
+            operations.push(op);
+        }
+    }
+    let template_resources = template
+        .and_then(|t| t.default_resources.as_ref())
+        .filter(|r| r.requirements().is_some())
+        .and_then(|r| serde_json::to_value(r.normalized()).ok());
+    if let Some(resources) = template_resources
+        && is_missing(spec.get("resources"))
+    {
+        // `add` on an existing member replaces it (RFC 6902 4.1), so this also covers `{}`.
+        operations.push(add(&["spec", "resources"], resources));
+    }
+    operations.extend(label_operations(session, spec));
+    Patch(operations)
+}
+
+/// Adds or corrects the `user` and `template` labels.
+fn label_operations(session: &Value, spec: &serde_json::Map<String, Value>) -> Vec<PatchOperation> {
+    let wanted: Vec<(&str, String)> = ["user", "template"]
+        .into_iter()
+        .filter_map(|key| {
+            spec.get(key)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(|v| (key, label_value(v)))
+        })
+        .collect();
+    let labels = session
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    let Some(labels) = labels else {
+        if wanted.is_empty() || session.get("metadata").is_none() {
+            return Vec::new();
+        }
+        let map: serde_json::Map<String, Value> = wanted
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        return vec![add(&["metadata", "labels"], Value::Object(map))];
+    };
+    wanted
+        .into_iter()
+        .filter(|(key, value)| labels.get(*key).and_then(Value::as_str) != Some(value.as_str()))
+        .map(|(key, value)| add(&["metadata", "labels", key], Value::String(value)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(resources: Value) -> TemplateSpec {
+        serde_json::from_value(json!({
+            "displayName": "Firefox", "baseImage": "firefox", "defaultResources": resources
+        }))
+        .expect("template")
+    }
+
+    fn apply(session: &Value, patch: &Patch) -> Value {
+        let mut patched = session.clone();
+        json_patch::patch(&mut patched, patch).expect("patch applies");
+        patched
+    }
+
+    #[test]
+    fn fills_every_missing_field_and_labels() {
+        let session = json!({
+            "metadata": {"name": "s"},
+            "spec": {"user": "alice", "template": "firefox", "futureField": {"x": 1}}
+        });
+        let tpl = template(json!({"memory": "1Gi", "cpu": "500m"}));
+        let patched = apply(&session, &defaults_patch(&session, Some(&tpl)));
+        assert_eq!(
+            patched,
+            json!({
+                "metadata": {"name": "s", "labels": {"user": "alice", "template": "firefox"}},
+                "spec": {
+                    "user": "alice", "template": "firefox", "futureField": {"x": 1},
+                    "idleTimeout": "30m", "maxSessionDuration": "8h",
+                    "persistentHome": true, "state": "running",
+                    "resources": {
+                        "requests": {"memory": "1Gi", "cpu": "500m"},
+                        "limits": {"memory": "1Gi", "cpu": "500m"}
+                    }
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn keeps_what_is_set() {
+        let session = json!({
+            "metadata": {"name": "s", "labels": {"user": "alice", "template": "firefox", "team": "x"}},
+            "spec": {
+                "user": "alice", "template": "firefox", "idleTimeout": "5m",
+                "maxSessionDuration": "1h", "persistentHome": false, "state": "hibernated",
+                "resources": {"cpu": "1"}
+            }
+        });
+        let tpl = template(json!({"memory": "1Gi"}));
+        assert_eq!(defaults_patch(&session, Some(&tpl)), Patch(vec![]));
+    }
+
+    #[test]
+    fn corrects_a_wrong_label_and_sanitises_values() {
+        let session = json!({
+            "metadata": {"name": "s", "labels": {"user": "mallory"}},
+            "spec": {"user": "alice", "template": "firefox", "idleTimeout": "5m",
+                     "maxSessionDuration": "1h", "persistentHome": true, "state": "running"}
+        });
+        let patched = apply(&session, &defaults_patch(&session, None));
+        assert_eq!(
+            patched["metadata"]["labels"],
+            json!({"user": "alice", "template": "firefox"})
+        );
+        assert!(patched["spec"].get("resources").is_none());
+    }
+
+    #[test]
+    fn null_and_empty_values_count_as_missing() {
+        let session = json!({
+            "metadata": {"name": "s"},
+            "spec": {"user": "a", "template": "t", "state": null, "idleTimeout": "", "resources": {}}
+        });
+        let tpl = template(json!({"requests": {"cpu": "1"}}));
+        let patched = apply(&session, &defaults_patch(&session, Some(&tpl)));
+        assert_eq!(patched["spec"]["state"], json!("running"));
+        assert_eq!(patched["spec"]["idleTimeout"], json!("30m"));
+        assert_eq!(
+            patched["spec"]["resources"],
+            json!({"requests": {"cpu": "1"}})
+        );
+    }
+
+    #[test]
+    fn no_spec_means_no_patch() {
+        assert_eq!(
+            defaults_patch(&json!({"metadata": {}}), None),
+            Patch(vec![])
+        );
+        assert_eq!(defaults_patch(&json!("not an object"), None), Patch(vec![]));
+    }
+}
