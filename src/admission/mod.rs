@@ -354,6 +354,16 @@ fn deny(
 }
 
 impl AdmissionState {
+    /// The QuotaPolicy watch cache.
+    pub fn policies(&self) -> &Store<QuotaPolicy> {
+        &self.policies
+    }
+
+    /// The Template watch cache.
+    pub fn templates(&self) -> &Store<Template> {
+        &self.templates
+    }
+
     async fn wait_ready(&self, limit: Duration) -> bool {
         let all = async {
             self.policies.wait_until_ready().await.is_ok()
