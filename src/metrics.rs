@@ -135,6 +135,14 @@ pub struct AdmissionMetrics {
     pub requests: Family<AdmissionLabels, Counter>,
     pub duration: Family<WebhookLabel, Histogram>,
     pub cert_reloads: Family<CertLabels, Counter>,
+    /// TLS handshakes by result (`ok`, `failed`, `timeout`); failures after a rotation mean a
+    /// client does not trust the CA.
+    pub handshakes: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl AdmissionMetrics {
@@ -145,6 +153,7 @@ impl AdmissionMetrics {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
             }),
             cert_reloads: Family::default(),
+            handshakes: Family::default(),
         };
         registry.register(
             "requests",
@@ -161,7 +170,23 @@ impl AdmissionMetrics {
             "Serving certificate reloads and renewals, by mode and result",
             metrics.cert_reloads.clone(),
         );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the webhook listener, by result",
+            metrics.handshakes.clone(),
+        );
         metrics
+    }
+
+    pub fn handshake(&self, result: &'static str) {
+        self.handshakes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Successful TLS handshakes so far.
+    pub fn handshakes_ok(&self) -> u64 {
+        self.handshakes
+            .get_or_create(&ResultLabel { result: "ok" })
+            .get()
     }
 
     pub fn request(&self, webhook: &'static str, result: &'static str, seconds: f64) {

@@ -249,6 +249,7 @@ pub async fn start(
         listener,
         resolver.clone(),
         router(state.clone()),
+        state.metrics.clone(),
         shutdown,
     ));
     Ok(Webhook {

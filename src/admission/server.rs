@@ -14,6 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use super::certs::CertResolver;
+use crate::metrics::AdmissionMetrics;
 
 /// A handshake that takes longer than this is dropped, so slow clients cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +43,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: rustls::ServerConfig) -> std::io::Result<Self> {
+    pub fn new(
+        listener: TcpListener,
+        config: rustls::ServerConfig,
+        metrics: AdmissionMetrics,
+    ) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, incoming) = mpsc::channel(ACCEPT_QUEUE);
@@ -58,13 +63,21 @@ impl TlsListener {
                 };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            metrics.handshake("ok");
                             let _ = tx.send((stream, peer)).await;
                         }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "webhook TLS handshake failed"),
-                        Err(_) => debug!(%peer, "webhook TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            metrics.handshake("failed");
+                            debug!(%peer, error = %e, "webhook TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.handshake("timeout");
+                            debug!(%peer, "webhook TLS handshake timed out");
+                        }
                     }
                 });
             }
@@ -105,9 +118,10 @@ pub async fn serve(
     listener: TcpListener,
     resolver: Arc<CertResolver>,
     router: Router,
+    metrics: AdmissionMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TlsListener::new(listener, tls_config(resolver))?;
+    let listener = TlsListener::new(listener, tls_config(resolver), metrics)?;
     tracing::info!(addr = %listener.local_addr, "webhook server listening (TLS)");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

@@ -105,7 +105,7 @@ impl WebhookEnv {
                 CertSource::SelfManaged(SelfManagedConfig {
                     namespace: ns.clone(),
                     secret: "webhook-tls".into(),
-                    names: vec!["127.0.0.1".into()],
+                    names: vec!["127.0.0.1".into(), "localhost".into()],
                     validating_configs: vec![config_name.clone()],
                     mutating_configs: vec![config_name.clone()],
                 }),
@@ -715,6 +715,52 @@ async fn admission_self_managed_rotation_fails_no_request() {
     for writer in writers {
         writer.await.expect("writer");
     }
+    // The API server keeps its webhook connections alive, so it may not have handshaken since
+    // the rotations: point the configurations at `localhost` (a new client in the API server)
+    // and require a new successful handshake, which can only present the re-issued certificate.
+    let handshakes = w.metrics.admission.handshakes_ok();
+    let url = |path: &str| json!(format!("https://localhost:{}{path}", w.webhook.addr.port()));
+    let switch = |path: &str| json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url(path)}]);
+    Api::<ValidatingWebhookConfiguration>::all(w.env.client.clone())
+        .patch(
+            &w.config_name,
+            &PatchParams::default(),
+            &Patch::<Value>::Json(serde_json::from_value(switch(VALIDATE_PATH)).expect("patch")),
+        )
+        .await
+        .expect("switch the validating URL");
+    Api::<MutatingWebhookConfiguration>::all(w.env.client.clone())
+        .patch(
+            &w.config_name,
+            &PatchParams::default(),
+            &Patch::<Value>::Json(serde_json::from_value(switch(MUTATE_PATH)).expect("patch")),
+        )
+        .await
+        .expect("switch the mutating URL");
+    let mut after = 0;
+    let _ = wait_for(
+        "the API server to handshake again",
+        || {
+            after += 1;
+            let name = format!("after-{after}");
+            let w = w.clone();
+            let failures = failures.clone();
+            async move {
+                if let Err(e) = w
+                    .create_session(&name, running("loop", "100m", "128Mi"))
+                    .await
+                {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e.to_string());
+                }
+                w.metrics.admission.handshakes_ok()
+            }
+        },
+        |now| *now > handshakes,
+    )
+    .await;
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let created = created.load(Ordering::Relaxed);
     eprintln!("created {created} sessions across 3 rotations");
