@@ -127,10 +127,9 @@ pub struct Webhook {
 impl Webhook {
     /// Waits until the server stops (after the shutdown signal given to [`start`]).
     pub async fn wait(mut self) -> std::io::Result<()> {
-        let result = (&mut self.server)
+        (&mut self.server)
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        result
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// True once every watch cache has its initial list.
@@ -430,6 +429,7 @@ impl AdmissionState {
             );
         }
         let mut reservations = self.lock_reservations();
+        reservations.retain(|_, r| r.at.elapsed() < RESERVATION_TTL);
         let decision = self.decide(&new.user, &key, &wanted, &reservations);
         match decision {
             Decision::Allowed => {
@@ -551,11 +551,6 @@ impl AdmissionState {
         }
     }
 
-    /// Drops reservations older than [`RESERVATION_TTL`] (called by tests and periodically).
-    pub fn expire_reservations(&self) {
-        self.lock_reservations()
-            .retain(|_, r| r.at.elapsed() < RESERVATION_TTL);
-    }
 }
 
 /// Command-line settings of the webhooks (part of `controller`).
