@@ -550,7 +550,6 @@ impl AdmissionState {
             ),
         }
     }
-
 }
 
 /// Command-line settings of the webhooks (part of `controller`).
