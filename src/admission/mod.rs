@@ -359,6 +359,11 @@ impl AdmissionState {
         &self.policies
     }
 
+    /// The Session watch cache (usage).
+    pub fn sessions(&self) -> &Store<crate::crd::Session> {
+        &self.sessions
+    }
+
     /// The Template watch cache.
     pub fn templates(&self) -> &Store<Template> {
         &self.templates
