@@ -480,38 +480,47 @@ impl AdmissionState {
     }
 
     /// What `user`'s running sessions use, the session `key` excluded: the Session cache plus
-    /// fresh reservations the cache does not show running yet.
+    /// fresh reservations the cache does not show running yet. Runs on every check, so it
+    /// allocates nothing per cached session.
     fn usage(
         &self,
         user: &str,
         key: &(String, String),
         reservations: &HashMap<(String, String), Reservation>,
     ) -> Usage {
+        let is_running = |session: &crate::crd::Session| {
+            session
+                .spec
+                .state
+                .as_ref()
+                .is_none_or(|state| *state == SessionState::Running)
+        };
         let mut usage = Usage::default();
-        let mut cached_running = std::collections::HashSet::new();
         for session in self.sessions.state() {
-            let session_key = (
-                session.metadata.namespace.clone().unwrap_or_default(),
-                session.metadata.name.clone().unwrap_or_default(),
-            );
-            if session.spec.desired_state() != SessionState::Running {
+            if session.spec.user != user || !is_running(&session) {
                 continue;
             }
-            if session.spec.user == user && &session_key != key {
+            let is_key = session.metadata.namespace.as_deref() == Some(key.0.as_str())
+                && session.metadata.name.as_deref() == Some(key.1.as_str());
+            if !is_key {
                 // A stored session whose resources no longer parse counts with the defaults.
                 usage.add(
                     &Request::of(session.spec.resources.as_ref())
                         .unwrap_or(Request::SYSTEM_DEFAULT),
                 );
             }
-            cached_running.insert(session_key);
         }
-        for (reserved_key, reservation) in reservations {
-            if reservation.user == user
-                && reserved_key != key
-                && reservation.at.elapsed() < RESERVATION_TTL
-                && !cached_running.contains(reserved_key)
+        for ((namespace, name), reservation) in reservations {
+            if reservation.user != user
+                || (namespace, name) == (&key.0, &key.1)
+                || reservation.at.elapsed() >= RESERVATION_TTL
             {
+                continue;
+            }
+            let cached = self
+                .sessions
+                .get(&reflector::ObjectRef::new(name).within(namespace));
+            if !cached.is_some_and(|s| is_running(&s)) {
                 usage.add(&reservation.request);
             }
         }
