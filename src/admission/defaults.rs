@@ -2,7 +2,10 @@
 //!
 //! The patch only ever adds what is missing (`idleTimeout`, `maxSessionDuration`,
 //! `persistentHome`, `state`, `resources` from the Template) and the `user` and `template`
-//! labels, so fields this version does not know pass through untouched.
+//! labels, so fields this version does not know pass through untouched. Spec fields are filled
+//! on create only: on update, a Session stored before the webhook existed keeps its meaning
+//! (the reconciler applies the same defaults when reading), and a label edit never turns into a
+//! resource change that the quota webhook would have to check again.
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
@@ -32,12 +35,34 @@ fn is_missing(value: Option<&Value>) -> bool {
     }
 }
 
+/// When a Session is defaulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Spec fields and labels.
+    Create,
+    /// Labels only.
+    Update,
+}
+
 /// The operations that default `session`; empty when nothing is missing or it has no spec.
-pub fn defaults_patch(session: &Value, template: Option<&TemplateSpec>) -> Patch {
-    let mut operations = Vec::new();
+pub fn defaults_patch(session: &Value, template: Option<&TemplateSpec>, stage: Stage) -> Patch {
     let Some(spec) = session.get("spec").and_then(Value::as_object) else {
-        return Patch(operations);
+        return Patch(Vec::new());
     };
+    let mut operations = match stage {
+        Stage::Create => spec_operations(spec, template),
+        Stage::Update => Vec::new(),
+    };
+    operations.extend(label_operations(session, spec));
+    Patch(operations)
+}
+
+/// Fills the missing spec fields.
+fn spec_operations(
+    spec: &serde_json::Map<String, Value>,
+    template: Option<&TemplateSpec>,
+) -> Vec<PatchOperation> {
+    let mut operations = Vec::new();
     let fields = [
         ("idleTimeout", json!(DEFAULT_IDLE_TIMEOUT)),
         ("maxSessionDuration", json!(DEFAULT_MAX_SESSION_DURATION)),
@@ -67,8 +92,7 @@ pub fn defaults_patch(session: &Value, template: Option<&TemplateSpec>) -> Patch
         // `add` on an existing member replaces it (RFC 6902 4.1), so this also covers `{}`.
         operations.push(add(&["spec", "resources"], resources));
     }
-    operations.extend(label_operations(session, spec));
-    Patch(operations)
+    operations
 }
 
 /// Adds or corrects the `user` and `template` labels.
@@ -126,7 +150,10 @@ mod tests {
             "spec": {"user": "alice", "template": "firefox", "futureField": {"x": 1}}
         });
         let tpl = template(json!({"memory": "1Gi", "cpu": "500m"}));
-        let patched = apply(&session, &defaults_patch(&session, Some(&tpl)));
+        let patched = apply(
+            &session,
+            &defaults_patch(&session, Some(&tpl), Stage::Create),
+        );
         assert_eq!(
             patched,
             json!({
@@ -155,7 +182,10 @@ mod tests {
             }
         });
         let tpl = template(json!({"memory": "1Gi"}));
-        assert_eq!(defaults_patch(&session, Some(&tpl)), Patch(vec![]));
+        assert_eq!(
+            defaults_patch(&session, Some(&tpl), Stage::Create),
+            Patch(vec![])
+        );
     }
 
     #[test]
@@ -165,7 +195,7 @@ mod tests {
             "spec": {"user": "alice", "template": "firefox", "idleTimeout": "5m",
                      "maxSessionDuration": "1h", "persistentHome": true, "state": "running"}
         });
-        let patched = apply(&session, &defaults_patch(&session, None));
+        let patched = apply(&session, &defaults_patch(&session, None, Stage::Create));
         assert_eq!(
             patched["metadata"]["labels"],
             json!({"user": "alice", "template": "firefox"})
@@ -180,7 +210,10 @@ mod tests {
             "spec": {"user": "a", "template": "t", "state": null, "idleTimeout": "", "resources": {}}
         });
         let tpl = template(json!({"requests": {"cpu": "1"}}));
-        let patched = apply(&session, &defaults_patch(&session, Some(&tpl)));
+        let patched = apply(
+            &session,
+            &defaults_patch(&session, Some(&tpl), Stage::Create),
+        );
         assert_eq!(patched["spec"]["state"], json!("running"));
         assert_eq!(patched["spec"]["idleTimeout"], json!("30m"));
         assert_eq!(
@@ -190,11 +223,34 @@ mod tests {
     }
 
     #[test]
+    fn updates_only_get_labels() {
+        let session = json!({
+            "metadata": {"name": "s"},
+            "spec": {"user": "alice", "template": "firefox"}
+        });
+        let tpl = template(json!({"memory": "1Gi"}));
+        let patched = apply(
+            &session,
+            &defaults_patch(&session, Some(&tpl), Stage::Update),
+        );
+        assert_eq!(
+            patched,
+            json!({
+                "metadata": {"name": "s", "labels": {"user": "alice", "template": "firefox"}},
+                "spec": {"user": "alice", "template": "firefox"}
+            })
+        );
+    }
+
+    #[test]
     fn no_spec_means_no_patch() {
         assert_eq!(
-            defaults_patch(&json!({"metadata": {}}), None),
+            defaults_patch(&json!({"metadata": {}}), None, Stage::Create),
             Patch(vec![])
         );
-        assert_eq!(defaults_patch(&json!("not an object"), None), Patch(vec![]));
+        assert_eq!(
+            defaults_patch(&json!("not an object"), None, Stage::Create),
+            Patch(vec![])
+        );
     }
 }

@@ -552,7 +552,11 @@ impl AdmissionState {
                 self.templates
                     .get(&reflector::ObjectRef::new(name).within(&namespace))
             });
-        let patch = defaults::defaults_patch(&value, template.as_ref().map(|t| &t.spec));
+        let stage = match request.operation {
+            Operation::Create => defaults::Stage::Create,
+            _ => defaults::Stage::Update,
+        };
+        let patch = defaults::defaults_patch(&value, template.as_ref().map(|t| &t.spec), stage);
         if patch.0.is_empty() {
             return ("allowed", AdmissionResponse::from(request));
         }

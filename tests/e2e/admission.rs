@@ -367,6 +367,20 @@ async fn admission_defaults_and_admits_a_session_within_quota() {
         .await
         .expect("list by label");
     assert_eq!(listed.items.len(), 1);
+    // An update that drops the labels gets them back, and leaves the spec alone.
+    let updated = w
+        .env
+        .api::<Session>()
+        .patch(
+            "s1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"user": null, "team": "a"}}})),
+        )
+        .await
+        .expect("label update");
+    let labels = updated.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("user").map(String::as_str), Some("alice"));
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
     let text = w.metrics.encode();
     assert!(
         text.contains(r#"streamspace_admission_requests_total{webhook="mutate",result="patched"}"#),
