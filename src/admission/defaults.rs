@@ -242,6 +242,40 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever unknown fields a Session carries, the patch applies and keeps them all,
+        /// and applying it twice changes nothing more (the patched object needs no patch).
+        #[test]
+        fn unknown_fields_survive_and_defaulting_is_idempotent(
+            extra_spec in proptest::collection::btree_map("[a-z]{1,8}", "[a-z0-9]{0,8}", 0..5),
+            extra_labels in proptest::collection::btree_map("[a-z]{1,8}", "[a-z0-9]{1,8}", 0..4),
+            user in "[a-z]{1,10}",
+        ) {
+            let mut spec = json!({"user": user, "template": "firefox"});
+            for (key, value) in &extra_spec {
+                if spec.get(key).is_none() {
+                    spec[key] = json!(value);
+                }
+            }
+            let session = json!({"metadata": {"name": "s", "labels": extra_labels}, "spec": spec});
+            let tpl = template(json!({"cpu": "1"}));
+            let patched = apply(&session, &defaults_patch(&session, Some(&tpl), Stage::Create));
+            for (key, value) in &extra_spec {
+                if ["idleTimeout", "maxSessionDuration", "persistentHome", "state", "resources"]
+                    .contains(&key.as_str()) || session["spec"][key] != json!(value) {
+                    continue;
+                }
+                proptest::prop_assert_eq!(&patched["spec"][key], &json!(value));
+            }
+            for (key, value) in &extra_labels {
+                if key != "user" && key != "template" {
+                    proptest::prop_assert_eq!(&patched["metadata"]["labels"][key], &json!(value));
+                }
+            }
+            proptest::prop_assert_eq!(defaults_patch(&patched, Some(&tpl), Stage::Create), Patch(vec![]));
+        }
+    }
+
     #[test]
     fn no_spec_means_no_patch() {
         assert_eq!(

@@ -883,3 +883,80 @@ async fn admission_malformed_reviews_get_clear_errors() {
     assert!(text.contains(r#"result="ignored""#), "{text}");
     w.cleanup().await;
 }
+
+#[tokio::test]
+async fn admission_concurrent_creates_never_overshoot() {
+    let w = Arc::new(WebhookEnv::new("adm-race", Certs::SelfManaged).await);
+    w.policy(
+        "default",
+        json!({"kind": "Default"}),
+        json!({"maxSessions": 3, "maxCpu": "64", "maxMemory": "64Gi"}),
+    )
+    .await;
+    let attempts: Vec<_> = (0..12)
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(e) => assert!(e.contains("session quota exceeded: 3/3"), "{e}"),
+        }
+    }
+    assert_eq!(admitted, 3, "exactly the quota is admitted");
+    match Arc::try_unwrap(w) {
+        Ok(w) => w.cleanup().await,
+        Err(_) => panic!("tasks still hold the environment"),
+    }
+}
+
+#[tokio::test]
+async fn admission_webhook_down_fails_closed_with_a_clear_error() {
+    let mut w = WebhookEnv::new("adm-down", Certs::SelfManaged).await;
+    w.create_session("s1", running("alice", "1", "1Gi"))
+        .await
+        .expect("admitted while up");
+    // Stop serving: the listener closes, connections are refused.
+    let port = w.webhook.addr.port();
+    let stopped = std::mem::replace(&mut w._stop, watch::channel(false).0);
+    let _ = stopped.send(true);
+    wait_for(
+        "the webhook port to close",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        },
+        |closed| *closed,
+    )
+    .await;
+    let error = w
+        .create_session("s2", running("alice", "1", "1Gi"))
+        .await
+        .expect_err("failurePolicy Fail refuses while the webhook is down");
+    let text = error.to_string();
+    assert!(text.contains("failed calling webhook"), "{text}");
+    // Namespaces the webhook does not select are unaffected.
+    let other = TestEnv::without_controller("adm-down-other").await;
+    other
+        .api::<Session>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+                "metadata": {"name": "s"}, "spec": running("alice", "1", "1Gi")
+            }))
+            .expect("session"),
+        )
+        .await
+        .expect("unselected namespace unaffected");
+    other.cleanup().await;
+    w.cleanup().await;
+}
