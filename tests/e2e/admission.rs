@@ -87,6 +87,14 @@ fn base64(bytes: &[u8]) -> String {
 
 impl WebhookEnv {
     async fn new(test: &str, certs: Certs) -> WebhookEnv {
+        Self::with_enforcement(test, certs, QuotaEnforcement::Webhook).await
+    }
+
+    async fn with_enforcement(
+        test: &str,
+        certs: Certs,
+        enforcement: QuotaEnforcement,
+    ) -> WebhookEnv {
         let env = TestEnv::without_controller(test).await;
         let ns = env.namespace.clone();
         Api::<Namespace>::all(env.client.clone())
@@ -116,7 +124,7 @@ impl WebhookEnv {
         let config = AdmissionConfig {
             addr: "127.0.0.1:0".parse().expect("address"),
             certs: cert_source,
-            enforcement: QuotaEnforcement::Webhook,
+            enforcement,
             policy_namespace: Some(ns.clone()),
             session_namespace: Some(ns.clone()),
         };
@@ -173,13 +181,13 @@ impl WebhookEnv {
             config_name,
             _stop: stop,
         };
-        this.wait_until_webhooks_are_called().await;
+        this.wait_until_webhooks_are_called(enforcement).await;
         this
     }
 
     /// The API server picks up new configurations asynchronously: dry-run until both
     /// webhooks are called.
-    async fn wait_until_webhooks_are_called(&self) {
+    async fn wait_until_webhooks_are_called(&self, enforcement: QuotaEnforcement) {
         let api = self.env.api::<Session>();
         let probe: Session = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session",
@@ -187,28 +195,30 @@ impl WebhookEnv {
             "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
         }))
         .expect("probe session");
-        let _ = wait_for(
-            "the API server to call the webhooks",
-            || async {
-                api.create(
-                    &PostParams {
-                        dry_run: true,
-                        ..PostParams::default()
-                    },
-                    &probe,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            },
-            |result| {
-                result
-                    .as_ref()
-                    .err()
-                    .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
-            },
-        )
-        .await;
+        if enforcement == QuotaEnforcement::Webhook {
+            let _ = wait_for(
+                "the API server to call the webhooks",
+                || async {
+                    api.create(
+                        &PostParams {
+                            dry_run: true,
+                            ..PostParams::default()
+                        },
+                        &probe,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+                },
+                |result| {
+                    result
+                        .as_ref()
+                        .err()
+                        .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
+                },
+            )
+            .await;
+        }
         // The mutating webhook is registered at the same time; make sure it is active too.
         let labelled: Session = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session",
@@ -958,5 +968,27 @@ async fn admission_webhook_down_fails_closed_with_a_clear_error() {
         .await
         .expect("unselected namespace unaffected");
     other.cleanup().await;
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn admission_legacy_enforcement_admits_everything_but_still_defaults() {
+    let w =
+        WebhookEnv::with_enforcement("adm-legacy", Certs::SelfManaged, QuotaEnforcement::Legacy)
+            .await;
+    w.policy(
+        "default",
+        json!({"kind": "Default"}),
+        json!({"maxSessions": 1}),
+    )
+    .await;
+    for i in 0..3 {
+        let session = w
+            .create_session(&format!("s{i}"), running("alice", "1", "1Gi"))
+            .await
+            .expect("legacy mode leaves quotas to the old API");
+        let labels = session.metadata.labels.unwrap_or_default();
+        assert_eq!(labels.get("user").map(String::as_str), Some("alice"));
+    }
     w.cleanup().await;
 }
