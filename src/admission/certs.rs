@@ -41,6 +41,8 @@ pub const SERVING_VALIDITY: time::Duration = time::Duration::days(90);
 pub const RENEW_BEFORE: time::Duration = time::Duration::days(30);
 /// Validity of the self-managed CA; renewing it is a manual step (delete the Secret).
 pub const CA_VALIDITY: time::Duration = time::Duration::days(3650);
+/// Tries to read or create the Secret at start-up before giving up.
+const START_ATTEMPTS: u32 = 3;
 /// Common name of the self-managed CA; its issuer name must stay stable across restarts.
 const CA_NAME: &str = "streamspace-controller-webhook-ca";
 /// Secret annotation holding the serving certificate's expiry (Unix seconds).
@@ -290,7 +292,19 @@ impl SelfManaged {
         config: SelfManagedConfig,
         metrics: AdmissionMetrics,
     ) -> Result<Arc<SelfManaged>, CertError> {
-        let bundle = Self::ensure_secret(&client, &config, false).await?;
+        // Replicas starting together race to create the Secret; the loser re-reads it.
+        let mut attempt = 1;
+        let bundle = loop {
+            match Self::ensure_secret(&client, &config, false).await {
+                Ok(bundle) => break bundle,
+                Err(e) if attempt < START_ATTEMPTS => {
+                    warn!(error = %e, attempt, "preparing the webhook certificate; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let key = certified_key(bundle.cert.as_bytes(), bundle.key.as_bytes())?;
         let manager = Arc::new(SelfManaged {
             client,
