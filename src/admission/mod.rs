@@ -344,10 +344,11 @@ fn deny(
 ) -> AdmissionResponse {
     let mut response = AdmissionResponse::from(request).deny(message);
     response.result.code = code;
-    response.result.reason = if code == 403 {
-        "Forbidden"
-    } else {
-        "BadRequest"
+    response.result.reason = match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        503 => "ServiceUnavailable",
+        _ => "InternalError",
     }
     .into();
     response
