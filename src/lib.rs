@@ -5,6 +5,7 @@
 //! `nodeop::plan`, `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
 //! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
 
+pub mod admission;
 pub mod backoff;
 pub mod cli;
 pub mod controller;

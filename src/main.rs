@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use streamspace_controller::cli::ControllerSettings;
 use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::{crd, dev, http, telemetry};
+use streamspace_controller::{admission, crd, dev, http, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version, about)]
@@ -41,6 +41,8 @@ struct ControllerArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    #[command(flatten)]
+    webhooks: streamspace_controller::admission::WebhookSettings,
 }
 
 #[tokio::main]
@@ -68,8 +70,24 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let readiness = Readiness::default();
     let router = http::router(metrics.clone(), readiness.clone());
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
+    let webhook = match args.webhooks.to_config(config.namespace.clone()) {
+        Some(webhook_config) => Some(
+            admission::start(
+                client.clone(),
+                webhook_config,
+                metrics.admission.clone(),
+                shutdown_signal(),
+            )
+            .await
+            .context("starting the admission webhooks")?,
+        ),
+        None => None,
+    };
     controller::run(client, config, metrics, readiness, shutdown_signal()).await?;
     server.await.context("http server task")??;
+    if let Some(webhook) = webhook {
+        webhook.wait().await.context("webhook server")?;
+    }
     Ok(())
 }
 

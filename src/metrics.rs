@@ -162,11 +162,109 @@ impl NodeOperationMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `validate` or `mutate`.
+    pub webhook: &'static str,
+    /// `allowed`, `denied`, `patched`, `invalid` or `ignored` (not a Session).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabel {
+    pub webhook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// `files` or `self-managed`.
+    pub mode: &'static str,
+    /// `ok` or the error's metric label.
+    pub result: &'static str,
+}
+
+/// Admission webhook requests, latencies and certificate reloads.
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    pub requests: Family<AdmissionLabels, Counter>,
+    pub duration: Family<WebhookLabel, Histogram>,
+    pub cert_reloads: Family<CertLabels, Counter>,
+    /// TLS handshakes by result (`ok`, `failed`, `timeout`); failures after a rotation mean a
+    /// client does not trust the CA.
+    pub handshakes: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+impl AdmissionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = AdmissionMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+            cert_reloads: Family::default(),
+            handshakes: Family::default(),
+        };
+        registry.register(
+            "requests",
+            "Admission requests answered, by webhook and result",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "duration_seconds",
+            "Time to answer one admission request",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads and renewals, by mode and result",
+            metrics.cert_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the webhook listener, by result",
+            metrics.handshakes.clone(),
+        );
+        metrics
+    }
+
+    pub fn handshake(&self, result: &'static str) {
+        self.handshakes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Successful TLS handshakes so far.
+    pub fn handshakes_ok(&self) -> u64 {
+        self.handshakes
+            .get_or_create(&ResultLabel { result: "ok" })
+            .get()
+    }
+
+    pub fn request(&self, webhook: &'static str, result: &'static str, seconds: f64) {
+        self.requests
+            .get_or_create(&AdmissionLabels { webhook, result })
+            .inc();
+        self.duration
+            .get_or_create(&WebhookLabel { webhook })
+            .observe(seconds);
+    }
+
+    pub fn cert_reload(&self, mode: &'static str, result: &'static str) {
+        self.cert_reloads
+            .get_or_create(&CertLabels { mode, result })
+            .inc();
+    }
+}
+
 /// The process's metrics registry and the handles every subsystem records into.
 pub struct Metrics {
     pub registry: Registry,
     pub reconcilers: ReconcilerMetrics,
     pub node_operations: NodeOperationMetrics,
+    pub admission: AdmissionMetrics,
 }
 
 impl Default for Metrics {
@@ -176,10 +274,12 @@ impl Default for Metrics {
             ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
         let node_operations =
             NodeOperationMetrics::register(registry.sub_registry_with_prefix("nodeop"));
+        let admission = AdmissionMetrics::register(registry.sub_registry_with_prefix("admission"));
         Metrics {
             registry,
             reconcilers,
             node_operations,
+            admission,
         }
     }
 }

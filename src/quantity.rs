@@ -10,7 +10,7 @@ use std::fmt;
 
 /// A parsed quantity, in thousandths of the base unit (millicores for CPU, millibytes for
 /// memory).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Milli(pub i128);
 
 impl Milli {

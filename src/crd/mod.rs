@@ -3,6 +3,7 @@
 pub mod common;
 pub mod install;
 pub mod node_operation;
+pub mod quota_policy;
 pub mod session;
 pub mod template;
 
@@ -13,6 +14,7 @@ pub use common::{Condition, ResourceSpec};
 pub use node_operation::{
     NodeOperation, NodeOperationPhase, NodeOperationSpec, NodeOperationStatus,
 };
+pub use quota_policy::{QuotaLimits, QuotaPolicy, QuotaPolicySpec, QuotaSubject, SubjectKind};
 pub use session::{Session, SessionPhase, SessionSpec, SessionState, SessionStatus};
 pub use template::{Template, TemplateSpec, TemplateStatus};
 
@@ -21,7 +23,12 @@ pub const GROUP: &str = "stream.space";
 
 /// Every CRD this binary serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Session::crd(), Template::crd(), NodeOperation::crd()]
+    vec![
+        Session::crd(),
+        Template::crd(),
+        NodeOperation::crd(),
+        QuotaPolicy::crd(),
+    ]
 }
 
 /// All CRDs as one multi-document YAML stream, as `crds` prints it and the chart ships it.

@@ -1,5 +1,6 @@
 //! End-to-end tests against a real control plane (see `support`).
 
+mod admission;
 mod nodeop;
 mod session_lifecycle;
 mod support;
