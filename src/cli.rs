@@ -5,6 +5,7 @@ use clap::Args;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::controller;
+use crate::idle::deadline::{IdleSettings, MaxDurationAction, parse_duration};
 use crate::session::objects::SessionSettings;
 
 /// Reconciler settings shared by `controller` and `dev`.
@@ -31,6 +32,16 @@ pub struct ControllerSettings {
     /// Storage class of new home claims (default: the cluster default class).
     #[arg(long, env = "HOME_STORAGE_CLASS")]
     home_storage_class: Option<String>,
+    /// Extra time after a session's idleTimeout before it is hibernated (s, m or h).
+    #[arg(long, env = "IDLE_GRACE", default_value = "5m")]
+    idle_grace: String,
+    /// What a session that reaches its maxSessionDuration becomes.
+    #[arg(long, env = "MAX_DURATION_ACTION", value_enum, default_value_t = MaxDurationAction::Hibernate)]
+    max_duration_action: MaxDurationAction,
+    /// Bearer token the API presents on POST /events/connection (unset: events are refused
+    /// and only the wake-requested annotation wakes sessions).
+    #[arg(long, env = "CONNECTION_EVENT_TOKEN", hide_env_values = true)]
+    connection_event_token: Option<String>,
 }
 
 impl ControllerSettings {
@@ -38,6 +49,16 @@ impl ControllerSettings {
         crate::quantity::parse(&self.home_size)
             .with_context(|| format!("--home-size {:?}", self.home_size))?;
         anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        let grace = parse_duration(&self.idle_grace).with_context(|| {
+            format!(
+                "--idle-grace {:?}: expected a number and a unit (s, m, h)",
+                self.idle_grace
+            )
+        })?;
+        let token = self
+            .connection_event_token
+            .clone()
+            .filter(|t| !t.is_empty());
         Ok(controller::Config {
             namespace: self.watch_namespace.clone(),
             concurrency: self.concurrency,
@@ -47,6 +68,11 @@ impl ControllerSettings {
                 home_size: Quantity(self.home_size.clone()),
                 home_storage_class: self.home_storage_class.clone(),
             },
+            idle: IdleSettings {
+                grace,
+                max_duration_action: self.max_duration_action,
+            },
+            connection_event_token: token,
         })
     }
 }

@@ -21,6 +21,9 @@ use tracing::info;
 
 use crate::backoff::FailureBackoff;
 use crate::crd::{Session, Template};
+use crate::idle::deadline::IdleSettings;
+use crate::idle::reconciler as idle_reconciler;
+use crate::idle::wake::Waker;
 use crate::metrics::SharedMetrics;
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::session::objects::SessionSettings;
@@ -37,6 +40,11 @@ pub struct Config {
     /// Sessions reconciled at the same time.
     pub concurrency: u16,
     pub session: SessionSettings,
+    /// Idle grace and what `maxSessionDuration` does.
+    pub idle: IdleSettings,
+    /// Bearer token of `POST /events/connection`; `None` refuses every event (the
+    /// `wake-requested` annotation still wakes sessions).
+    pub connection_event_token: Option<String>,
 }
 
 impl Default for Config {
@@ -45,6 +53,8 @@ impl Default for Config {
             namespace: None,
             concurrency: 16,
             session: SessionSettings::default(),
+            idle: IdleSettings::default(),
+            connection_event_token: None,
         }
     }
 }
@@ -60,6 +70,8 @@ pub struct Context {
     pub caches_loaded: watch::Receiver<bool>,
     /// Retry delays of objects whose reconcile keeps failing.
     pub backoff: FailureBackoff,
+    /// Wakes hibernated sessions (wake-requested annotation and connection events).
+    pub waker: Waker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +186,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
+        waker: Waker::new(client.clone(), metrics.clone()),
         metrics,
         config: config.clone(),
         session_stores: stores.clone(),
@@ -251,6 +264,21 @@ pub async fn run(
     )
     .for_each(|_| future::ready(()));
 
+    // Idle deadlines: a second controller on Sessions. It reads only the Session itself, so it
+    // does not wait for the other caches; each session is requeued for its own deadline.
+    let idle_controller = Controller::new(
+        api::<Session>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(ControllerConfig::default().concurrency(config.concurrency))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        idle_reconciler::reconcile,
+        idle_reconciler::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| future::ready(()));
+
     let ready = async {
         let loaded = stores.wait_until_ready().await.is_ok()
             && session_store.wait_until_ready().await.is_ok();
@@ -261,7 +289,7 @@ pub async fn run(
         }
     };
     info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    future::join3(sessions, templates_controller, ready).await;
+    future::join4(sessions, templates_controller, idle_controller, ready).await;
     info!("controller stopped");
     Ok(())
 }

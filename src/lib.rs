@@ -4,6 +4,7 @@
 //! `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
 //! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
 
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod controller;
@@ -11,6 +12,7 @@ pub mod crd;
 pub mod dev;
 pub mod devcluster;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod quantity;
 pub mod session;
