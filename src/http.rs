@@ -117,7 +117,7 @@ async fn connection_event(
     }
     match event.type_.as_str() {
         "connect" => {}
-        "disconnect" => return reply("not_needed"),
+        "disconnect" => return reply("not_needed", ""),
         other => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -135,7 +135,7 @@ async fn connection_event(
         )
         .await
     {
-        Ok(outcome) => reply(outcome.as_str()),
+        Ok((outcome, session_state)) => reply(outcome.as_str(), session_state.as_str()),
         Err(e) if e.is_not_found() => error(StatusCode::NOT_FOUND, "session not found"),
         Err(e) => {
             warn!(session = %event.session, error = %e, "wake from connection event failed");
@@ -145,9 +145,10 @@ async fn connection_event(
     }
 }
 
-fn reply(outcome: &str) -> Response {
+fn reply(outcome: &str, session_state: &str) -> Response {
     axum::Json(EventReply {
         outcome: outcome.to_string(),
+        state: session_state.to_string(),
     })
     .into_response()
 }

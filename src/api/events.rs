@@ -34,6 +34,9 @@ pub struct ConnectionEvent {
 pub struct EventReply {
     /// `woken` or `not_needed`.
     pub outcome: String,
+    /// `spec.state` after the event was handled.
+    #[serde(default)]
+    pub state: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -183,7 +183,8 @@ async fn connect_inner(
 }
 
 /// Marks the session `wake-requested` (durable), then tells the controller (fast). Returns
-/// whether the controller reports the session woken. Failures are logged: the mark alone is
+/// whether the controller reports the session running (woken by this event, or already by the
+/// mark, whichever it saw first). Failures are logged: the mark alone is
 /// enough for the controller to wake the session once it sees it.
 async fn request_wake(
     state: &ApiState,
@@ -221,7 +222,7 @@ async fn request_wake(
         Ok(reply) => {
             state.metrics.api.connection_event("delivered");
             info!(session = %name, outcome = %reply.outcome, "connection event delivered");
-            reply.outcome == "woken"
+            reply.outcome == "woken" || reply.state == SessionState::Running.as_str()
         }
         Err(error) => {
             state.metrics.api.connection_event(error.metric_label());

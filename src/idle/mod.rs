@@ -6,8 +6,10 @@
 //! - [`wake`]: waking a hibernated session, shared by the `wake-requested` annotation path
 //!   and the `POST /events/connection` endpoint.
 //!
-//! Writes of this module use their own field manager ([`FIELD_MANAGER`]) so that server-side
-//! apply of the `Idle` condition never removes the session reconciler's conditions.
+//! Writes of this module use their own field manager ([`FIELD_MANAGER`]) and touch only
+//! `spec.state`, the wake annotation, `status.lastActivity` and `status.startedAt`; why it
+//! stopped a session is recorded as a Kubernetes Event (reason `Idle` or
+//! `MaxDurationReached`), not as a condition (see `docs/activity-and-idle.md`).
 
 pub mod deadline;
 pub mod reconciler;
@@ -18,8 +20,6 @@ pub const FIELD_MANAGER: &str = "streamspace-controller-idle";
 /// Annotation the API sets to ask for a wake; its value is the `metadata.generation` the API
 /// saw, so that a later change of the spec (a user hibernating again) makes it stale.
 pub const WAKE_ANNOTATION: &str = "stream.space/wake-requested";
-/// Condition written by this module: True when the controller stopped the session.
-pub const CONDITION_IDLE: &str = "Idle";
 
 /// Errors of the idle reconciler and the waker; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]

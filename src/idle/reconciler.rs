@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use tracing::{debug, info, warn};
 
 use super::deadline::{self, Clocks, Decision, StopReason};
-use super::wake::{self, Source, manager, rfc3339};
+use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result, WAKE_ANNOTATION};
 use crate::controller::Context;
 use crate::crd::Session;
@@ -155,8 +155,7 @@ async fn stop(
         "spec": {"state": state},
     });
     ctx.metrics.reconcilers.write(CONTROLLER, "session");
-    let stopped = api
-        .patch(&name, &manager(), &Patch::Merge(patch))
+    api.patch(&name, &manager(), &Patch::Merge(patch))
         .await
         .map_err(|source| Error::Api {
             action: "stopping the session",
@@ -165,10 +164,6 @@ async fn stop(
     ctx.metrics.idle.stop(reason.as_str());
     let message = stop_message(session, reason, state);
     info!(session = %name, reason = reason.as_str(), state, "session stopped");
-    let condition = wake::idle_condition(true, reason.as_str(), &message, &stopped);
-    if let Err(error) = wake::apply_condition(api, &ctx.metrics, &name, condition).await {
-        warn!(session = %name, %error, "could not write the Idle condition");
-    }
     ctx.waker.publish(session, reason.as_str(), &message).await;
     Ok(())
 }

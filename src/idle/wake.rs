@@ -20,8 +20,8 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::deadline::{self, Clocks, Decision};
-use super::{CONDITION_IDLE, Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
-use crate::crd::{Condition, Session, SessionState};
+use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
+use crate::crd::{Session, SessionState};
 use crate::metrics::SharedMetrics;
 
 /// Attempts before giving up on a session that keeps changing under us.
@@ -95,7 +95,7 @@ impl Waker {
         name: &str,
         generation: Option<i64>,
         source: Source,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, SessionState)> {
         let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
         for _ in 0..MAX_ATTEMPTS {
             let session = api.get(name).await.map_err(|source| Error::Api {
@@ -114,7 +114,11 @@ impl Waker {
                         self.publish(&session, "Woken", "a connection woke the session")
                             .await;
                     }
-                    return Ok(outcome);
+                    let state = match outcome {
+                        Outcome::Woken => SessionState::Running,
+                        Outcome::NotNeeded => session.spec.desired_state(),
+                    };
+                    return Ok((outcome, state));
                 }
                 Err(Error::Api { source, .. }) if is_conflict(&source) => continue,
                 Err(error) => return Err(error),
@@ -153,17 +157,12 @@ impl Waker {
             "spec": {"state": SessionState::Running.as_str()},
         });
         self.metrics.reconcilers.write("idle", "session");
-        let woken = api
-            .patch(&name, &manager(), &Patch::Merge(spec))
+        api.patch(&name, &manager(), &Patch::Merge(spec))
             .await
             .map_err(|source| Error::Api {
                 action: "setting the session running",
                 source,
             })?;
-        let condition = idle_condition(false, "Woken", "a connection woke the session", &woken);
-        if let Err(error) = apply_condition(api, &self.metrics, &name, condition).await {
-            warn!(session = %name, %error, "could not write the Idle condition");
-        }
         Ok(Outcome::Woken)
     }
 
@@ -235,49 +234,4 @@ pub(crate) fn manager() -> PatchParams {
 pub fn rfc3339(at: Timestamp) -> String {
     k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", at)
         .unwrap_or_else(|_| at.to_string())
-}
-
-pub(crate) fn idle_condition(
-    stopped: bool,
-    reason: &str,
-    message: &str,
-    session: &Session,
-) -> Condition {
-    Condition {
-        type_: CONDITION_IDLE.into(),
-        status: if stopped { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        )),
-        observed_generation: session.meta().generation,
-    }
-}
-
-/// Server-side applies our one condition under our own field manager: the list is keyed by
-/// type, so the session reconciler's conditions are untouched.
-pub(crate) async fn apply_condition(
-    api: &Api<Session>,
-    metrics: &SharedMetrics,
-    name: &str,
-    condition: Condition,
-) -> Result<()> {
-    let body = json!({
-        "apiVersion": "stream.space/v1alpha1",
-        "kind": "Session",
-        "status": {"conditions": [condition]},
-    });
-    metrics.reconcilers.write("idle", "session_status");
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::Api {
-        action: "writing the Idle condition",
-        source,
-    })
 }
