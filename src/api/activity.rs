@@ -120,6 +120,10 @@ impl Flusher {
                 .for_each_concurrent(FLUSH_CONCURRENCY, |(name, at)| async move {
                     let outcome = this.flush(&name, at).await;
                     this.metrics.api.activity_write(outcome);
+                    if matches!(outcome, "error" | "contended") {
+                        // Keep it for the next interval rather than losing it.
+                        this.buffer.record(&name, at);
+                    }
                 })
                 .await;
         }

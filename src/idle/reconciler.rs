@@ -28,6 +28,20 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    let action = decide_and_act(&session, &ctx).await?;
+    ctx.backoff.succeeded(&backoff_key(&session));
+    Ok(action)
+}
+
+fn backoff_key(session: &Session) -> String {
+    format!(
+        "idle/{}/{}",
+        session.namespace().unwrap_or_default(),
+        session.name_any()
+    )
+}
+
+async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
     let namespace = session.namespace().ok_or(Error::NoNamespace)?;
     let name = session.name_any();
     if session.meta().deletion_timestamp.is_some() {
@@ -75,9 +89,9 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
                 fields.insert("startedAt".into(), Value::from(rfc3339(now)));
             }
             write_status(
-                &ctx,
+                ctx,
                 &api,
-                &session,
+                session,
                 Value::Object(fields),
                 "initialising clocks",
             )
@@ -86,9 +100,9 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         }
         Decision::ClearStartedAt => {
             write_status(
-                &ctx,
+                ctx,
                 &api,
-                &session,
+                session,
                 json!({"startedAt": null}),
                 "clearing startedAt",
             )
@@ -96,7 +110,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
             Ok(Action::await_change())
         }
         Decision::Stop { state, reason } => {
-            stop(&ctx, &api, &session, state.as_str(), reason).await?;
+            stop(ctx, &api, session, state.as_str(), reason).await?;
             Ok(Action::await_change())
         }
     }
@@ -106,12 +120,9 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
     ctx.metrics
         .reconcilers
         .failure(CONTROLLER, error.metric_label());
-    let key = format!(
-        "idle/{}/{}",
-        session.namespace().unwrap_or_default(),
-        session.name_any()
-    );
-    let delay = ctx.backoff.failed(key, error.is_transient());
+    let delay = ctx
+        .backoff
+        .failed(backoff_key(&session), error.is_transient());
     if error.is_transient() {
         // Someone wrote first; the watch brings the newer object and we decide again.
         debug!(session = %session.name_any(), %error, retry_in = ?delay, "idle write lost a race");
