@@ -5,6 +5,7 @@ use clap::Args;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::controller;
+use crate::idle::deadline::{IdleSettings, MaxDurationAction, parse_duration};
 use crate::session::objects::SessionSettings;
 
 /// Reconciler settings shared by `controller` and `dev`.
@@ -40,6 +41,16 @@ pub struct ControllerSettings {
     /// Do not handle NodeOperations.
     #[arg(long, env = "DISABLE_NODE_OPERATIONS")]
     no_node_operations: bool,
+    /// Extra time after a session's idleTimeout before it is hibernated (s, m or h).
+    #[arg(long, env = "IDLE_GRACE", default_value = "5m")]
+    idle_grace: String,
+    /// What a session that reaches its maxSessionDuration becomes.
+    #[arg(long, env = "MAX_DURATION_ACTION", value_enum, default_value_t = MaxDurationAction::Hibernate)]
+    max_duration_action: MaxDurationAction,
+    /// Bearer token the API presents on POST /events/connection (unset: events are refused
+    /// and only the wake-requested annotation wakes sessions).
+    #[arg(long, env = "CONNECTION_EVENT_TOKEN", hide_env_values = true)]
+    connection_event_token: Option<String>,
 }
 
 impl ControllerSettings {
@@ -47,6 +58,16 @@ impl ControllerSettings {
         crate::quantity::parse(&self.home_size)
             .with_context(|| format!("--home-size {:?}", self.home_size))?;
         anyhow::ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        let grace = parse_duration(&self.idle_grace).with_context(|| {
+            format!(
+                "--idle-grace {:?}: expected a number and a unit (s, m, h)",
+                self.idle_grace
+            )
+        })?;
+        let token = self
+            .connection_event_token
+            .clone()
+            .filter(|t| !t.is_empty());
         Ok(controller::Config {
             namespace: self.watch_namespace.clone(),
             concurrency: self.concurrency,
@@ -62,6 +83,11 @@ impl ControllerSettings {
                 concurrency: self.node_operation_concurrency.max(1),
                 kube_config: None,
             },
+            idle: IdleSettings {
+                grace,
+                max_duration_action: self.max_duration_action,
+            },
+            connection_event_token: token,
         })
     }
 }

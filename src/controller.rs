@@ -21,6 +21,9 @@ use tracing::info;
 
 use crate::backoff::FailureBackoff;
 use crate::crd::{NodeOperation, Session, Template};
+use crate::idle::deadline::IdleSettings;
+use crate::idle::reconciler as idle_reconciler;
+use crate::idle::wake::Waker;
 use crate::metrics::SharedMetrics;
 use crate::nodeop::reconciler::{self as nodeop_reconciler, NodeOpShared};
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
@@ -39,6 +42,11 @@ pub struct Config {
     pub concurrency: u16,
     pub session: SessionSettings,
     pub node_operations: NodeOperationSettings,
+    /// Idle grace and what `maxSessionDuration` does.
+    pub idle: IdleSettings,
+    /// Bearer token of `POST /events/connection`; `None` refuses every event (the
+    /// `wake-requested` annotation still wakes sessions).
+    pub connection_event_token: Option<String>,
 }
 
 impl Default for Config {
@@ -48,6 +56,8 @@ impl Default for Config {
             concurrency: 16,
             session: SessionSettings::default(),
             node_operations: NodeOperationSettings::default(),
+            idle: IdleSettings::default(),
+            connection_event_token: None,
         }
     }
 }
@@ -92,6 +102,8 @@ pub struct Context {
     pub backoff: FailureBackoff,
     /// Shared state of the node operation reconciler; `None` when it is disabled.
     pub node_operations: Option<NodeOpShared>,
+    /// Wakes hibernated sessions (wake-requested annotation and connection events).
+    pub waker: Waker,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +259,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
+        waker: Waker::new(client.clone(), metrics.clone()),
         metrics,
         config: config.clone(),
         session_stores: stores.clone(),
@@ -350,6 +363,21 @@ pub async fn run(
             .await;
     };
 
+    // Idle deadlines: a second controller on Sessions. It reads only the Session itself, so it
+    // does not wait for the other caches; each session is requeued for its own deadline.
+    let idle_controller = Controller::new(
+        api::<Session>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(ControllerConfig::default().concurrency(config.concurrency))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        idle_reconciler::reconcile,
+        idle_reconciler::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| future::ready(()));
+
     let ready = async {
         let loaded = stores.wait_until_ready().await.is_ok()
             && session_store.wait_until_ready().await.is_ok()
@@ -361,7 +389,14 @@ pub async fn run(
         }
     };
     info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    future::join4(sessions, templates_controller, node_operations, ready).await;
+    future::join5(
+        sessions,
+        templates_controller,
+        node_operations,
+        idle_controller,
+        ready,
+    )
+    .await;
     info!("controller stopped");
     Ok(())
 }

@@ -113,7 +113,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let router = crate::http::router(metrics.clone(), readiness.clone());
+    let events = crate::http::ConnectionEvents {
+        waker: crate::idle::wake::Waker::new(client.clone(), metrics.clone()),
+        token: config.connection_event_token.clone(),
+        namespace: config.namespace.clone(),
+    };
+    let router = crate::http::router(metrics.clone(), readiness.clone(), Some(events));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

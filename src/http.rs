@@ -1,28 +1,55 @@
-//! The controller's plain HTTP surface: `/healthz`, `/readyz` and `/metrics`.
+//! The controller's HTTP surface: `/healthz`, `/readyz`, `/metrics`, and the authenticated
+//! `POST /events/connection` through which the API asks for a wake.
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tracing::warn;
 
+use crate::api::auth::check_bearer;
+use crate::api::events::{ConnectionEvent, EventReply};
 use crate::controller::Readiness;
+use crate::idle::wake::{Source, Waker};
 use crate::metrics::SharedMetrics;
+
+/// What `POST /events/connection` needs: the waker, the token, and the namespace the
+/// controller watches (events for others are refused).
+#[derive(Clone)]
+pub struct ConnectionEvents {
+    pub waker: Waker,
+    /// `None`: every event is refused with 401.
+    pub token: Option<String>,
+    pub namespace: Option<String>,
+}
 
 #[derive(Clone)]
 struct AppState {
     metrics: SharedMetrics,
     readiness: Readiness,
+    events: Option<ConnectionEvents>,
 }
 
-pub fn router(metrics: SharedMetrics, readiness: Readiness) -> Router {
+pub fn router(
+    metrics: SharedMetrics,
+    readiness: Readiness,
+    events: Option<ConnectionEvents>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { metrics, readiness })
+        .route("/events/connection", post(connection_event))
+        .with_state(AppState {
+            metrics,
+            readiness,
+            events,
+        })
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -46,6 +73,86 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// Wakes the session named in the event if it is still hibernated at the event's generation.
+async fn connection_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(events) = state.events else {
+        return error(StatusCode::UNAUTHORIZED, "connection events are disabled");
+    };
+    let Some(token) = events.token.as_deref() else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "no connection event token is configured",
+        );
+    };
+    if let Err(e) = check_bearer(&headers, token) {
+        return error(StatusCode::UNAUTHORIZED, e);
+    }
+    let event: ConnectionEvent = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid event: {e}")),
+    };
+    if !crate::api::valid_name(&event.session) || !crate::api::valid_name(&event.namespace) {
+        return error(StatusCode::BAD_REQUEST, "invalid session or namespace name");
+    }
+    if events
+        .namespace
+        .as_deref()
+        .is_some_and(|watched| watched != event.namespace)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this controller does not watch namespace {:?}",
+                event.namespace
+            ),
+        );
+    }
+    match event.type_.as_str() {
+        "connect" => {}
+        "disconnect" => return reply("not_needed", ""),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown event type {other:?}"),
+            );
+        }
+    }
+    match events
+        .waker
+        .wake(
+            &event.namespace,
+            &event.session,
+            Some(event.generation),
+            Source::Event,
+        )
+        .await
+    {
+        Ok((outcome, session_state)) => reply(outcome.as_str(), session_state.as_str()),
+        Err(e) if e.is_not_found() => error(StatusCode::NOT_FOUND, "session not found"),
+        Err(e) => {
+            warn!(session = %event.session, error = %e, "wake from connection event failed");
+            state.metrics.reconcilers.failure("wake", e.metric_label());
+            error(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+    }
+}
+
+fn reply(outcome: &str, session_state: &str) -> Response {
+    axum::Json(EventReply {
+        outcome: outcome.to_string(),
+        state: session_state.to_string(),
+    })
+    .into_response()
+}
+
 /// Serves the router on `addr` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
@@ -53,7 +160,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "http server listening");
+    serve_on(listener, router, shutdown).await
+}
+
+/// Serves the router on a bound listener (tests bind `127.0.0.1:0` first).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "http server listening");
+    }
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -6,6 +6,7 @@
 //! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
 
 pub mod admission;
+pub mod api;
 pub mod backoff;
 pub mod cli;
 pub mod controller;
@@ -13,6 +14,7 @@ pub mod crd;
 pub mod dev;
 pub mod devcluster;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod nodeop;
 pub mod quantity;

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use streamspace_controller::cli::ControllerSettings;
 use streamspace_controller::controller::{self, Readiness};
+use streamspace_controller::idle::deadline::parse_duration;
+use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::{admission, crd, dev, http, telemetry};
+use streamspace_controller::{admission, api, crd, dev, http, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version, about)]
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run the reconcilers and the controller's HTTP endpoints.
     Controller(ControllerArgs),
+    /// Serve the session API (heartbeat, connect, disconnect).
+    Api(ApiArgs),
     /// Print the YAML of every CRD.
     Crds,
     /// Start a local control plane with examples, a node simulator and the controller.
@@ -45,6 +49,33 @@ struct ControllerArgs {
     webhooks: streamspace_controller::admission::WebhookSettings,
 }
 
+#[derive(Args)]
+struct ApiArgs {
+    /// Kubeconfig to use instead of the in-cluster or default configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the sessions.
+    #[arg(long, env = "NAMESPACE", default_value = api::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Address of the API, /healthz and /metrics.
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8000")]
+    http_addr: SocketAddr,
+    /// Bearer token clients must present on /api/v1.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    api_token: String,
+    /// Longest time activity is held in memory before status.lastActivity is written
+    /// (at most one write per session per interval); keep it well below the idle grace.
+    #[arg(long, env = "ACTIVITY_FLUSH_INTERVAL", default_value = "15s")]
+    flush_interval: String,
+    /// Base URL of the controller's HTTP server, for connection events
+    /// (unset: only the wake-requested annotation wakes sessions).
+    #[arg(long, env = "CONTROLLER_URL")]
+    controller_url: Option<String>,
+    /// Bearer token of the controller's POST /events/connection.
+    #[arg(long, env = "CONNECTION_EVENT_TOKEN", hide_env_values = true)]
+    connection_event_token: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Two rustls providers end up in the dependency tree; pick one before any TLS happens.
@@ -53,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_json);
     match cli.command {
         Command::Controller(args) => run_controller(args).await,
+        Command::Api(args) => run_api(args).await,
         Command::Crds => {
             print!("{}", crd::to_yaml(&crd::all())?);
             Ok(())
@@ -68,7 +100,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let router = http::router(metrics.clone(), readiness.clone());
+    let events = http::ConnectionEvents {
+        waker: Waker::new(client.clone(), metrics.clone()),
+        token: config.connection_event_token.clone(),
+        namespace: config.namespace.clone(),
+    };
+    let router = http::router(metrics.clone(), readiness.clone(), Some(events));
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
     let webhook = match args.webhooks.to_config(config.namespace.clone()) {
         Some(webhook_config) => Some(
@@ -89,6 +126,26 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         webhook.wait().await.context("webhook server")?;
     }
     Ok(())
+}
+
+async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.api_token.is_empty(), "--api-token must not be empty");
+    let flush_interval = parse_duration(&args.flush_interval)
+        .with_context(|| format!("--flush-interval {:?}", args.flush_interval))?;
+    let client = dev::client_from(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let config = api::ApiConfig {
+        namespace: args.namespace,
+        flush_interval,
+        controller_url: args.controller_url,
+        connection_event_token: args.connection_event_token,
+    };
+    let auth = Arc::new(api::auth::StaticToken::new(args.api_token));
+    let service = api::build(client, config, auth, metrics)?;
+    let background = tokio::spawn(service.background);
+    let result = http::serve(args.http_addr, service.router, shutdown_signal()).await;
+    background.abort();
+    result.context("api server")
 }
 
 async fn shutdown_signal() {

@@ -259,12 +259,142 @@ impl AdmissionMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WakeLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// Sessions stopped and woken by the idle reconciler and the waker.
+#[derive(Clone, Default)]
+pub struct IdleMetrics {
+    pub stops: Family<ReasonLabel, Counter>,
+    pub wakes: Family<WakeLabels, Counter>,
+}
+
+impl IdleMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = IdleMetrics::default();
+        registry.register(
+            "session_stops",
+            "Sessions stopped by the controller, by reason (Idle, MaxDurationReached)",
+            metrics.stops.clone(),
+        );
+        registry.register(
+            "session_wakes",
+            "Wake requests handled, by source (event, annotation) and outcome",
+            metrics.wakes.clone(),
+        );
+        metrics
+    }
+
+    pub fn stop(&self, reason: &'static str) {
+        self.stops.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn wake(&self, source: &'static str, outcome: &'static str) {
+        self.wakes
+            .get_or_create(&WakeLabels { source, outcome })
+            .inc();
+    }
+}
+
+/// The `api` subcommand's hot path: heartbeats in, coalesced status writes out.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    /// Requests by endpoint and response class.
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<EndpointLabel, Histogram>,
+    /// `status.lastActivity` writes by outcome (written, skipped_not_newer, conflict, error).
+    pub activity_writes: Family<OutcomeLabel, Counter>,
+    /// Connection events sent to the controller, by outcome.
+    pub connection_events: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: &'static str,
+}
+
+impl ApiMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = ApiMetrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+            activity_writes: Family::default(),
+            connection_events: Family::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests by endpoint and status code",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request, by endpoint",
+            metrics.request_duration.clone(),
+        );
+        registry.register(
+            "activity_writes",
+            "Flushes of status.lastActivity, by outcome",
+            metrics.activity_writes.clone(),
+        );
+        registry.register(
+            "connection_events",
+            "Connection events sent to the controller, by outcome",
+            metrics.connection_events.clone(),
+        );
+        metrics
+    }
+
+    pub fn request(&self, endpoint: &'static str, code: u16, started: Instant) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, code })
+            .inc();
+        self.request_duration
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn activity_write(&self, outcome: &'static str) {
+        self.activity_writes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn connection_event(&self, outcome: &'static str) {
+        self.connection_events
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+}
+
 /// The process's metrics registry and the handles every subsystem records into.
 pub struct Metrics {
     pub registry: Registry,
     pub reconcilers: ReconcilerMetrics,
     pub node_operations: NodeOperationMetrics,
     pub admission: AdmissionMetrics,
+    pub idle: IdleMetrics,
+    pub api: ApiMetrics,
 }
 
 impl Default for Metrics {
@@ -275,11 +405,15 @@ impl Default for Metrics {
         let node_operations =
             NodeOperationMetrics::register(registry.sub_registry_with_prefix("nodeop"));
         let admission = AdmissionMetrics::register(registry.sub_registry_with_prefix("admission"));
+        let idle = IdleMetrics::register(registry.sub_registry_with_prefix("idle"));
+        let api = ApiMetrics::register(registry.sub_registry_with_prefix("api"));
         Metrics {
             registry,
             reconcilers,
             node_operations,
             admission,
+            idle,
+            api,
         }
     }
 }

@@ -128,6 +128,14 @@ pub struct SessionStatus {
         deserialize_with = "lenient_time"
     )]
     pub last_activity: Option<Time>,
+    /// When the session last started running (`spec.state` became `running`); the start of
+    /// `maxSessionDuration`. Written by the idle reconciler, cleared when the session stops.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_time"
+    )]
+    pub started_at: Option<Time>,
     /// Kept for compatibility; not filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_usage: Option<ResourceUsage>,

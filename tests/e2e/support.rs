@@ -7,6 +7,7 @@
 //! a node simulator or real nodes.
 
 use std::fmt::Debug;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,8 @@ use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::devcluster::{
     ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
 };
+use streamspace_controller::http;
+use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::session::objects::SessionSettings;
 use tokio::sync::watch;
@@ -116,6 +119,9 @@ pub struct TestEnv {
 
 pub struct RunningController {
     pub metrics: Arc<Metrics>,
+    /// The controller's HTTP server (health, metrics, connection events) on loopback.
+    pub http_addr: SocketAddr,
+    server: tokio::task::AbortHandle,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -130,6 +136,7 @@ impl RunningController {
     /// Stops at once, like a crash: in-flight work is cut off at its next await point.
     pub async fn kill(self) {
         self.task.abort();
+        self.server.abort();
         let _ = self.task.await;
     }
 
@@ -184,10 +191,16 @@ impl TestEnv {
     }
 
     pub async fn start_controller(&mut self) {
+        self.start_controller_with(|_| {}).await;
+    }
+
+    /// Starts a controller (and its HTTP server on `127.0.0.1:0`) with the test defaults
+    /// changed by `customise`.
+    pub async fn start_controller_with(&mut self, customise: impl FnOnce(&mut controller::Config)) {
         let metrics = Arc::new(Metrics::default());
         let readiness = Readiness::default();
         let (stop, mut stopped) = watch::channel(false);
-        let config = controller::Config {
+        let mut config = controller::Config {
             namespace: Some(self.namespace.clone()),
             concurrency: 8,
             session: Self::settings(),
@@ -200,7 +213,29 @@ impl TestEnv {
                 ),
                 ..controller::NodeOperationSettings::default()
             },
+            ..controller::Config::default()
         };
+        customise(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the controller's http server");
+        let http_addr = listener.local_addr().expect("local address");
+        let events = http::ConnectionEvents {
+            waker: Waker::new(self.client.clone(), metrics.clone()),
+            token: config.connection_event_token.clone(),
+            namespace: config.namespace.clone(),
+        };
+        let router = http::router(metrics.clone(), readiness.clone(), Some(events));
+        let server = tokio::spawn({
+            let mut stopped = stopped.clone();
+            async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                let _ = http::serve_on(listener, router, shutdown).await;
+            }
+        });
+        let server = server.abort_handle();
         let task = tokio::spawn({
             let client = self.client.clone();
             let metrics = metrics.clone();
@@ -209,8 +244,8 @@ impl TestEnv {
                 let shutdown = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                if let Err(e) = controller::run(client, config, metrics, readiness, shutdown).await
-                {
+                let result = controller::run(client, config, metrics, readiness, shutdown).await;
+                if let Err(e) = result {
                     panic!("controller failed: {e}");
                 }
             }
@@ -223,6 +258,8 @@ impl TestEnv {
         .await;
         self.controller = Some(RunningController {
             metrics,
+            http_addr,
+            server,
             stop,
             task,
         });

@@ -1,0 +1,180 @@
+//! Cost of per-session idle deadlines in the controller.
+//!
+//! Creates N running Sessions (default 5,000, `BENCH_SESSIONS`) whose idle deadlines are spread
+//! over one minute (`idleTimeout` 60 s .. 119 s, `--idle-grace 0s`), with the real
+//! `streamspace-controller controller` binary as a separate process, and prints the
+//! controller's CPU time while the sessions are created and while the deadlines pass (when it
+//! only waits for and acts on deadlines), its peak RSS, and the sessions hibernated by the end.
+//! No Template exists, so no pods are involved: this measures the idle machinery.
+//!
+//! Run with `cargo bench --bench idle_deadlines`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, PostParams};
+use streamspace_controller::controller::FIELD_MANAGER;
+use streamspace_controller::crd::{Session, SessionState};
+use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
+
+const NAMESPACE: &str = "bench-idle";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sessions: usize = std::env::var("BENCH_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5000);
+    let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
+    let client = plane.client().await?;
+    streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
+        )
+        .await?;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+        .args([
+            "controller",
+            "--watch-namespace",
+            NAMESPACE,
+            "--idle-grace",
+            "0s",
+        ])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = controller.id().unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
+    let cpu_start = cpu_seconds(pid)?;
+    let created_at = Instant::now();
+    stream::iter(0..sessions)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let session: Session = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+                    "metadata": {"name": format!("s-{i}")},
+                    "spec": {
+                        "user": "bench", "template": "none", "state": "running",
+                        "idleTimeout": format!("{}s", 60 + i % 60),
+                        "maxSessionDuration": "8h"
+                    }
+                }))?;
+                api.create(&PostParams::default(), &session).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .for_each(|r| {
+            if let Err(e) = r {
+                eprintln!("create failed: {e}");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    let create_time = created_at.elapsed();
+    // Until every clock is initialised (the controller's work for new sessions).
+    loop {
+        let list = api.list(&ListParams::default()).await?;
+        let initialised = list
+            .items
+            .iter()
+            .filter(|s| s.status.as_ref().is_some_and(|st| st.started_at.is_some()))
+            .count();
+        if initialised >= sessions || created_at.elapsed() > Duration::from_secs(55) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let setup = created_at.elapsed();
+    let cpu_setup = cpu_seconds(pid)? - cpu_start;
+
+    // Quiet phase: nothing but deadlines until the first one (60 s after creation began).
+    let quiet_from = Instant::now();
+    let cpu_quiet_start = cpu_seconds(pid)?;
+    let first_deadline = Duration::from_secs(60).saturating_sub(created_at.elapsed());
+    tokio::time::sleep(first_deadline).await;
+    let quiet = quiet_from.elapsed();
+    let cpu_quiet = cpu_seconds(pid)? - cpu_quiet_start;
+
+    // Deadline phase: every deadline passes within one minute.
+    let cpu_deadlines_start = cpu_seconds(pid)?;
+    let deadlines_from = Instant::now();
+    let mut hibernated = 0;
+    while deadlines_from.elapsed() < Duration::from_secs(120) {
+        let list = api.list(&ListParams::default()).await?;
+        hibernated = list
+            .items
+            .iter()
+            .filter(|s| s.spec.desired_state() == SessionState::Hibernated)
+            .count();
+        if hibernated >= sessions {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let deadlines = deadlines_from.elapsed();
+    let cpu_deadlines = cpu_seconds(pid)? - cpu_deadlines_start;
+
+    println!("idle deadlines: {sessions} sessions, deadlines spread over 60 s");
+    println!(
+        "  setup: created in {:.1} s, clocks initialised after {:.1} s; controller CPU {:.1} s",
+        create_time.as_secs_f64(),
+        setup.as_secs_f64(),
+        cpu_setup
+    );
+    println!(
+        "  waiting (no deadline due) {:.1} s: controller CPU {:.2} s ({:.1}% of one core)",
+        quiet.as_secs_f64(),
+        cpu_quiet,
+        100.0 * cpu_quiet / quiet.as_secs_f64().max(0.001)
+    );
+    println!(
+        "  deadline minute: {hibernated}/{sessions} hibernated after {:.1} s; controller CPU {:.1} s ({:.0}% of one core)",
+        deadlines.as_secs_f64(),
+        cpu_deadlines,
+        100.0 * cpu_deadlines / deadlines.as_secs_f64().max(0.001)
+    );
+    println!("  controller peak RSS {} MiB", peak_rss_kib(pid)? / 1024);
+    let _ = controller.kill().await;
+    Ok(())
+}
+
+/// User plus system CPU time of a process, from `/proc/<pid>/stat` (Linux).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz.max(1.0))
+}
+
+/// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+}

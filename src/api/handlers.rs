@@ -1,0 +1,303 @@
+//! Request handlers. Each checks the token, then the id (400), then that the session exists
+//! (404), and records activity before answering; none writes anything for a bad request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::activity::FIELD_MANAGER;
+use super::events::ConnectionEvent;
+use super::{ApiState, valid_name};
+use crate::crd::{Session, SessionPhase, SessionState};
+use crate::idle::WAKE_ANNOTATION;
+
+/// Errors answered to clients; each has a status code and a fixed metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(#[from] super::auth::AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("session {0:?} not found")]
+    NotFound(String),
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Kube(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(e) => e.metric_label(),
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Kube(_) => "kube",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        (
+            status,
+            Json(json!({"success": false, "error": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+/// Counts and times the request, whatever the outcome.
+fn finish(state: &ApiState, endpoint: &'static str, started: Instant, reply: Reply) -> Response {
+    if let Err(error @ ApiError::Kube(_)) = &reply {
+        warn!(endpoint, %error, label = error.metric_label(), "request failed");
+    }
+    let response = reply.unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .api
+        .request(endpoint, response.status().as_u16(), started);
+    response
+}
+
+fn check(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
+    state.auth.authenticate(headers)?;
+    if !valid_name(id) {
+        return Err(ApiError::BadRequest(format!(
+            "{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) async fn heartbeat(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        check(&state, &headers, &id)?;
+        if !state.exists(&id).await? {
+            return Err(ApiError::NotFound(id.clone()));
+        }
+        state.activity.record(&id, Timestamp::now());
+        Ok(Json(json!({
+            "success": true,
+            "message": "Activity recorded",
+            "sessionId": id,
+        }))
+        .into_response())
+    }
+    .await;
+    finish(&state, "heartbeat", started, reply)
+}
+
+#[derive(Deserialize)]
+pub(super) struct ConnectQuery {
+    user: Option<String>,
+}
+
+pub(super) async fn connect(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ConnectQuery>,
+) -> Response {
+    let started = Instant::now();
+    let reply = connect_inner(&state, &headers, &id, query.user).await;
+    finish(&state, "connect", started, reply)
+}
+
+async fn connect_inner(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    user: Option<String>,
+) -> Reply {
+    check(state, headers, id)?;
+    let session = state
+        .sessions()
+        .get_opt(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    state.activity.record(id, Timestamp::now());
+    let connection_id = new_connection_id(state, id);
+    state
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_string())
+        .or_default()
+        .insert(connection_id.clone());
+    let mut desired = session.spec.desired_state();
+    let mut message = None;
+    if desired == SessionState::Hibernated {
+        let woken = request_wake(state, &session, &connection_id, user).await;
+        if woken {
+            desired = SessionState::Running;
+        }
+        message = Some("Session is waking up");
+    }
+    let status = session.status.clone().unwrap_or_default();
+    let url = status.url.clone().unwrap_or_default();
+    let ready = desired == SessionState::Running
+        && status.phase == Some(SessionPhase::Running)
+        && !url.is_empty()
+        && message.is_none();
+    let message = message.unwrap_or(match (&desired, ready) {
+        (_, true) => "Session is ready",
+        (SessionState::Running, false) => "Session is starting",
+        (SessionState::Terminated, _) => "Session is terminated",
+        _ => "Session is not running",
+    });
+    Ok(Json(json!({
+        "connectionId": connection_id,
+        "sessionUrl": url,
+        "state": desired.as_str(),
+        "ready": ready,
+        "message": message,
+    }))
+    .into_response())
+}
+
+/// Marks the session `wake-requested` (durable), then tells the controller (fast). Returns
+/// whether the controller reports the session running (woken by this event, or already by the
+/// mark, whichever it saw first). Failures are logged: the mark alone is
+/// enough for the controller to wake the session once it sees it.
+async fn request_wake(
+    state: &ApiState,
+    session: &Session,
+    connection_id: &str,
+    user: Option<String>,
+) -> bool {
+    let name = session.name_any();
+    let generation = session.metadata.generation.unwrap_or_default();
+    let mark = json!({"metadata": {"annotations": {WAKE_ANNOTATION: generation.to_string()}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    if let Err(error) = state
+        .sessions()
+        .patch(&name, &params, &Patch::Merge(mark))
+        .await
+    {
+        warn!(session = %name, %error, "could not mark the session wake-requested");
+    }
+    let Some(sender) = &state.events else {
+        state.metrics.api.connection_event("disabled");
+        return false;
+    };
+    let event = ConnectionEvent {
+        type_: "connect".into(),
+        namespace: state.namespace.clone(),
+        session: name.clone(),
+        generation,
+        connection_id: Some(connection_id.to_string()),
+        user,
+    };
+    match sender.send(&event).await {
+        Ok(reply) => {
+            state.metrics.api.connection_event("delivered");
+            info!(session = %name, outcome = %reply.outcome, "connection event delivered");
+            reply.outcome == "woken" || reply.state == SessionState::Running.as_str()
+        }
+        Err(error) => {
+            state.metrics.api.connection_event(error.metric_label());
+            warn!(session = %name, %error, "connection event not delivered; the wake-requested mark remains");
+            false
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct DisconnectQuery {
+    #[serde(rename = "connectionId")]
+    connection_id: Option<String>,
+}
+
+pub(super) async fn disconnect(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<DisconnectQuery>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        check(&state, &headers, &id)?;
+        let connection_id = query
+            .connection_id
+            .filter(|c| !c.is_empty() && c.len() <= 128)
+            .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
+        if !state.exists(&id).await? {
+            return Err(ApiError::NotFound(id.clone()));
+        }
+        state.activity.record(&id, Timestamp::now());
+        let active = {
+            let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());
+            let open = connections.entry(id.clone()).or_default();
+            open.remove(&connection_id);
+            let active = open.len();
+            if active == 0 {
+                connections.remove(&id);
+            }
+            active
+        };
+        Ok(Json(json!({
+            "message": "Disconnected",
+            "connectionId": connection_id,
+            "activeConnections": active,
+        }))
+        .into_response())
+    }
+    .await;
+    finish(&state, "disconnect", started, reply)
+}
+
+/// A unique, UUID-shaped connection id.
+fn new_connection_id(state: &ApiState, session: &str) -> String {
+    let count = state
+        .connection_counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut hasher = Sha256::new();
+    hasher.update(Timestamp::now().as_nanosecond().to_le_bytes());
+    hasher.update(count.to_le_bytes());
+    hasher.update(std::process::id().to_le_bytes());
+    hasher.update(session.as_bytes());
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}

@@ -1,0 +1,253 @@
+//! The `api` subcommand: the StreamSpace-compatible session endpoints of this part.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
+//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
+//! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
+//! | GET | `/healthz`, `/metrics` | unauthenticated |
+//!
+//! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
+//! configuration (default `streamspace`). The process is stateless apart from coalesced
+//! activity not yet written (at most one flush interval) and its per-replica connection count.
+
+pub mod activity;
+pub mod auth;
+pub mod events;
+mod handlers;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::crd::Session;
+use crate::metrics::SharedMetrics;
+use activity::{ActivityBuffer, Flusher};
+use auth::Authenticator;
+use events::EventSender;
+
+/// Default namespace of sessions.
+pub const DEFAULT_NAMESPACE: &str = "streamspace";
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub namespace: String,
+    /// Longest time activity stays in memory before it is written (see [`activity`]).
+    pub flush_interval: Duration,
+    /// Base URL of the controller's HTTP server, such as `http://streamspace-controller:8080`;
+    /// `None` sends no events (the `wake-requested` annotation alone wakes sessions).
+    pub controller_url: Option<String>,
+    /// Bearer token of the controller's `POST /events/connection`.
+    pub connection_event_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            namespace: DEFAULT_NAMESPACE.into(),
+            flush_interval: activity::DEFAULT_FLUSH_INTERVAL,
+            controller_url: None,
+            connection_event_token: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid controller URL: {0}")]
+    ControllerUrl(#[from] events::SendError),
+    #[error("namespace {0:?} is not a valid Kubernetes name")]
+    Namespace(String),
+    #[error("the flush interval must be at least 10ms")]
+    FlushInterval,
+}
+
+/// Shared by every request.
+pub(crate) struct ApiState {
+    client: Client,
+    namespace: String,
+    auth: Arc<dyn Authenticator>,
+    activity: Arc<ActivityBuffer>,
+    sessions: Store<Session>,
+    sessions_loaded: AtomicBool,
+    events: Option<EventSender>,
+    metrics: SharedMetrics,
+    /// Open connections by session, as this replica saw them.
+    connections: Mutex<HashMap<String, HashSet<String>>>,
+    connection_counter: AtomicU64,
+}
+
+impl ApiState {
+    fn sessions(&self) -> Api<Session> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Whether the session exists: the watch cache first, the API server when the cache does
+    /// not have it (not loaded yet, or a session created a moment ago).
+    async fn exists(&self, name: &str) -> Result<bool, kube::Error> {
+        if self.sessions_loaded.load(Ordering::Relaxed)
+            && self
+                .sessions
+                .get(&ObjectRef::new(name).within(&self.namespace))
+                .is_some()
+        {
+            return Ok(true);
+        }
+        Ok(self.sessions().get_opt(name).await?.is_some())
+    }
+}
+
+/// The API's router and the background work it needs (session cache, activity flusher).
+pub struct ApiService {
+    pub router: Router,
+    /// Runs until dropped; drive it on a task of its own.
+    pub background: BoxFuture<'static, ()>,
+}
+
+pub fn build(
+    client: Client,
+    config: ApiConfig,
+    auth: Arc<dyn Authenticator>,
+    metrics: SharedMetrics,
+) -> Result<ApiService, StartError> {
+    if !valid_name(&config.namespace) {
+        return Err(StartError::Namespace(config.namespace));
+    }
+    if config.flush_interval < Duration::from_millis(10) {
+        return Err(StartError::FlushInterval);
+    }
+    let events = match (&config.controller_url, &config.connection_event_token) {
+        (Some(url), Some(token)) => Some(EventSender::new(url, token)?),
+        (Some(url), None) => Some(EventSender::new(url, "")?),
+        _ => None,
+    };
+    let (sessions, writer) = reflector::store();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Session>::namespaced(client.clone(), &config.namespace),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
+    let state = Arc::new(ApiState {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        auth,
+        activity: activity.clone(),
+        sessions: sessions.clone(),
+        sessions_loaded: AtomicBool::new(false),
+        events,
+        metrics: metrics.clone(),
+        connections: Mutex::new(HashMap::new()),
+        connection_counter: AtomicU64::new(0),
+    });
+    let flusher = Flusher {
+        client,
+        namespace: config.namespace.clone(),
+        buffer: activity,
+        sessions: sessions.clone(),
+        metrics,
+    };
+    let background = {
+        let state = state.clone();
+        async move {
+            let drive = watch.boxed().for_each(|event| {
+                if let Err(error) = event {
+                    warn!(%error, "session watch failed; retrying");
+                }
+                futures::future::ready(())
+            });
+            // The only waiter on this store (a store wakes one waiter only).
+            let loaded = async {
+                if sessions.wait_until_ready().await.is_ok() {
+                    state.sessions_loaded.store(true, Ordering::Relaxed);
+                    info!("session cache loaded");
+                }
+            };
+            futures::future::join3(drive, loaded, flusher.run()).await;
+        }
+        .boxed()
+    };
+    Ok(ApiService {
+        router: router(state),
+        background,
+    })
+}
+
+fn router(state: Arc<ApiState>) -> Router {
+    let metrics = state.metrics.clone();
+    let v1 = Router::new()
+        .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
+        .route("/sessions/{id}/connect", get(handlers::connect))
+        .route("/sessions/{id}/disconnect", post(handlers::disconnect))
+        .with_state(state);
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain): what a session id or namespace must be.
+pub fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "alice-1", "a.b", "0x"] {
+            assert!(valid_name(good), "{good}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a/b",
+            "..",
+            long.as_str(),
+            "a b",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

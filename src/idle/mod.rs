@@ -1,0 +1,68 @@
+//! Idle hibernation, `maxSessionDuration` and wake on connection.
+//!
+//! - [`deadline`]: the pure decision (deadlines from stored fields, settings and the clock);
+//! - [`reconciler`]: the Controller shell that requeues each Session for its own deadline and
+//!   writes `spec.state` with optimistic concurrency;
+//! - [`wake`]: waking a hibernated session, shared by the `wake-requested` annotation path
+//!   and the `POST /events/connection` endpoint.
+//!
+//! Writes of this module use their own field manager ([`FIELD_MANAGER`]) and touch only
+//! `spec.state`, the wake annotation, `status.lastActivity` and `status.startedAt`; why it
+//! stopped a session is recorded as a Kubernetes Event (reason `Idle` or
+//! `MaxDurationReached`), not as a condition (see `docs/activity-and-idle.md`).
+
+pub mod deadline;
+pub mod reconciler;
+pub mod wake;
+
+/// Field manager of every write of the idle reconciler and the waker.
+pub const FIELD_MANAGER: &str = "streamspace-controller-idle";
+/// Annotation the API sets to ask for a wake; its value is the `metadata.generation` the API
+/// saw, so that a later change of the spec (a user hibernating again) makes it stale.
+pub const WAKE_ANNOTATION: &str = "stream.space/wake-requested";
+
+/// Errors of the idle reconciler and the waker; each has a fixed label for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed while {action}: {source}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("session has no namespace")]
+    NoNamespace,
+    #[error("session was changed by someone else {0} times in a row")]
+    Contended(u32),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { source, .. } if is_conflict(source) => "conflict",
+            Error::Api { source, .. } if is_not_found(source) => "not_found",
+            Error::Api { .. } => "api",
+            Error::NoNamespace => "no_namespace",
+            Error::Contended(_) => "contended",
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if is_conflict(source))
+            || matches!(self, Error::Contended(_))
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Api { source, .. } if is_not_found(source))
+    }
+}
+
+pub(crate) fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+pub(crate) fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_not_found())
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

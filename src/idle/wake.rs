@@ -1,0 +1,237 @@
+//! Waking a hibernated session: shared by the connection-event endpoint and the idle reconciler
+//! (which acts on the `wake-requested` annotation). Whichever arrives first wakes the session;
+//! the other finds it running with the mark cleared and does nothing.
+//!
+//! A wake request carries the `metadata.generation` its sender saw. It is honoured only while
+//! the session is hibernated at that same generation: a user who changed the spec after the
+//! request (hibernating it again, for instance) wrote last, and their intent stands.
+//!
+//! Order of the writes, each conditional on the resourceVersion just read (a concurrent writer
+//! makes it fail with 409, and the request is decided again on fresh data):
+//! 1. status: `lastActivity` and `startedAt` = now, so that the idle deadline restarts before
+//!    the session is running (waking never re-hibernates at once);
+//! 2. spec: `state=running` and the annotation removed, in one patch.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::deadline::{self, Clocks, Decision};
+use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
+use crate::crd::{Session, SessionState};
+use crate::metrics::SharedMetrics;
+
+/// Attempts before giving up on a session that keeps changing under us.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Where a wake request came from (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Event,
+    Annotation,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Event => "event",
+            Source::Annotation => "annotation",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// This call set the session running.
+    Woken,
+    /// Nothing to wake: running already, or the request was older than the spec.
+    NotNeeded,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Woken => "woken",
+            Outcome::NotNeeded => "not_needed",
+        }
+    }
+}
+
+/// Wakes sessions; cheap to clone.
+#[derive(Clone)]
+pub struct Waker {
+    client: Client,
+    recorder: Recorder,
+    metrics: SharedMetrics,
+}
+
+impl Waker {
+    pub fn new(client: Client, metrics: SharedMetrics) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Waker {
+            client,
+            recorder,
+            metrics,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Acts on the wake request of `name`: the `generation` of an event, else the annotation.
+    pub async fn wake(
+        &self,
+        namespace: &str,
+        name: &str,
+        generation: Option<i64>,
+        source: Source,
+    ) -> Result<(Outcome, SessionState)> {
+        let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
+        for _ in 0..MAX_ATTEMPTS {
+            let session = api.get(name).await.map_err(|source| Error::Api {
+                action: "reading the session to wake",
+                source,
+            })?;
+            let attempt = match wants_wake(&session, generation) {
+                true => self.set_running(&api, &session).await,
+                false => self.drop_request(&api, &session).await,
+            };
+            match attempt {
+                Ok(outcome) => {
+                    self.metrics.idle.wake(source.as_str(), outcome.as_str());
+                    if outcome == Outcome::Woken {
+                        info!(session = name, source = source.as_str(), "session woken");
+                        self.publish(&session, "Woken", "a connection woke the session")
+                            .await;
+                    }
+                    let state = match outcome {
+                        Outcome::Woken => SessionState::Running,
+                        Outcome::NotNeeded => session.spec.desired_state(),
+                    };
+                    return Ok((outcome, state));
+                }
+                Err(Error::Api { source, .. }) if is_conflict(&source) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(Error::Contended(MAX_ATTEMPTS))
+    }
+
+    async fn set_running(&self, api: &Api<Session>, session: &Session) -> Result<Outcome> {
+        let name = session.name_any();
+        let stored = session
+            .status
+            .as_ref()
+            .and_then(|s| s.last_activity.as_ref())
+            .map(|t| t.0);
+        // Never move lastActivity backwards (an API replica's clock may be ahead of ours).
+        let now = Timestamp::now();
+        let activity = stored.map_or(now, |stored| stored.max(now));
+        let status = json!({
+            "metadata": {"resourceVersion": session.resource_version()},
+            "status": {"lastActivity": rfc3339(activity), "startedAt": rfc3339(now)},
+        });
+        self.metrics.reconcilers.write("idle", "session_status");
+        let updated = api
+            .patch_status(&name, &manager(), &Patch::Merge(status))
+            .await
+            .map_err(|source| Error::Api {
+                action: "refreshing lastActivity before waking",
+                source,
+            })?;
+        let spec = json!({
+            "metadata": {
+                "resourceVersion": updated.resource_version(),
+                "annotations": {WAKE_ANNOTATION: null},
+            },
+            "spec": {"state": SessionState::Running.as_str()},
+        });
+        self.metrics.reconcilers.write("idle", "session");
+        api.patch(&name, &manager(), &Patch::Merge(spec))
+            .await
+            .map_err(|source| Error::Api {
+                action: "setting the session running",
+                source,
+            })?;
+        Ok(Outcome::Woken)
+    }
+
+    /// Removes a stale mark, if there is one.
+    async fn drop_request(&self, api: &Api<Session>, session: &Session) -> Result<Outcome> {
+        if !session.annotations().contains_key(WAKE_ANNOTATION) {
+            return Ok(Outcome::NotNeeded);
+        }
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": session.resource_version(),
+                "annotations": {WAKE_ANNOTATION: null},
+            },
+        });
+        self.metrics.reconcilers.write("idle", "session");
+        api.patch(&session.name_any(), &manager(), &Patch::Merge(patch))
+            .await
+            .map_err(|source| Error::Api {
+                action: "removing a stale wake request",
+                source,
+            })?;
+        Ok(Outcome::NotNeeded)
+    }
+
+    pub(crate) async fn publish(&self, session: &Session, reason: &str, note: &str) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_string(),
+            note: Some(note.to_string()),
+            action: "Idle".into(),
+            secondary: None,
+        };
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &session.object_ref(&()))
+            .await
+        {
+            warn!(%error, "could not publish idle event");
+        }
+    }
+}
+
+/// The session is hibernated at the generation of the event or of its annotation.
+fn wants_wake(session: &Session, event_generation: Option<i64>) -> bool {
+    let event = event_generation.map(|g| g.to_string());
+    let annotation = session.annotations().get(WAKE_ANNOTATION).cloned();
+    [event, annotation].into_iter().flatten().any(|requested| {
+        let clocks = Clocks {
+            desired: &session.spec.desired_state(),
+            idle_timeout: "",
+            max_session_duration: "",
+            last_activity: None,
+            started_at: None,
+            generation: session.meta().generation,
+            wake_requested: Some(&requested),
+        };
+        deadline::decide(&clocks, Timestamp::UNIX_EPOCH, &Default::default()) == Decision::Wake
+    })
+}
+
+pub(crate) fn manager() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// RFC 3339 in seconds, the precision of `metav1.Time`.
+pub fn rfc3339(at: Timestamp) -> String {
+    k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", at)
+        .unwrap_or_else(|_| at.to_string())
+}
