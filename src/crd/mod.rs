@@ -1,6 +1,7 @@
 //! Custom resource types of group `stream.space`, version `v1alpha1`.
 
 pub mod common;
+pub mod gitsync;
 pub mod install;
 pub mod session;
 pub mod template;
@@ -9,6 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{Condition, ResourceSpec};
+pub use gitsync::{GitSync, GitSyncSpec, GitSyncStatus};
 pub use session::{Session, SessionPhase, SessionSpec, SessionState, SessionStatus};
 pub use template::{Template, TemplateSpec, TemplateStatus};
 
@@ -17,7 +19,7 @@ pub const GROUP: &str = "stream.space";
 
 /// Every CRD this binary serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Session::crd(), Template::crd()]
+    vec![Session::crd(), Template::crd(), GitSync::crd()]
 }
 
 /// All CRDs as one multi-document YAML stream, as `crds` prints it and the chart ships it.
