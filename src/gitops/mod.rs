@@ -9,4 +9,5 @@
 pub mod manifest;
 pub mod overlay;
 pub mod plan;
+pub mod repo;
 pub mod schema;
