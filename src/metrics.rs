@@ -112,6 +112,7 @@ impl Drop for ReconcileTimer {
 pub struct Metrics {
     pub registry: Registry,
     pub reconcilers: ReconcilerMetrics,
+    pub gitops: crate::gitops::metrics::GitopsMetrics,
 }
 
 impl Default for Metrics {
@@ -119,9 +120,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("streamspace");
         let reconcilers =
             ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
+        let gitops =
+            crate::gitops::metrics::GitopsMetrics::register(registry.sub_registry_with_prefix("gitops"));
         Metrics {
             registry,
             reconcilers,
+            gitops,
         }
     }
 }

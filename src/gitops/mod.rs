@@ -7,7 +7,9 @@
 //! status. [`webhook`] verifies push webhooks; [`cli`] holds `validate` and `plan`.
 
 pub mod manifest;
+pub mod metrics;
 pub mod overlay;
 pub mod plan;
 pub mod repo;
 pub mod schema;
+pub mod webhook;
