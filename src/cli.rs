@@ -31,6 +31,9 @@ pub struct ControllerSettings {
     /// Storage class of new home claims (default: the cluster default class).
     #[arg(long, env = "HOME_STORAGE_CLASS")]
     home_storage_class: Option<String>,
+    /// Directory of the GitSync repository clones.
+    #[arg(long, env = "GIT_CACHE_DIR")]
+    git_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl ControllerSettings {
@@ -46,6 +49,12 @@ impl ControllerSettings {
                 ingress_class: (!self.no_ingress).then(|| self.ingress_class.clone()),
                 home_size: Quantity(self.home_size.clone()),
                 home_storage_class: self.home_storage_class.clone(),
+            },
+            gitops: crate::gitops::reconciler::GitopsSettings {
+                cache_dir: self.git_cache_dir.clone().unwrap_or_else(|| {
+                    crate::gitops::reconciler::GitopsSettings::default().cache_dir
+                }),
+                ..Default::default()
             },
         })
     }

@@ -37,6 +37,7 @@ pub struct Config {
     /// Sessions reconciled at the same time.
     pub concurrency: u16,
     pub session: SessionSettings,
+    pub gitops: crate::gitops::reconciler::GitopsSettings,
 }
 
 impl Default for Config {
@@ -45,6 +46,7 @@ impl Default for Config {
             namespace: None,
             concurrency: 16,
             session: SessionSettings::default(),
+            gitops: Default::default(),
         }
     }
 }
@@ -105,6 +107,10 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
         .list(&probe)
         .await
         .map_err(|e| StartError::CrdMissing("templates.stream.space", e))?;
+    Api::<crate::crd::GitSync>::all(client.clone())
+        .list(&probe)
+        .await
+        .map_err(|e| StartError::CrdMissing("gitsyncs.stream.space", e))?;
     Ok(())
 }
 
@@ -251,9 +257,18 @@ pub async fn run(
     )
     .for_each(|_| future::ready(()));
 
+    let (gitsyncs, gitops_ready) = crate::gitops::reconciler::controller(
+        client.clone(),
+        ns,
+        config.gitops.clone(),
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
+
     let ready = async {
         let loaded = stores.wait_until_ready().await.is_ok()
-            && session_store.wait_until_ready().await.is_ok();
+            && session_store.wait_until_ready().await.is_ok()
+            && gitops_ready.await;
         if loaded {
             let _ = loaded_tx.send(true);
             readiness.set();
@@ -261,7 +276,7 @@ pub async fn run(
         }
     };
     info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    future::join3(sessions, templates_controller, ready).await;
+    future::join4(sessions, templates_controller, gitsyncs, ready).await;
     info!("controller stopped");
     Ok(())
 }

@@ -100,7 +100,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let router = crate::http::router(metrics.clone(), readiness.clone());
+    let router = crate::http::router(metrics.clone(), readiness.clone()).merge(
+        crate::gitops::webhook::router(
+            client.clone(),
+            config.gitops.triggers.clone(),
+            metrics.clone(),
+        ),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

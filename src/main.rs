@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use streamspace_controller::cli::ControllerSettings;
 use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::{crd, dev, http, telemetry};
+use streamspace_controller::{crd, dev, gitops, http, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version, about)]
@@ -29,6 +29,10 @@ enum Command {
     Crds,
     /// Start a local control plane with examples, a node simulator and the controller.
     Dev(dev::DevArgs),
+    /// Check a GitOps directory: schemas and overlays; non-zero exit with file:line reasons.
+    Validate(gitops::cli::ValidateArgs),
+    /// Show the node changes a GitSync of a directory would make.
+    Plan(gitops::cli::PlanArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Validate(args) => std::process::exit(gitops::cli::validate(&args)),
+        Command::Plan(args) => std::process::exit(gitops::cli::plan(&args).await?),
     }
 }
 
@@ -64,7 +70,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = dev::client_from(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let router = http::router(metrics.clone(), readiness.clone());
+    let router = http::router(metrics.clone(), readiness.clone()).merge(gitops::webhook::router(
+        client.clone(),
+        config.gitops.triggers.clone(),
+        metrics.clone(),
+    ));
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
     controller::run(client, config, metrics, readiness, shutdown_signal()).await?;
     server.await.context("http server task")??;

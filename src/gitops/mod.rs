@@ -6,10 +6,12 @@
 //! desired with live nodes and the inventory; [`reconciler`] applies the plan and writes
 //! status. [`webhook`] verifies push webhooks; [`cli`] holds `validate` and `plan`.
 
+pub mod cli;
 pub mod manifest;
 pub mod metrics;
 pub mod overlay;
 pub mod plan;
+pub mod reconciler;
 pub mod repo;
 pub mod schema;
 pub mod webhook;

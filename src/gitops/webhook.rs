@@ -107,21 +107,11 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, 
 
 /// Requests for an immediate fetch, shared by the webhook receiver and the reconciler.
 #[derive(Clone)]
+#[derive(Default)]
 pub struct SyncTriggers {
     pending: Arc<Mutex<HashSet<(String, String)>>>,
-    sender: mpsc::UnboundedSender<ObjectRef<GitSync>>,
-    receiver: Arc<Mutex<Option<mpsc::UnboundedReceiver<ObjectRef<GitSync>>>>>,
-}
-
-impl Default for SyncTriggers {
-    fn default() -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        SyncTriggers {
-            pending: Arc::default(),
-            sender,
-            receiver: Arc::new(Mutex::new(Some(receiver))),
-        }
-    }
+    /// Wakes the running controller; `None` until one runs.
+    sender: Arc<Mutex<Option<mpsc::UnboundedSender<ObjectRef<GitSync>>>>>,
 }
 
 impl std::fmt::Debug for SyncTriggers {
@@ -135,9 +125,10 @@ impl SyncTriggers {
     pub fn request(&self, namespace: &str, name: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.insert((namespace.to_string(), name.to_string()));
-        let _ = self
-            .sender
-            .send(ObjectRef::new(name).within(namespace));
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = sender.as_ref() {
+            let _ = sender.send(ObjectRef::new(name).within(namespace));
+        }
     }
 
     /// Whether a fetch was requested since the last call (and forgets the request).
@@ -146,10 +137,11 @@ impl SyncTriggers {
         pending.remove(&(namespace.to_string(), name.to_string()))
     }
 
-    /// The stream of requests, for the controller; only the first caller gets it.
-    pub fn stream(&self) -> Option<tokio_stream_shim::Receiver> {
-        let mut receiver = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
-        receiver.take().map(tokio_stream_shim::Receiver)
+    /// The stream of requests for a (re)starting controller; earlier streams end.
+    pub fn stream(&self) -> tokio_stream_shim::Receiver {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+        tokio_stream_shim::Receiver(receiver)
     }
 }
 
@@ -332,7 +324,12 @@ mod tests {
         triggers.request("ns", "a");
         assert!(triggers.take("ns", "a"));
         assert!(!triggers.take("ns", "a"));
-        assert!(triggers.stream().is_some());
-        assert!(triggers.stream().is_none());
+        let mut first = triggers.stream();
+        triggers.request("ns", "b");
+        assert_eq!(first.0.try_recv().ok(), Some(ObjectRef::new("b").within("ns")));
+        let mut second = triggers.stream();
+        triggers.request("ns", "c");
+        assert!(first.0.try_recv().is_err(), "a replaced stream ends");
+        assert_eq!(second.0.try_recv().ok(), Some(ObjectRef::new("c").within("ns")));
     }
 }

@@ -109,6 +109,8 @@ pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
     pub controller: Option<RunningController>,
+    /// GitOps settings of the controllers this env starts (triggers shared across restarts).
+    pub gitops: streamspace_controller::gitops::reconciler::GitopsSettings,
 }
 
 pub struct RunningController {
@@ -170,6 +172,7 @@ impl TestEnv {
             client,
             namespace,
             controller: None,
+            gitops: Default::default(),
         }
     }
 
@@ -188,6 +191,7 @@ impl TestEnv {
             namespace: Some(self.namespace.clone()),
             concurrency: 8,
             session: Self::settings(),
+            gitops: self.gitops.clone(),
         };
         let task = tokio::spawn({
             let client = self.client.clone();
