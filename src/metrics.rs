@@ -120,8 +120,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("streamspace");
         let reconcilers =
             ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
-        let gitops =
-            crate::gitops::metrics::GitopsMetrics::register(registry.sub_registry_with_prefix("gitops"));
+        let gitops = crate::gitops::metrics::GitopsMetrics::register(
+            registry.sub_registry_with_prefix("gitops"),
+        );
         Metrics {
             registry,
             reconcilers,

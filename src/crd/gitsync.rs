@@ -42,9 +42,9 @@ pub struct GitSyncSpec {
     #[serde(default = "default_branch")]
     #[schemars(length(min = 1, max = 255))]
     pub branch: String,
-    /// Directory inside the repository that holds the documents; empty means the root.
-    #[serde(default)]
-    pub path: String,
+    /// Directory inside the repository that holds the documents; absent means the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Time between two fetches, such as `30s`, `5m` or `1h`.
     #[serde(default = "default_interval")]
     #[schemars(length(min = 2, max = 10), regex(pattern = r"^[0-9]+(s|m|h)$"))]
@@ -158,6 +158,6 @@ mod tests {
         assert_eq!(spec.interval, "5m");
         assert!(spec.prune);
         assert!(!spec.suspend);
-        assert_eq!(spec.path, "");
+        assert_eq!(spec.path, None);
     }
 }

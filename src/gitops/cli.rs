@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 
 use super::manifest::{self, Desired};
 use super::plan::{self, LiveNode};

@@ -504,16 +504,23 @@ spec:
             ),
             (format!("{header}spec: {{labels: {{a: b}}}}\n"), "schema"),
             (
-                format!("{header}spec: {{nodeName: node-a, nodeSelector: {{matchLabels: {{a: b}}}}}}\n"),
+                format!(
+                    "{header}spec: {{nodeName: node-a, nodeSelector: {{matchLabels: {{a: b}}}}}}\n"
+                ),
                 "schema",
             ),
-            (format!("{header}spec: {{nodeName: node-a, labels: {{a: 3}}}}\n"), "schema"),
+            (
+                format!("{header}spec: {{nodeName: node-a, labels: {{a: 3}}}}\n"),
+                "schema",
+            ),
             (
                 format!("{header}spec: {{nodeName: node-a, labels: {{\"bad key!\": v}}}}\n"),
                 "schema",
             ),
             (
-                format!("{header}spec: {{nodeName: node-a, taints: [{{key: k, effect: Sometimes}}]}}\n"),
+                format!(
+                    "{header}spec: {{nodeName: node-a, taints: [{{key: k, effect: Sometimes}}]}}\n"
+                ),
                 "schema",
             ),
             (
@@ -522,14 +529,26 @@ spec:
                 ),
                 "schema",
             ),
-            (format!("{header}spec: {{nodeName: node-a, colour: red}}\n"), "schema"),
-            (format!("{header}spec: {{nodeName: node-a}}\n---\n{header}spec: {{nodeName: node-b}}\n"), "duplicate"),
+            (
+                format!("{header}spec: {{nodeName: node-a, colour: red}}\n"),
+                "schema",
+            ),
+            (
+                format!(
+                    "{header}spec: {{nodeName: node-a}}\n---\n{header}spec: {{nodeName: node-b}}\n"
+                ),
+                "duplicate",
+            ),
         ];
         for (content, label) in cases {
             let errors = load(&[file("bad.yaml", &content)], "", None)
                 .expect_err(&format!("rejects {content}"));
             assert_eq!(errors[0].metric_label(), label, "{content}: {errors:?}");
-            assert!(errors[0].to_string().starts_with("bad.yaml:"), "{}", errors[0]);
+            assert!(
+                errors[0].to_string().starts_with("bad.yaml:"),
+                "{}",
+                errors[0]
+            );
         }
     }
 

@@ -110,7 +110,10 @@ spec:
         let patch = "target: {kind: NodeConfig, name: gpu}\npatch:\n  - {op: test, path: /spec/labels/tier, value: silver}\n  - {op: replace, path: /spec/labels/tier, value: gold}\n  - {op: replace, path: /spec/nodeName, value: node-2}\n";
         let prod = with_overlay(patch).expect("patch applies");
         assert_eq!(prod.node_configs[0].labels["tier"], "gold");
-        assert_eq!(prod.node_configs[0].target, NodeTarget::Name("node-2".into()));
+        assert_eq!(
+            prod.node_configs[0].target,
+            NodeTarget::Name("node-2".into())
+        );
         let base = load(
             &[
                 file("nodes.yaml", BASE),
@@ -155,7 +158,10 @@ spec:
             let errors = with_overlay(patch).expect_err(patch);
             let text = errors[0].to_string();
             assert!(text.contains(expected), "{patch}: {text}");
-            assert!(text.starts_with("overlays/prod/patch.yaml:1") || text.starts_with("nodes.yaml:1"), "{text}");
+            assert!(
+                text.starts_with("overlays/prod/patch.yaml:1") || text.starts_with("nodes.yaml:1"),
+                "{text}"
+            );
         }
     }
 

@@ -99,7 +99,9 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("node {node}: {what} is set to {first:?} by NodeConfig {first_by:?} and to {second:?} by {second_by:?}")]
+    #[error(
+        "node {node}: {what} is set to {first:?} by NodeConfig {first_by:?} and to {second:?} by {second_by:?}"
+    )]
     Conflict {
         node: String,
         what: String,
@@ -161,8 +163,8 @@ pub fn plan(
                 owned,
             });
         }
-        let annotation = (!inventory.is_empty())
-            .then(|| serde_json::to_string(&inventory).unwrap_or_default());
+        let annotation =
+            (!inventory.is_empty()).then(|| serde_json::to_string(&inventory).unwrap_or_default());
         let current = node
             .annotations
             .as_ref()
@@ -195,16 +197,15 @@ type Wanted = (BTreeMap<String, String>, BTreeMap<String, KubeTaint>);
 fn wanted(node: &str, configs: &[&NodeConfig]) -> Result<Wanted, PlanError> {
     let mut labels: BTreeMap<String, (String, &str)> = BTreeMap::new();
     let mut taints: BTreeMap<String, (KubeTaint, &str)> = BTreeMap::new();
-    let conflict = |what: String, first: (String, &str), second: (String, &str)| {
-        PlanError::Conflict {
+    let conflict =
+        |what: String, first: (String, &str), second: (String, &str)| PlanError::Conflict {
             node: node.to_string(),
             what,
             first: first.0,
             first_by: first.1.to_string(),
             second: second.0,
             second_by: second.1.to_string(),
-        }
-    };
+        };
     for config in configs {
         for (key, value) in &config.labels {
             match labels.get(key) {

@@ -149,7 +149,10 @@ pub fn controller(
     let (nodes, writer) = reflector::store();
     let node_stream = reflector::reflector(
         writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default().any_semantic()),
+        watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -225,7 +228,13 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     let current = sync.status.clone().unwrap_or_default();
     if sync.spec.suspend {
         let mut status = current.clone();
-        set_condition(&mut status, "Reconciling", false, "Suspended", "spec.suspend is true");
+        set_condition(
+            &mut status,
+            "Reconciling",
+            false,
+            "Suspended",
+            "spec.suspend is true",
+        );
         write_status(&ctx, &sync, &namespace, &current, status).await?;
         return Ok(Action::await_change());
     }
@@ -235,9 +244,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     let generation = sync.meta().generation;
     let due = match &remembered {
         None => true,
-        Some(m) => {
-            triggered || m.generation != generation || m.fetched_at.elapsed() >= interval
-        }
+        Some(m) => triggered || m.generation != generation || m.fetched_at.elapsed() >= interval,
     };
     let mut status = current.clone();
     status.observed_generation = generation;
@@ -257,7 +264,16 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     let plan = match plan_against_cache(&ctx, &id, &desired, sync.spec.prune) {
         Ok(plan) => plan,
         Err(error) => {
-            reject(&ctx, &sync, &mut status, &commit, "", &error.to_string(), "conflict").await;
+            reject(
+                &ctx,
+                &sync,
+                &mut status,
+                &commit,
+                "",
+                &error.to_string(),
+                "conflict",
+            )
+            .await;
             remember(&ctx, &id, memory);
             write_status(&ctx, &sync, &namespace, &current, status).await?;
             return Err(error.into());
@@ -271,7 +287,9 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         ctx.metrics
             .gitops
             .last_applied
-            .get_or_create(&super::metrics::SyncLabel { gitsync: id.clone() })
+            .get_or_create(&super::metrics::SyncLabel {
+                gitsync: id.clone(),
+            })
             .set(Timestamp::now().as_second());
     }
     if status.last_fetched_commit.as_deref() == Some(commit.as_str()) {
@@ -290,7 +308,10 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     let short = commit.get(..12).unwrap_or(&commit);
     match &status.rejected {
         Some(rejection) => {
-            let message = format!("commit {short} in force; newer commit rejected: {}", rejection.reason);
+            let message = format!(
+                "commit {short} in force; newer commit rejected: {}",
+                rejection.reason
+            );
             set_condition(&mut status, "Ready", false, "CommitRejected", &message);
             set_condition(&mut status, "Stalled", true, "CommitRejected", &message);
         }
@@ -300,21 +321,39 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             remove_condition(&mut status, "Stalled");
         }
     }
-    set_condition(&mut status, "Reconciling", false, "Idle", "waiting for the next change");
+    set_condition(
+        &mut status,
+        "Reconciling",
+        false,
+        "Idle",
+        "waiting for the next change",
+    );
     if changed > 0 || newly_applied {
-        let note = format!("commit {short}: {changed} node(s) changed, {} unmatched NodeConfig(s)", plan.unmatched.len());
+        let note = format!(
+            "commit {short}: {changed} node(s) changed, {} unmatched NodeConfig(s)",
+            plan.unmatched.len()
+        );
         info!(gitsync = %id, %commit, changed, "applied");
         publish(&ctx, &sync, EventType::Normal, "Applied", note).await;
     }
     remember(&ctx, &id, memory.clone());
     write_status(&ctx, &sync, &namespace, &current, status).await?;
-    ctx.metrics.gitops.sync_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .gitops
+        .sync_duration
+        .observe(started.elapsed().as_secs_f64());
     ctx.backoff.succeeded(&id);
-    Ok(Action::requeue(interval.saturating_sub(memory.fetched_at.elapsed()).max(Duration::from_secs(1))))
+    Ok(Action::requeue(
+        interval
+            .saturating_sub(memory.fetched_at.elapsed())
+            .max(Duration::from_secs(1)),
+    ))
 }
 
 pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) -> Action {
-    ctx.metrics.reconcilers.failure(CONTROLLER, error.metric_label());
+    ctx.metrics
+        .reconcilers
+        .failure(CONTROLLER, error.metric_label());
     ctx.metrics.gitops.failure(error.metric_label());
     let transient = matches!(error, Error::Api { source, .. } if is_conflict(source));
     let delay = ctx.backoff.failed(sync_id(&sync), transient);
@@ -387,7 +426,16 @@ async fn fetch_and_load(
                     .unwrap_or_default();
                 let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 let label = first.map_or("invalid", ManifestError::metric_label);
-                reject(ctx, sync, status, &commit, &file, &reasons.join("\n"), label).await;
+                reject(
+                    ctx,
+                    sync,
+                    status,
+                    &commit,
+                    &file,
+                    &reasons.join("\n"),
+                    label,
+                )
+                .await;
             }
         }
     }
@@ -404,7 +452,11 @@ async fn load(
     sync: &GitSync,
 ) -> Result<Result<Desired, Vec<ManifestError>>, Error> {
     let files = repo::read_commit(dir.to_path_buf(), commit.to_string()).await?;
-    Ok(manifest::load(&files, &sync.spec.path, sync.spec.overlay.as_deref()))
+    Ok(manifest::load(
+        &files,
+        sync.spec.path.as_deref().unwrap_or_default(),
+        sync.spec.overlay.as_deref(),
+    ))
 }
 
 /// Records a rejected commit in status, with an Event and a metric the first time.
@@ -543,19 +595,33 @@ async fn patch_node(
         ctx.metrics.gitops.node_writes.inc();
         ctx.metrics.reconcilers.write(CONTROLLER, "node");
         let params = PatchParams::apply(FIELD_MANAGER);
-        let params = PatchParams { force: false, ..params };
-        match api.patch(&change.node, &params, &Patch::Json::<()>(patch)).await {
+        let params = PatchParams {
+            force: false,
+            ..params
+        };
+        match api
+            .patch(&change.node, &params, &Patch::Json::<()>(patch))
+            .await
+        {
             Ok(_) => return Ok(true),
             Err(source) if is_conflict(&source) && attempt < NODE_PATCH_ATTEMPTS => {
-                let Some(fresh) = api.get_opt(&change.node).await.map_err(|source| Error::Api {
-                    action: "reading a node after a conflict",
-                    source,
-                })?
+                let Some(fresh) = api
+                    .get_opt(&change.node)
+                    .await
+                    .map_err(|source| Error::Api {
+                        action: "reading a node after a conflict",
+                        source,
+                    })?
                 else {
                     return Ok(false);
                 };
                 live = live_node(&fresh);
-                let replanned = plan::plan(id, &desired.node_configs, std::slice::from_ref(&live), prune)?;
+                let replanned = plan::plan(
+                    id,
+                    &desired.node_configs,
+                    std::slice::from_ref(&live),
+                    prune,
+                )?;
                 match replanned.changes.into_iter().next() {
                     Some(next) => change = next,
                     None => return Ok(false),
@@ -571,7 +637,13 @@ async fn patch_node(
     }
 }
 
-fn set_condition(status: &mut GitSyncStatus, type_: &str, value: bool, reason: &str, message: &str) {
+fn set_condition(
+    status: &mut GitSyncStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+) {
     let value = if value { "True" } else { "False" };
     let existing = status.conditions.iter_mut().find(|c| c.type_ == type_);
     match existing {
@@ -612,17 +684,41 @@ async fn write_status(
     }
     ctx.metrics.reconcilers.write(CONTROLLER, "gitsync_status");
     let api: Api<GitSync> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({"status": status});
-    api.patch_status(&sync.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(|source| Error::Api {
-            action: "writing GitSync status",
-            source,
-        })?;
+    let patch = serde_json::json!({"status": status_patch(current, &status)});
+    api.patch_status(
+        &sync.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        action: "writing GitSync status",
+        source,
+    })?;
     Ok(())
 }
 
-async fn publish(ctx: &GitopsContext, sync: &GitSync, type_: EventType, reason: &str, note: String) {
+/// A merge patch from `current` to `status`: fields that became empty are set to `null`, since
+/// a merge patch that merely omits them would leave them in place.
+fn status_patch(current: &GitSyncStatus, status: &GitSyncStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(status).unwrap_or_default();
+    if let (Some(patch), Ok(serde_json::Value::Object(old))) =
+        (patch.as_object_mut(), serde_json::to_value(current))
+    {
+        for key in old.keys() {
+            patch.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
+}
+
+async fn publish(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -640,6 +736,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn emptied_status_fields_are_removed_by_the_patch() {
+        let current = GitSyncStatus {
+            rejected: Some(Rejection::default()),
+            unmatched: vec!["a".into()],
+            last_applied_commit: Some("c1".into()),
+            ..GitSyncStatus::default()
+        };
+        let next = GitSyncStatus {
+            last_applied_commit: Some("c2".into()),
+            ..GitSyncStatus::default()
+        };
+        assert_eq!(
+            status_patch(&current, &next),
+            serde_json::json!({"lastAppliedCommit": "c2", "rejected": null, "unmatched": null})
+        );
+    }
+
+    #[test]
     fn intervals() {
         let cases = [
             ("30s", Some(30)),
@@ -652,7 +766,11 @@ mod tests {
             ("", None),
         ];
         for (text, seconds) in cases {
-            assert_eq!(parse_interval(text), seconds.map(Duration::from_secs), "{text}");
+            assert_eq!(
+                parse_interval(text),
+                seconds.map(Duration::from_secs),
+                "{text}"
+            );
         }
     }
 }

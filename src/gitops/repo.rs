@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use git2::{CredentialType, FetchOptions, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{
+    CredentialType, FetchOptions, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult,
+};
 use sha2::{Digest, Sha256};
 
 use super::manifest::SourceFile;
@@ -225,8 +227,8 @@ fn read_commit_blocking(dir: &Path, commit: &str) -> Result<Vec<SourceFile>, Rep
     let mut files = Vec::new();
     for (path, id) in entries {
         let blob = repo.find_blob(id).map_err(git("read blob"))?;
-        let content =
-            String::from_utf8(blob.content().to_vec()).map_err(|_| RepoError::NotText(path.clone()))?;
+        let content = String::from_utf8(blob.content().to_vec())
+            .map_err(|_| RepoError::NotText(path.clone()))?;
         files.push(SourceFile { path, content });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -248,13 +250,22 @@ mod tests {
             index.add_path(Path::new(path)).expect("add");
         }
         index.write().expect("write index");
-        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("tree");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
         let signature = git2::Signature::now("test", "test@example.com").expect("signature");
         let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(Some("refs/heads/main"), &signature, &signature, message, &tree, &parents)
-            .expect("commit")
-            .to_string()
+        repo.commit(
+            Some("refs/heads/main"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .expect("commit")
+        .to_string()
     }
 
     #[tokio::test]
@@ -272,11 +283,23 @@ mod tests {
             timeout: FETCH_TIMEOUT,
         };
         assert_eq!(fetch(request.clone()).await.expect("fetch"), first);
-        let second = commit(&origin, &[("a.yaml", "two\n"), ("d/b.yml", "b\n")], "second");
+        let second = commit(
+            &origin,
+            &[("a.yaml", "two\n"), ("d/b.yml", "b\n")],
+            "second",
+        );
         assert_eq!(fetch(request.clone()).await.expect("fetch"), second);
         let old = read_commit(request.dir.clone(), first).await.expect("read");
-        assert_eq!(old, vec![SourceFile { path: "a.yaml".into(), content: "one\n".into() }]);
-        let new = read_commit(request.dir.clone(), second).await.expect("read");
+        assert_eq!(
+            old,
+            vec![SourceFile {
+                path: "a.yaml".into(),
+                content: "one\n".into()
+            }]
+        );
+        let new = read_commit(request.dir.clone(), second)
+            .await
+            .expect("read");
         let paths: Vec<&str> = new.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["a.yaml", "d/b.yml"]);
         assert_eq!(new[0].content, "two\n");
@@ -297,7 +320,10 @@ mod tests {
             timeout: FETCH_TIMEOUT,
         };
         let error = fetch(request.clone()).await.expect_err("no such branch");
-        assert!(matches!(error, RepoError::BranchMissing(_) | RepoError::Git { .. }), "{error}");
+        assert!(
+            matches!(error, RepoError::BranchMissing(_) | RepoError::Git { .. }),
+            "{error}"
+        );
         let missing = FetchRequest {
             url: format!("file://{}/nothing-here", origin_dir.path().display()),
             ..request

@@ -70,7 +70,11 @@ impl Schema {
 
     fn check(&self, value: &Value, path: &str, out: &mut Vec<Violation>) {
         let at = |message: String| Violation {
-            path: if path.is_empty() { "/".into() } else { path.into() },
+            path: if path.is_empty() {
+                "/".into()
+            } else {
+                path.into()
+            },
             message,
         };
         if let Some(types) = &self.types
@@ -92,10 +96,7 @@ impl Schema {
             && !values.contains(value)
         {
             let allowed: Vec<String> = values.iter().map(Value::to_string).collect();
-            out.push(at(format!(
-                "{value} is not one of {}",
-                allowed.join(", ")
-            )));
+            out.push(at(format!("{value} is not one of {}", allowed.join(", "))));
         }
         if let Value::String(text) = value {
             self.check_string(text, &at, out);
@@ -134,12 +135,7 @@ impl Schema {
         }
     }
 
-    fn check_string(
-        &self,
-        text: &str,
-        at: &dyn Fn(String) -> Violation,
-        out: &mut Vec<Violation>,
-    ) {
+    fn check_string(&self, text: &str, at: &dyn Fn(String) -> Violation, out: &mut Vec<Violation>) {
         let length = text.chars().count();
         if let Some(min) = self.min_length
             && length < min
@@ -309,16 +305,16 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                 let text = value
                     .as_str()
                     .ok_or_else(|| fail("pattern must be a string".into()))?;
-                out.pattern = Some(
-                    Regex::new(text).map_err(|e| fail(format!("invalid pattern: {e}")))?,
-                );
+                out.pattern =
+                    Some(Regex::new(text).map_err(|e| fail(format!("invalid pattern: {e}")))?);
             }
             "oneOf" => {
                 let alternatives = value
                     .as_array()
                     .ok_or_else(|| fail("oneOf must be an array".into()))?;
                 for (index, sub) in alternatives.iter().enumerate() {
-                    out.one_of.push(compile_at(sub, &format!("{here}/{index}"))?);
+                    out.one_of
+                        .push(compile_at(sub, &format!("{here}/{index}"))?);
                 }
             }
             other => {

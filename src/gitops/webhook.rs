@@ -81,7 +81,11 @@ fn verify_hmac(secret: &[u8], body: &[u8], hex: &str) -> Result<(), SignatureErr
 
 /// Checks the request's signature with `secret`; the first signature header present decides.
 pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, SignatureError> {
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().map_err(|_| SignatureError::Malformed));
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map_err(|_| SignatureError::Malformed))
+    };
     if secret.is_empty() {
         return Err(SignatureError::Mismatch);
     }
@@ -106,8 +110,7 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, 
 }
 
 /// Requests for an immediate fetch, shared by the webhook receiver and the reconciler.
-#[derive(Clone)]
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct SyncTriggers {
     pending: Arc<Mutex<HashSet<(String, String)>>>,
     /// Wakes the running controller; `None` until one runs.
@@ -280,25 +283,56 @@ mod tests {
         let good = sign(secret, body);
         let other = sign(b"other", body);
         let cases: Vec<(Vec<(&'static str, String)>, Result<Forge, SignatureError>)> = vec![
-            (vec![("x-hub-signature-256", format!("sha256={good}"))], Ok(Forge::GitHub)),
-            (vec![("x-hub-signature-256", format!("sha256={other}"))], Err(SignatureError::Mismatch)),
-            (vec![("x-hub-signature-256", good.clone())], Err(SignatureError::Malformed)),
-            (vec![("x-hub-signature-256", "sha256=zz".into())], Err(SignatureError::Malformed)),
-            (vec![("x-hub-signature-256", format!("sha256={}", &good[..10]))], Err(SignatureError::Mismatch)),
+            (
+                vec![("x-hub-signature-256", format!("sha256={good}"))],
+                Ok(Forge::GitHub),
+            ),
+            (
+                vec![("x-hub-signature-256", format!("sha256={other}"))],
+                Err(SignatureError::Mismatch),
+            ),
+            (
+                vec![("x-hub-signature-256", good.clone())],
+                Err(SignatureError::Malformed),
+            ),
+            (
+                vec![("x-hub-signature-256", "sha256=zz".into())],
+                Err(SignatureError::Malformed),
+            ),
+            (
+                vec![("x-hub-signature-256", format!("sha256={}", &good[..10]))],
+                Err(SignatureError::Mismatch),
+            ),
             (vec![("x-gitea-signature", good.clone())], Ok(Forge::Gitea)),
-            (vec![("x-gitea-signature", other.clone())], Err(SignatureError::Mismatch)),
+            (
+                vec![("x-gitea-signature", other.clone())],
+                Err(SignatureError::Mismatch),
+            ),
             (vec![("x-gitlab-token", "s3cret".into())], Ok(Forge::GitLab)),
-            (vec![("x-gitlab-token", "s3cre".into())], Err(SignatureError::Mismatch)),
-            (vec![("x-gitlab-token", "s3cret2".into())], Err(SignatureError::Mismatch)),
+            (
+                vec![("x-gitlab-token", "s3cre".into())],
+                Err(SignatureError::Mismatch),
+            ),
+            (
+                vec![("x-gitlab-token", "s3cret2".into())],
+                Err(SignatureError::Mismatch),
+            ),
             // A wrong GitHub signature is not rescued by a right GitLab token.
             (
-                vec![("x-hub-signature-256", format!("sha256={other}")), ("x-gitlab-token", "s3cret".into())],
+                vec![
+                    ("x-hub-signature-256", format!("sha256={other}")),
+                    ("x-gitlab-token", "s3cret".into()),
+                ],
                 Err(SignatureError::Mismatch),
             ),
             (vec![], Err(SignatureError::Missing)),
         ];
         for (pairs, expected) in cases {
-            assert_eq!(verify(&headers(&pairs), body, secret), expected, "{pairs:?}");
+            assert_eq!(
+                verify(&headers(&pairs), body, secret),
+                expected,
+                "{pairs:?}"
+            );
         }
     }
 
@@ -314,7 +348,10 @@ mod tests {
     fn a_changed_body_fails() {
         let signature = sign(b"k", b"body");
         let headers = headers(&[("x-hub-signature-256", format!("sha256={signature}"))]);
-        assert_eq!(verify(&headers, b"body!", b"k"), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&headers, b"body!", b"k"),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -326,10 +363,16 @@ mod tests {
         assert!(!triggers.take("ns", "a"));
         let mut first = triggers.stream();
         triggers.request("ns", "b");
-        assert_eq!(first.0.try_recv().ok(), Some(ObjectRef::new("b").within("ns")));
+        assert_eq!(
+            first.0.try_recv().ok(),
+            Some(ObjectRef::new("b").within("ns"))
+        );
         let mut second = triggers.stream();
         triggers.request("ns", "c");
         assert!(first.0.try_recv().is_err(), "a replaced stream ends");
-        assert_eq!(second.0.try_recv().ok(), Some(ObjectRef::new("c").within("ns")));
+        assert_eq!(
+            second.0.try_recv().ok(),
+            Some(ObjectRef::new("c").within("ns"))
+        );
     }
 }

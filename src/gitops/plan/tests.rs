@@ -77,7 +77,12 @@ fn table_of_plans() {
         (
             "new label and taint are added, inventory written",
             vec![config("c", by_name("n"), &zone, &["gpu=true:NoSchedule"])],
-            node("n", &[("other", "x")], &["node.kubernetes.io/unreachable:NoExecute"], None),
+            node(
+                "n",
+                &[("other", "x")],
+                &["node.kubernetes.io/unreachable:NoExecute"],
+                None,
+            ),
             true,
             "node/n\n  + label example.com/zone=a\n  + taint gpu:NoSchedule\n",
         ),
@@ -87,7 +92,10 @@ fn table_of_plans() {
             node(
                 "n",
                 &zone,
-                &["node.kubernetes.io/unreachable:NoExecute", "gpu=true:NoSchedule"],
+                &[
+                    "node.kubernetes.io/unreachable:NoExecute",
+                    "gpu=true:NoSchedule",
+                ],
                 owned(&["example.com/zone"], &["gpu:NoSchedule"]),
             ),
             true,
@@ -96,7 +104,12 @@ fn table_of_plans() {
         (
             "a changed value is restored (drift)",
             vec![config("c", by_name("n"), &zone, &[])],
-            node("n", &[("example.com/zone", "b")], &[], owned(&["example.com/zone"], &[])),
+            node(
+                "n",
+                &[("example.com/zone", "b")],
+                &[],
+                owned(&["example.com/zone"], &[]),
+            ),
             true,
             "node/n\n  ~ label example.com/zone=b -> a\n",
         ),
@@ -115,7 +128,12 @@ fn table_of_plans() {
         (
             "without prune nothing is removed, only the inventory forgets it",
             vec![config("c", by_name("n"), &[], &[])],
-            node("n", &[("example.com/zone", "a")], &[], owned(&["example.com/zone"], &[])),
+            node(
+                "n",
+                &[("example.com/zone", "a")],
+                &[],
+                owned(&["example.com/zone"], &[]),
+            ),
             false,
             "node/n\n",
         ),
@@ -132,7 +150,11 @@ fn table_of_plans() {
             node(
                 "n",
                 &zone,
-                &["a:NoSchedule", "gpu=true:NoSchedule", "node.kubernetes.io/not-ready:NoExecute"],
+                &[
+                    "a:NoSchedule",
+                    "gpu=true:NoSchedule",
+                    "node.kubernetes.io/not-ready:NoExecute",
+                ],
                 owned(&["example.com/zone"], &["gpu:NoSchedule"]),
             ),
             true,
@@ -148,21 +170,36 @@ fn table_of_plans() {
         (
             "a taint value change replaces it in place",
             vec![config("c", by_name("n"), &[], &["gpu=false:NoSchedule"])],
-            node("n", &[], &["gpu=true:NoSchedule"], owned(&[], &["gpu:NoSchedule"])),
+            node(
+                "n",
+                &[],
+                &["gpu=true:NoSchedule"],
+                owned(&[], &["gpu:NoSchedule"]),
+            ),
             true,
             "node/n\n  + taint gpu:NoSchedule\n",
         ),
         (
             "a node no config matches any more loses what we applied",
             vec![config("c", by_name("other"), &zone, &[])],
-            node("n", &zone, &["gpu:NoSchedule"], owned(&["example.com/zone"], &["gpu:NoSchedule"])),
+            node(
+                "n",
+                &zone,
+                &["gpu:NoSchedule"],
+                owned(&["example.com/zone"], &["gpu:NoSchedule"]),
+            ),
             true,
             "node/n\n  - label example.com/zone=a\n  - taint gpu:NoSchedule\nNodeConfig c matches no node\n",
         ),
         (
             "selectors match on live labels, several configs merge",
             vec![
-                config("sel", NodeTarget::Selector(BTreeMap::from([("pool".into(), "gpu".into())])), &[("a", "1")], &[]),
+                config(
+                    "sel",
+                    NodeTarget::Selector(BTreeMap::from([("pool".into(), "gpu".into())])),
+                    &[("a", "1")],
+                    &[],
+                ),
                 config("name", by_name("n"), &[("b", "2")], &[]),
             ],
             node("n", &[("pool", "gpu")], &[], None),
@@ -171,7 +208,12 @@ fn table_of_plans() {
         ),
         (
             "a selector matching nothing is reported",
-            vec![config("sel", NodeTarget::Selector(BTreeMap::from([("pool".into(), "tpu".into())])), &[("a", "1")], &[])],
+            vec![config(
+                "sel",
+                NodeTarget::Selector(BTreeMap::from([("pool".into(), "tpu".into())])),
+                &[("a", "1")],
+                &[],
+            )],
             node("n", &[("pool", "gpu")], &[], None),
             true,
             "NodeConfig sel matches no node\nno changes\n",
@@ -185,7 +227,12 @@ fn table_of_plans() {
 
 #[test]
 fn the_patch_tests_the_version_and_keeps_foreign_taints() {
-    let configs = [config("c", by_name("n"), &[("zone", "a")], &["gpu:NoSchedule"])];
+    let configs = [config(
+        "c",
+        by_name("n"),
+        &[("zone", "a")],
+        &["gpu:NoSchedule"],
+    )];
     let live = LiveNode {
         name: "n".into(),
         resource_version: Some("42".into()),
