@@ -194,10 +194,9 @@ pub fn load(
     for file in files.iter().filter(|f| {
         is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
     }) {
-        match read_documents(file) {
-            Ok(found) => documents.extend(found),
-            Err(mut found) => errors.append(&mut found),
-        }
+        let (found, mut problems) = read_documents(file);
+        documents.extend(found);
+        errors.append(&mut problems);
     }
     if let Some(name) = overlay {
         let dir = format!("{overlays_prefix}{name}/");
@@ -355,8 +354,8 @@ pub fn split_documents(content: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// Parses every document of `file` into a [`RawDocument`].
-pub fn read_documents(file: &SourceFile) -> Result<Vec<RawDocument>, Vec<ManifestError>> {
+/// Parses every document of `file` into a [`RawDocument`], and lists the ones that are not.
+pub fn read_documents(file: &SourceFile) -> (Vec<RawDocument>, Vec<ManifestError>) {
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for (line, text) in split_documents(&file.content) {
@@ -395,11 +394,7 @@ pub fn read_documents(file: &SourceFile) -> Result<Vec<RawDocument>, Vec<Manifes
             value,
         });
     }
-    if errors.is_empty() {
-        Ok(documents)
-    } else {
-        Err(errors)
-    }
+    (documents, errors)
 }
 
 /// Reads every YAML file below `dir` (for `validate` and `plan`), paths relative to `dir`.
@@ -573,6 +568,14 @@ spec:
         ];
         let desired = load(&files, "clusters/prod", None).expect("valid");
         assert_eq!(desired.node_configs.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported() {
+        let content = "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: x}\nspec: {nodeName: node-a, labels: {zone: 3}}\n---\nkind: Foo\n";
+        let errors = load(&[file("bad.yaml", content)], "", None).expect_err("invalid");
+        let labels: Vec<&str> = errors.iter().map(ManifestError::metric_label).collect();
+        assert_eq!(labels, ["not_a_document", "schema"]);
     }
 
     #[test]

@@ -99,17 +99,9 @@ pub struct Plan {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error(
-        "node {node}: {what} is set to {first:?} by NodeConfig {first_by:?} and to {second:?} by {second_by:?}"
-    )]
-    Conflict {
-        node: String,
-        what: String,
-        first: String,
-        first_by: String,
-        second: String,
-        second_by: String,
-    },
+    /// Two NodeConfigs matching one node want different values for one label or taint.
+    #[error("node {node}: {detail}")]
+    Conflict { node: String, detail: String },
 }
 
 impl PlanError {
@@ -200,11 +192,10 @@ fn wanted(node: &str, configs: &[&NodeConfig]) -> Result<Wanted, PlanError> {
     let conflict =
         |what: String, first: (String, &str), second: (String, &str)| PlanError::Conflict {
             node: node.to_string(),
-            what,
-            first: first.0,
-            first_by: first.1.to_string(),
-            second: second.0,
-            second_by: second.1.to_string(),
+            detail: format!(
+                "{what} is set to {:?} by NodeConfig {:?} and to {:?} by {:?}",
+                first.0, first.1, second.0, second.1
+            ),
         };
     for config in configs {
         for (key, value) in &config.labels {

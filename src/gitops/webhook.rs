@@ -282,7 +282,8 @@ mod tests {
         let body = br#"{"ref":"refs/heads/main"}"#;
         let good = sign(secret, body);
         let other = sign(b"other", body);
-        let cases: Vec<(Vec<(&'static str, String)>, Result<Forge, SignatureError>)> = vec![
+        type Case = (Vec<(&'static str, String)>, Result<Forge, SignatureError>);
+        let cases: Vec<Case> = vec![
             (
                 vec![("x-hub-signature-256", format!("sha256={good}"))],
                 Ok(Forge::GitHub),
