@@ -222,6 +222,18 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         .await
         .map_err(|_| Error::CacheClosed)?;
     let namespace = sync.namespace().ok_or(Error::NoNamespace)?;
+    // Node events reconcile often, sometimes before our last status write reached the watch
+    // cache: read the object itself, so status is always computed from what is stored.
+    let fresh = Api::<GitSync>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&sync.name_any())
+        .await
+        .map_err(|source| Error::Api {
+            action: "reading the GitSync",
+            source,
+        })?;
+    let Some(sync) = fresh.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let id = sync_id(&sync);
     let interval =
         parse_interval(&sync.spec.interval).ok_or(Error::Interval(sync.spec.interval.clone()))?;
@@ -684,7 +696,7 @@ async fn write_status(
     }
     ctx.metrics.reconcilers.write(CONTROLLER, "gitsync_status");
     let api: Api<GitSync> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({"status": status_patch(current, &status)});
+    let patch = serde_json::json!({"status": status_patch(&status)});
     api.patch_status(
         &sync.name_any(),
         &PatchParams::default(),
@@ -698,15 +710,29 @@ async fn write_status(
     Ok(())
 }
 
-/// A merge patch from `current` to `status`: fields that became empty are set to `null`, since
-/// a merge patch that merely omits them would leave them in place.
-fn status_patch(current: &GitSyncStatus, status: &GitSyncStatus) -> serde_json::Value {
+/// Every field of `GitSyncStatus` as written; absent ones are patched to `null`.
+const STATUS_FIELDS: &[&str] = &[
+    "lastFetchedCommit",
+    "lastFetchTime",
+    "lastAppliedCommit",
+    "lastAppliedTime",
+    "rejected",
+    "inventory",
+    "unmatched",
+    "conditions",
+    "observedGeneration",
+];
+
+/// A merge patch that sets the whole status: fields that are empty are set to `null`, since a
+/// merge patch that merely omits them would leave them in place (and the cached object we
+/// compared with may be older than the stored one).
+fn status_patch(status: &GitSyncStatus) -> serde_json::Value {
     let mut patch = serde_json::to_value(status).unwrap_or_default();
-    if let (Some(patch), Ok(serde_json::Value::Object(old))) =
-        (patch.as_object_mut(), serde_json::to_value(current))
-    {
-        for key in old.keys() {
-            patch.entry(key.clone()).or_insert(serde_json::Value::Null);
+    if let Some(patch) = patch.as_object_mut() {
+        for key in STATUS_FIELDS {
+            patch
+                .entry((*key).to_string())
+                .or_insert(serde_json::Value::Null);
         }
     }
     patch
@@ -736,21 +762,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn emptied_status_fields_are_removed_by_the_patch() {
-        let current = GitSyncStatus {
-            rejected: Some(Rejection::default()),
-            unmatched: vec!["a".into()],
-            last_applied_commit: Some("c1".into()),
-            ..GitSyncStatus::default()
-        };
+    fn empty_status_fields_are_removed_by_the_patch() {
         let next = GitSyncStatus {
             last_applied_commit: Some("c2".into()),
             ..GitSyncStatus::default()
         };
-        assert_eq!(
-            status_patch(&current, &next),
-            serde_json::json!({"lastAppliedCommit": "c2", "rejected": null, "unmatched": null})
-        );
+        let patch = status_patch(&next);
+        assert_eq!(patch["lastAppliedCommit"], "c2");
+        assert_eq!(patch["rejected"], serde_json::Value::Null);
+        assert_eq!(patch["unmatched"], serde_json::Value::Null);
+        // Every field the type writes is listed, so none can be left behind.
+        let full = GitSyncStatus {
+            last_fetched_commit: Some("c".into()),
+            last_fetch_time: Some(Time(Timestamp::now())),
+            last_applied_commit: Some("c".into()),
+            last_applied_time: Some(Time(Timestamp::now())),
+            rejected: Some(Rejection::default()),
+            inventory: vec![InventoryEntry::default()],
+            unmatched: vec!["u".into()],
+            conditions: vec![Condition::default()],
+            observed_generation: Some(1),
+        };
+        let written = serde_json::to_value(&full).unwrap_or_default();
+        let mut keys: Vec<&str> = written
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        let mut listed = STATUS_FIELDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
     }
 
     #[test]
