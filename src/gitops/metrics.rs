@@ -25,8 +25,10 @@ pub struct GitopsMetrics {
     /// Unix time at which each GitSync's current commit was applied.
     pub last_applied: Family<SyncLabel, Gauge>,
     pub failures: Family<ReasonLabel, Counter>,
-    /// Node patches sent (one per changed node, plus retries after a conflict).
+    /// Node patches that succeeded: one per changed node.
     pub node_writes: Counter,
+    /// Node patches refused because someone wrote the node first (each is retried).
+    pub node_conflicts: Counter,
     pub webhooks: Family<ReasonLabel, Counter>,
 }
 
@@ -37,6 +39,7 @@ impl GitopsMetrics {
             last_applied: Family::default(),
             failures: Family::default(),
             node_writes: Counter::default(),
+            node_conflicts: Counter::default(),
             webhooks: Family::default(),
         };
         registry.register(
@@ -56,8 +59,13 @@ impl GitopsMetrics {
         );
         registry.register(
             "node_writes",
-            "Node patches sent by GitOps",
+            "Node patches applied by GitOps",
             metrics.node_writes.clone(),
+        );
+        registry.register(
+            "node_conflicts",
+            "Node patches refused by a concurrent write, then retried",
+            metrics.node_conflicts.clone(),
         );
         registry.register(
             "webhooks",

@@ -604,7 +604,6 @@ async fn patch_node(
                 action: "building a node patch",
                 source: kube::Error::SerdeError(e),
             })?;
-        ctx.metrics.gitops.node_writes.inc();
         ctx.metrics.reconcilers.write(CONTROLLER, "node");
         let params = PatchParams::apply(FIELD_MANAGER);
         let params = PatchParams {
@@ -615,8 +614,12 @@ async fn patch_node(
             .patch(&change.node, &params, &Patch::Json::<()>(patch))
             .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => {
+                ctx.metrics.gitops.node_writes.inc();
+                return Ok(true);
+            }
             Err(source) if is_conflict(&source) && attempt < NODE_PATCH_ATTEMPTS => {
+                ctx.metrics.gitops.node_conflicts.inc();
                 let Some(fresh) = api
                     .get_opt(&change.node)
                     .await

@@ -216,7 +216,8 @@ async fn wait_node(
     wait_for(what, || nodes.get(name), |n| check(n)).await
 }
 
-fn node_writes(env: &TestEnv) -> u64 {
+/// The value of one unlabelled metric of the env's controller.
+fn metric(env: &TestEnv, name: &str) -> f64 {
     let metrics = env
         .controller
         .as_ref()
@@ -225,10 +226,43 @@ fn node_writes(env: &TestEnv) -> u64 {
         .encode();
     metrics
         .lines()
-        .find(|l| l.starts_with("streamspace_gitops_node_writes_total"))
+        .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0.0)
+}
+
+fn node_writes(env: &TestEnv) -> f64 {
+    metric(env, "streamspace_gitops_node_writes_total")
+}
+
+/// Serves the controller's HTTP router with the webhook route on a free loopback port.
+async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let metrics = env.controller.as_ref().expect("controller").metrics.clone();
+    let router = streamspace_controller::http::router(metrics.clone(), Default::default()).merge(
+        streamspace_controller::gitops::webhook::router(
+            env.client.clone(),
+            env.gitops.triggers.clone(),
+            metrics,
+        ),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (addr, server)
+}
+
+async fn webhook_secret(env: &TestEnv, secret: &str) {
+    let _: Secret = env
+        .create(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
+            "stringData": {"token": secret}
+        }))
+        .await;
 }
 
 #[tokio::test]
@@ -616,25 +650,8 @@ async fn gitops_signed_webhook_triggers_a_sync_and_a_bad_signature_does_not() {
     let node = unique("hook");
     nodes.create(&node, json!({}), json!([])).await;
     let secret = b"hook-s3cret";
-    let _: Secret = env
-        .create(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
-            "stringData": {"token": std::str::from_utf8(secret).expect("utf8")}
-        }))
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let metrics = env.controller.as_ref().expect("controller").metrics.clone();
-    let router = streamspace_controller::http::router(metrics.clone(), Default::default()).merge(
-        streamspace_controller::gitops::webhook::router(
-            env.client.clone(),
-            env.gitops.triggers.clone(),
-            metrics,
-        ),
-    );
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    webhook_secret(&env, std::str::from_utf8(secret).expect("utf8")).await;
+    let (addr, server) = serve_hooks(&env).await;
 
     let repo = Repo::new();
     let v1 = node_config(
@@ -833,6 +850,114 @@ async fn gitops_inventory_survives_a_restart_and_pruning_still_works() {
         Some("theirs")
     );
     let _ = std::fs::remove_dir_all(&env.gitops.cache_dir);
+    nodes.cleanup().await;
+    env.cleanup().await;
+}
+
+/// The benchmark of the issue, at a size the suite can afford (set `GITOPS_BENCH_NODES=200` for
+/// the full figure): a commit changing a label on every node, from webhook to all applied;
+/// exactly one write per changed node; a no-op sync writes nothing.
+#[tokio::test]
+async fn gitops_one_write_per_changed_node_and_none_for_a_no_op_sync() {
+    let count: usize = std::env::var("GITOPS_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let env = TestEnv::new("gitops-bench").await;
+    let mut nodes = TestNodes::new(&env);
+    let pool = unique("bench");
+    let names: Vec<String> = (0..count).map(|i| format!("{pool}-{i}")).collect();
+    for name in &names {
+        nodes
+            .create(name, json!({"gitops.e2e/pool": pool}), json!([]))
+            .await;
+    }
+    let secret = "bench-s3cret";
+    webhook_secret(&env, secret).await;
+    let (addr, server) = serve_hooks(&env).await;
+    let repo = Repo::new();
+    let version = |v: &str| {
+        node_config(
+            "pool",
+            json!({"nodeSelector": {"matchLabels": {"gitops.e2e/pool": pool}}}),
+            json!({"gitops.e2e/version": v}),
+            json!([]),
+        )
+    };
+    let first = repo.commit(&[("pool.yaml", Some(&version("1")))], "v1");
+    create_gitsync(
+        &env,
+        "nodes",
+        json!({"url": repo.url(), "interval": "1h", "webhookSecretRef": {"name": "hook"}}),
+    )
+    .await;
+    wait_applied(&env, "nodes", &first).await;
+    assert_eq!(node_writes(&env), count as f64, "one write per node for v1");
+
+    let api: Api<Node> = Api::all(env.client.clone());
+    let selector = |v: &str| {
+        kube::api::ListParams::default()
+            .labels(&format!("gitops.e2e/pool={pool},gitops.e2e/version={v}"))
+    };
+    let second = repo.commit(&[("pool.yaml", Some(&version("2")))], "v2");
+    let path = format!("/hooks/git/{}/nodes", env.namespace);
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signature = format!("sha256={}", sign(secret.as_bytes(), body));
+    let sent = Instant::now();
+    assert_eq!(
+        post(
+            addr,
+            &path,
+            &[("X-Hub-Signature-256", signature.clone())],
+            body
+        )
+        .await,
+        202
+    );
+    wait_for(
+        "every node at version 2",
+        || async {
+            api.list(&selector("2"))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0)
+        },
+        |n| *n == count,
+    )
+    .await;
+    let applied = sent.elapsed();
+    wait_applied(&env, "nodes", &second).await;
+    assert_eq!(
+        node_writes(&env),
+        2.0 * count as f64,
+        "exactly one write per changed node"
+    );
+
+    let syncs = metric(&env, "streamspace_gitops_sync_duration_seconds_count");
+    let sent = Instant::now();
+    assert_eq!(
+        post(addr, &path, &[("X-Hub-Signature-256", signature)], body).await,
+        202
+    );
+    wait_for(
+        "the no-op sync",
+        || async { metric(&env, "streamspace_gitops_sync_duration_seconds_count") },
+        |n| *n > syncs,
+    )
+    .await;
+    let no_op = sent.elapsed();
+    assert_eq!(
+        node_writes(&env),
+        2.0 * count as f64,
+        "a no-op sync writes nothing"
+    );
+    eprintln!(
+        "gitops bench: {count} nodes; webhook to all labels applied {applied:?}; \
+         no-op sync {no_op:?}; node writes {}; conflicts retried {}",
+        node_writes(&env),
+        metric(&env, "streamspace_gitops_node_conflicts_total")
+    );
+    server.abort();
     nodes.cleanup().await;
     env.cleanup().await;
 }
