@@ -933,7 +933,16 @@ async fn gitops_one_write_per_changed_node_and_none_for_a_no_op_sync() {
         "exactly one write per changed node"
     );
 
-    let syncs = metric(&env, "streamspace_gitops_sync_duration_seconds_count");
+    // Let the node events of our own writes settle, so the next sync is the webhook's.
+    let mut syncs = metric(&env, "streamspace_gitops_sync_duration_seconds_count");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = metric(&env, "streamspace_gitops_sync_duration_seconds_count");
+        if now == syncs {
+            break;
+        }
+        syncs = now;
+    }
     let sent = Instant::now();
     assert_eq!(
         post(addr, &path, &[("X-Hub-Signature-256", signature)], body).await,
