@@ -105,6 +105,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validate_exits_non_zero_on_an_invalid_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: a}\nspec: {nodeName: node-a}\n",
+        )
+        .expect("write");
+        let args = |overlay: Option<&str>| ValidateArgs {
+            dir: dir.path().to_path_buf(),
+            overlay: overlay.map(str::to_string),
+        };
+        assert_eq!(validate(&args(None)), 0);
+        assert_eq!(validate(&args(Some("missing"))), 1);
+        std::fs::write(dir.path().join("b.yaml"), "kind: NodeConfig\n").expect("write");
+        assert_eq!(validate(&args(None)), 1);
+    }
+
+    #[test]
     fn the_example_repository_validates_with_and_without_its_overlay() {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/gitops");
         let base = load(&dir, None).expect("example is valid");

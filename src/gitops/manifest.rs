@@ -66,6 +66,8 @@ pub enum ManifestError {
         name: String,
         first: Origin,
     },
+    #[error("no YAML files below {dir:?}: refusing to treat a wrong path as \"remove everything\"")]
+    NoFiles { dir: String },
     #[error("overlay {name:?} does not exist (no YAML files in {dir})")]
     OverlayMissing { name: String, dir: String },
     #[error("{origin}: {reason}")]
@@ -82,6 +84,7 @@ impl ManifestError {
             ManifestError::Invalid { .. } => "schema",
             ManifestError::Duplicate { .. } => "duplicate",
             ManifestError::OverlayMissing { .. } => "overlay_missing",
+            ManifestError::NoFiles { .. } => "no_files",
             ManifestError::Overlay { .. } => "overlay",
         }
     }
@@ -96,7 +99,7 @@ impl ManifestError {
             | ManifestError::Invalid { origin, .. }
             | ManifestError::Duplicate { origin, .. }
             | ManifestError::Overlay { origin, .. } => Some(origin),
-            ManifestError::OverlayMissing { .. } => None,
+            ManifestError::OverlayMissing { .. } | ManifestError::NoFiles { .. } => None,
         }
     }
 }
@@ -191,9 +194,23 @@ pub fn load(
     let overlays_prefix = format!("{prefix}{OVERLAYS_DIR}/");
     let mut errors = Vec::new();
     let mut documents = Vec::new();
-    for file in files.iter().filter(|f| {
-        is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
-    }) {
+    let sources: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| {
+            is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
+        })
+        .collect();
+    if sources.is_empty() {
+        // A file with only comments is a deliberate "nothing"; no file at all is a wrong path.
+        errors.push(ManifestError::NoFiles {
+            dir: if base.is_empty() {
+                "/".into()
+            } else {
+                base.to_string()
+            },
+        });
+    }
+    for file in sources {
         let (found, mut problems) = read_documents(file);
         documents.extend(found);
         errors.append(&mut problems);
@@ -576,6 +593,20 @@ spec:
         let errors = load(&[file("bad.yaml", content)], "", None).expect_err("invalid");
         let labels: Vec<&str> = errors.iter().map(ManifestError::metric_label).collect();
         assert_eq!(labels, ["not_a_document", "schema"]);
+    }
+
+    #[test]
+    fn a_path_without_files_is_rejected_but_an_empty_file_is_not() {
+        let errors =
+            load(&[file("other/a.yaml", GOOD)], "clusters/prod", None).expect_err("wrong path");
+        assert_eq!(errors[0].metric_label(), "no_files");
+        let empty = load(
+            &[file("clusters/prod/a.yaml", "# nothing yet\n")],
+            "clusters/prod",
+            None,
+        )
+        .expect("an empty file is a valid, empty repository");
+        assert!(empty.node_configs.is_empty());
     }
 
     #[test]
