@@ -306,6 +306,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_silent_server_times_out() {
+        // A server that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let cache = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let error = fetch(FetchRequest {
+            url: format!("git://{addr}/repo.git"),
+            branch: "main".into(),
+            dir: cache.path().join("x"),
+            credentials: None,
+            timeout: Duration::from_millis(500),
+        })
+        .await
+        .expect_err("no answer");
+        assert_eq!(error.metric_label(), "git_timeout", "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn a_missing_branch_or_repository_is_an_error() {
         let origin_dir = tempfile::tempdir().expect("tempdir");
         let cache = tempfile::tempdir().expect("tempdir");
