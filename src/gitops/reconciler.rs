@@ -108,6 +108,8 @@ fn is_conflict(error: &kube::Error) -> bool {
 struct Memory {
     generation: Option<i64>,
     fetched_at: Instant,
+    /// Why the last fetch failed; cleared by the next successful fetch.
+    fetch_error: Option<String>,
     /// The commit in force and its documents.
     good: Option<(String, Arc<Desired>)>,
 }
@@ -260,18 +262,26 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     };
     let mut status = current.clone();
     status.observed_generation = generation;
-    let mut memory = match (due, remembered) {
-        (false, Some(m)) => m,
+    // A failed fetch is reported and retried with backoff, but the commit in force is still
+    // applied, so drift is corrected while the repository is unreachable.
+    let (mut memory, fetch_failure) = match (due, remembered) {
+        (false, Some(m)) => (m, None),
         (_, remembered) => {
             fetch_and_load(&ctx, &sync, &namespace, &id, remembered, &mut status).await?
         }
     };
     memory.generation = generation;
     let Some((commit, desired)) = memory.good.clone() else {
-        // Nothing valid yet: the rejection is in status already.
+        // Nothing valid yet: the rejection or the fetch error is in status.
+        if let Some(message) = &memory.fetch_error {
+            set_condition(&mut status, "Ready", false, "FetchFailed", message);
+        }
         remember(&ctx, &id, memory.clone());
         write_status(&ctx, &sync, &namespace, &current, status).await?;
-        return Ok(Action::requeue(interval));
+        return match fetch_failure {
+            Some(error) => Err(error),
+            None => Ok(Action::requeue(interval)),
+        };
     };
     let plan = match plan_against_cache(&ctx, &id, &desired, sync.spec.prune) {
         Ok(plan) => plan,
@@ -318,8 +328,12 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         .collect();
     status.unmatched = plan.unmatched.clone();
     let short = commit.get(..12).unwrap_or(&commit);
-    match &status.rejected {
-        Some(rejection) => {
+    match (&memory.fetch_error, &status.rejected) {
+        (Some(error), _) => {
+            let message = format!("commit {short} in force; fetching failed: {error}");
+            set_condition(&mut status, "Ready", false, "FetchFailed", &message);
+        }
+        (None, Some(rejection)) => {
             let message = format!(
                 "commit {short} in force; newer commit rejected: {}",
                 rejection.reason
@@ -327,7 +341,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             set_condition(&mut status, "Ready", false, "CommitRejected", &message);
             set_condition(&mut status, "Stalled", true, "CommitRejected", &message);
         }
-        None => {
+        (None, None) => {
             let message = format!("applied commit {short}");
             set_condition(&mut status, "Ready", true, "Synced", &message);
             remove_condition(&mut status, "Stalled");
@@ -354,6 +368,9 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         .gitops
         .sync_duration
         .observe(started.elapsed().as_secs_f64());
+    if let Some(error) = fetch_failure {
+        return Err(error);
+    }
     ctx.backoff.succeeded(&id);
     Ok(Action::requeue(
         interval
@@ -391,23 +408,37 @@ async fn fetch_and_load(
     id: &str,
     remembered: Option<Memory>,
     status: &mut GitSyncStatus,
-) -> Result<Memory, Error> {
+) -> Result<(Memory, Option<Error>), Error> {
     let dir = repo::cache_dir(&ctx.settings.cache_dir, id, &sync.spec.url);
-    let request = FetchRequest {
-        url: sync.spec.url.clone(),
-        branch: sync.spec.branch.clone(),
-        dir: dir.clone(),
-        credentials: credentials(ctx, sync, namespace).await?,
-        timeout: ctx.settings.fetch_timeout,
+    let fetched = match credentials(ctx, sync, namespace).await {
+        Ok(credentials) => repo::fetch(FetchRequest {
+            url: sync.spec.url.clone(),
+            branch: sync.spec.branch.clone(),
+            dir: dir.clone(),
+            credentials,
+            timeout: ctx.settings.fetch_timeout,
+        })
+        .await
+        .map_err(Error::from),
+        Err(error) => Err(error),
     };
-    let commit = match repo::fetch(request).await {
+    let commit = match fetched {
         Ok(commit) => commit,
         Err(error) => {
-            let message = error.to_string();
-            set_condition(status, "Ready", false, "FetchFailed", &message);
-            let current = sync.status.clone().unwrap_or_default();
-            write_status(ctx, sync, namespace, &current, status.clone()).await?;
-            return Err(error.into());
+            let mut good = remembered.and_then(|m| m.good);
+            if good.is_none()
+                && let Some(previous) = status.last_applied_commit.clone()
+                && let Ok(Ok(desired)) = load(&dir, &previous, sync).await
+            {
+                good = Some((previous, Arc::new(desired)));
+            }
+            let memory = Memory {
+                generation: sync.meta().generation,
+                fetched_at: Instant::now(),
+                fetch_error: Some(error.to_string()),
+                good,
+            };
+            return Ok((memory, Some(error)));
         }
     };
     if status.last_fetched_commit.as_deref() != Some(commit.as_str()) {
@@ -451,11 +482,13 @@ async fn fetch_and_load(
             }
         }
     }
-    Ok(Memory {
+    let memory = Memory {
         generation: sync.meta().generation,
         fetched_at: Instant::now(),
+        fetch_error: None,
         good,
-    })
+    };
+    Ok((memory, None))
 }
 
 async fn load(

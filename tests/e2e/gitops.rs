@@ -970,3 +970,64 @@ async fn gitops_one_write_per_changed_node_and_none_for_a_no_op_sync() {
     nodes.cleanup().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn gitops_unreachable_repository_is_reported_and_the_commit_in_force_still_holds() {
+    let env = TestEnv::new("gitops-unreachable").await;
+    let mut nodes = TestNodes::new(&env);
+    let node = unique("unreachable");
+    nodes.create(&node, json!({}), json!([])).await;
+    let repo = Repo::new();
+    let wanted = node_config(
+        "u",
+        json!({"nodeName": node}),
+        json!({"gitops.e2e/zone": "a"}),
+        json!([]),
+    );
+    let first = repo.commit(&[("u.yaml", Some(&wanted))], "first");
+    let moved = tempfile::tempdir().expect("tempdir");
+    let url = repo.url();
+    create_gitsync(&env, "nodes", json!({"url": url, "interval": "1s"})).await;
+    wait_applied(&env, "nodes", &first).await;
+
+    // The repository disappears: the fetch fails, status says so, nothing is undone.
+    let gone = moved.path().join("repo");
+    std::fs::rename(repo.dir.path(), &gone).expect("move the repository away");
+    let status = wait_for(
+        "Ready=False FetchFailed",
+        || sync_status(&env, "nodes"),
+        |s| ready(s).is_some_and(|(_, reason)| reason == "FetchFailed"),
+    )
+    .await;
+    assert_eq!(status.last_applied_commit.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        labels(&nodes.get(&node).await)
+            .get("gitops.e2e/zone")
+            .map(String::as_str),
+        Some("a")
+    );
+    // Drift is still corrected from the commit in force.
+    nodes
+        .api
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"gitops.e2e/zone": "hacked"}}})),
+        )
+        .await
+        .expect("manual edit");
+    wait_node(&nodes, &node, "label restored during the outage", |n| {
+        labels(n).get("gitops.e2e/zone").map(String::as_str) == Some("a")
+    })
+    .await;
+    // The repository comes back: Ready again.
+    std::fs::rename(&gone, repo.dir.path()).expect("move the repository back");
+    wait_for(
+        "Ready=True again",
+        || sync_status(&env, "nodes"),
+        |s| ready(s) == Some(("True".into(), "Synced".into())),
+    )
+    .await;
+    nodes.cleanup().await;
+    env.cleanup().await;
+}
