@@ -51,6 +51,9 @@ pub struct ControllerSettings {
     /// and only the wake-requested annotation wakes sessions).
     #[arg(long, env = "CONNECTION_EVENT_TOKEN", hide_env_values = true)]
     connection_event_token: Option<String>,
+    /// Directory of the GitSync repository clones.
+    #[arg(long, env = "GIT_CACHE_DIR")]
+    git_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl ControllerSettings {
@@ -88,6 +91,12 @@ impl ControllerSettings {
                 max_duration_action: self.max_duration_action,
             },
             connection_event_token: token,
+            gitops: crate::gitops::reconciler::GitopsSettings {
+                cache_dir: self.git_cache_dir.clone().unwrap_or_else(|| {
+                    crate::gitops::reconciler::GitopsSettings::default().cache_dir
+                }),
+                ..Default::default()
+            },
         })
     }
 }

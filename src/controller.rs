@@ -47,6 +47,7 @@ pub struct Config {
     /// Bearer token of `POST /events/connection`; `None` refuses every event (the
     /// `wake-requested` annotation still wakes sessions).
     pub connection_event_token: Option<String>,
+    pub gitops: crate::gitops::reconciler::GitopsSettings,
 }
 
 impl Default for Config {
@@ -58,6 +59,7 @@ impl Default for Config {
             node_operations: NodeOperationSettings::default(),
             idle: IdleSettings::default(),
             connection_event_token: None,
+            gitops: Default::default(),
         }
     }
 }
@@ -153,6 +155,10 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
         .list(&probe)
         .await
         .map_err(|e| StartError::CrdMissing("templates.stream.space", e))?;
+    Api::<crate::crd::GitSync>::all(client.clone())
+        .list(&probe)
+        .await
+        .map_err(|e| StartError::CrdMissing("gitsyncs.stream.space", e))?;
     Ok(())
 }
 
@@ -378,10 +384,19 @@ pub async fn run(
     )
     .for_each(|_| future::ready(()));
 
+    let (gitsyncs, gitops_ready) = crate::gitops::reconciler::controller(
+        client.clone(),
+        ns,
+        config.gitops.clone(),
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    );
+
     let ready = async {
         let loaded = stores.wait_until_ready().await.is_ok()
             && session_store.wait_until_ready().await.is_ok()
-            && (!nodeops_enabled || nodeop_store.wait_until_ready().await.is_ok());
+            && (!nodeops_enabled || nodeop_store.wait_until_ready().await.is_ok())
+            && gitops_ready.await;
         if loaded {
             let _ = loaded_tx.send(true);
             readiness.set();
@@ -389,14 +404,14 @@ pub async fn run(
         }
     };
     info!(namespace = ns.unwrap_or("<all>"), "controller started");
-    future::join5(
+    tokio::join!(
         sessions,
         templates_controller,
         node_operations,
         idle_controller,
+        gitsyncs,
         ready,
-    )
-    .await;
+    );
     info!("controller stopped");
     Ok(())
 }

@@ -118,7 +118,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = crate::http::router(metrics.clone(), readiness.clone(), Some(events));
+    let router = crate::http::router(metrics.clone(), readiness.clone(), Some(events)).merge(
+        crate::gitops::webhook::router(
+            client.clone(),
+            config.gitops.triggers.clone(),
+            metrics.clone(),
+        ),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

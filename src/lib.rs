@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod dev;
 pub mod devcluster;
+pub mod gitops;
 pub mod http;
 pub mod idle;
 pub mod metrics;

@@ -11,7 +11,7 @@ use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
 use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::{admission, api, crd, dev, http, telemetry};
+use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version, about)]
@@ -33,6 +33,10 @@ enum Command {
     Crds,
     /// Start a local control plane with examples, a node simulator and the controller.
     Dev(dev::DevArgs),
+    /// Check a GitOps directory: schemas and overlays; non-zero exit with file:line reasons.
+    Validate(gitops::cli::ValidateArgs),
+    /// Show the node changes a GitSync of a directory would make.
+    Plan(gitops::cli::PlanArgs),
 }
 
 #[derive(Args)]
@@ -90,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Validate(args) => std::process::exit(gitops::cli::validate(&args)),
+        Command::Plan(args) => std::process::exit(gitops::cli::plan(&args).await?),
     }
 }
 
@@ -105,7 +111,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = http::router(metrics.clone(), readiness.clone(), Some(events));
+    let router = http::router(metrics.clone(), readiness.clone(), Some(events)).merge(
+        gitops::webhook::router(
+            client.clone(),
+            config.gitops.triggers.clone(),
+            metrics.clone(),
+        ),
+    );
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
     let webhook = match args.webhooks.to_config(config.namespace.clone()) {
         Some(webhook_config) => Some(

@@ -395,6 +395,7 @@ pub struct Metrics {
     pub admission: AdmissionMetrics,
     pub idle: IdleMetrics,
     pub api: ApiMetrics,
+    pub gitops: crate::gitops::metrics::GitopsMetrics,
 }
 
 impl Default for Metrics {
@@ -407,6 +408,9 @@ impl Default for Metrics {
         let admission = AdmissionMetrics::register(registry.sub_registry_with_prefix("admission"));
         let idle = IdleMetrics::register(registry.sub_registry_with_prefix("idle"));
         let api = ApiMetrics::register(registry.sub_registry_with_prefix("api"));
+        let gitops = crate::gitops::metrics::GitopsMetrics::register(
+            registry.sub_registry_with_prefix("gitops"),
+        );
         Metrics {
             registry,
             reconcilers,
@@ -414,6 +418,7 @@ impl Default for Metrics {
             admission,
             idle,
             api,
+            gitops,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Custom resource types of group `stream.space`, version `v1alpha1`.
 
 pub mod common;
+pub mod gitsync;
 pub mod install;
 pub mod node_operation;
 pub mod quota_policy;
@@ -11,6 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{Condition, ResourceSpec};
+pub use gitsync::{GitSync, GitSyncSpec, GitSyncStatus};
 pub use node_operation::{
     NodeOperation, NodeOperationPhase, NodeOperationSpec, NodeOperationStatus,
 };
@@ -28,6 +30,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Template::crd(),
         NodeOperation::crd(),
         QuotaPolicy::crd(),
+        GitSync::crd(),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests against a real control plane (see `support`).
 
 mod admission;
+mod gitops;
 mod idle;
 mod nodeop;
 mod session_lifecycle;

@@ -115,6 +115,8 @@ pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
     pub controller: Option<RunningController>,
+    /// GitOps settings of the controllers this env starts (triggers shared across restarts).
+    pub gitops: streamspace_controller::gitops::reconciler::GitopsSettings,
 }
 
 pub struct RunningController {
@@ -180,6 +182,7 @@ impl TestEnv {
             client,
             namespace,
             controller: None,
+            gitops: Default::default(),
         }
     }
 
@@ -213,6 +216,7 @@ impl TestEnv {
                 ),
                 ..controller::NodeOperationSettings::default()
             },
+            gitops: self.gitops.clone(),
             ..controller::Config::default()
         };
         customise(&mut config);

@@ -1,0 +1,618 @@
+//! The repository format: YAML files holding documents (several per file, separated by `---`),
+//! each validated against the JSON Schema of its kind, then turned into typed documents.
+//!
+//! Data model: a [`SourceFile`] is a path (relative to the repository root) and its text, read
+//! either from a directory (`validate`, `plan`) or from the tree of one commit (the sync).
+//! [`load`] reads every `*.yaml`/`*.yml` below the sync path except `overlays/`, applies the
+//! chosen overlay (`overlay`), validates and returns the [`Desired`] state, or every problem
+//! found with its file and line. Adding a kind is one arm in [`parse_document`] plus its schema.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::overlay;
+use super::schema::Schema;
+
+/// API version every document must carry.
+pub const API_VERSION: &str = "stream.space/v1alpha1";
+/// Directory (below the sync path) that holds one sub-directory per overlay.
+pub const OVERLAYS_DIR: &str = "overlays";
+
+/// One file of the repository, path relative to the repository root with `/` separators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub content: String,
+}
+
+/// Where a document starts: `file:line`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Why a commit (or a directory) is rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{origin}: not valid YAML: {message}")]
+    Yaml { origin: Origin, message: String },
+    #[error("{origin}: a document must be a mapping with apiVersion, kind and metadata.name")]
+    NotADocument { origin: Origin },
+    #[error("{origin}: apiVersion must be {API_VERSION}, found {found:?}")]
+    ApiVersion { origin: Origin, found: String },
+    #[error("{origin}: unknown kind {kind:?} (supported: {})", SUPPORTED_KINDS.join(", "))]
+    UnknownKind { origin: Origin, kind: String },
+    #[error("{origin}: {kind} {name:?} is invalid: {reason}")]
+    Invalid {
+        origin: Origin,
+        kind: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{origin}: {kind} {name:?} is declared twice (first at {first})")]
+    Duplicate {
+        origin: Origin,
+        kind: String,
+        name: String,
+        first: Origin,
+    },
+    #[error("no YAML files below {dir:?}: refusing to treat a wrong path as \"remove everything\"")]
+    NoFiles { dir: String },
+    #[error("overlay {name:?} does not exist (no YAML files in {dir})")]
+    OverlayMissing { name: String, dir: String },
+    #[error("{origin}: {reason}")]
+    Overlay { origin: Origin, reason: String },
+}
+
+impl ManifestError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ManifestError::Yaml { .. } => "yaml",
+            ManifestError::NotADocument { .. } => "not_a_document",
+            ManifestError::ApiVersion { .. } => "api_version",
+            ManifestError::UnknownKind { .. } => "unknown_kind",
+            ManifestError::Invalid { .. } => "schema",
+            ManifestError::Duplicate { .. } => "duplicate",
+            ManifestError::OverlayMissing { .. } => "overlay_missing",
+            ManifestError::NoFiles { .. } => "no_files",
+            ManifestError::Overlay { .. } => "overlay",
+        }
+    }
+
+    /// `file:line` of the problem, when it is in one file.
+    pub fn location(&self) -> Option<&Origin> {
+        match self {
+            ManifestError::Yaml { origin, .. }
+            | ManifestError::NotADocument { origin }
+            | ManifestError::ApiVersion { origin, .. }
+            | ManifestError::UnknownKind { origin, .. }
+            | ManifestError::Invalid { origin, .. }
+            | ManifestError::Duplicate { origin, .. }
+            | ManifestError::Overlay { origin, .. } => Some(origin),
+            ManifestError::OverlayMissing { .. } | ManifestError::NoFiles { .. } => None,
+        }
+    }
+}
+
+/// Kinds a repository may hold in this version.
+pub const SUPPORTED_KINDS: &[&str] = &[NODE_CONFIG];
+pub const NODE_CONFIG: &str = "NodeConfig";
+
+static NODE_CONFIG_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/nodeconfig.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Schema::compile(&value).map_err(|e| e.to_string())
+});
+
+/// A taint wanted on a node; identified by `key` and `effect`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+impl Taint {
+    /// The identity of a taint: `key:Effect`.
+    pub fn id(&self) -> String {
+        taint_id(&self.key, &self.effect)
+    }
+}
+
+pub fn taint_id(key: &str, effect: &str) -> String {
+    format!("{key}:{effect}")
+}
+
+/// Which nodes a NodeConfig configures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeTarget {
+    Name(String),
+    /// Every node whose labels include all of these.
+    Selector(BTreeMap<String, String>),
+}
+
+impl NodeTarget {
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            NodeTarget::Name(wanted) => wanted == name,
+            NodeTarget::Selector(selector) => selector
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value)),
+        }
+    }
+}
+
+/// A validated `NodeConfig` document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub origin: Origin,
+    pub target: NodeTarget,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+}
+
+/// Everything a repository declares, after overlays and validation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub node_configs: Vec<NodeConfig>,
+}
+
+/// A document before validation: its origin, kind, name and raw value.
+#[derive(Clone, Debug)]
+pub struct RawDocument {
+    pub origin: Origin,
+    pub kind: String,
+    pub name: String,
+    pub value: Value,
+}
+
+/// Loads every document below `base` (a directory relative to the repository root, empty for
+/// the root), applies `overlay` and validates the result.
+pub fn load(
+    files: &[SourceFile],
+    base: &str,
+    overlay: Option<&str>,
+) -> Result<Desired, Vec<ManifestError>> {
+    let base = base.trim_matches('/');
+    let prefix = if base.is_empty() {
+        String::new()
+    } else {
+        format!("{base}/")
+    };
+    let overlays_prefix = format!("{prefix}{OVERLAYS_DIR}/");
+    let mut errors = Vec::new();
+    let mut documents = Vec::new();
+    let sources: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| {
+            is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
+        })
+        .collect();
+    if sources.is_empty() {
+        // A file with only comments is a deliberate "nothing"; no file at all is a wrong path.
+        errors.push(ManifestError::NoFiles {
+            dir: if base.is_empty() {
+                "/".into()
+            } else {
+                base.to_string()
+            },
+        });
+    }
+    for file in sources {
+        let (found, mut problems) = read_documents(file);
+        documents.extend(found);
+        errors.append(&mut problems);
+    }
+    if let Some(name) = overlay {
+        let dir = format!("{overlays_prefix}{name}/");
+        let patches: Vec<&SourceFile> = files
+            .iter()
+            .filter(|f| is_yaml(&f.path) && f.path.starts_with(&dir))
+            .collect();
+        if patches.is_empty() {
+            errors.push(ManifestError::OverlayMissing {
+                name: name.to_string(),
+                dir,
+            });
+        }
+        for file in patches {
+            if let Err(mut found) = overlay::apply_file(file, &mut documents) {
+                errors.append(&mut found);
+            }
+        }
+    }
+    let mut desired = Desired::default();
+    let mut seen: HashMap<(String, String), Origin> = HashMap::new();
+    for document in documents {
+        let key = (document.kind.clone(), document.name.clone());
+        if let Some(first) = seen.get(&key) {
+            errors.push(ManifestError::Duplicate {
+                origin: document.origin.clone(),
+                kind: document.kind.clone(),
+                name: document.name.clone(),
+                first: first.clone(),
+            });
+            continue;
+        }
+        seen.insert(key, document.origin.clone());
+        if let Err(error) = parse_document(document, &mut desired) {
+            errors.push(error);
+        }
+    }
+    if errors.is_empty() {
+        desired.node_configs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(desired)
+    } else {
+        Err(errors)
+    }
+}
+
+fn is_yaml(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
+}
+
+/// Validates one document against its kind's schema and adds it to `desired`.
+fn parse_document(document: RawDocument, desired: &mut Desired) -> Result<(), ManifestError> {
+    match document.kind.as_str() {
+        NODE_CONFIG => {
+            let config = parse_node_config(&document)?;
+            desired.node_configs.push(config);
+            Ok(())
+        }
+        // QuotaPolicy, FeatureFlag and NodeOperation will each be one arm here.
+        _ => Err(ManifestError::UnknownKind {
+            origin: document.origin,
+            kind: document.kind,
+        }),
+    }
+}
+
+fn invalid(document: &RawDocument, reason: String) -> ManifestError {
+    ManifestError::Invalid {
+        origin: document.origin.clone(),
+        kind: document.kind.clone(),
+        name: document.name.clone(),
+        reason,
+    }
+}
+
+fn parse_node_config(document: &RawDocument) -> Result<NodeConfig, ManifestError> {
+    let schema = NODE_CONFIG_SCHEMA
+        .as_ref()
+        .map_err(|e| invalid(document, format!("the NodeConfig schema is broken: {e}")))?;
+    let violations = schema.validate(&document.value);
+    if !violations.is_empty() {
+        let reasons: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        return Err(invalid(document, reasons.join("; ")));
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        node_name: Option<String>,
+        node_selector: Option<Selector>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        taints: Vec<Taint>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Selector {
+        match_labels: BTreeMap<String, String>,
+    }
+    let spec: Spec = serde_json::from_value(document.value["spec"].clone())
+        .map_err(|e| invalid(document, e.to_string()))?;
+    let target = match (spec.node_name, spec.node_selector) {
+        (Some(name), None) => NodeTarget::Name(name),
+        (None, Some(selector)) => NodeTarget::Selector(selector.match_labels),
+        _ => return Err(invalid(document, "needs nodeName or nodeSelector".into())),
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for taint in &spec.taints {
+        if !ids.insert(taint.id()) {
+            return Err(invalid(
+                document,
+                format!("taint {} is listed twice", taint.id()),
+            ));
+        }
+    }
+    Ok(NodeConfig {
+        name: document.name.clone(),
+        origin: document.origin.clone(),
+        target,
+        labels: spec.labels,
+        taints: spec.taints,
+    })
+}
+
+/// Splits a file into its YAML documents, each with the line it starts on.
+pub fn split_documents(content: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (index, line) in content.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            out.push((start, std::mem::take(&mut current)));
+            start = index + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    out.push((start, current));
+    out.into_iter()
+        .filter(|(_, text)| {
+            text.lines().any(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with('#')
+            })
+        })
+        .map(|(start, text)| {
+            // Report the first line with content, not the comment block before it.
+            let skip = text
+                .lines()
+                .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
+                .count();
+            (start + skip, text)
+        })
+        .collect()
+}
+
+/// Parses every document of `file` into a [`RawDocument`], and lists the ones that are not.
+pub fn read_documents(file: &SourceFile) -> (Vec<RawDocument>, Vec<ManifestError>) {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for (line, text) in split_documents(&file.content) {
+        let origin = Origin {
+            file: file.path.clone(),
+            line,
+        };
+        let value: Value = match serde_saphyr::from_str(&text) {
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(ManifestError::Yaml {
+                    origin,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let kind = value.get("kind").and_then(Value::as_str);
+        let name = value.pointer("/metadata/name").and_then(Value::as_str);
+        let (Some(kind), Some(name)) = (kind, name) else {
+            errors.push(ManifestError::NotADocument { origin });
+            continue;
+        };
+        let api_version = value.get("apiVersion").and_then(Value::as_str);
+        if api_version != Some(API_VERSION) {
+            errors.push(ManifestError::ApiVersion {
+                origin,
+                found: api_version.unwrap_or_default().to_string(),
+            });
+            continue;
+        }
+        documents.push(RawDocument {
+            origin,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            value,
+        });
+    }
+    (documents, errors)
+}
+
+/// Reads every YAML file below `dir` (for `validate` and `plan`), paths relative to `dir`.
+pub fn read_dir(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                if entry.file_name() != ".git" {
+                    pending.push(path);
+                }
+                continue;
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            if is_yaml(&relative) {
+                files.push(SourceFile {
+                    path: relative,
+                    content: std::fs::read_to_string(&path)?,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn file(path: &str, content: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            content: content.into(),
+        }
+    }
+
+    const GOOD: &str = "\
+# yaml-language-server: $schema=../manifests-schema/nodeconfig.schema.json
+apiVersion: stream.space/v1alpha1
+kind: NodeConfig
+metadata:
+  name: gpu
+spec:
+  nodeSelector:
+    matchLabels: {pool: gpu}
+  labels:
+    example.com/tier: gold
+  taints:
+    - {key: gpu, value: \"true\", effect: NoSchedule}
+---
+apiVersion: stream.space/v1alpha1
+kind: NodeConfig
+metadata:
+  name: one
+spec:
+  nodeName: node-1
+  labels: {zone: a}
+";
+
+    #[test]
+    fn several_documents_per_file_with_their_lines() {
+        let desired = load(&[file("nodes.yaml", GOOD)], "", None).expect("valid");
+        assert_eq!(desired.node_configs.len(), 2);
+        let gpu = &desired.node_configs[0];
+        assert_eq!(gpu.name, "gpu");
+        assert_eq!(gpu.origin.line, 2);
+        assert_eq!(
+            gpu.target,
+            NodeTarget::Selector(BTreeMap::from([("pool".into(), "gpu".into())]))
+        );
+        assert_eq!(gpu.taints[0].id(), "gpu:NoSchedule");
+        assert_eq!(desired.node_configs[1].origin.line, 14);
+        assert_eq!(
+            desired.node_configs[1].target,
+            NodeTarget::Name("node-1".into())
+        );
+    }
+
+    #[test]
+    fn table_of_rejected_documents() {
+        let header = "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: x}\n";
+        let cases = [
+            ("a: [unclosed\n".to_string(), "yaml"),
+            ("- just\n- a list\n".to_string(), "not_a_document"),
+            (
+                "apiVersion: v1\nkind: NodeConfig\nmetadata: {name: x}\nspec: {}\n".into(),
+                "api_version",
+            ),
+            (
+                "apiVersion: stream.space/v1alpha1\nkind: Mystery\nmetadata: {name: x}\n".into(),
+                "unknown_kind",
+            ),
+            (format!("{header}spec: {{labels: {{a: b}}}}\n"), "schema"),
+            (
+                format!(
+                    "{header}spec: {{nodeName: node-a, nodeSelector: {{matchLabels: {{a: b}}}}}}\n"
+                ),
+                "schema",
+            ),
+            (
+                format!("{header}spec: {{nodeName: node-a, labels: {{a: 3}}}}\n"),
+                "schema",
+            ),
+            (
+                format!("{header}spec: {{nodeName: node-a, labels: {{\"bad key!\": v}}}}\n"),
+                "schema",
+            ),
+            (
+                format!(
+                    "{header}spec: {{nodeName: node-a, taints: [{{key: k, effect: Sometimes}}]}}\n"
+                ),
+                "schema",
+            ),
+            (
+                format!(
+                    "{header}spec: {{nodeName: node-a, taints: [{{key: k, effect: NoSchedule}}, {{key: k, value: v, effect: NoSchedule}}]}}\n"
+                ),
+                "schema",
+            ),
+            (
+                format!("{header}spec: {{nodeName: node-a, colour: red}}\n"),
+                "schema",
+            ),
+            (
+                format!(
+                    "{header}spec: {{nodeName: node-a}}\n---\n{header}spec: {{nodeName: node-b}}\n"
+                ),
+                "duplicate",
+            ),
+        ];
+        for (content, label) in cases {
+            let errors = load(&[file("bad.yaml", &content)], "", None)
+                .expect_err(&format!("rejects {content}"));
+            assert_eq!(errors[0].metric_label(), label, "{content}: {errors:?}");
+            assert!(
+                errors[0].to_string().starts_with("bad.yaml:"),
+                "{}",
+                errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn schema_errors_name_the_field() {
+        let content = "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: x}\nspec:\n  nodeName: node-a\n  labels: {zone: 3}\n";
+        let errors = load(&[file("dir/bad.yaml", content)], "dir", None).expect_err("invalid");
+        assert_eq!(
+            errors[0].to_string(),
+            "dir/bad.yaml:1: NodeConfig \"x\" is invalid: /spec/labels/zone: expected string, found number"
+        );
+    }
+
+    #[test]
+    fn only_files_below_the_path_count_and_overlays_are_not_documents() {
+        let other = "kind: Whatever\n";
+        let files = [
+            file("clusters/prod/nodes.yaml", GOOD),
+            file("clusters/prod/README.md", other),
+            file("clusters/prod/overlays/x/p.yaml", other),
+            file("elsewhere/nodes.yaml", other),
+        ];
+        let desired = load(&files, "clusters/prod", None).expect("valid");
+        assert_eq!(desired.node_configs.len(), 2);
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported() {
+        let content = "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: x}\nspec: {nodeName: node-a, labels: {zone: 3}}\n---\nkind: Foo\n";
+        let errors = load(&[file("bad.yaml", content)], "", None).expect_err("invalid");
+        let labels: Vec<&str> = errors.iter().map(ManifestError::metric_label).collect();
+        assert_eq!(labels, ["not_a_document", "schema"]);
+    }
+
+    #[test]
+    fn a_path_without_files_is_rejected_but_an_empty_file_is_not() {
+        let errors =
+            load(&[file("other/a.yaml", GOOD)], "clusters/prod", None).expect_err("wrong path");
+        assert_eq!(errors[0].metric_label(), "no_files");
+        let empty = load(
+            &[file("clusters/prod/a.yaml", "# nothing yet\n")],
+            "clusters/prod",
+            None,
+        )
+        .expect("an empty file is a valid, empty repository");
+        assert!(empty.node_configs.is_empty());
+    }
+
+    #[test]
+    fn comment_only_documents_are_skipped() {
+        let docs = split_documents("# header\n---\n\n# note\nkind: A\n---\n");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].0, 5);
+    }
+}

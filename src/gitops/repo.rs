@@ -1,0 +1,367 @@
+//! Git access through libgit2: one bare clone per GitSync in a cache directory, fetched on every
+//! sync, and the files of one exact commit read straight from its tree (no work tree, so a
+//! half-finished checkout can never be read and two commits never mix).
+//!
+//! libgit2 blocks, so every call runs in `spawn_blocking` under a deadline: a tokio timeout
+//! bounds the wait, and the transfer callbacks abort the fetch itself once the deadline passed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use git2::{
+    CredentialType, FetchOptions, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult,
+};
+use sha2::{Digest, Sha256};
+
+use super::manifest::SourceFile;
+
+/// Longest a fetch may take before it is abandoned.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server connect and read timeouts of libgit2's transports, so a silent server cannot hang a
+/// blocking thread for ever.
+const SERVER_TIMEOUT_MS: i32 = 30_000;
+/// Attempts of the credentials callback: libgit2 asks again after each refused credential.
+const CREDENTIAL_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("git {action} failed: {source}")]
+    Git {
+        action: &'static str,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("git fetch did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("branch {0:?} does not exist in the repository")]
+    BranchMissing(String),
+    #[error("{0} is not UTF-8 text")]
+    NotText(String),
+    #[error("git task failed: {0}")]
+    Task(String),
+}
+
+impl RepoError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            RepoError::Git { source, .. } if source.class() == git2::ErrorClass::Ssh => "git_auth",
+            RepoError::Git { source, .. } if source.code() == git2::ErrorCode::Auth => "git_auth",
+            RepoError::Git { .. } => "git",
+            RepoError::Timeout(_) => "git_timeout",
+            RepoError::BranchMissing(_) => "git_branch_missing",
+            RepoError::NotText(_) => "git_not_text",
+            RepoError::Task(_) => "git_task",
+        }
+    }
+}
+
+fn git(action: &'static str) -> impl FnOnce(git2::Error) -> RepoError {
+    move |source| RepoError::Git { action, source }
+}
+
+/// Credentials read from the GitSync's Secret.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    /// HTTPS password or token.
+    pub password: Option<String>,
+    /// SSH private key (PEM or OpenSSH format).
+    pub ssh_key: Option<String>,
+    pub passphrase: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What to fetch, and where to keep the clone.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub url: String,
+    pub branch: String,
+    /// Directory of this repository's bare clone.
+    pub dir: PathBuf,
+    pub credentials: Option<Credentials>,
+    pub timeout: Duration,
+}
+
+/// The cache directory of one GitSync's clone: a new URL means a new clone.
+pub fn cache_dir(root: &Path, sync_id: &str, url: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{sync_id}\n{url}").as_bytes());
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    root.join(hex)
+}
+
+fn set_transport_timeouts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2 global options, set once before any transport is used.
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(SERVER_TIMEOUT_MS);
+        }
+    });
+}
+
+/// Fetches the branch and returns the commit it points at.
+pub async fn fetch(request: FetchRequest) -> Result<String, RepoError> {
+    let timeout = request.timeout;
+    let task = tokio::task::spawn_blocking(move || fetch_blocking(&request));
+    match tokio::time::timeout(timeout + Duration::from_secs(1), task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(RepoError::Task(join.to_string())),
+        Err(_) => Err(RepoError::Timeout(timeout)),
+    }
+}
+
+fn fetch_blocking(request: &FetchRequest) -> Result<String, RepoError> {
+    set_transport_timeouts();
+    let repo = match Repository::open_bare(&request.dir) {
+        Ok(repo) => repo,
+        Err(_) => {
+            std::fs::create_dir_all(&request.dir)
+                .map_err(|e| git("init")(git2::Error::from_str(&e.to_string())))?;
+            Repository::init_bare(&request.dir).map_err(git("init"))?
+        }
+    };
+    let deadline = Instant::now() + request.timeout;
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.transfer_progress(move |_| Instant::now() < deadline);
+    callbacks.sideband_progress(move |_| Instant::now() < deadline);
+    if let Some(credentials) = request.credentials.clone() {
+        let mut attempts = 0;
+        callbacks.credentials(move |_url, user_from_url, allowed| {
+            attempts += 1;
+            if attempts > CREDENTIAL_ATTEMPTS {
+                return Err(git2::Error::from_str("credentials were refused"));
+            }
+            credential(&credentials, user_from_url, allowed)
+        });
+    }
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    let tracking = format!("refs/remotes/origin/{}", request.branch);
+    let refspec = format!("+refs/heads/{}:{tracking}", request.branch);
+    let mut remote = repo.remote_anonymous(&request.url).map_err(git("remote"))?;
+    let fetched = remote.fetch(&[refspec.as_str()], Some(&mut options), None);
+    if let Err(source) = fetched {
+        if Instant::now() >= deadline {
+            return Err(RepoError::Timeout(request.timeout));
+        }
+        return Err(RepoError::Git {
+            action: "fetch",
+            source,
+        });
+    }
+    let oid = repo
+        .refname_to_id(&tracking)
+        .map_err(|_| RepoError::BranchMissing(request.branch.clone()))?;
+    Ok(oid.to_string())
+}
+
+fn credential(
+    credentials: &Credentials,
+    user_from_url: Option<&str>,
+    allowed: CredentialType,
+) -> Result<git2::Cred, git2::Error> {
+    let username = credentials
+        .username
+        .as_deref()
+        .or(user_from_url)
+        .unwrap_or("git");
+    if allowed.contains(CredentialType::USERNAME) {
+        return git2::Cred::username(username);
+    }
+    if allowed.contains(CredentialType::SSH_KEY)
+        && let Some(key) = &credentials.ssh_key
+    {
+        return git2::Cred::ssh_key_from_memory(
+            username,
+            None,
+            key,
+            credentials.passphrase.as_deref(),
+        );
+    }
+    if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+        && let Some(password) = &credentials.password
+    {
+        return git2::Cred::userpass_plaintext(username, password);
+    }
+    Err(git2::Error::from_str(
+        "the credentials Secret has nothing the server accepts (token/password for HTTPS, identity for SSH)",
+    ))
+}
+
+/// Reads every YAML file of `commit` in the clone at `dir`.
+pub async fn read_commit(dir: PathBuf, commit: String) -> Result<Vec<SourceFile>, RepoError> {
+    tokio::task::spawn_blocking(move || read_commit_blocking(&dir, &commit))
+        .await
+        .map_err(|e| RepoError::Task(e.to_string()))?
+}
+
+fn read_commit_blocking(dir: &Path, commit: &str) -> Result<Vec<SourceFile>, RepoError> {
+    let repo = Repository::open_bare(dir).map_err(git("open"))?;
+    let oid = git2::Oid::from_str(commit).map_err(git("parse commit id"))?;
+    let tree = repo
+        .find_commit(oid)
+        .and_then(|c| c.tree())
+        .map_err(git("read commit"))?;
+    let mut entries = Vec::new();
+    tree.walk(TreeWalkMode::PreOrder, |parent, entry| {
+        let name = entry.name().unwrap_or_default();
+        if entry.kind() == Some(git2::ObjectType::Blob)
+            && (name.ends_with(".yaml") || name.ends_with(".yml"))
+        {
+            entries.push((format!("{parent}{name}"), entry.id()));
+        }
+        TreeWalkResult::Ok
+    })
+    .map_err(git("walk tree"))?;
+    let mut files = Vec::new();
+    for (path, id) in entries {
+        let blob = repo.find_blob(id).map_err(git("read blob"))?;
+        let content = String::from_utf8(blob.content().to_vec())
+            .map_err(|_| RepoError::NotText(path.clone()))?;
+        files.push(SourceFile { path, content });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real repository on disk with one commit per call of `commit`.
+    fn commit(repo: &Repository, files: &[(&str, &str)], message: &str) -> String {
+        let workdir = repo.workdir().expect("non-bare test repo").to_path_buf();
+        let mut index = repo.index().expect("index");
+        for (path, content) in files {
+            let full = workdir.join(path);
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&full, content).expect("write");
+            index.add_path(Path::new(path)).expect("add");
+        }
+        index.write().expect("write index");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("tree");
+        let signature = git2::Signature::now("test", "test@example.com").expect("signature");
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(
+            Some("refs/heads/main"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .expect("commit")
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn fetches_each_new_commit_and_reads_exactly_its_files() {
+        let origin_dir = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let origin = Repository::init(origin_dir.path()).expect("init");
+        origin.set_head("refs/heads/main").expect("head");
+        let first = commit(&origin, &[("a.yaml", "one\n"), ("README.md", "x")], "first");
+        let request = FetchRequest {
+            url: format!("file://{}", origin_dir.path().display()),
+            branch: "main".into(),
+            dir: cache_dir(cache.path(), "ns/sync", "u"),
+            credentials: None,
+            timeout: FETCH_TIMEOUT,
+        };
+        assert_eq!(fetch(request.clone()).await.expect("fetch"), first);
+        let second = commit(
+            &origin,
+            &[("a.yaml", "two\n"), ("d/b.yml", "b\n")],
+            "second",
+        );
+        assert_eq!(fetch(request.clone()).await.expect("fetch"), second);
+        let old = read_commit(request.dir.clone(), first).await.expect("read");
+        assert_eq!(
+            old,
+            vec![SourceFile {
+                path: "a.yaml".into(),
+                content: "one\n".into()
+            }]
+        );
+        let new = read_commit(request.dir.clone(), second)
+            .await
+            .expect("read");
+        let paths: Vec<&str> = new.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a.yaml", "d/b.yml"]);
+        assert_eq!(new[0].content, "two\n");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        // A server that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let cache = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let error = fetch(FetchRequest {
+            url: format!("git://{addr}/repo.git"),
+            branch: "main".into(),
+            dir: cache.path().join("x"),
+            credentials: None,
+            timeout: Duration::from_millis(500),
+        })
+        .await
+        .expect_err("no answer");
+        assert_eq!(error.metric_label(), "git_timeout", "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_branch_or_repository_is_an_error() {
+        let origin_dir = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let origin = Repository::init(origin_dir.path()).expect("init");
+        origin.set_head("refs/heads/main").expect("head");
+        commit(&origin, &[("a.yaml", "one\n")], "first");
+        let request = FetchRequest {
+            url: format!("file://{}", origin_dir.path().display()),
+            branch: "release".into(),
+            dir: cache.path().join("x"),
+            credentials: None,
+            timeout: FETCH_TIMEOUT,
+        };
+        let error = fetch(request.clone()).await.expect_err("no such branch");
+        assert!(
+            matches!(error, RepoError::BranchMissing(_) | RepoError::Git { .. }),
+            "{error}"
+        );
+        let missing = FetchRequest {
+            url: format!("file://{}/nothing-here", origin_dir.path().display()),
+            ..request
+        };
+        let error = fetch(missing).await.expect_err("no such repository");
+        assert_eq!(error.metric_label(), "git");
+    }
+}
