@@ -163,12 +163,12 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
 }
 
 /// A watch cache plus the stream that keeps it filled (and triggers reconciles).
-type Reflected<K> = (
+pub(crate) type Reflected<K> = (
     Store<K>,
     futures::stream::BoxStream<'static, Result<K, watcher::Error>>,
 );
 
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> Reflected<K>
+pub(crate) fn reflect<K>(api: Api<K>, config: watcher::Config) -> Reflected<K>
 where
     K: Resource<DynamicType = ()>
         + Clone

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod api_status;
 pub mod backoff;
 pub mod cli;
 pub mod controller;

@@ -86,7 +86,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Api { source, .. } if is_conflict(source) => "conflict",
+            Error::Api { source, .. } if is_stale_write(source) => "conflict",
             Error::Api { .. } => "api",
             Error::Repo(e) => e.metric_label(),
             Error::SecretMissing(_) => "secret_missing",
@@ -98,7 +98,7 @@ impl Error {
     }
 }
 
-fn is_conflict(error: &kube::Error) -> bool {
+fn is_stale_write(error: &kube::Error) -> bool {
     // 409: resourceVersion conflict; 422: our JSON Patch `test` of the resourceVersion failed.
     matches!(error, kube::Error::Api(status) if status.code == 409 || status.code == 422)
 }
@@ -384,7 +384,7 @@ pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) 
         .reconcilers
         .failure(CONTROLLER, error.metric_label());
     ctx.metrics.gitops.failure(error.metric_label());
-    let transient = matches!(error, Error::Api { source, .. } if is_conflict(source));
+    let transient = matches!(error, Error::Api { source, .. } if is_stale_write(source));
     let delay = ctx.backoff.failed(sync_id(&sync), transient);
     warn!(gitsync = %sync_id(&sync), %error, retry_in = ?delay, "gitsync reconcile failed");
     Action::requeue(delay)
@@ -651,7 +651,7 @@ async fn patch_node(
                 ctx.metrics.gitops.node_writes.inc();
                 return Ok(true);
             }
-            Err(source) if is_conflict(&source) && attempt < NODE_PATCH_ATTEMPTS => {
+            Err(source) if is_stale_write(&source) && attempt < NODE_PATCH_ATTEMPTS => {
                 ctx.metrics.gitops.node_conflicts.inc();
                 let Some(fresh) = api
                     .get_opt(&change.node)

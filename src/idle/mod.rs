@@ -57,12 +57,6 @@ impl Error {
     }
 }
 
-pub(crate) fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_conflict())
-}
-
-pub(crate) fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_not_found())
-}
+pub(crate) use crate::api_status::{is_conflict, is_not_found};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -39,8 +39,6 @@ impl Error {
     }
 }
 
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_conflict())
-}
+use crate::api_status::is_conflict;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -156,6 +156,4 @@ fn api_code(error: &kube::Error) -> Option<u16> {
 }
 
 /// Whether the error is `404 Not Found`.
-fn is_not_found(error: &kube::Error) -> bool {
-    api_code(error) == Some(404)
-}
+use crate::api_status::is_not_found;
