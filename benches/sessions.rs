@@ -6,7 +6,8 @@
 //! controller's peak RSS, and its API writes per Session, with the time compared to the floor
 //! the API server allows (N sessions x 4 writes at about 850 writes/s).
 //!
-//! Run with `cargo bench --bench sessions`.
+//! Run with `cargo bench --bench sessions`; `BENCH_CONCURRENCY` sets the controller's
+//! `--concurrency` (default 16, the controller's own default).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,7 +16,9 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PartialObjectMeta, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::devcluster::{
@@ -70,7 +73,14 @@ async fn main() -> anyhow::Result<()> {
 
     let http_port = free_port()?;
     let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
-        .args(["controller", "--watch-namespace", namespace, "--http-addr"])
+        .args([
+            "controller",
+            "--watch-namespace",
+            namespace,
+            "--concurrency",
+        ])
+        .arg(std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into()))
+        .arg("--http-addr")
         .arg(format!("127.0.0.1:{http_port}"))
         .arg("--kubeconfig")
         .arg(plane.kubeconfig_path())
@@ -84,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     wait_ready(http_port).await?;
 
     let api: Api<Session> = Api::namespaced(client.clone(), namespace);
+    let observer = observe(&client, namespace);
     let started = Instant::now();
     let created: Vec<kube::Result<Session>> = stream::iter(0..sessions)
         .map(|i| {
@@ -105,9 +116,12 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(failures == 0, "{failures} session creates failed");
     let created_after = started.elapsed();
 
-    let deployments_after =
-        wait_until(&client, namespace, started, |c| c.deployments >= sessions).await?;
-    let running_after = wait_until(&client, namespace, started, |c| c.running >= sessions).await?;
+    let deployments_after = observer
+        .wait_until(started, |c| c.deployments >= sessions)
+        .await?;
+    let running_after = observer
+        .wait_until(started, |c| c.running >= sessions)
+        .await?;
     let peak_rss_kib = peak_rss_kib(pid)?;
     let metrics = http_get(http_port, "/metrics").await?;
     let writes = metric_sum(&metrics, "streamspace_controller_api_writes_total");
@@ -164,41 +178,79 @@ struct Counts {
     running: usize,
 }
 
-async fn wait_until(
-    client: &Client,
-    namespace: &str,
-    started: Instant,
-    done: impl Fn(&Counts) -> bool,
-) -> anyhow::Result<Duration> {
-    let sessions: Api<Session> = Api::namespaced(client.clone(), namespace);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    loop {
-        let counts = Counts {
-            deployments: deployments
-                .list_metadata(&ListParams::default())
-                .await?
-                .items
-                .len(),
-            running: sessions
-                .list(&ListParams::default())
-                .await?
-                .items
+/// Watch caches of the bench namespace: counting from them costs the API server nothing,
+/// unlike polling full lists, which would compete with the controller being measured.
+struct Observer {
+    sessions: Store<Session>,
+    deployments: Store<PartialObjectMeta<Deployment>>,
+}
+
+fn observe(client: &Client, namespace: &str) -> Observer {
+    let (sessions, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Session>::namespaced(client.clone(), namespace),
+            Default::default(),
+        ),
+    );
+    tokio::spawn(
+        stream
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
+    );
+    let (deployments, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), namespace),
+            Default::default(),
+        ),
+    );
+    tokio::spawn(
+        stream
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
+    );
+    Observer {
+        sessions,
+        deployments,
+    }
+}
+
+impl Observer {
+    fn counts(&self) -> Counts {
+        Counts {
+            deployments: self.deployments.len(),
+            running: self
+                .sessions
+                .state()
                 .iter()
                 .filter(|s| {
                     s.status.as_ref().and_then(|s| s.phase.as_ref()) == Some(&SessionPhase::Running)
                 })
                 .count(),
-        };
-        if done(&counts) {
-            return Ok(started.elapsed());
         }
-        anyhow::ensure!(
-            started.elapsed() < TIMEOUT,
-            "gave up after {TIMEOUT:?}: {} deployments, {} running",
-            counts.deployments,
-            counts.running
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    async fn wait_until(
+        &self,
+        started: Instant,
+        done: impl Fn(&Counts) -> bool,
+    ) -> anyhow::Result<Duration> {
+        loop {
+            let counts = self.counts();
+            if done(&counts) {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                started.elapsed() < TIMEOUT,
+                "gave up after {TIMEOUT:?}: {} deployments, {} running",
+                counts.deployments,
+                counts.running
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
