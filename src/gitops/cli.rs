@@ -100,7 +100,18 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
     };
     match plan::plan(&args.gitsync, &desired.node_configs, &nodes, !args.no_prune) {
         Ok(mut plan) => {
-            plan.objects = plan::plan_objects(&desired.objects, &objects, !args.no_prune);
+            match plan::plan_objects(
+                &desired.objects,
+                &objects,
+                &owner_value(&args.gitsync),
+                !args.no_prune,
+            ) {
+                Ok(objects) => plan.objects = objects,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(1);
+                }
+            }
             print!("{}", plan::render(&plan));
             Ok(0)
         }
@@ -111,10 +122,11 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations the GitSync owns.
+/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
+/// label (of this GitSync or another).
 async fn live_objects(client: &kube::Client, gitsync: &str) -> anyhow::Result<Vec<LiveObject>> {
     let namespace = gitsync.split_once('/').map_or("default", |(ns, _)| ns);
-    let selector = ListParams::default().labels(&format!("{OWNER_LABEL}={}", owner_value(gitsync)));
+    let selector = ListParams::default().labels(OWNER_LABEL);
     let mut out = Vec::new();
     for quota in Api::<QuotaPolicy>::namespaced(client.clone(), namespace)
         .list(&selector)
@@ -170,6 +182,7 @@ mod tests {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/gitops");
         let base = load(&dir, None).expect("example is valid");
         assert!(!base.node_configs.is_empty());
+        assert!(!base.objects.is_empty(), "the example QuotaPolicy");
         let prod = load(&dir, Some("production")).expect("overlay applies");
         assert_ne!(base, prod, "the overlay changes something");
     }

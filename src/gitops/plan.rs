@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Taint as KubeTaint;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::manifest::{ManagedObject, NodeConfig, ObjectKind, taint_id};
+use super::manifest::{ManagedObject, NodeConfig, OWNER_LABEL, ObjectKind, taint_id};
 
 /// Annotation on each managed node: `{"<namespace>/<gitsync>": {"labels": [...], "taints": [...]}}`.
 pub const INVENTORY_ANNOTATION: &str = "stream.space/gitops-inventory";
@@ -99,7 +99,7 @@ pub struct Plan {
     pub objects: Vec<ObjectChange>,
 }
 
-/// A QuotaPolicy or NodeOperation that carries this sync's ownership label.
+/// A QuotaPolicy or NodeOperation that carries an ownership label (of this or another sync).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiveObject {
     pub kind: ObjectKind,
@@ -124,19 +124,34 @@ pub struct ObjectChange {
     pub diff: Vec<String>,
 }
 
-/// Compares the objects the repository declares with the live objects this sync owns: a
-/// missing one is created, one whose spec or declared labels differ is updated, and an owned
-/// one the repository no longer declares is deleted when `prune` is on.
+impl LiveObject {
+    fn owner(&self) -> Option<&str> {
+        self.labels.get(OWNER_LABEL).map(String::as_str)
+    }
+}
+
+/// Compares the objects the repository declares with the live labelled objects: a missing one
+/// is created, one whose spec or declared labels differ is updated, and one this sync owns
+/// (its label is `owner`) that the repository no longer declares is deleted when `prune` is
+/// on. Declaring an object another GitSync owns is an error: the two would take it from each
+/// other forever.
 pub fn plan_objects(
     desired: &[ManagedObject],
     live: &[LiveObject],
+    owner: &str,
     prune: bool,
-) -> Vec<ObjectChange> {
+) -> Result<Vec<ObjectChange>, PlanError> {
     let mut out = Vec::new();
     for object in desired {
         let found = live
             .iter()
             .find(|l| l.kind == object.kind && l.name == object.name);
+        if let Some(other) = found.and_then(LiveObject::owner).filter(|o| *o != owner) {
+            return Err(PlanError::OwnedElsewhere {
+                object: format!("{}/{}", object.kind, object.name),
+                owner: other.to_string(),
+            });
+        }
         match found {
             None => out.push(ObjectChange {
                 kind: object.kind,
@@ -167,7 +182,7 @@ pub fn plan_objects(
         }
     }
     if prune {
-        for object in live {
+        for object in live.iter().filter(|l| l.owner() == Some(owner)) {
             let declared = desired
                 .iter()
                 .any(|d| d.kind == object.kind && d.name == object.name);
@@ -182,7 +197,7 @@ pub fn plan_objects(
         }
     }
     out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-    out
+    Ok(out)
 }
 
 /// The leaves that differ between `old` and `new`, as `path: old -> new`.
@@ -216,12 +231,16 @@ pub enum PlanError {
     /// Two NodeConfigs matching one node want different values for one label or taint.
     #[error("node {node}: {detail}")]
     Conflict { node: String, detail: String },
+    /// The repository declares an object that another GitSync applied and owns.
+    #[error("{object} is owned by GitSync {owner} (label stream.space/gitsync)")]
+    OwnedElsewhere { object: String, owner: String },
 }
 
 impl PlanError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             PlanError::Conflict { .. } => "conflict",
+            PlanError::OwnedElsewhere { .. } => "owned_elsewhere",
         }
     }
 }

@@ -332,7 +332,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             None => Ok(Action::requeue(interval)),
         };
     };
-    let plan = match plan_against_cache(&ctx, &id, &desired, sync.spec.prune) {
+    let plan = match plan_against_cache(&ctx, &id, &namespace, &desired, sync.spec.prune) {
         Ok(plan) => plan,
         Err(error) => {
             reject(
@@ -342,7 +342,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
                 &commit,
                 "",
                 &error.to_string(),
-                "conflict",
+                error.metric_label(),
             )
             .await;
             remember(&ctx, &id, memory);
@@ -350,12 +350,6 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             return Err(error.into());
         }
     };
-    let mut plan = plan;
-    plan.objects = plan::plan_objects(
-        &desired.objects,
-        &owned_objects(&ctx, &id, &namespace),
-        sync.spec.prune,
-    );
     let mut changed = apply(&ctx, &id, &desired, sync.spec.prune, &plan).await?;
     let objects_changed = apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await?;
     changed += objects_changed;
@@ -641,12 +635,20 @@ fn live_node(node: &Node) -> LiveNode {
 fn plan_against_cache(
     ctx: &GitopsContext,
     id: &str,
+    namespace: &str,
     desired: &Desired,
     prune: bool,
 ) -> Result<Plan, PlanError> {
     let mut nodes: Vec<LiveNode> = ctx.nodes.state().iter().map(|n| live_node(n)).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    plan::plan(id, &desired.node_configs, &nodes, prune)
+    let mut plan = plan::plan(id, &desired.node_configs, &nodes, prune)?;
+    plan.objects = plan::plan_objects(
+        &desired.objects,
+        &labelled_objects(ctx, namespace),
+        &owner_value(id),
+        prune,
+    )?;
+    Ok(plan)
 }
 
 /// Applies every node change (one patch per node, concurrently); returns how many changed.
@@ -743,12 +745,12 @@ async fn patch_node(
     }
 }
 
-/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations this sync owns, from the
-/// watch caches; objects being deleted are left out (their finalizer is still running).
-fn owned_objects(ctx: &GitopsContext, id: &str, namespace: &str) -> Vec<LiveObject> {
-    let owner = owner_value(id);
+/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
+/// label, from the watch caches; objects being deleted are left out (their finalizer is still
+/// running).
+fn labelled_objects(ctx: &GitopsContext, namespace: &str) -> Vec<LiveObject> {
     let ours = |labels: &Option<std::collections::BTreeMap<String, String>>| {
-        labels.as_ref().and_then(|l| l.get(OWNER_LABEL)) == Some(&owner)
+        labels.as_ref().is_some_and(|l| l.contains_key(OWNER_LABEL))
     };
     let mut out = Vec::new();
     for quota in ctx.quotas.state() {

@@ -301,14 +301,21 @@ fn object(kind: ObjectKind, name: &str, labels: &[(&str, &str)], spec: Value) ->
     }
 }
 
+const OWNER: &str = "ns.sync";
+
+/// A live object owned by this sync (`OWNER`) unless `labels` names another owner.
 fn live_object(kind: ObjectKind, name: &str, labels: &[(&str, &str)], spec: Value) -> LiveObject {
+    let mut labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels
+        .entry(OWNER_LABEL.to_string())
+        .or_insert_with(|| OWNER.to_string());
     LiveObject {
         kind,
         name: name.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        labels,
         spec,
     }
 }
@@ -386,6 +393,18 @@ fn table_of_object_plans() {
             "- QuotaPolicy/old\n- NodeOperation/maint\n",
         ),
         (
+            "another sync's object is never pruned",
+            vec![],
+            vec![live_object(
+                Qp,
+                "theirs",
+                &[(OWNER_LABEL, "ns.other")],
+                limits(1),
+            )],
+            true,
+            "no changes\n",
+        ),
+        (
             "and kept when not",
             vec![],
             vec![live_object(Qp, "old", &[], limits(1))],
@@ -402,9 +421,32 @@ fn table_of_object_plans() {
     ];
     for (what, desired, live, prune, expected) in cases {
         let plan = Plan {
-            objects: plan_objects(&desired, &live, prune),
+            objects: plan_objects(&desired, &live, OWNER, prune).expect("no conflict"),
             ..Plan::default()
         };
         assert_eq!(render(&plan), expected, "{what}");
     }
+}
+
+#[test]
+fn declaring_an_object_another_sync_owns_is_an_error() {
+    let spec = json!({"nodeName": "n1", "cordon": true});
+    let desired = [object(
+        ObjectKind::NodeOperation,
+        "maint",
+        &[],
+        spec.clone(),
+    )];
+    let live = [live_object(
+        ObjectKind::NodeOperation,
+        "maint",
+        &[(OWNER_LABEL, "team.other")],
+        spec,
+    )];
+    let error = plan_objects(&desired, &live, OWNER, true).expect_err("owned elsewhere");
+    assert_eq!(error.metric_label(), "owned_elsewhere");
+    assert_eq!(
+        error.to_string(),
+        "NodeOperation/maint is owned by GitSync team.other (label stream.space/gitsync)"
+    );
 }
