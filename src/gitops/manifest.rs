@@ -175,6 +175,17 @@ static NODE_OPERATION_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|
     Schema::compile(&value).map_err(|e| e.to_string())
 });
 
+/// The label rules of the NodeConfig schema (Kubernetes label keys and values), reused for the
+/// `metadata.labels` of whole objects, so a bad label rejects the commit instead of the apply.
+static LABELS_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/nodeconfig.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let labels = value
+        .pointer("/properties/spec/properties/labels")
+        .ok_or("the NodeConfig schema has no labels")?;
+    Schema::compile(labels).map_err(|e| e.to_string())
+});
+
 static OBJECT_NAME: LazyLock<Result<regex::Regex, regex::Error>> =
     LazyLock::new(|| regex::Regex::new("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"));
 
@@ -352,6 +363,21 @@ fn parse_document(document: RawDocument, desired: &mut Desired) -> Result<(), Ma
                 ObjectKind::QuotaPolicy,
                 &QUOTA_POLICY_SCHEMA,
             )?;
+            // The admission webhook's own reading: limits it would ignore reject the commit.
+            let spec: crate::crd::QuotaPolicySpec = serde_json::from_value(object.spec.clone())
+                .map_err(|e| invalid(&document, format!("/spec: {e}")))?;
+            let policy = crate::crd::QuotaPolicy::new(&object.name, spec);
+            let (_, problems) = crate::admission::quota::Policy::from_object(&policy);
+            if !problems.is_empty() {
+                let reasons: Vec<String> = problems
+                    .iter()
+                    .map(|p| match p.starts_with("subject") {
+                        true => format!("/spec/{p}"),
+                        false => format!("/spec/limits/{p}"),
+                    })
+                    .collect();
+                return Err(invalid(&document, reasons.join("; ")));
+            }
             desired.objects.push(object);
             Ok(())
         }
@@ -425,8 +451,21 @@ where
     }
     let labels: BTreeMap<String, String> = match document.value.pointer("/metadata/labels") {
         None | Some(Value::Null) => BTreeMap::new(),
-        Some(labels) => serde_json::from_value(labels.clone())
-            .map_err(|e| invalid(document, format!("/metadata/labels: {e}")))?,
+        Some(labels) => {
+            let schema = LABELS_SCHEMA
+                .as_ref()
+                .map_err(|e| invalid(document, format!("the label schema is broken: {e}")))?;
+            let violations = schema.validate(labels);
+            if !violations.is_empty() {
+                let reasons: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("/metadata/labels{}", v))
+                    .collect();
+                return Err(invalid(document, reasons.join("; ")));
+            }
+            serde_json::from_value(labels.clone())
+                .map_err(|e| invalid(document, format!("/metadata/labels: {e}")))?
+        }
     };
     if labels.contains_key(OWNER_LABEL) {
         return Err(invalid(
@@ -847,13 +886,35 @@ spec: {subject: {kind: Default}}
                 ),
                 "expected integer or string",
             ),
+            (
+                qp(
+                    "{name: q}",
+                    "{subject: {kind: Default}, limits: {maxCpu: lots}}",
+                ),
+                "/spec/",
+            ),
+            (
+                qp("{name: q}", "{subject: {kind: User}}"),
+                "/spec/subject.name: a User policy needs a name",
+            ),
             (qp("{name: q, namespace: other}", default), "leave it out"),
             (qp("{name: Big_Name}", default), "DNS subdomain"),
             (
                 qp("{name: q, labels: {stream.space/gitsync: x}}", default),
                 "set by the GitSync itself",
             ),
-            (qp("{name: q, labels: {a: 1}}", default), "/metadata/labels"),
+            (
+                qp("{name: q, labels: {a: 1}}", default),
+                "/metadata/labels/a: expected string",
+            ),
+            (
+                qp("{name: q, labels: {\"bad key!\": v}}", default),
+                "/metadata/labels/bad key!",
+            ),
+            (
+                qp("{name: q, labels: {a: \"not valid!\"}}", default),
+                "does not match the pattern",
+            ),
             (op("{cordon: true}"), "missing required field \"nodeName\""),
             (
                 op("{nodeName: node-1, cordon: true, ttlSecondsAfterFinished: 60}"),

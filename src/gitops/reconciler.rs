@@ -69,6 +69,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{action} failed: {source}")]
+    Object {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("the credentials Secret {0:?} does not exist")]
@@ -88,6 +94,8 @@ impl Error {
         match self {
             Error::Api { source, .. } if is_conflict(source) => "conflict",
             Error::Api { .. } => "api",
+            Error::Object { source, .. } if is_conflict(source) => "conflict",
+            Error::Object { .. } => "object_apply",
             Error::Repo(e) => e.metric_label(),
             Error::SecretMissing(_) => "secret_missing",
             Error::Interval(_) => "interval",
@@ -351,7 +359,23 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         }
     };
     let mut changed = apply(&ctx, &id, &desired, sync.spec.prune, &plan).await?;
-    let objects_changed = apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await?;
+    let objects_changed = match apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await
+    {
+        Ok(count) => count,
+        Err(error) => {
+            // Say which object failed (an admission webhook may refuse it), then retry.
+            set_condition(
+                &mut status,
+                "Ready",
+                false,
+                "ApplyFailed",
+                &error.to_string(),
+            );
+            remember(&ctx, &id, memory);
+            write_status(&ctx, &sync, &namespace, &current, status).await?;
+            return Err(error);
+        }
+    };
     changed += objects_changed;
     let newly_applied = status.last_applied_commit.as_deref() != Some(commit.as_str());
     if newly_applied {
@@ -779,6 +803,13 @@ fn labelled_objects(ctx: &GitopsContext, namespace: &str) -> Vec<LiveObject> {
     out
 }
 
+fn object_failed(action: &str, change: &ObjectChange, source: kube::Error) -> Error {
+    Error::Object {
+        action: format!("{action} {}/{}", change.kind, change.name),
+        source,
+    }
+}
+
 /// Creates or updates (server-side apply, forced, with our field manager) and deletes the
 /// owned objects of the plan; returns how many were written.
 async fn apply_objects(
@@ -809,7 +840,7 @@ async fn apply_objects(
             match result {
                 Ok(()) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(failed("deleting an owned object")(source)),
+                Err(source) => return Err(object_failed("deleting", change, source)),
             }
             info!(gitsync = %id, kind = %change.kind, name = %change.name, "pruned");
             continue;
@@ -844,7 +875,7 @@ async fn apply_objects(
                 let stored = quotas
                     .patch(&object.name, &params, &Patch::Apply(&body))
                     .await
-                    .map_err(failed("applying a QuotaPolicy"))?;
+                    .map_err(|e| object_failed("applying", change, e))?;
                 if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
                     quotas
                         .patch(
@@ -853,14 +884,14 @@ async fn apply_objects(
                             &Patch::Json::<()>(replace),
                         )
                         .await
-                        .map_err(failed("replacing a QuotaPolicy spec"))?;
+                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
                 }
             }
             ObjectKind::NodeOperation => {
                 let stored = operations
                     .patch(&object.name, &params, &Patch::Apply(&body))
                     .await
-                    .map_err(failed("applying a NodeOperation"))?;
+                    .map_err(|e| object_failed("applying", change, e))?;
                 if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
                     operations
                         .patch(
@@ -869,7 +900,7 @@ async fn apply_objects(
                             &Patch::Json::<()>(replace),
                         )
                         .await
-                        .map_err(failed("replacing a NodeOperation spec"))?;
+                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
                 }
             }
         }
