@@ -1197,3 +1197,79 @@ async fn gitops_node_operation_in_git_cordons_and_removing_the_file_uncordons() 
     nodes.cleanup().await;
     env.cleanup().await;
 }
+
+/// An object the API server refuses (here the ResourceQuota admission: the test's namespace
+/// may hold no QuotaPolicy) is reported as `ApplyFailed` naming it; once allowed, it applies.
+#[tokio::test]
+async fn gitops_object_refused_by_the_api_is_reported_and_applies_once_allowed() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let env = TestEnv::new("gitops-refused").await;
+    let _: ResourceQuota = env
+        .create(json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-quota-policies"},
+            "spec": {"hard": {"count/quotapolicies.stream.space": "0"}}
+        }))
+        .await;
+    let quotas = env.api::<QuotaPolicy>();
+    let probe: QuotaPolicy = serde_json::from_value(json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
+        "metadata": {"name": "probe"},
+        "spec": {"subject": {"kind": "Default"}}
+    }))
+    .expect("probe");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let refused = wait_for(
+        "the ResourceQuota to refuse QuotaPolicies",
+        || quotas.create(&dry_run, &probe),
+        |r| r.is_err(),
+    )
+    .await;
+    let refused = format!("{:?}", refused.err());
+    assert!(refused.contains("quota"), "{refused}");
+
+    let repo = Repo::new();
+    let first = repo.commit(&[("q.yaml", Some(&quota_policy("big", 5)))], "a policy");
+    create_gitsync(&env, "quotas", json!({"url": repo.url(), "interval": "1s"})).await;
+    let ready_condition = |s: &GitSync| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .cloned()
+    };
+    let failed = wait_object(&env.api::<GitSync>(), "quotas", "ApplyFailed", |s| {
+        ready_condition(s).is_some_and(|c| c.reason == "ApplyFailed")
+    })
+    .await;
+    let message = ready_condition(&failed)
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("applying QuotaPolicy/big failed") && message.contains("quota"),
+        "{message}"
+    );
+    assert!(quotas.get_opt("big").await.expect("get").is_none());
+    assert_ne!(
+        failed.status.and_then(|s| s.last_applied_commit),
+        Some(first.clone())
+    );
+
+    Api::<ResourceQuota>::namespaced(env.client.clone(), &env.namespace)
+        .delete("no-quota-policies", &DeleteParams::default())
+        .await
+        .expect("delete quota");
+    let status = wait_applied(&env, "quotas", &first).await;
+    assert_eq!(
+        ready(&status).map(|(s, _)| s),
+        Some("True".to_string()),
+        "{status:?}"
+    );
+    wait_object(&quotas, "big", "big applied", |p| {
+        max_sessions(p) == Some(5)
+    })
+    .await;
+    env.cleanup().await;
+}
