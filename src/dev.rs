@@ -21,6 +21,25 @@ use crate::devcluster::simulator::{NodeSimulator, SimulatorConfig};
 use crate::devcluster::{ControlPlane, ControlPlaneOptions};
 use crate::metrics::Metrics;
 
+/// The GitOps example repository compiled into the binary (`examples/gitops/`), used when the
+/// `--examples` directory has no `gitops/` sub-directory.
+const EMBEDDED_GITOPS: &[(&str, &str)] = &[
+    ("nodes.yaml", include_str!("../examples/gitops/nodes.yaml")),
+    ("quota.yaml", include_str!("../examples/gitops/quota.yaml")),
+    (
+        "maintenance.yaml",
+        include_str!("../examples/gitops/maintenance.yaml"),
+    ),
+    (
+        "overlays/production/tier.yaml",
+        include_str!("../examples/gitops/overlays/production/tier.yaml"),
+    ),
+];
+
+/// Namespace of the dev GitSync when the controller watches every namespace.
+const DEV_GITSYNC_NAMESPACE: &str = "streamspace";
+const DEV_GITSYNC_NAME: &str = "examples";
+
 /// Examples compiled into the binary, used when no `--examples` directory is given.
 const EMBEDDED_EXAMPLES: &[(&str, &str)] = &[
     ("templates.yaml", include_str!("../examples/templates.yaml")),
@@ -41,6 +60,13 @@ pub struct DevArgs {
     /// Seconds between two prints of the session table.
     #[arg(long, default_value_t = 2)]
     refresh: u64,
+    /// Where to create the local Git repository of `examples/gitops/` (kept across runs, so
+    /// your commits survive a restart; delete it to start over).
+    #[arg(long)]
+    gitops_repo: Option<PathBuf>,
+    /// Do not create and sync the GitOps example repository.
+    #[arg(long)]
+    no_gitops: bool,
     /// Address of the controller's /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: std::net::SocketAddr,
@@ -110,6 +136,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let applied = apply_examples(&client, args.examples.as_deref()).await?;
     eprintln!("applied {applied} example objects");
+    if !args.no_gitops {
+        let repo = args
+            .gitops_repo
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("streamspace-dev-gitops"));
+        let namespace = config
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
+        sync_gitops_examples(&client, &repo, args.examples.as_deref(), &namespace).await?;
+    }
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
@@ -160,6 +197,93 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         control_plane.stop().await;
     }
     Ok(())
+}
+
+/// Turns the GitOps examples into a local Git repository (unless `repo` already is one) and
+/// creates a GitSync that follows it, so editing and committing there changes the nodes.
+async fn sync_gitops_examples(
+    client: &Client,
+    repo: &Path,
+    examples: Option<&Path>,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let files = match examples
+        .map(|dir| dir.join("gitops"))
+        .filter(|d| d.is_dir())
+    {
+        Some(dir) => crate::gitops::manifest::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .into_iter()
+            .map(|f| (f.path, f.content))
+            .collect(),
+        None => EMBEDDED_GITOPS
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string()))
+            .collect::<Vec<_>>(),
+    };
+    let created = init_example_repo(repo, &files)?;
+    let url = format!("file://{}", repo.display());
+    ensure_namespace(client, namespace).await?;
+    let sync = serde_json::json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "GitSync",
+        "metadata": {"name": DEV_GITSYNC_NAME, "namespace": namespace},
+        "spec": {"url": url, "branch": "main", "interval": "5s"}
+    });
+    Api::<crd::GitSync>::namespaced(client.clone(), namespace)
+        .patch(
+            DEV_GITSYNC_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&sync),
+        )
+        .await
+        .context("creating the dev GitSync")?;
+    eprintln!(
+        "GitOps: {} the repository {} (GitSync {namespace}/{DEV_GITSYNC_NAME}, polled every 5s).\n  \
+         Edit a file there and `git commit -am ...`: the simulated nodes follow.\n  \
+         kubectl get gitsyncs -A; kubectl get nodes --show-labels",
+        if created { "created" } else { "reusing" },
+        repo.display()
+    );
+    Ok(())
+}
+
+/// Creates a Git repository in `dir` holding `files` in one commit on `main`; returns false,
+/// changing nothing, when `dir` already is a repository (the user's commits are kept).
+pub fn init_example_repo(dir: &Path, files: &[(String, String)]) -> anyhow::Result<bool> {
+    if git2::Repository::open(dir).is_ok() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let repo = git2::Repository::init(dir).context("git init")?;
+    repo.set_head("refs/heads/main").context("git HEAD")?;
+    for (path, text) in files {
+        let full = dir.join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&full, text).with_context(|| format!("writing {}", full.display()))?;
+    }
+    let mut index = repo.index().context("git index")?;
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .context("git add")?;
+    index.write().context("git index")?;
+    let tree = repo
+        .find_tree(index.write_tree().context("git write-tree")?)
+        .context("git tree")?;
+    let signature = git2::Signature::now("streamspace dev", "dev@streamspace.invalid")
+        .context("git signature")?;
+    repo.commit(
+        Some("refs/heads/main"),
+        &signature,
+        &signature,
+        "The GitOps examples",
+        &tree,
+        &[],
+    )
+    .context("git commit")?;
+    Ok(true)
 }
 
 /// Applies every YAML document of the examples (server-side apply), creating namespaces first.
@@ -272,6 +396,56 @@ async fn print_sessions(client: &Client) {
             session.spec.desired_state(),
             status.phase.map(|p| p.to_string()).unwrap_or_default(),
             detail
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_gitops_examples_become_a_repository_that_validates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("gitops");
+        let files: Vec<(String, String)> = EMBEDDED_GITOPS
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        assert!(init_example_repo(&repo, &files).expect("init"));
+        // What the GitSync does: fetch (a bare clone) and read the commit.
+        let cache = dir.path().join("cache");
+        let commit = crate::gitops::repo::fetch(crate::gitops::repo::FetchRequest {
+            url: format!("file://{}", repo.display()),
+            branch: "main".into(),
+            dir: cache.clone(),
+            credentials: None,
+            timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("fetch");
+        let read = crate::gitops::repo::read_commit(cache, commit)
+            .await
+            .expect("read");
+        let mut paths: Vec<&str> = read.iter().map(|f| f.path.as_str()).collect();
+        paths.sort_unstable();
+        let mut expected: Vec<&str> = EMBEDDED_GITOPS.iter().map(|(p, _)| *p).collect();
+        expected.sort_unstable();
+        assert_eq!(paths, expected);
+        let desired = crate::gitops::manifest::load(&read, "", Some("production")).expect("valid");
+        assert!(!desired.node_configs.is_empty());
+        assert!(
+            desired
+                .objects
+                .iter()
+                .any(|o| o.kind == crate::gitops::manifest::ObjectKind::QuotaPolicy)
+        );
+        // A second start keeps the repository (and the user's commits) as it is.
+        std::fs::write(repo.join("nodes.yaml"), "# edited\n").expect("edit");
+        assert!(!init_example_repo(&repo, &files).expect("reuse"));
+        assert_eq!(
+            std::fs::read_to_string(repo.join("nodes.yaml")).expect("read"),
+            "# edited\n"
         );
     }
 }

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::manifest::{self, Desired};
-use super::plan::{self, LiveNode};
+use super::manifest::{self, Desired, OWNER_LABEL, ObjectKind, owner_value};
+use super::plan::{self, LiveNode, LiveObject};
+use crate::crd::{NodeOperation, QuotaPolicy};
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
@@ -50,7 +51,14 @@ fn load(dir: &Path, overlay: Option<&str>) -> Result<Desired, String> {
 pub fn validate(args: &ValidateArgs) -> i32 {
     match load(&args.dir, args.overlay.as_deref()) {
         Ok(desired) => {
-            println!("ok: {} NodeConfig document(s)", desired.node_configs.len());
+            let count =
+                |kind: ObjectKind| desired.objects.iter().filter(|o| o.kind == kind).count();
+            println!(
+                "ok: {} NodeConfig, {} QuotaPolicy and {} NodeOperation document(s)",
+                desired.node_configs.len(),
+                count(ObjectKind::QuotaPolicy),
+                count(ObjectKind::NodeOperation)
+            );
             0
         }
         Err(report) => {
@@ -69,10 +77,11 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let nodes = match &args.kubeconfig {
+    let (nodes, objects) = match &args.kubeconfig {
         Some(path) => {
             let client = crate::dev::client_from(Some(path)).await?;
-            Api::<Node>::all(client)
+            let objects = live_objects(&client, &args.gitsync).await?;
+            let nodes = Api::<Node>::all(client)
                 .list(&ListParams::default())
                 .await?
                 .items
@@ -84,12 +93,25 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
                     annotations: n.metadata.annotations.clone(),
                     taints: n.spec.as_ref().and_then(|s| s.taints.clone()),
                 })
-                .collect()
+                .collect();
+            (nodes, objects)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     match plan::plan(&args.gitsync, &desired.node_configs, &nodes, !args.no_prune) {
-        Ok(plan) => {
+        Ok(mut plan) => {
+            match plan::plan_objects(
+                &desired.objects,
+                &objects,
+                &owner_value(&args.gitsync),
+                !args.no_prune,
+            ) {
+                Ok(objects) => plan.objects = objects,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(1);
+                }
+            }
             print!("{}", plan::render(&plan));
             Ok(0)
         }
@@ -98,6 +120,39 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
+/// label (of this GitSync or another).
+async fn live_objects(client: &kube::Client, gitsync: &str) -> anyhow::Result<Vec<LiveObject>> {
+    let namespace = gitsync.split_once('/').map_or("default", |(ns, _)| ns);
+    let selector = ListParams::default().labels(OWNER_LABEL);
+    let mut out = Vec::new();
+    for quota in Api::<QuotaPolicy>::namespaced(client.clone(), namespace)
+        .list(&selector)
+        .await?
+        .items
+    {
+        out.push(LiveObject {
+            kind: ObjectKind::QuotaPolicy,
+            name: quota.name_any(),
+            labels: quota.labels().clone(),
+            spec: serde_json::to_value(&quota.spec)?,
+        });
+    }
+    for operation in Api::<NodeOperation>::all(client.clone())
+        .list(&selector)
+        .await?
+        .items
+    {
+        out.push(LiveObject {
+            kind: ObjectKind::NodeOperation,
+            name: operation.name_any(),
+            labels: operation.labels().clone(),
+            spec: serde_json::to_value(&operation.spec)?,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -127,6 +182,7 @@ mod tests {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/gitops");
         let base = load(&dir, None).expect("example is valid");
         assert!(!base.node_configs.is_empty());
+        assert!(!base.objects.is_empty(), "the example QuotaPolicy");
         let prod = load(&dir, Some("production")).expect("overlay applies");
         assert_ne!(base, prod, "the overlay changes something");
     }

@@ -105,8 +105,89 @@ impl ManifestError {
 }
 
 /// Kinds a repository may hold in this version.
-pub const SUPPORTED_KINDS: &[&str] = &[NODE_CONFIG];
+pub const SUPPORTED_KINDS: &[&str] = &[NODE_CONFIG, QUOTA_POLICY, NODE_OPERATION];
 pub const NODE_CONFIG: &str = "NodeConfig";
+pub const QUOTA_POLICY: &str = "QuotaPolicy";
+pub const NODE_OPERATION: &str = "NodeOperation";
+/// Label that marks an object as applied by a GitSync; its value is [`owner_value`].
+pub const OWNER_LABEL: &str = "stream.space/gitsync";
+
+/// The value of [`OWNER_LABEL`] for the sync `<namespace>/<name>`: `<namespace>.<name>`, or,
+/// when that is longer than a label value may be, its first 50 characters and a hash.
+pub fn owner_value(sync_id: &str) -> String {
+    use sha2::Digest;
+    let value = sync_id.replacen('/', ".", 1);
+    if value.len() <= 63 {
+        return value;
+    }
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let head: String = value.chars().take(50).collect();
+    format!("{}-{hash}", head.trim_end_matches(['.', '-']))
+}
+
+/// Kinds of whole objects a repository manages (as opposed to NodeConfig, which edits nodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// Namespaced: applied into the GitSync's namespace.
+    QuotaPolicy,
+    /// Cluster-scoped.
+    NodeOperation,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::QuotaPolicy => QUOTA_POLICY,
+            ObjectKind::NodeOperation => NODE_OPERATION,
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated `QuotaPolicy` or `NodeOperation` document: applied as a whole object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedObject {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub origin: Origin,
+    /// `metadata.labels` of the document (the ownership label is added when applied).
+    pub labels: BTreeMap<String, String>,
+    /// The spec, normalised through the Rust type (defaults filled in), so it compares equal
+    /// to the spec of the live object.
+    pub spec: Value,
+}
+
+static QUOTA_POLICY_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/quotapolicy.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Schema::compile(&value).map_err(|e| e.to_string())
+});
+
+static NODE_OPERATION_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/nodeoperation.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Schema::compile(&value).map_err(|e| e.to_string())
+});
+
+/// The label rules of the NodeConfig schema (Kubernetes label keys and values), reused for the
+/// `metadata.labels` of whole objects, so a bad label rejects the commit instead of the apply.
+static LABELS_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/nodeconfig.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let labels = value
+        .pointer("/properties/spec/properties/labels")
+        .ok_or("the NodeConfig schema has no labels")?;
+    Schema::compile(labels).map_err(|e| e.to_string())
+});
+
+static OBJECT_NAME: LazyLock<Result<regex::Regex, regex::Error>> =
+    LazyLock::new(|| regex::Regex::new("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"));
 
 static NODE_CONFIG_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
     let text = include_str!("../../manifests-schema/nodeconfig.schema.json");
@@ -167,6 +248,8 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub node_configs: Vec<NodeConfig>,
+    /// QuotaPolicies and NodeOperations, sorted by kind and name.
+    pub objects: Vec<ManagedObject>,
 }
 
 /// A document before validation: its origin, kind, name and raw value.
@@ -253,6 +336,9 @@ pub fn load(
     }
     if errors.is_empty() {
         desired.node_configs.sort_by(|a, b| a.name.cmp(&b.name));
+        desired
+            .objects
+            .sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         Ok(desired)
     } else {
         Err(errors)
@@ -271,7 +357,47 @@ fn parse_document(document: RawDocument, desired: &mut Desired) -> Result<(), Ma
             desired.node_configs.push(config);
             Ok(())
         }
-        // QuotaPolicy, FeatureFlag and NodeOperation will each be one arm here.
+        QUOTA_POLICY => {
+            let object = parse_object::<crate::crd::QuotaPolicySpec>(
+                &document,
+                ObjectKind::QuotaPolicy,
+                &QUOTA_POLICY_SCHEMA,
+            )?;
+            // The admission webhook's own reading: limits it would ignore reject the commit.
+            let spec: crate::crd::QuotaPolicySpec = serde_json::from_value(object.spec.clone())
+                .map_err(|e| invalid(&document, format!("/spec: {e}")))?;
+            let policy = crate::crd::QuotaPolicy::new(&object.name, spec);
+            let (_, problems) = crate::admission::quota::Policy::from_object(&policy);
+            if !problems.is_empty() {
+                let reasons: Vec<String> = problems
+                    .iter()
+                    .map(|p| match p.starts_with("subject") {
+                        true => format!("/spec/{p}"),
+                        false => format!("/spec/limits/{p}"),
+                    })
+                    .collect();
+                return Err(invalid(&document, reasons.join("; ")));
+            }
+            desired.objects.push(object);
+            Ok(())
+        }
+        NODE_OPERATION => {
+            let object = parse_object::<crate::crd::NodeOperationSpec>(
+                &document,
+                ObjectKind::NodeOperation,
+                &NODE_OPERATION_SCHEMA,
+            )?;
+            if object.spec.get("ttlSecondsAfterFinished").is_some() {
+                // The operation would delete itself and the next sync would create it again.
+                return Err(invalid(
+                    &document,
+                    "/spec/ttlSecondsAfterFinished: not allowed in Git; delete the file to end the operation".into(),
+                ));
+            }
+            desired.objects.push(object);
+            Ok(())
+        }
+        // FeatureFlag will be one arm here.
         _ => Err(ManifestError::UnknownKind {
             origin: document.origin,
             kind: document.kind,
@@ -286,6 +412,78 @@ fn invalid(document: &RawDocument, reason: String) -> ManifestError {
         name: document.name.clone(),
         reason,
     }
+}
+
+/// Validates a whole-object document against the schema of its kind, then reads its spec
+/// through the Rust type `S` (which fills in defaults, so it compares with live objects).
+fn parse_object<S>(
+    document: &RawDocument,
+    kind: ObjectKind,
+    schema: &Result<Schema, String>,
+) -> Result<ManagedObject, ManifestError>
+where
+    S: serde::de::DeserializeOwned + serde::Serialize,
+{
+    let schema = schema
+        .as_ref()
+        .map_err(|e| invalid(document, format!("the {kind} schema is broken: {e}")))?;
+    let violations = schema.validate(&document.value);
+    if !violations.is_empty() {
+        let reasons: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        return Err(invalid(document, reasons.join("; ")));
+    }
+    let name_ok = document.name.len() <= 253
+        && OBJECT_NAME
+            .as_ref()
+            .is_ok_and(|pattern| pattern.is_match(&document.name));
+    if !name_ok {
+        return Err(invalid(
+            document,
+            "/metadata/name: must be a lowercase DNS subdomain name".into(),
+        ));
+    }
+    if document.value.pointer("/metadata/namespace").is_some() {
+        return Err(invalid(
+            document,
+            "/metadata/namespace: leave it out; objects are applied into the GitSync's namespace"
+                .into(),
+        ));
+    }
+    let labels: BTreeMap<String, String> = match document.value.pointer("/metadata/labels") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(labels) => {
+            let schema = LABELS_SCHEMA
+                .as_ref()
+                .map_err(|e| invalid(document, format!("the label schema is broken: {e}")))?;
+            let violations = schema.validate(labels);
+            if !violations.is_empty() {
+                let reasons: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("/metadata/labels{}", v))
+                    .collect();
+                return Err(invalid(document, reasons.join("; ")));
+            }
+            serde_json::from_value(labels.clone())
+                .map_err(|e| invalid(document, format!("/metadata/labels: {e}")))?
+        }
+    };
+    if labels.contains_key(OWNER_LABEL) {
+        return Err(invalid(
+            document,
+            format!("/metadata/labels: {OWNER_LABEL} is set by the GitSync itself"),
+        ));
+    }
+    let spec = document.value.get("spec").cloned().unwrap_or(Value::Null);
+    let typed: S =
+        serde_json::from_value(spec).map_err(|e| invalid(document, format!("/spec: {e}")))?;
+    let spec = serde_json::to_value(&typed).map_err(|e| invalid(document, e.to_string()))?;
+    Ok(ManagedObject {
+        kind,
+        name: document.name.clone(),
+        origin: document.origin.clone(),
+        labels,
+        spec,
+    })
 }
 
 fn parse_node_config(document: &RawDocument) -> Result<NodeConfig, ManifestError> {
@@ -607,6 +805,146 @@ spec:
         )
         .expect("an empty file is a valid, empty repository");
         assert!(empty.node_configs.is_empty());
+    }
+
+    #[test]
+    fn quota_policies_and_node_operations_are_objects_with_defaults_filled_in() {
+        let content = "\
+apiVersion: stream.space/v1alpha1
+kind: QuotaPolicy
+metadata: {name: students, labels: {team: edu}}
+spec:
+  subject: {kind: Group, members: [ann, bob]}
+  limits: {maxSessions: 2, maxMemoryPerSession: 2Gi}
+---
+apiVersion: stream.space/v1alpha1
+kind: NodeOperation
+metadata: {name: maint}
+spec: {nodeName: node-1, cordon: true}
+---
+apiVersion: stream.space/v1alpha1
+kind: QuotaPolicy
+metadata: {name: everyone}
+spec: {subject: {kind: Default}}
+";
+        let desired = load(&[file("objects.yaml", content)], "", None).expect("valid");
+        let names: Vec<(ObjectKind, &str)> = desired
+            .objects
+            .iter()
+            .map(|o| (o.kind, o.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (ObjectKind::QuotaPolicy, "everyone"),
+                (ObjectKind::QuotaPolicy, "students"),
+                (ObjectKind::NodeOperation, "maint"),
+            ]
+        );
+        let students = &desired.objects[1];
+        assert_eq!(students.labels.get("team").map(String::as_str), Some("edu"));
+        assert_eq!(students.spec["limits"]["maxSessions"], 2);
+        assert_eq!(students.origin.line, 1);
+        // The spec went through the Rust type: it equals what the API server would return.
+        let typed: crate::crd::QuotaPolicySpec =
+            serde_json::from_value(desired.objects[0].spec.clone()).expect("typed");
+        assert_eq!(
+            serde_json::to_value(&typed).expect("value"),
+            desired.objects[0].spec
+        );
+    }
+
+    #[test]
+    fn table_of_rejected_objects() {
+        let qp = |metadata: &str, spec: &str| {
+            format!(
+                "apiVersion: stream.space/v1alpha1\nkind: QuotaPolicy\nmetadata: {metadata}\nspec: {spec}\n"
+            )
+        };
+        let op = |spec: &str| {
+            format!(
+                "apiVersion: stream.space/v1alpha1\nkind: NodeOperation\nmetadata: {{name: op}}\nspec: {spec}\n"
+            )
+        };
+        let default = "{subject: {kind: Default}}";
+        let cases = [
+            (
+                qp("{name: q}", "{limits: {}}"),
+                "missing required field \"subject\"",
+            ),
+            (
+                qp(
+                    "{name: q}",
+                    "{subject: {kind: Default}, limits: {maxSessions: -1}}",
+                ),
+                "less than the minimum 0",
+            ),
+            (
+                qp(
+                    "{name: q}",
+                    "{subject: {kind: Default}, limits: {maxCpu: true}}",
+                ),
+                "expected integer or string",
+            ),
+            (
+                qp(
+                    "{name: q}",
+                    "{subject: {kind: Default}, limits: {maxCpu: lots}}",
+                ),
+                "/spec/",
+            ),
+            (
+                qp("{name: q}", "{subject: {kind: User}}"),
+                "/spec/subject.name: a User policy needs a name",
+            ),
+            (qp("{name: q, namespace: other}", default), "leave it out"),
+            (qp("{name: Big_Name}", default), "DNS subdomain"),
+            (
+                qp("{name: q, labels: {stream.space/gitsync: x}}", default),
+                "set by the GitSync itself",
+            ),
+            (
+                qp("{name: q, labels: {a: 1}}", default),
+                "/metadata/labels/a: expected string",
+            ),
+            (
+                qp("{name: q, labels: {\"bad key!\": v}}", default),
+                "/metadata/labels/bad key!",
+            ),
+            (
+                qp("{name: q, labels: {a: \"not valid!\"}}", default),
+                "does not match the pattern",
+            ),
+            (op("{cordon: true}"), "missing required field \"nodeName\""),
+            (
+                op("{nodeName: node-1, cordon: true, ttlSecondsAfterFinished: 60}"),
+                "not allowed in Git",
+            ),
+            (
+                op("{nodeName: node-1, drain: {gracePeriodSeconds: -5}}"),
+                "gracePeriodSeconds",
+            ),
+        ];
+        for (content, reason) in cases {
+            let errors = load(&[file("bad.yaml", &content)], "", None)
+                .expect_err(&format!("rejects {content}"));
+            assert_eq!(errors[0].metric_label(), "schema", "{content}: {errors:?}");
+            assert!(
+                errors[0].to_string().contains(reason),
+                "{content}: {}",
+                errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn the_owner_label_value_fits_a_label() {
+        assert_eq!(owner_value("team-a/nodes"), "team-a.nodes");
+        let long = format!("ns/{}", "n".repeat(120));
+        let value = owner_value(&long);
+        assert!(value.len() <= 63, "{value}");
+        assert_ne!(value, owner_value(&format!("ns/{}", "n".repeat(121))));
+        assert!(value.starts_with("ns.nnn"));
     }
 
     #[test]

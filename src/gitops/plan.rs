@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Taint as KubeTaint;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::manifest::{NodeConfig, taint_id};
+use super::manifest::{ManagedObject, NodeConfig, OWNER_LABEL, ObjectKind, taint_id};
 
 /// Annotation on each managed node: `{"<namespace>/<gitsync>": {"labels": [...], "taints": [...]}}`.
 pub const INVENTORY_ANNOTATION: &str = "stream.space/gitops-inventory";
@@ -95,6 +95,135 @@ pub struct Plan {
     /// NodeConfig names that match no node.
     pub unmatched: Vec<String>,
     pub managed: Vec<Managed>,
+    /// QuotaPolicies and NodeOperations to create, update or delete.
+    pub objects: Vec<ObjectChange>,
+}
+
+/// A QuotaPolicy or NodeOperation that carries an ownership label (of this or another sync).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveObject {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub spec: Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectAction {
+    Create,
+    Update,
+    Delete,
+}
+
+/// One whole-object change; `diff` lists the changed fields (`path: old -> new`) of an update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectChange {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub action: ObjectAction,
+    pub diff: Vec<String>,
+}
+
+impl LiveObject {
+    fn owner(&self) -> Option<&str> {
+        self.labels.get(OWNER_LABEL).map(String::as_str)
+    }
+}
+
+/// Compares the objects the repository declares with the live labelled objects: a missing one
+/// is created, one whose spec or declared labels differ is updated, and one this sync owns
+/// (its label is `owner`) that the repository no longer declares is deleted when `prune` is
+/// on. Declaring an object another GitSync owns is an error: the two would take it from each
+/// other forever.
+pub fn plan_objects(
+    desired: &[ManagedObject],
+    live: &[LiveObject],
+    owner: &str,
+    prune: bool,
+) -> Result<Vec<ObjectChange>, PlanError> {
+    let mut out = Vec::new();
+    for object in desired {
+        let found = live
+            .iter()
+            .find(|l| l.kind == object.kind && l.name == object.name);
+        if let Some(other) = found.and_then(LiveObject::owner).filter(|o| *o != owner) {
+            return Err(PlanError::OwnedElsewhere {
+                object: format!("{}/{}", object.kind, object.name),
+                owner: other.to_string(),
+            });
+        }
+        match found {
+            None => out.push(ObjectChange {
+                kind: object.kind,
+                name: object.name.clone(),
+                action: ObjectAction::Create,
+                diff: Vec::new(),
+            }),
+            Some(live) => {
+                let mut diff = Vec::new();
+                for (key, value) in &object.labels {
+                    if live.labels.get(key) != Some(value) {
+                        diff.push(format!(
+                            "label {key}: {} -> {value}",
+                            live.labels.get(key).map_or("(none)", String::as_str)
+                        ));
+                    }
+                }
+                value_diff("spec", &live.spec, &object.spec, &mut diff);
+                if !diff.is_empty() {
+                    out.push(ObjectChange {
+                        kind: object.kind,
+                        name: object.name.clone(),
+                        action: ObjectAction::Update,
+                        diff,
+                    });
+                }
+            }
+        }
+    }
+    if prune {
+        for object in live.iter().filter(|l| l.owner() == Some(owner)) {
+            let declared = desired
+                .iter()
+                .any(|d| d.kind == object.kind && d.name == object.name);
+            if !declared {
+                out.push(ObjectChange {
+                    kind: object.kind,
+                    name: object.name.clone(),
+                    action: ObjectAction::Delete,
+                    diff: Vec::new(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    Ok(out)
+}
+
+/// The leaves that differ between `old` and `new`, as `path: old -> new`.
+fn value_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let child = format!("{path}.{key}");
+                value_diff(
+                    &child,
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if old == new => {}
+        _ => {
+            let show = |v: &Value| match v {
+                Value::Null => "(none)".to_string(),
+                other => other.to_string(),
+            };
+            out.push(format!("{path}: {} -> {}", show(old), show(new)));
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -102,12 +231,16 @@ pub enum PlanError {
     /// Two NodeConfigs matching one node want different values for one label or taint.
     #[error("node {node}: {detail}")]
     Conflict { node: String, detail: String },
+    /// The repository declares an object that another GitSync applied and owns.
+    #[error("{object} is owned by GitSync {owner} (label stream.space/gitsync)")]
+    OwnedElsewhere { object: String, owner: String },
 }
 
 impl PlanError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             PlanError::Conflict { .. } => "conflict",
+            PlanError::OwnedElsewhere { .. } => "owned_elsewhere",
         }
     }
 }
@@ -369,10 +502,21 @@ pub fn render(plan: &Plan) -> String {
             out.push_str(&format!("  - taint {taint}\n"));
         }
     }
+    for change in &plan.objects {
+        let sign = match change.action {
+            ObjectAction::Create => "+",
+            ObjectAction::Update => "~",
+            ObjectAction::Delete => "-",
+        };
+        out.push_str(&format!("{sign} {}/{}\n", change.kind, change.name));
+        for line in &change.diff {
+            out.push_str(&format!("  ~ {line}\n"));
+        }
+    }
     for name in &plan.unmatched {
         out.push_str(&format!("NodeConfig {name} matches no node\n"));
     }
-    if plan.changes.is_empty() {
+    if plan.changes.is_empty() && plan.objects.is_empty() {
         out.push_str("no changes\n");
     }
     out

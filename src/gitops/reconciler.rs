@@ -25,14 +25,14 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::manifest::{self, Desired, ManifestError};
-use super::plan::{self, LiveNode, Plan, PlanError};
+use super::manifest::{self, Desired, ManifestError, OWNER_LABEL, ObjectKind, owner_value};
+use super::plan::{self, LiveNode, LiveObject, ObjectAction, ObjectChange, Plan, PlanError};
 use super::repo::{self, Credentials, FetchRequest, RepoError};
 use super::webhook::SyncTriggers;
 use crate::backoff::FailureBackoff;
 use crate::controller::FIELD_MANAGER;
 use crate::crd::gitsync::{InventoryEntry, Rejection};
-use crate::crd::{Condition, GitSync, GitSyncStatus};
+use crate::crd::{Condition, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
 
 pub const CONTROLLER: &str = "gitsync";
@@ -69,6 +69,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{action} failed: {source}")]
+    Object {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("the credentials Secret {0:?} does not exist")]
@@ -88,6 +94,8 @@ impl Error {
         match self {
             Error::Api { source, .. } if is_stale_write(source) => "conflict",
             Error::Api { .. } => "api",
+            Error::Object { source, .. } if is_conflict(source) => "conflict",
+            Error::Object { .. } => "object_apply",
             Error::Repo(e) => e.metric_label(),
             Error::SecretMissing(_) => "secret_missing",
             Error::Interval(_) => "interval",
@@ -120,6 +128,10 @@ pub struct GitopsContext {
     metrics: SharedMetrics,
     settings: GitopsSettings,
     nodes: Store<Node>,
+    /// QuotaPolicies and NodeOperations carrying the ownership label (of any GitSync).
+    quotas: Store<QuotaPolicy>,
+    operations: Store<NodeOperation>,
+    /// True once the node and the owned-object caches have loaded.
     nodes_loaded: watch::Receiver<bool>,
     memory: Mutex<HashMap<String, Memory>>,
     backoff: FailureBackoff,
@@ -158,11 +170,34 @@ pub fn controller(
     )
     .default_backoff()
     .touched_objects();
+    // Owned objects are watched too, so a hand edit or deletion is corrected at once.
+    let owned = watcher::Config::default()
+        .any_semantic()
+        .labels(OWNER_LABEL);
+    let quota_api: Api<QuotaPolicy> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (quotas, quota_writer) = reflector::store();
+    let quota_stream = reflector::reflector(quota_writer, watcher(quota_api, owned.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (operations, operation_writer) = reflector::store();
+    let operation_stream = reflector::reflector(
+        operation_writer,
+        watcher(Api::<NodeOperation>::all(client.clone()), owned),
+    )
+    .default_backoff()
+    .touched_objects();
     let (loaded_tx, nodes_loaded) = watch::channel(false);
     let ready = {
         let nodes = nodes.clone();
+        let quotas = quotas.clone();
+        let operations = operations.clone();
         async move {
-            let loaded = nodes.wait_until_ready().await.is_ok();
+            let loaded = nodes.wait_until_ready().await.is_ok()
+                && quotas.wait_until_ready().await.is_ok()
+                && operations.wait_until_ready().await.is_ok();
             let _ = loaded_tx.send(loaded);
             loaded
         }
@@ -185,6 +220,8 @@ pub fn controller(
         metrics,
         settings,
         nodes,
+        quotas,
+        operations,
         nodes_loaded,
         memory: Mutex::default(),
         backoff: FailureBackoff::default(),
@@ -192,15 +229,35 @@ pub fn controller(
     let sync_controller = Controller::new(syncs, watcher::Config::default().any_semantic());
     let sync_store = sync_controller.store();
     // Every node change may concern every GitSync: drift, or a node a selector now matches.
-    let all_syncs = move |_: Node| {
+    let all_syncs = {
+        let sync_store = sync_store.clone();
+        move |_: Node| {
+            sync_store
+                .state()
+                .iter()
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+    // An owned object concerns the GitSync its ownership label names.
+    let owner = move |labels: Option<&std::collections::BTreeMap<String, String>>| {
+        let value = labels.and_then(|l| l.get(OWNER_LABEL)).cloned();
         sync_store
             .state()
             .iter()
+            .filter(|s| Some(owner_value(&sync_id(s))) == value)
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .collect::<Vec<_>>()
     };
+    let quota_owner = {
+        let owner = owner.clone();
+        move |q: QuotaPolicy| owner(q.metadata.labels.as_ref())
+    };
+    let operation_owner = move |o: NodeOperation| owner(o.metadata.labels.as_ref());
     let run = sync_controller
         .watches_stream(node_stream, all_syncs)
+        .watches_stream(quota_stream, quota_owner)
+        .watches_stream(operation_stream, operation_owner)
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -283,7 +340,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             None => Ok(Action::requeue(interval)),
         };
     };
-    let plan = match plan_against_cache(&ctx, &id, &desired, sync.spec.prune) {
+    let plan = match plan_against_cache(&ctx, &id, &namespace, &desired, sync.spec.prune) {
         Ok(plan) => plan,
         Err(error) => {
             reject(
@@ -293,7 +350,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
                 &commit,
                 "",
                 &error.to_string(),
-                "conflict",
+                error.metric_label(),
             )
             .await;
             remember(&ctx, &id, memory);
@@ -301,7 +358,25 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             return Err(error.into());
         }
     };
-    let changed = apply(&ctx, &id, &desired, sync.spec.prune, &plan).await?;
+    let mut changed = apply(&ctx, &id, &desired, sync.spec.prune, &plan).await?;
+    let objects_changed = match apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await
+    {
+        Ok(count) => count,
+        Err(error) => {
+            // Say which object failed (an admission webhook may refuse it), then retry.
+            set_condition(
+                &mut status,
+                "Ready",
+                false,
+                "ApplyFailed",
+                &error.to_string(),
+            );
+            remember(&ctx, &id, memory);
+            write_status(&ctx, &sync, &namespace, &current, status).await?;
+            return Err(error);
+        }
+    };
+    changed += objects_changed;
     let newly_applied = status.last_applied_commit.as_deref() != Some(commit.as_str());
     if newly_applied {
         status.last_applied_commit = Some(commit.clone());
@@ -356,7 +431,8 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     );
     if changed > 0 || newly_applied {
         let note = format!(
-            "commit {short}: {changed} node(s) changed, {} unmatched NodeConfig(s)",
+            "commit {short}: {} node(s) and {objects_changed} object(s) changed, {} unmatched NodeConfig(s)",
+            changed - objects_changed,
             plan.unmatched.len()
         );
         info!(gitsync = %id, %commit, changed, "applied");
@@ -583,12 +659,20 @@ fn live_node(node: &Node) -> LiveNode {
 fn plan_against_cache(
     ctx: &GitopsContext,
     id: &str,
+    namespace: &str,
     desired: &Desired,
     prune: bool,
 ) -> Result<Plan, PlanError> {
     let mut nodes: Vec<LiveNode> = ctx.nodes.state().iter().map(|n| live_node(n)).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    plan::plan(id, &desired.node_configs, &nodes, prune)
+    let mut plan = plan::plan(id, &desired.node_configs, &nodes, prune)?;
+    plan.objects = plan::plan_objects(
+        &desired.objects,
+        &labelled_objects(ctx, namespace),
+        &owner_value(id),
+        prune,
+    )?;
+    Ok(plan)
 }
 
 /// Applies every node change (one patch per node, concurrently); returns how many changed.
@@ -683,6 +767,146 @@ async fn patch_node(
             }
         }
     }
+}
+
+/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
+/// label, from the watch caches; objects being deleted are left out (their finalizer is still
+/// running).
+fn labelled_objects(ctx: &GitopsContext, namespace: &str) -> Vec<LiveObject> {
+    let ours = |labels: &Option<std::collections::BTreeMap<String, String>>| {
+        labels.as_ref().is_some_and(|l| l.contains_key(OWNER_LABEL))
+    };
+    let mut out = Vec::new();
+    for quota in ctx.quotas.state() {
+        if ours(&quota.metadata.labels)
+            && quota.namespace().as_deref() == Some(namespace)
+            && quota.metadata.deletion_timestamp.is_none()
+        {
+            out.push(LiveObject {
+                kind: ObjectKind::QuotaPolicy,
+                name: quota.name_any(),
+                labels: quota.labels().clone(),
+                spec: serde_json::to_value(&quota.spec).unwrap_or_default(),
+            });
+        }
+    }
+    for operation in ctx.operations.state() {
+        if ours(&operation.metadata.labels) && operation.metadata.deletion_timestamp.is_none() {
+            out.push(LiveObject {
+                kind: ObjectKind::NodeOperation,
+                name: operation.name_any(),
+                labels: operation.labels().clone(),
+                spec: serde_json::to_value(&operation.spec).unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn object_failed(action: &str, change: &ObjectChange, source: kube::Error) -> Error {
+    Error::Object {
+        action: format!("{action} {}/{}", change.kind, change.name),
+        source,
+    }
+}
+
+/// Creates or updates (server-side apply, forced, with our field manager) and deletes the
+/// owned objects of the plan; returns how many were written.
+async fn apply_objects(
+    ctx: &GitopsContext,
+    id: &str,
+    namespace: &str,
+    desired: &Desired,
+    changes: &[ObjectChange],
+) -> Result<usize, Error> {
+    let quotas: Api<QuotaPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    let operations: Api<NodeOperation> = Api::all(ctx.client.clone());
+    let failed = |action: &'static str| move |source| Error::Api { action, source };
+    for change in changes {
+        ctx.metrics
+            .reconcilers
+            .write(CONTROLLER, change.kind.as_str());
+        if change.action == ObjectAction::Delete {
+            let result = match change.kind {
+                ObjectKind::QuotaPolicy => quotas
+                    .delete(&change.name, &Default::default())
+                    .await
+                    .map(|_| ()),
+                ObjectKind::NodeOperation => operations
+                    .delete(&change.name, &Default::default())
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => return Err(object_failed("deleting", change, source)),
+            }
+            info!(gitsync = %id, kind = %change.kind, name = %change.name, "pruned");
+            continue;
+        }
+        let Some(object) = desired
+            .objects
+            .iter()
+            .find(|o| o.kind == change.kind && o.name == change.name)
+        else {
+            continue;
+        };
+        let mut labels = object.labels.clone();
+        labels.insert(OWNER_LABEL.to_string(), owner_value(id));
+        let mut metadata = serde_json::json!({"name": object.name, "labels": labels});
+        if object.kind == ObjectKind::QuotaPolicy {
+            metadata["namespace"] = namespace.into();
+        }
+        let body = serde_json::json!({
+            "apiVersion": manifest::API_VERSION,
+            "kind": object.kind.as_str(),
+            "metadata": metadata,
+            "spec": object.spec,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        // Server-side apply cannot remove a field another manager set; when the stored spec
+        // still differs afterwards, the spec is replaced as a whole.
+        let replace = serde_json::json!([{"op": "replace", "path": "/spec", "value": object.spec}]);
+        let replace: json_patch::Patch = serde_json::from_value(replace)
+            .map_err(|e| failed("building an object patch")(kube::Error::SerdeError(e)))?;
+        match object.kind {
+            ObjectKind::QuotaPolicy => {
+                let stored = quotas
+                    .patch(&object.name, &params, &Patch::Apply(&body))
+                    .await
+                    .map_err(|e| object_failed("applying", change, e))?;
+                if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
+                    quotas
+                        .patch(
+                            &object.name,
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(replace),
+                        )
+                        .await
+                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
+                }
+            }
+            ObjectKind::NodeOperation => {
+                let stored = operations
+                    .patch(&object.name, &params, &Patch::Apply(&body))
+                    .await
+                    .map_err(|e| object_failed("applying", change, e))?;
+                if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
+                    operations
+                        .patch(
+                            &object.name,
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(replace),
+                        )
+                        .await
+                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
+                }
+            }
+        }
+        info!(gitsync = %id, kind = %change.kind, name = %change.name, "applied");
+    }
+    Ok(changes.len())
 }
 
 fn set_condition(

@@ -45,6 +45,12 @@ pub struct Schema {
     max_length: Option<usize>,
     pattern: Option<Regex>,
     one_of: Vec<Schema>,
+    /// OpenAPI `nullable: true`: `null` is accepted whatever the type.
+    nullable: bool,
+    /// `x-kubernetes-int-or-string: true`: an integer or a string.
+    int_or_string: bool,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -54,7 +60,16 @@ enum Additional {
     Schema(Box<Schema>),
 }
 
-const ANNOTATIONS: &[&str] = &["$schema", "title", "description"];
+const ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "title",
+    "description",
+    // Kubernetes structural-schema keywords that say nothing about validity here.
+    "format",
+    "default",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+];
 
 impl Schema {
     pub fn compile(schema: &Value) -> Result<Schema, SchemaCompileError> {
@@ -77,6 +92,28 @@ impl Schema {
             },
             message,
         };
+        if self.nullable && value.is_null() {
+            return;
+        }
+        if self.int_or_string && !(value.is_string() || has_type(value, "integer")) {
+            out.push(at(format!(
+                "expected integer or string, found {}",
+                type_name(value)
+            )));
+            return;
+        }
+        if let Some(number) = value.as_f64() {
+            if let Some(min) = self.minimum
+                && number < min
+            {
+                out.push(at(format!("{value} is less than the minimum {min}")));
+            }
+            if let Some(max) = self.maximum
+                && number > max
+            {
+                out.push(at(format!("{value} is more than the maximum {max}")));
+            }
+        }
         if let Some(types) = &self.types
             && !types.iter().any(|t| has_type(value, t))
         {
@@ -256,6 +293,10 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
         max_length: None,
         pattern: None,
         one_of: Vec::new(),
+        nullable: false,
+        int_or_string: false,
+        minimum: None,
+        maximum: None,
     };
     for (keyword, value) in map {
         let here = format!("{path}/{keyword}");
@@ -307,6 +348,18 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                     .ok_or_else(|| fail("pattern must be a string".into()))?;
                 out.pattern =
                     Some(Regex::new(text).map_err(|e| fail(format!("invalid pattern: {e}")))?);
+            }
+            "nullable" => out.nullable = value.as_bool().unwrap_or(false),
+            "x-kubernetes-int-or-string" => out.int_or_string = value.as_bool().unwrap_or(false),
+            "minimum" | "maximum" => {
+                let bound = value
+                    .as_f64()
+                    .ok_or_else(|| fail(format!("{keyword} must be a number")))?;
+                if keyword == "minimum" {
+                    out.minimum = Some(bound);
+                } else {
+                    out.maximum = Some(bound);
+                }
             }
             "oneOf" => {
                 let alternatives = value
@@ -431,13 +484,60 @@ mod tests {
         }
     }
 
+    /// The Kubernetes keywords of the schemas generated from the CRDs (QuotaPolicy,
+    /// NodeOperation): `nullable`, `x-kubernetes-int-or-string`, `minimum`, `maximum`.
+    #[test]
+    fn table_of_kubernetes_keywords() {
+        let schema = Schema::compile(&json!({
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "nullable": true, "minimum": 0, "maximum": 10,
+                      "format": "int64", "default": 1},
+                "q": {"x-kubernetes-int-or-string": true, "nullable": true},
+                "s": {"type": "string"}
+            }
+        }))
+        .expect("compiles");
+        let cases = [
+            (json!({"n": 3, "q": "500m"}), vec![]),
+            (json!({"n": null, "q": null}), vec![]),
+            (json!({"q": 2}), vec![]),
+            (json!({"n": -1}), vec!["/n: -1 is less than the minimum 0"]),
+            (json!({"n": 11}), vec!["/n: 11 is more than the maximum 10"]),
+            (
+                json!({"n": "3"}),
+                vec!["/n: expected integer, found string"],
+            ),
+            (
+                json!({"q": 0.5}),
+                vec!["/q: expected integer or string, found number"],
+            ),
+            (
+                json!({"q": true}),
+                vec!["/q: expected integer or string, found boolean"],
+            ),
+            (json!({"s": null}), vec!["/s: expected string, found null"]),
+        ];
+        for (document, expected) in cases {
+            let found: Vec<String> = schema
+                .validate(&document)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(found, expected, "{document}");
+        }
+    }
+
     #[test]
     fn unknown_keywords_are_refused() {
-        let error = Schema::compile(&json!({"type": "object", "maximum": 3}))
-            .expect_err("maximum is not supported");
-        assert!(error.to_string().contains("\"maximum\""), "{error}");
-        let nested = Schema::compile(&json!({"properties": {"a": {"format": "email"}}}))
-            .expect_err("format is not supported");
+        let error = Schema::compile(&json!({"type": "object", "exclusiveMaximum": 3}))
+            .expect_err("exclusiveMaximum is not supported");
+        assert!(
+            error.to_string().contains("\"exclusiveMaximum\""),
+            "{error}"
+        );
+        let nested = Schema::compile(&json!({"properties": {"a": {"uniqueItems": true}}}))
+            .expect_err("uniqueItems is not supported");
         assert_eq!(nested.path, "#/properties/a");
     }
 

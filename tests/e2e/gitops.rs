@@ -11,11 +11,13 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sha2::Sha256;
-use streamspace_controller::crd::{GitSync, GitSyncStatus};
+use streamspace_controller::crd::{GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
+use streamspace_controller::devcluster::ADOPTED_NODE_LABEL;
+use streamspace_controller::gitops::manifest::OWNER_LABEL;
 use streamspace_controller::gitops::plan::INVENTORY_ANNOTATION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{TestEnv, wait_for, wait_object};
+use crate::support::{TEST_ENV_LABEL, TestEnv, wait_for, wait_gone, wait_object};
 
 /// A real repository in a temporary directory, committed to with libgit2.
 struct Repo {
@@ -1028,5 +1030,246 @@ async fn gitops_unreachable_repository_is_reported_and_the_commit_in_force_still
     )
     .await;
     nodes.cleanup().await;
+    env.cleanup().await;
+}
+
+/// A QuotaPolicy document (Default subject) with `maxSessions`.
+fn quota_policy(name: &str, max_sessions: i64) -> String {
+    let document = json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
+        "metadata": {"name": name},
+        "spec": {"subject": {"kind": "Default"}, "limits": {"maxSessions": max_sessions}}
+    });
+    format!(
+        "# yaml-language-server: $schema=../manifests-schema/quotapolicy.schema.json\n{}",
+        serde_json::to_string_pretty(&document).expect("serialises")
+    )
+}
+
+fn max_sessions(policy: &QuotaPolicy) -> Option<i64> {
+    serde_json::to_value(&policy.spec.limits)
+        .ok()
+        .and_then(|l| l.get("maxSessions").and_then(serde_json::Value::as_i64))
+}
+
+#[tokio::test]
+async fn gitops_quota_policy_added_changed_and_removed_follows_git() {
+    let mut env = TestEnv::new("gitops-quota").await;
+    let policies = env.api::<QuotaPolicy>();
+    let repo = Repo::new();
+    let first = repo.commit(
+        &[
+            ("quota/a.yaml", Some(&quota_policy("team-a", 3))),
+            ("quota/b.yaml", Some(&quota_policy("team-b", 4))),
+        ],
+        "two policies",
+    );
+    create_gitsync(&env, "quotas", json!({"url": repo.url(), "interval": "1h"})).await;
+    wait_applied(&env, "quotas", &first).await;
+    let a = wait_object(&policies, "team-a", "team-a applied", |p| {
+        max_sessions(p) == Some(3)
+    })
+    .await;
+    assert_eq!(
+        a.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .map(String::as_str),
+        Some(format!("{}.quotas", env.namespace).as_str()),
+        "ownership label"
+    );
+    wait_object(&policies, "team-b", "team-b applied", |p| {
+        max_sessions(p) == Some(4)
+    })
+    .await;
+
+    // A hand edit is restored from the watch, not at the next poll (1h).
+    let edited = Instant::now();
+    policies
+        .patch(
+            "team-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"limits": {"maxSessions": 99, "maxGpu": 2}}})),
+        )
+        .await
+        .expect("hand edit");
+    wait_object(&policies, "team-a", "hand edit reverted", |p| {
+        max_sessions(p) == Some(3) && p.spec.limits.max_gpu.is_none()
+    })
+    .await;
+    assert!(edited.elapsed() < Duration::from_secs(15));
+    // A hand-deleted policy is recreated.
+    policies
+        .delete("team-b", &DeleteParams::default())
+        .await
+        .expect("hand delete");
+    wait_object(&policies, "team-b", "team-b recreated", |p| {
+        max_sessions(p) == Some(4)
+    })
+    .await;
+
+    // Changed in Git -> changed in the cluster (the poll is short from here on).
+    env.api::<GitSync>()
+        .patch(
+            "quotas",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"interval": "1s"}})),
+        )
+        .await
+        .expect("interval");
+    let second = repo.commit(
+        &[("quota/a.yaml", Some(&quota_policy("team-a", 5)))],
+        "raise a",
+    );
+    wait_applied(&env, "quotas", &second).await;
+    wait_object(&policies, "team-a", "team-a changed", |p| {
+        max_sessions(p) == Some(5)
+    })
+    .await;
+
+    // Removed in Git -> removed in the cluster; the other stays.
+    let third = repo.commit(&[("quota/b.yaml", None)], "drop b");
+    wait_applied(&env, "quotas", &third).await;
+    wait_gone(&policies, "team-b", "team-b pruned").await;
+    assert!(policies.get_opt("team-a").await.expect("get").is_some());
+
+    // After a restart the label is the inventory: a removal is still pruned.
+    if let Some(controller) = env.controller.take() {
+        controller.stop().await;
+    }
+    let fourth = repo.commit(&[("quota/a.yaml", Some("# no policies\n"))], "drop a");
+    env.gitops.cache_dir = tempfile::tempdir().expect("tempdir").keep();
+    env.start_controller().await;
+    wait_applied(&env, "quotas", &fourth).await;
+    wait_gone(&policies, "team-a", "team-a pruned after a restart").await;
+    let _ = std::fs::remove_dir_all(&env.gitops.cache_dir);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn gitops_node_operation_in_git_cordons_and_removing_the_file_uncordons() {
+    let env = TestEnv::new("gitops-nodeop").await;
+    let mut nodes = TestNodes::new(&env);
+    let node = unique("nodeop");
+    nodes
+        .create(&node, json!({ADOPTED_NODE_LABEL: "true"}), json!([]))
+        .await;
+    let operations: Api<NodeOperation> = Api::all(env.client.clone());
+    let operation = format!("{node}-maintenance");
+    let document = json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "NodeOperation",
+        "metadata": {"name": operation, "labels": {TEST_ENV_LABEL: env.namespace}},
+        "spec": {"nodeName": node, "cordon": true}
+    });
+    let repo = Repo::new();
+    let first = repo.commit(
+        &[
+            ("readme.yaml", Some("# maintenance windows\n")),
+            (
+                "maintenance.yaml",
+                Some(&serde_json::to_string_pretty(&document).expect("serialises")),
+            ),
+        ],
+        "cordon",
+    );
+    create_gitsync(&env, "ops", json!({"url": repo.url(), "interval": "1s"})).await;
+    wait_applied(&env, "ops", &first).await;
+    wait_object(&operations, &operation, "operation created", |o| {
+        o.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(OWNER_LABEL))
+    })
+    .await;
+    wait_node(&nodes, &node, "node cordoned", |n| {
+        n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+    })
+    .await;
+
+    let second = repo.commit(&[("maintenance.yaml", None)], "end maintenance");
+    wait_applied(&env, "ops", &second).await;
+    wait_gone(&operations, &operation, "operation pruned").await;
+    wait_node(&nodes, &node, "node uncordoned", |n| {
+        n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)
+    })
+    .await;
+    nodes.cleanup().await;
+    env.cleanup().await;
+}
+
+/// An object the API server refuses (here the ResourceQuota admission: the test's namespace
+/// may hold no QuotaPolicy) is reported as `ApplyFailed` naming it; once allowed, it applies.
+#[tokio::test]
+async fn gitops_object_refused_by_the_api_is_reported_and_applies_once_allowed() {
+    use k8s_openapi::api::core::v1::ResourceQuota;
+    let env = TestEnv::new("gitops-refused").await;
+    let _: ResourceQuota = env
+        .create(json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": {"name": "no-quota-policies"},
+            "spec": {"hard": {"count/quotapolicies.stream.space": "0"}}
+        }))
+        .await;
+    let quotas = env.api::<QuotaPolicy>();
+    let probe: QuotaPolicy = serde_json::from_value(json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
+        "metadata": {"name": "probe"},
+        "spec": {"subject": {"kind": "Default"}}
+    }))
+    .expect("probe");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let refused = wait_for(
+        "the ResourceQuota to refuse QuotaPolicies",
+        || quotas.create(&dry_run, &probe),
+        |r| r.is_err(),
+    )
+    .await;
+    let refused = format!("{:?}", refused.err());
+    assert!(refused.contains("quota"), "{refused}");
+
+    let repo = Repo::new();
+    let first = repo.commit(&[("q.yaml", Some(&quota_policy("big", 5)))], "a policy");
+    create_gitsync(&env, "quotas", json!({"url": repo.url(), "interval": "1s"})).await;
+    let ready_condition = |s: &GitSync| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .cloned()
+    };
+    let failed = wait_object(&env.api::<GitSync>(), "quotas", "ApplyFailed", |s| {
+        ready_condition(s).is_some_and(|c| c.reason == "ApplyFailed")
+    })
+    .await;
+    let message = ready_condition(&failed)
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("applying QuotaPolicy/big failed") && message.contains("quota"),
+        "{message}"
+    );
+    assert!(quotas.get_opt("big").await.expect("get").is_none());
+    assert_ne!(
+        failed.status.and_then(|s| s.last_applied_commit),
+        Some(first.clone())
+    );
+
+    Api::<ResourceQuota>::namespaced(env.client.clone(), &env.namespace)
+        .delete("no-quota-policies", &DeleteParams::default())
+        .await
+        .expect("delete quota");
+    let status = wait_applied(&env, "quotas", &first).await;
+    assert_eq!(
+        ready(&status).map(|(s, _)| s),
+        Some("True".to_string()),
+        "{status:?}"
+    );
+    wait_object(&quotas, "big", "big applied", |p| {
+        max_sessions(p) == Some(5)
+    })
+    .await;
     env.cleanup().await;
 }

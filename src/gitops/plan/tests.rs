@@ -284,3 +284,169 @@ fn conflicting_values_are_an_error() {
     assert_eq!(error.metric_label(), "conflict");
     assert!(error.to_string().contains("label zone"), "{error}");
 }
+
+fn object(kind: ObjectKind, name: &str, labels: &[(&str, &str)], spec: Value) -> ManagedObject {
+    ManagedObject {
+        kind,
+        name: name.into(),
+        origin: Origin {
+            file: "q.yaml".into(),
+            line: 1,
+        },
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        spec,
+    }
+}
+
+const OWNER: &str = "ns.sync";
+
+/// A live object owned by this sync (`OWNER`) unless `labels` names another owner.
+fn live_object(kind: ObjectKind, name: &str, labels: &[(&str, &str)], spec: Value) -> LiveObject {
+    let mut labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    labels
+        .entry(OWNER_LABEL.to_string())
+        .or_insert_with(|| OWNER.to_string());
+    LiveObject {
+        kind,
+        name: name.into(),
+        labels,
+        spec,
+    }
+}
+
+/// Row: desired objects, live owned objects, prune -> rendered plan.
+#[test]
+fn table_of_object_plans() {
+    use ObjectKind::{NodeOperation as Op, QuotaPolicy as Qp};
+    let limits = |n: i64| json!({"subject": {"kind": "Default"}, "limits": {"maxSessions": n}});
+    let cordon = json!({"nodeName": "n1", "cordon": true});
+    type Row = (
+        &'static str,
+        Vec<ManagedObject>,
+        Vec<LiveObject>,
+        bool,
+        &'static str,
+    );
+    let cases: Vec<Row> = vec![
+        (
+            "a new QuotaPolicy and NodeOperation are created",
+            vec![
+                object(Qp, "default", &[], limits(3)),
+                object(Op, "maint", &[], cordon.clone()),
+            ],
+            vec![],
+            true,
+            "+ QuotaPolicy/default\n+ NodeOperation/maint\n",
+        ),
+        (
+            "steady state",
+            vec![object(Qp, "default", &[("team", "a")], limits(3))],
+            vec![live_object(
+                Qp,
+                "default",
+                &[("team", "a"), ("stream.space/gitsync", "ns.sync")],
+                limits(3),
+            )],
+            true,
+            "no changes\n",
+        ),
+        (
+            "a changed limit is an update naming the field",
+            vec![object(Qp, "default", &[], limits(5))],
+            vec![live_object(Qp, "default", &[], limits(3))],
+            true,
+            "~ QuotaPolicy/default\n  ~ spec.limits.maxSessions: 3 -> 5\n",
+        ),
+        (
+            "a field added by hand is reverted",
+            vec![object(Op, "maint", &[], cordon.clone())],
+            vec![live_object(
+                Op,
+                "maint",
+                &[],
+                json!({"nodeName": "n1", "cordon": true, "drain": {"force": true}}),
+            )],
+            true,
+            "~ NodeOperation/maint\n  ~ spec.drain: {\"force\":true} -> (none)\n",
+        ),
+        (
+            "a declared label that changed is restored",
+            vec![object(Op, "maint", &[("a", "1")], cordon.clone())],
+            vec![live_object(Op, "maint", &[("a", "2")], cordon.clone())],
+            true,
+            "~ NodeOperation/maint\n  ~ label a: 2 -> 1\n",
+        ),
+        (
+            "an owned object no longer declared is deleted when pruning",
+            vec![],
+            vec![
+                live_object(Qp, "old", &[], limits(1)),
+                live_object(Op, "maint", &[], cordon.clone()),
+            ],
+            true,
+            "- QuotaPolicy/old\n- NodeOperation/maint\n",
+        ),
+        (
+            "another sync's object is never pruned",
+            vec![],
+            vec![live_object(
+                Qp,
+                "theirs",
+                &[(OWNER_LABEL, "ns.other")],
+                limits(1),
+            )],
+            true,
+            "no changes\n",
+        ),
+        (
+            "and kept when not",
+            vec![],
+            vec![live_object(Qp, "old", &[], limits(1))],
+            false,
+            "no changes\n",
+        ),
+        (
+            "same name, other kind: one is created, the other deleted",
+            vec![object(Qp, "x", &[], limits(1))],
+            vec![live_object(Op, "x", &[], cordon.clone())],
+            true,
+            "+ QuotaPolicy/x\n- NodeOperation/x\n",
+        ),
+    ];
+    for (what, desired, live, prune, expected) in cases {
+        let plan = Plan {
+            objects: plan_objects(&desired, &live, OWNER, prune).expect("no conflict"),
+            ..Plan::default()
+        };
+        assert_eq!(render(&plan), expected, "{what}");
+    }
+}
+
+#[test]
+fn declaring_an_object_another_sync_owns_is_an_error() {
+    let spec = json!({"nodeName": "n1", "cordon": true});
+    let desired = [object(
+        ObjectKind::NodeOperation,
+        "maint",
+        &[],
+        spec.clone(),
+    )];
+    let live = [live_object(
+        ObjectKind::NodeOperation,
+        "maint",
+        &[(OWNER_LABEL, "team.other")],
+        spec,
+    )];
+    let error = plan_objects(&desired, &live, OWNER, true).expect_err("owned elsewhere");
+    assert_eq!(error.metric_label(), "owned_elsewhere");
+    assert_eq!(
+        error.to_string(),
+        "NodeOperation/maint is owned by GitSync team.other (label stream.space/gitsync)"
+    );
+}
