@@ -94,7 +94,7 @@ impl Error {
         match self {
             Error::Api { source, .. } if is_stale_write(source) => "conflict",
             Error::Api { .. } => "api",
-            Error::Object { source, .. } if is_conflict(source) => "conflict",
+            Error::Object { source, .. } if is_stale_write(source) => "conflict",
             Error::Object { .. } => "object_apply",
             Error::Repo(e) => e.metric_label(),
             Error::SecretMissing(_) => "secret_missing",
