@@ -147,6 +147,10 @@ fn fetch_blocking(request: &FetchRequest) -> Result<String, RepoError> {
     }
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks);
+    if allows_shallow(&request.url) {
+        // Only the tip is ever read: history would cost transfer time and disk for nothing.
+        options.depth(1);
+    }
     let tracking = format!("refs/remotes/origin/{}", request.branch);
     let refspec = format!("+refs/heads/{}:{tracking}", request.branch);
     let mut remote = repo.remote_anonymous(&request.url).map_err(git("remote"))?;
@@ -164,6 +168,20 @@ fn fetch_blocking(request: &FetchRequest) -> Result<String, RepoError> {
         .refname_to_id(&tracking)
         .map_err(|_| RepoError::BranchMissing(request.branch.clone()))?;
     Ok(oid.to_string())
+}
+
+/// Network transports can fetch only the tip of the branch; libgit2's local transport
+/// (`file://` and plain paths) cannot, so those fetch in full.
+fn allows_shallow(url: &str) -> bool {
+    let network_scheme = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme));
+    // scp-like `user@host:path`
+    let scp_like = !url.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(host, _)| host.contains('@'));
+    network_scheme || scp_like
 }
 
 fn credential(
@@ -266,6 +284,105 @@ mod tests {
         )
         .expect("commit")
         .to_string()
+    }
+
+    #[test]
+    fn shallow_only_over_network_transports() {
+        let cases = [
+            ("https://example.com/r.git", true),
+            ("http://example.com/r.git", true),
+            ("ssh://git@example.com/r.git", true),
+            ("git://example.com/r.git", true),
+            ("git@example.com:org/r.git", true),
+            ("file:///srv/r.git", false),
+            ("/srv/r.git", false),
+            ("C:/repos/r.git", false),
+        ];
+        for (url, shallow) in cases {
+            assert_eq!(allows_shallow(url), shallow, "{url}");
+        }
+    }
+
+    /// `git daemon` in a process group of its own: `git` forks `git-daemon`, so the whole group
+    /// is stopped when the test ends, even when it fails.
+    struct GitDaemon(std::process::Child);
+
+    impl GitDaemon {
+        fn start(base: &std::path::Path, port: u16) -> GitDaemon {
+            use std::os::unix::process::CommandExt;
+            let child = std::process::Command::new("git")
+                .arg("daemon")
+                .arg("--export-all")
+                .arg("--reuseaddr")
+                .arg("--listen=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("git daemon");
+            GitDaemon(child)
+        }
+    }
+
+    impl Drop for GitDaemon {
+        fn drop(&mut self) {
+            if let Ok(pid) = i32::try_from(self.0.id()) {
+                // SAFETY: signalling a process group we created; no memory is involved.
+                unsafe {
+                    libc::killpg(pid, libc::SIGTERM);
+                }
+            }
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A real network transport: `git daemon` serving over git://, fetched shallow.
+    #[tokio::test]
+    async fn fetches_shallow_over_the_git_protocol() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let cache = tempfile::tempdir().expect("tempdir");
+        let origin_path = base.path().join("origin");
+        let origin = Repository::init(&origin_path).expect("init");
+        origin.set_head("refs/heads/main").expect("head");
+        commit(&origin, &[("a.yaml", "one\n")], "first");
+        let tip = commit(&origin, &[("a.yaml", "two\n")], "second");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let _daemon = GitDaemon::start(base.path(), port);
+        let request = FetchRequest {
+            url: format!("git://127.0.0.1:{port}/origin"),
+            branch: "main".into(),
+            dir: cache_dir(cache.path(), "ns/sync", "u"),
+            credentials: None,
+            timeout: FETCH_TIMEOUT,
+        };
+        let mut fetched = None;
+        for _ in 0..50 {
+            match fetch(request.clone()).await {
+                Ok(oid) => {
+                    fetched = Some(oid);
+                    break;
+                }
+                // The daemon may not listen yet.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        assert_eq!(fetched.as_deref(), Some(tip.as_str()));
+        let cached = Repository::open_bare(&request.dir).expect("cache");
+        assert!(cached.is_shallow(), "only the tip was fetched");
+        let files = read_commit(request.dir.clone(), tip).await.expect("read");
+        assert_eq!(files[0].content, "two\n");
+        // The next commit arrives on top of the shallow cache.
+        let next = commit(&origin, &[("a.yaml", "three\n")], "third");
+        assert_eq!(fetch(request.clone()).await.expect("fetch again"), next);
+        let files = read_commit(request.dir.clone(), next).await.expect("read");
+        assert_eq!(files[0].content, "three\n");
     }
 
     #[tokio::test]
