@@ -810,6 +810,40 @@ fn object_failed(action: &str, change: &ObjectChange, source: kube::Error) -> Er
     }
 }
 
+/// Applies one owned object; when the stored spec still differs afterwards (server-side apply
+/// cannot remove a field another manager set), replaces the spec as a whole.
+async fn apply_object<K>(
+    api: &Api<K>,
+    change: &ObjectChange,
+    spec: &serde_json::Value,
+    body: &serde_json::Value,
+    replace: json_patch::Patch,
+) -> Result<(), Error>
+where
+    K: Resource
+        + kube::core::object::HasSpec
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::Spec: serde::Serialize,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let stored = api
+        .patch(&change.name, &params, &Patch::Apply(body))
+        .await
+        .map_err(|e| object_failed("applying", change, e))?;
+    if serde_json::to_value(stored.spec()).ok().as_ref() != Some(spec) {
+        api.patch(
+            &change.name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(replace),
+        )
+        .await
+        .map_err(|e| object_failed("replacing the spec of", change, e))?;
+    }
+    Ok(())
+}
+
 /// Creates or updates (server-side apply, forced, with our field manager) and deletes the
 /// owned objects of the plan; returns how many were written.
 async fn apply_objects(
@@ -864,44 +898,15 @@ async fn apply_objects(
             "metadata": metadata,
             "spec": object.spec,
         });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        // Server-side apply cannot remove a field another manager set; when the stored spec
-        // still differs afterwards, the spec is replaced as a whole.
         let replace = serde_json::json!([{"op": "replace", "path": "/spec", "value": object.spec}]);
         let replace: json_patch::Patch = serde_json::from_value(replace)
             .map_err(|e| failed("building an object patch")(kube::Error::SerdeError(e)))?;
         match object.kind {
             ObjectKind::QuotaPolicy => {
-                let stored = quotas
-                    .patch(&object.name, &params, &Patch::Apply(&body))
-                    .await
-                    .map_err(|e| object_failed("applying", change, e))?;
-                if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
-                    quotas
-                        .patch(
-                            &object.name,
-                            &PatchParams::default(),
-                            &Patch::Json::<()>(replace),
-                        )
-                        .await
-                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
-                }
+                apply_object(&quotas, change, &object.spec, &body, replace).await?
             }
             ObjectKind::NodeOperation => {
-                let stored = operations
-                    .patch(&object.name, &params, &Patch::Apply(&body))
-                    .await
-                    .map_err(|e| object_failed("applying", change, e))?;
-                if serde_json::to_value(&stored.spec).ok().as_ref() != Some(&object.spec) {
-                    operations
-                        .patch(
-                            &object.name,
-                            &PatchParams::default(),
-                            &Patch::Json::<()>(replace),
-                        )
-                        .await
-                        .map_err(|e| object_failed("replacing the spec of", change, e))?;
-                }
+                apply_object(&operations, change, &object.spec, &body, replace).await?
             }
         }
         info!(gitsync = %id, kind = %change.kind, name = %change.name, "applied");
