@@ -9,6 +9,8 @@
 //!
 //! Run with `cargo bench --bench heartbeat`.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +25,7 @@ use kube::api::{Api, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::Session;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
+use support::{cpu_seconds, http_get, peak_rss_kib};
 
 const TOKEN: &str = "bench-token";
 const NAMESPACE: &str = "bench-heartbeat";
@@ -88,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let pid = server.id().unwrap_or_default();
     // Wait until it answers (and its session cache has had time to load).
     for _ in 0..300 {
-        if get(port, "/healthz").await.is_ok() {
+        if http_get(port, "/healthz").await.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -157,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     // Let the trailing flushes of the last interval land before counting writes.
     tokio::time::sleep(Duration::from_secs(16)).await;
     let cpu = cpu_seconds(pid)? - cpu_before;
-    let metrics = get(port, "/metrics").await?;
+    let metrics = http_get(port, "/metrics").await?;
     let written: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("streamspace_api_activity_writes_total") && l.contains("written"))
@@ -199,39 +202,4 @@ async fn main() -> anyhow::Result<()> {
     );
     let _ = server.kill().await;
     Ok(())
-}
-
-async fn get(port: u16, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
-/// User plus system CPU time of a process, from `/proc/<pid>/stat` (Linux).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz.max(1.0))
-}
-
-/// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
 }

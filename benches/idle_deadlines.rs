@@ -9,6 +9,8 @@
 //!
 //! Run with `cargo bench --bench idle_deadlines`.
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use kube::api::{Api, ListParams, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionState};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
+use support::{cpu_seconds, peak_rss_kib};
 
 const NAMESPACE: &str = "bench-idle";
 
@@ -153,28 +156,4 @@ async fn main() -> anyhow::Result<()> {
     println!("  controller peak RSS {} MiB", peak_rss_kib(pid)? / 1024);
     let _ = controller.kill().await;
     Ok(())
-}
-
-/// User plus system CPU time of a process, from `/proc/<pid>/stat` (Linux).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz.max(1.0))
-}
-
-/// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
 }

@@ -9,6 +9,8 @@
 //! Run with `cargo bench --bench sessions`; `BENCH_CONCURRENCY` sets the controller's
 //! `--concurrency` (default 16, the controller's own default).
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::devcluster::{
     ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
 };
+use support::{http_get, peak_rss_kib};
 
 /// Writes per session the floor assumes (Deployment, Service, claim, status).
 const FLOOR_WRITES_PER_SESSION: f64 = 4.0;
@@ -260,17 +263,6 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 async fn wait_ready(port: u16) -> anyhow::Result<()> {
     for _ in 0..600 {
         if http_get(port, "/readyz")
@@ -296,14 +288,4 @@ fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
-}
-
-/// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
 }
