@@ -5,7 +5,9 @@ use clap::Args;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::controller;
+use crate::crd::FlagMode;
 use crate::idle::deadline::{IdleSettings, MaxDurationAction, parse_duration};
+use crate::ownership::index::{FlagIndex, FlagSettings};
 use crate::session::objects::SessionSettings;
 
 /// Reconciler settings shared by `controller` and `dev`.
@@ -54,6 +56,41 @@ pub struct ControllerSettings {
     /// Directory of the GitSync repository clones.
     #[arg(long, env = "GIT_CACHE_DIR")]
     git_cache_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub flags: FlagArgs,
+}
+
+/// How a process finds its ownership flags (`controller`, `api` and `dev`).
+#[derive(Args, Clone, Debug)]
+pub struct FlagArgs {
+    /// Prefix of the FeatureFlag object names (`<prefix>sessions`, ...), for several
+    /// installations in one cluster.
+    #[arg(long, env = "FLAG_NAME_PREFIX", default_value = "")]
+    pub flag_name_prefix: String,
+    /// Mode of a resource type whose FeatureFlag does not exist: `controller` for a new
+    /// installation, `legacy` while migrating from the old API.
+    #[arg(long, env = "FLAG_DEFAULT_MODE", value_enum, default_value_t = DefaultMode::Controller)]
+    pub flag_default_mode: DefaultMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultMode {
+    Legacy,
+    Shadow,
+    Controller,
+}
+
+impl FlagArgs {
+    pub fn index(&self) -> std::sync::Arc<FlagIndex> {
+        FlagIndex::new(FlagSettings {
+            name_prefix: self.flag_name_prefix.clone(),
+            default_mode: match self.flag_default_mode {
+                DefaultMode::Legacy => FlagMode::Legacy,
+                DefaultMode::Shadow => FlagMode::Shadow,
+                DefaultMode::Controller => FlagMode::Controller,
+            },
+        })
+    }
 }
 
 impl ControllerSettings {
@@ -97,6 +134,7 @@ impl ControllerSettings {
                 }),
                 ..Default::default()
             },
+            flags: self.flags.index(),
         })
     }
 }

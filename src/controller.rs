@@ -26,6 +26,7 @@ use crate::idle::reconciler as idle_reconciler;
 use crate::idle::wake::Waker;
 use crate::metrics::SharedMetrics;
 use crate::nodeop::reconciler::{self as nodeop_reconciler, NodeOpShared};
+use crate::ownership::index::{FlagIndex, FlagSettings};
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::session::objects::SessionSettings;
 use crate::session::reconciler::{self as session_reconciler, SessionStores};
@@ -48,6 +49,9 @@ pub struct Config {
     /// `wake-requested` annotation still wakes sessions).
     pub connection_event_token: Option<String>,
     pub gitops: crate::gitops::reconciler::GitopsSettings,
+    /// Ownership flags: who acts on each resource type. Shared with the admission webhooks
+    /// when they run in the same process; [`run`] keeps it fed from a watch.
+    pub flags: Arc<FlagIndex>,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             idle: IdleSettings::default(),
             connection_event_token: None,
             gitops: Default::default(),
+            flags: FlagIndex::new(FlagSettings::default()),
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct Context {
     pub node_operations: Option<NodeOpShared>,
     /// Wakes hibernated sessions (wake-requested annotation and connection events).
     pub waker: Waker,
+    /// Who acts on what ([`crate::ownership`]).
+    pub flags: Arc<FlagIndex>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +166,10 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
         .list(&probe)
         .await
         .map_err(|e| StartError::CrdMissing("gitsyncs.stream.space", e))?;
+    Api::<crate::crd::FeatureFlag>::all(client.clone())
+        .list(&probe)
+        .await
+        .map_err(|e| StartError::CrdMissing("featureflags.stream.space", e))?;
     Ok(())
 }
 
@@ -272,9 +283,21 @@ pub async fn run(
         caches_loaded,
         backoff: FailureBackoff::default(),
         node_operations,
+        flags: config.flags.clone(),
     });
 
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let flags = {
+        let index = config.flags.clone();
+        let client = client.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = index.run(client) => {}
+                () = shutdown => {}
+            }
+        }
+    };
     let session_controller = Controller::new(
         api::<Session>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -397,6 +420,7 @@ pub async fn run(
             && session_store.wait_until_ready().await.is_ok()
             && (!nodeops_enabled || nodeop_store.wait_until_ready().await.is_ok())
             && gitops_ready.await;
+        ctx.flags.wait_loaded().await;
         if loaded {
             let _ = loaded_tx.send(true);
             readiness.set();
@@ -411,6 +435,7 @@ pub async fn run(
         idle_controller,
         gitsyncs,
         ready,
+        flags,
     );
     info!("controller stopped");
     Ok(())

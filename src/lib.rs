@@ -19,6 +19,7 @@ pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod nodeop;
+pub mod ownership;
 pub mod quantity;
 pub mod session;
 pub mod telemetry;

@@ -78,6 +78,8 @@ struct ApiArgs {
     /// Bearer token of the controller's POST /events/connection.
     #[arg(long, env = "CONNECTION_EVENT_TOKEN", hide_env_values = true)]
     connection_event_token: Option<String>,
+    #[command(flatten)]
+    flags: streamspace_controller::cli::FlagArgs,
 }
 
 #[tokio::main]
@@ -151,6 +153,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         flush_interval,
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
+        flags: args.flags.index(),
     };
     let auth = Arc::new(api::auth::StaticToken::new(args.api_token));
     let service = api::build(client, config, auth, metrics)?;

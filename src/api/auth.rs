@@ -1,13 +1,44 @@
-//! Authentication of API requests: a pluggable [`Authenticator`]; for now a static bearer token
-//! ([`StaticToken`]). The flags issue adds JWT and the rest behind the same trait.
+//! Authentication and authorisation of API requests, behind one pluggable [`Authenticator`]:
+//! a static bearer token ([`StaticToken`], an administrator credential) or the Kubernetes
+//! TokenReview and SubjectAccessReview APIs.
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
 /// Who made a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// User name as the authenticator knows it; compared with `spec.user` of sessions.
     pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// What a request needs beyond being authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// Set or clear ownership flag overrides.
+    ManageFlags,
+    /// Node actions: labels, taints, cordon, uncordon, drain.
+    ManageNodes,
+    /// Read nodes and cluster statistics.
+    ReadCluster,
+    /// Act on sessions of other users (operators); the verb is a Kubernetes verb (`get`,
+    /// `list`, `create`, `update`, `delete`) on `sessions.stream.space`.
+    OperateSessions(&'static str),
+}
+
+impl Permission {
+    /// For messages: "<principal> may not <this>".
+    pub fn describe(self) -> String {
+        match self {
+            Permission::ManageFlags => "change ownership flags".into(),
+            Permission::ManageNodes => "change nodes".into(),
+            Permission::ReadCluster => "read cluster information".into(),
+            Permission::OperateSessions(verb) => format!("{verb} sessions of other users"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,6 +47,9 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    /// The authenticator could not decide (for example the API server did not answer).
+    #[error("authentication unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -23,13 +57,24 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::Invalid => "invalid",
+            AuthError::Unavailable(_) => "auth_unavailable",
         }
     }
 }
 
-/// Decides who a request comes from, from its headers.
+/// Decides who a request comes from, and what they may do.
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError>;
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>>;
+
+    /// Whether `principal` has `permission`; `Unavailable` when that cannot be decided now.
+    fn authorize<'a>(
+        &'a self,
+        principal: &'a Principal,
+        permission: Permission,
+    ) -> BoxFuture<'a, Result<bool, AuthError>>;
 }
 
 /// One shared bearer token.
@@ -45,12 +90,28 @@ impl StaticToken {
     }
 }
 
+/// The principal of the static token.
+pub const STATIC_TOKEN_PRINCIPAL: &str = "static-token";
+
 impl Authenticator for StaticToken {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        check_bearer(headers, &self.token)?;
-        Ok(Principal {
-            name: "static-token".into(),
-        })
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        let result = check_bearer(headers, &self.token).map(|()| Principal {
+            name: STATIC_TOKEN_PRINCIPAL.into(),
+            groups: Vec::new(),
+        });
+        futures::future::ready(result).boxed()
+    }
+
+    /// The static token is an administrator credential: it may do everything.
+    fn authorize<'a>(
+        &'a self,
+        _principal: &'a Principal,
+        _permission: Permission,
+    ) -> BoxFuture<'a, Result<bool, AuthError>> {
+        futures::future::ready(Ok(true)).boxed()
     }
 }
 
@@ -88,20 +149,20 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn bearer_tokens() {
+    #[tokio::test]
+    async fn bearer_tokens() {
         let auth = StaticToken::new("s3cret");
-        assert!(auth.authenticate(&headers("Bearer s3cret")).is_ok());
+        assert!(auth.authenticate(&headers("Bearer s3cret")).await.is_ok());
         assert_eq!(
-            auth.authenticate(&headers("Bearer s3cre")),
+            auth.authenticate(&headers("Bearer s3cre")).await,
             Err(AuthError::Invalid)
         );
         assert_eq!(
-            auth.authenticate(&headers("Basic s3cret")),
+            auth.authenticate(&headers("Basic s3cret")).await,
             Err(AuthError::Missing)
         );
         assert_eq!(
-            auth.authenticate(&HeaderMap::new()),
+            auth.authenticate(&HeaderMap::new()).await,
             Err(AuthError::Missing)
         );
     }

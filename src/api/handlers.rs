@@ -28,6 +28,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(#[from] super::auth::AuthError),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("session {0:?} not found")]
     NotFound(String),
@@ -38,7 +40,11 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
+            ApiError::Unauthorized(super::auth::AuthError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Kube(_) => StatusCode::BAD_GATEWAY,
@@ -48,6 +54,7 @@ impl ApiError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(e) => e.metric_label(),
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Kube(_) => "kube",
@@ -81,8 +88,8 @@ fn finish(state: &ApiState, endpoint: &'static str, started: Instant, reply: Rep
     response
 }
 
-fn check(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
-    state.auth.authenticate(headers)?;
+async fn check(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
+    state.principal(headers).await?;
     if !valid_name(id) {
         return Err(ApiError::BadRequest(format!(
             "{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"
@@ -98,7 +105,7 @@ pub(super) async fn heartbeat(
 ) -> Response {
     let started = Instant::now();
     let reply = async {
-        check(&state, &headers, &id)?;
+        check(&state, &headers, &id).await?;
         if !state.exists(&id).await? {
             return Err(ApiError::NotFound(id.clone()));
         }
@@ -136,7 +143,7 @@ async fn connect_inner(
     id: &str,
     user: Option<String>,
 ) -> Reply {
-    check(state, headers, id)?;
+    check(state, headers, id).await?;
     let session = state
         .sessions()
         .get_opt(id)
@@ -246,7 +253,7 @@ pub(super) async fn disconnect(
 ) -> Response {
     let started = Instant::now();
     let reply = async {
-        check(&state, &headers, &id)?;
+        check(&state, &headers, &id).await?;
         let connection_id = query
             .connection_id
             .filter(|c| !c.is_empty() && c.len() <= 128)

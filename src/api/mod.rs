@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::crd::Session;
 use crate::metrics::SharedMetrics;
+use crate::ownership::index::{FlagIndex, FlagSettings};
 use activity::{ActivityBuffer, Flusher};
 use auth::Authenticator;
 use events::EventSender;
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     pub controller_url: Option<String>,
     /// Bearer token of the controller's `POST /events/connection`.
     pub connection_event_token: Option<String>,
+    /// Ownership flags: which handler (legacy or controller) serves each object.
+    pub flags: Arc<FlagIndex>,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             flush_interval: activity::DEFAULT_FLUSH_INTERVAL,
             controller_url: None,
             connection_event_token: None,
+            flags: FlagIndex::new(FlagSettings::default()),
         }
     }
 }
@@ -85,9 +89,55 @@ pub(crate) struct ApiState {
     /// Open connections by session, as this replica saw them.
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
+    flags: Arc<FlagIndex>,
 }
 
 impl ApiState {
+    /// Who sent the request (401 without a valid token).
+    pub(crate) async fn principal(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<auth::Principal, handlers::ApiError> {
+        Ok(self.auth.authenticate(headers).await?)
+    }
+
+    /// 403 unless `principal` has `permission`.
+    pub(crate) async fn require(
+        &self,
+        principal: &auth::Principal,
+        permission: auth::Permission,
+    ) -> Result<(), handlers::ApiError> {
+        if self.auth.authorize(principal, permission).await? {
+            Ok(())
+        } else {
+            Err(handlers::ApiError::Forbidden(format!(
+                "{} may not {}",
+                principal.name,
+                permission.describe()
+            )))
+        }
+    }
+
+    /// 403 unless the session belongs to `principal` or they may operate on all sessions
+    /// with `verb`.
+    pub(crate) async fn require_session_access(
+        &self,
+        principal: &auth::Principal,
+        session_user: &str,
+        verb: &'static str,
+    ) -> Result<(), handlers::ApiError> {
+        if principal.name == session_user {
+            return Ok(());
+        }
+        self.require(principal, auth::Permission::OperateSessions(verb))
+            .await
+    }
+
+    /// Ownership flags of this process.
+    pub(crate) fn flags(&self) -> &Arc<FlagIndex> {
+        &self.flags
+    }
+
     fn sessions(&self) -> Api<Session> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -153,7 +203,9 @@ pub fn build(
         metrics: metrics.clone(),
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
+        flags: config.flags.clone(),
     });
+    let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
         client,
         namespace: config.namespace.clone(),
@@ -177,7 +229,7 @@ pub fn build(
                     info!("session cache loaded");
                 }
             };
-            futures::future::join3(drive, loaded, flusher.run()).await;
+            futures::future::join4(drive, loaded, flusher.run(), flag_watch).await;
         }
         .boxed()
     };

@@ -1,6 +1,7 @@
 //! Custom resource types of group `stream.space`, version `v1alpha1`.
 
 pub mod common;
+pub mod feature_flag;
 pub mod gitsync;
 pub mod install;
 pub mod node_operation;
@@ -12,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{Condition, ResourceSpec};
+pub use feature_flag::{FeatureFlag, FeatureFlagSpec, FeatureFlagStatus, FlagMode, FlagOverride};
 pub use gitsync::{GitSync, GitSyncSpec, GitSyncStatus};
 pub use node_operation::{
     NodeOperation, NodeOperationPhase, NodeOperationSpec, NodeOperationStatus,
@@ -31,6 +33,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         NodeOperation::crd(),
         QuotaPolicy::crd(),
         GitSync::crd(),
+        FeatureFlag::crd(),
     ]
 }
 

@@ -20,6 +20,7 @@ use streamspace_controller::crd::{Condition, Session, SessionPhase, SessionState
 use streamspace_controller::idle::WAKE_ANNOTATION;
 use streamspace_controller::idle::deadline::{IdleSettings, MaxDurationAction};
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::FlagIndex;
 use tokio::task::JoinHandle;
 
 use crate::support::{TestEnv, wait_for, wait_object};
@@ -141,6 +142,7 @@ impl RunningApi {
             flush_interval: flush,
             controller_url: controller.map(|addr| format!("http://{addr}")),
             connection_event_token: Some(EVENT_TOKEN.into()),
+            flags: FlagIndex::new(env.flag_settings()),
         };
         let service = api::build(
             env.client.clone(),

@@ -23,6 +23,7 @@ use streamspace_controller::devcluster::{
 use streamspace_controller::http;
 use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::{FlagIndex, FlagSettings};
 use streamspace_controller::session::objects::SessionSettings;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -186,6 +187,15 @@ impl TestEnv {
         }
     }
 
+    /// Flags of this test: FeatureFlags named `<namespace>-<type>`, so tests flipping flags do
+    /// not affect each other; a type without a flag object is controller-owned.
+    pub fn flag_settings(&self) -> FlagSettings {
+        FlagSettings {
+            name_prefix: format!("{}-", self.namespace),
+            ..FlagSettings::default()
+        }
+    }
+
     pub fn settings() -> SessionSettings {
         SessionSettings {
             ingress_domain: "test.local".into(),
@@ -217,6 +227,7 @@ impl TestEnv {
                 ..controller::NodeOperationSettings::default()
             },
             gitops: self.gitops.clone(),
+            flags: FlagIndex::new(self.flag_settings()),
             ..controller::Config::default()
         };
         customise(&mut config);

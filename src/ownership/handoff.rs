@@ -1,0 +1,200 @@
+//! Hand-off of one object between the two sides when its owner changes.
+//!
+//! The side that acts records itself on the object ([`ACTED_BY_ANNOTATION`]) with optimistic
+//! concurrency (the write carries the `resourceVersion` it decided on), so when the flag moves
+//! an object while an operation is in flight exactly one side finishes it:
+//! - the legacy API folds its record into the same guarded write as the intent (for example
+//!   `spec.state` and the annotation in one patch) and marks the operation in flight
+//!   ([`LEGACY_OPERATION_ANNOTATION`]) until its direct Kubernetes work is done;
+//! - the controller does not take over an object while a legacy operation is in flight (up to
+//!   [`IN_FLIGHT_TIMEOUT`], after which the operation counts as abandoned), and claims it with a
+//!   guarded write before acting; a conflict means someone else moved first: decide again.
+//!
+//! An object no side has recorded was never touched by the legacy handlers (they always
+//! record), so the controller acts on it without a claim.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{Owner, Side};
+
+/// Which side last acted on the object: `legacy` or `controller`.
+pub const ACTED_BY_ANNOTATION: &str = "stream.space/acted-by";
+/// A legacy operation in progress: `<operation> <RFC 3339 start>`; removed when it completes.
+pub const LEGACY_OPERATION_ANNOTATION: &str = "stream.space/legacy-operation";
+/// A legacy operation older than this is treated as abandoned (the API replica died).
+pub const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one side should do about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// This side owns it and is recorded (or nobody is): act.
+    Act,
+    /// This side owns it but the other side is recorded: write the record (guarded by
+    /// `resourceVersion`), then act.
+    Claim,
+    /// This side owns it, but the other side's operation is still in flight: look again then.
+    WaitUntil(Timestamp),
+    /// The other side owns it.
+    Leave,
+}
+
+/// The record on an object, read from its annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub acted_by: Option<Side>,
+    /// Start of a legacy operation in flight.
+    pub legacy_operation_started: Option<Timestamp>,
+}
+
+impl Record {
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Record {
+        Record {
+            acted_by: annotations
+                .get(ACTED_BY_ANNOTATION)
+                .and_then(|v| Side::parse(v)),
+            legacy_operation_started: annotations
+                .get(LEGACY_OPERATION_ANNOTATION)
+                .and_then(|v| v.rsplit(' ').next())
+                .and_then(|v| v.parse::<Timestamp>().ok()),
+        }
+    }
+}
+
+/// The value of [`LEGACY_OPERATION_ANNOTATION`] for `operation` started at `now`.
+pub fn legacy_operation_value(operation: &str, now: Timestamp) -> String {
+    format!("{operation} {now}")
+}
+
+/// The decision for `side`, given who the flag says owns the object and its record.
+pub fn decide(side: Side, owner: Owner, record: &Record, now: Timestamp) -> Handoff {
+    if owner.acting_side() != side {
+        return Handoff::Leave;
+    }
+    match (side, record.acted_by) {
+        (_, Some(recorded)) if recorded == side => Handoff::Act,
+        (Side::Controller, None) => Handoff::Act,
+        (Side::Controller, Some(Side::Legacy)) => match record.legacy_operation_started {
+            Some(started) => {
+                let deadline = started
+                    .checked_add(IN_FLIGHT_TIMEOUT)
+                    .unwrap_or(Timestamp::MAX);
+                if now < deadline {
+                    Handoff::WaitUntil(deadline)
+                } else {
+                    Handoff::Claim
+                }
+            }
+            None => Handoff::Claim,
+        },
+        (Side::Legacy, _) | (Side::Controller, Some(Side::Controller)) => Handoff::Claim,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn record(acted_by: Option<Side>, started: Option<i64>) -> Record {
+        Record {
+            acted_by,
+            legacy_operation_started: started.map(ts),
+        }
+    }
+
+    #[test]
+    fn table() {
+        use Handoff::*;
+        let now = ts(1_000);
+        let cases = [
+            // side, owner, acted_by, in flight since, expected
+            (Side::Controller, Owner::Controller, None, None, Act),
+            (
+                Side::Controller,
+                Owner::Controller,
+                Some(Side::Controller),
+                None,
+                Act,
+            ),
+            (
+                Side::Controller,
+                Owner::Controller,
+                Some(Side::Legacy),
+                None,
+                Claim,
+            ),
+            (
+                Side::Controller,
+                Owner::Controller,
+                Some(Side::Legacy),
+                Some(990),
+                WaitUntil(ts(1_050)),
+            ),
+            (
+                Side::Controller,
+                Owner::Controller,
+                Some(Side::Legacy),
+                Some(940),
+                Claim,
+            ),
+            (Side::Controller, Owner::Legacy, None, None, Leave),
+            (
+                Side::Controller,
+                Owner::Shadow,
+                Some(Side::Controller),
+                None,
+                Leave,
+            ),
+            (Side::Legacy, Owner::Legacy, None, None, Claim),
+            (Side::Legacy, Owner::Shadow, Some(Side::Legacy), None, Act),
+            (
+                Side::Legacy,
+                Owner::Legacy,
+                Some(Side::Controller),
+                None,
+                Claim,
+            ),
+            (
+                Side::Legacy,
+                Owner::Controller,
+                Some(Side::Legacy),
+                None,
+                Leave,
+            ),
+        ];
+        for (side, owner, acted_by, started, expected) in cases {
+            assert_eq!(
+                decide(side, owner, &record(acted_by, started), now),
+                expected,
+                "{side:?} {owner:?} {acted_by:?} {started:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_read_from_annotations() {
+        let now = ts(1_700_000_000);
+        let annotations = BTreeMap::from([
+            (ACTED_BY_ANNOTATION.to_string(), "legacy".to_string()),
+            (
+                LEGACY_OPERATION_ANNOTATION.to_string(),
+                legacy_operation_value("hibernate", now),
+            ),
+        ]);
+        assert_eq!(
+            Record::from_annotations(&annotations),
+            record(Some(Side::Legacy), Some(1_700_000_000))
+        );
+        let odd = BTreeMap::from([
+            (ACTED_BY_ANNOTATION.to_string(), "someone".to_string()),
+            (LEGACY_OPERATION_ANNOTATION.to_string(), "x".to_string()),
+        ]);
+        assert_eq!(Record::from_annotations(&odd), Record::default());
+    }
+}
