@@ -5,6 +5,8 @@
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
 //! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
+//! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
+//! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -14,6 +16,7 @@
 pub mod activity;
 pub mod auth;
 pub mod events;
+pub mod flags;
 mod handlers;
 
 use std::collections::{HashMap, HashSet};
@@ -90,6 +93,8 @@ pub(crate) struct ApiState {
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
+    /// Records flag changes as Events.
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl ApiState {
@@ -204,6 +209,13 @@ pub fn build(
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "streamspace-api".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
@@ -245,6 +257,12 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
         .route("/sessions/{id}/connect", get(handlers::connect))
         .route("/sessions/{id}/disconnect", post(handlers::disconnect))
+        .route("/flags", get(flags::list))
+        .route("/flags/{type}", get(flags::get))
+        .route(
+            "/flags/{type}/override",
+            axum::routing::put(flags::put_override).delete(flags::delete_override),
+        )
         .with_state(state);
     Router::new()
         .nest("/api/v1", v1)
