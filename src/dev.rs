@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 const EMBEDDED_GITOPS: &[(&str, &str)] = &[
     ("nodes.yaml", include_str!("../examples/gitops/nodes.yaml")),
     ("quota.yaml", include_str!("../examples/gitops/quota.yaml")),
+    ("flags.yaml", include_str!("../examples/gitops/flags.yaml")),
     (
         "maintenance.yaml",
         include_str!("../examples/gitops/maintenance.yaml"),
