@@ -343,7 +343,6 @@ pub async fn run(
     let flag_status = crate::ownership::status::controller(
         Arc::new(crate::ownership::status::FlagStatusContext {
             client: client.clone(),
-            recorder: ctx.recorder.clone(),
             flags: config.flags.clone(),
             sessions: session_store.clone(),
             caches_loaded: ctx.caches_loaded.clone(),

@@ -156,12 +156,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = crate::http::router(metrics.clone(), readiness.clone(), Some(events)).merge(
-        crate::gitops::webhook::router(
-            client.clone(),
-            config.gitops.triggers.clone(),
-            metrics.clone(),
-        ),
+    let router = crate::http::controller_router(
+        client.clone(),
+        &config,
+        metrics.clone(),
+        readiness.clone(),
+        Some(events),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -22,9 +22,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -275,18 +274,9 @@ pub(super) async fn delete_override(
 /// Records a flag change as an Event on the FeatureFlag; a failure is logged, not returned
 /// (the change itself is done).
 async fn record(state: &ApiState, flag: &FeatureFlag, reason: &str, note: String) {
-    let event = Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Override".into(),
-        secondary: None,
-    };
-    // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
-    // reference names the event's namespace too.
-    let mut reference = flag.object_ref(&());
-    reference.namespace = Some("default".into());
-    if let Err(error) = state.recorder.publish(&event, &reference).await {
+    if let Err(error) =
+        crate::ownership::audit::record(&state.client, flag, "streamspace-api", reason, &note).await
+    {
         warn!(%error, "could not record the flag change as an event");
     }
 }

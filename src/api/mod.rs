@@ -93,8 +93,6 @@ pub(crate) struct ApiState {
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
-    /// Records flag changes as Events.
-    recorder: kube::runtime::events::Recorder,
 }
 
 impl ApiState {
@@ -209,13 +207,6 @@ pub fn build(
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
-        recorder: kube::runtime::events::Recorder::new(
-            client.clone(),
-            kube::runtime::events::Reporter {
-                controller: "streamspace-api".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {

@@ -14,10 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
@@ -103,10 +102,12 @@ pub fn next_status(
     (status, flip)
 }
 
+/// Reporting component of flip Events.
+const REPORTER: &str = "streamspace-controller";
+
 /// What the flag status controller needs.
 pub struct FlagStatusContext {
     pub client: Client,
-    pub recorder: Recorder,
     pub flags: Arc<FlagIndex>,
     /// Sessions this controller watches; counted for every session-keyed type.
     pub sessions: Store<Session>,
@@ -183,20 +184,32 @@ async fn reconcile(flag: Arc<FeatureFlag>, ctx: Arc<FlagStatusContext>) -> Resul
     let current = flag.status.clone().unwrap_or_default();
     let (status, flip) = next_status(&current, &flag, &effective_now, counts, now);
     if status != current {
-        Api::<FeatureFlag>::all(ctx.client.clone())
+        let written = Api::<FeatureFlag>::all(ctx.client.clone())
             .patch_status(
                 &name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"status": status})),
             )
-            .await
-            .map_err(|source| Error::Api {
-                action: "writing flag status",
-                source,
-            })?;
+            .await;
+        match written {
+            Ok(_) => {}
+            // Deleted since the watch saw it: nothing to report on.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return Ok(Action::await_change());
+            }
+            Err(source) => {
+                return Err(Error::Api {
+                    action: "writing flag status",
+                    source,
+                });
+            }
+        }
     }
-    if let Some(flip) = flip {
-        publish(&ctx.recorder, &flag, flip.note).await;
+    if let Some(flip) = flip
+        && let Err(error) =
+            super::audit::record(&ctx.client, &flag, REPORTER, "Flipped", &flip.note).await
+    {
+        warn!(%error, flag = %name, "could not record the flip as an event");
     }
     // Come back when the override expires, or to refresh the counts.
     let wait = effective_now
@@ -209,23 +222,6 @@ async fn reconcile(flag: Arc<FeatureFlag>, ctx: Arc<FlagStatusContext>) -> Resul
 fn error_policy(_flag: Arc<FeatureFlag>, error: &Error, _ctx: Arc<FlagStatusContext>) -> Action {
     warn!(%error, "flag status reconcile failed");
     Action::requeue(Duration::from_secs(5))
-}
-
-async fn publish(recorder: &Recorder, flag: &FeatureFlag, note: String) {
-    let event = Event {
-        type_: EventType::Normal,
-        reason: "Flipped".into(),
-        note: Some(note),
-        action: "Ownership".into(),
-        secondary: None,
-    };
-    // Events of cluster-scoped objects live in `default` (Kubernetes 1.20 requires the
-    // reference to name it).
-    let mut reference = flag.object_ref(&());
-    reference.namespace = Some("default".into());
-    if let Err(error) = recorder.publish(&event, &reference).await {
-        warn!(%error, "could not record the flag flip as an event");
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! End-to-end tests against a real control plane (see `support`).
 
 mod admission;
+mod flags;
 mod gitops;
+mod http_client;
 mod idle;
 mod nodeop;
 mod session_lifecycle;
