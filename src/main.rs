@@ -80,6 +80,10 @@ struct ApiArgs {
     connection_event_token: Option<String>,
     #[command(flatten)]
     flags: streamspace_controller::cli::FlagArgs,
+    /// Labels put on the NodeOperations the API creates (`key=value`, comma separated), for
+    /// example to match one controller's --node-operation-selector.
+    #[arg(long, env = "NODE_OPERATION_LABELS", value_delimiter = ',')]
+    node_operation_labels: Vec<String>,
 }
 
 #[tokio::main]
@@ -146,7 +150,12 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.api_token.is_empty(), "--api-token must not be empty");
     let flush_interval = parse_duration(&args.flush_interval)
         .with_context(|| format!("--flush-interval {:?}", args.flush_interval))?;
-    let client = dev::client_from(args.kubeconfig.as_deref()).await?;
+    let operation_labels = api::nodes::parse_labels(&args.node_operation_labels)
+        .map_err(anyhow::Error::msg)
+        .context("--node-operation-labels")?;
+    let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
+    let client =
+        kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let config = api::ApiConfig {
         namespace: args.namespace,
@@ -154,6 +163,11 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
         flags: args.flags.index(),
+        nodes: api::nodes::NodeSettings {
+            operation_labels,
+            eviction_config: Some(kube_config),
+            ..api::nodes::NodeSettings::default()
+        },
     };
     let auth = Arc::new(api::auth::StaticToken::new(args.api_token));
     let service = api::build(client, config, auth, metrics)?;

@@ -7,6 +7,7 @@
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
 //! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
 //! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
+//! | GET, PUT, POST, DELETE | `/api/v1/admin/nodes...` | node list, labels, taints, cordon, drain ([`nodes`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod events;
 pub mod flags;
 mod handlers;
+pub mod nodes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +57,8 @@ pub struct ApiConfig {
     pub connection_event_token: Option<String>,
     /// Ownership flags: which handler (legacy or controller) serves each object.
     pub flags: Arc<FlagIndex>,
+    /// Node endpoints: labels of the NodeOperations they create, legacy drains.
+    pub nodes: nodes::NodeSettings,
 }
 
 impl Default for ApiConfig {
@@ -65,6 +69,7 @@ impl Default for ApiConfig {
             controller_url: None,
             connection_event_token: None,
             flags: FlagIndex::new(FlagSettings::default()),
+            nodes: nodes::NodeSettings::default(),
         }
     }
 }
@@ -77,6 +82,8 @@ pub enum StartError {
     Namespace(String),
     #[error("the flush interval must be at least 10ms")]
     FlushInterval,
+    #[error("building the eviction client: {0}")]
+    EvictionClient(#[source] kube::Error),
 }
 
 /// Shared by every request.
@@ -93,6 +100,8 @@ pub(crate) struct ApiState {
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
+    /// Node caches and legacy drains.
+    nodes: nodes::NodeState,
 }
 
 impl ApiState {
@@ -195,6 +204,9 @@ pub fn build(
     .default_backoff()
     .touched_objects();
     let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
+    let (node_state, node_watch) =
+        nodes::NodeState::start(&client, config.nodes.clone(), metrics.clone())
+            .map_err(StartError::EvictionClient)?;
     let state = Arc::new(ApiState {
         client: client.clone(),
         namespace: config.namespace.clone(),
@@ -207,6 +219,7 @@ pub fn build(
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
+        nodes: node_state,
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
@@ -232,7 +245,7 @@ pub fn build(
                     info!("session cache loaded");
                 }
             };
-            futures::future::join4(drive, loaded, flusher.run(), flag_watch).await;
+            futures::future::join5(drive, loaded, flusher.run(), flag_watch, node_watch).await;
         }
         .boxed()
     };
@@ -254,6 +267,7 @@ fn router(state: Arc<ApiState>) -> Router {
             "/flags/{type}/override",
             axum::routing::put(flags::put_override).delete(flags::delete_override),
         )
+        .merge(nodes::routes())
         .with_state(state);
     Router::new()
         .nest("/api/v1", v1)
