@@ -149,6 +149,7 @@ impl RunningApi {
             controller_url: None,
             connection_event_token: Some(EVENT_TOKEN.into()),
             flags: FlagIndex::new(env.flag_settings()),
+            ..ApiConfig::default()
         };
         customise(&mut config);
         let service =

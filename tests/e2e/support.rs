@@ -109,6 +109,13 @@ pub async fn client() -> Client {
         .unwrap_or_else(|e| panic!("client for {}: {e:#}", path.display()))
 }
 
+/// Connection settings of the test cluster (for clients built with other options).
+pub async fn kube_config() -> kube::Config {
+    streamspace_controller::dev::kube_config_from(Some(&kubeconfig()))
+        .await
+        .expect("kube config")
+}
+
 static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One test's world: a fresh namespace and a controller that watches only it.
