@@ -577,6 +577,16 @@ async fn api_nodes_legacy_mode_patches_the_node_directly() {
         t.ops_of(&a).await.is_empty(),
         "no NodeOperation in legacy mode"
     );
+
+    // Shadow: legacy still acts.
+    t.set_mode("shadow").await;
+    let (code, body) = t.request("POST", &format!("/{a}/cordon"), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(unschedulable(&t.get_node(&a).await));
+    assert!(
+        t.ops_of(&a).await.is_empty(),
+        "no NodeOperation in shadow mode"
+    );
     t.cleanup().await;
 }
 
@@ -922,5 +932,97 @@ async fn api_nodes_reads_and_bad_input() {
     assert_eq!(code, 400);
     assert!(t.ops_of(&a).await.is_empty(), "no operation for bad input");
     assert_eq!(t.get_node(&a).await.resource_version(), before, "no write");
+    t.cleanup().await;
+}
+
+/// p50 and p99 of `samples`, in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples
+            .get(index)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+/// `cargo test --test e2e api_nodes_benchmark -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "benchmark: slow, prints figures"]
+async fn api_nodes_benchmark() {
+    const EXTRA_NODES: usize = 200;
+    const ROUNDS: usize = 200;
+    const CYCLES: usize = 20;
+    let mut t = NodesTest::new("api-nodes-bench", "legacy").await;
+    let mut report = Vec::new();
+    // Inert nodes (not adopted by the simulator): only listed.
+    for i in 0..EXTRA_NODES {
+        let name = format!("{}-inert-{i}", t.ns());
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("node object");
+        t.nodes()
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("inert node");
+        t.nodes.push(name);
+    }
+    let (_, listed) = wait_for(
+        "every node in the cache",
+        || t.request("GET", "", None),
+        |(_, body)| body.as_array().is_some_and(|a| a.len() >= EXTRA_NODES),
+    )
+    .await;
+    let count = listed.as_array().map(Vec::len).unwrap_or(0);
+    let mut http = Http::connect(t.api.addr).await;
+    for (label, path) in [("list", ""), ("stats", "/stats")] {
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let started = std::time::Instant::now();
+            let (code, _) = http
+                .request(
+                    "GET",
+                    &format!("/api/v1/admin/nodes{path}"),
+                    Some(TOKEN),
+                    None,
+                )
+                .await;
+            samples.push(started.elapsed());
+            assert_eq!(code, 200);
+        }
+        let (p50, p99) = percentiles(samples);
+        report.push(format!(
+            "GET /admin/nodes{path} ({label}, {count} nodes, keep-alive): p50 {p50:.2} ms, p99 {p99:.2} ms"
+        ));
+    }
+
+    // Cordon until the node is unschedulable, and uncordon until it is schedulable again.
+    let a = t.node("a", json!({})).await;
+    for mode in ["legacy", "controller"] {
+        t.set_mode(mode).await;
+        let mut cordon = Vec::new();
+        let mut uncordon = Vec::new();
+        for _ in 0..CYCLES {
+            for (action, wanted, samples) in [
+                ("cordon", true, &mut cordon),
+                ("uncordon", false, &mut uncordon),
+            ] {
+                let started = std::time::Instant::now();
+                let (code, body) = t.request("POST", &format!("/{a}/{action}"), None).await;
+                assert!(code == 200 || code == 202, "{action}: {code} {body}");
+                while unschedulable(&t.get_node(&a).await) != wanted {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                samples.push(started.elapsed());
+            }
+        }
+        let (c50, c99) = percentiles(cordon);
+        let (u50, u99) = percentiles(uncordon);
+        report.push(format!(
+            "{mode}: request to node unschedulable p50 {c50:.1} ms p99 {c99:.1} ms; uncordon to schedulable p50 {u50:.1} ms p99 {u99:.1} ms ({CYCLES} cycles)"
+        ));
+    }
+    println!("{}", report.join("\n"));
     t.cleanup().await;
 }

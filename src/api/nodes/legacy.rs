@@ -569,4 +569,33 @@ mod tests {
             Some(&Some(legacy_operation_value("drain", now)))
         );
     }
+
+    #[test]
+    fn a_drain_stops_when_the_node_is_no_longer_ours() {
+        let node = |acted_by: &str, mark: Option<&str>| -> Node {
+            let mut annotations = serde_json::json!({ACTED_BY_ANNOTATION: acted_by});
+            if let Some(mark) = mark {
+                annotations[LEGACY_OPERATION_ANNOTATION] = mark.into();
+            }
+            serde_json::from_value(serde_json::json!({"metadata": {"annotations": annotations}}))
+                .expect("node")
+        };
+        let ours = "drain 2024-01-01T00:00:00Z";
+        let cases = [
+            (node("legacy", Some(ours)), true),
+            // The controller claimed the node.
+            (node("controller", Some(ours)), false),
+            // Another drain (another replica) took the mark over.
+            (node("legacy", Some("drain 2024-01-01T00:00:05Z")), false),
+            (node("legacy", None), false),
+        ];
+        for (node, expected) in cases {
+            assert_eq!(
+                still_ours(&node, Some(ours)),
+                expected,
+                "{:?}",
+                node.metadata
+            );
+        }
+    }
 }
