@@ -19,9 +19,9 @@ use kube::api::{
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use streamspace_controller::api::auth::StaticToken;
 use streamspace_controller::api::nodes::NodeSettings;
 use streamspace_controller::api::nodes::intent::{CREATED_BY_LABEL, NODE_LABEL};
-use streamspace_controller::api::auth::StaticToken;
 use streamspace_controller::crd::{FeatureFlag, NodeOperation, NodeOperationPhase};
 use streamspace_controller::devcluster::ADOPTED_NODE_LABEL;
 use streamspace_controller::metrics::Metrics;
@@ -50,10 +50,7 @@ impl ApiProcess {
     async fn start(env: &TestEnv) -> ApiProcess {
         let flags = FlagIndex::new(env.flag_settings());
         let nodes = NodeSettings {
-            operation_labels: BTreeMap::from([(
-                TEST_ENV_LABEL.to_string(),
-                env.namespace.clone(),
-            )]),
+            operation_labels: BTreeMap::from([(TEST_ENV_LABEL.to_string(), env.namespace.clone())]),
             eviction_config: Some(support::kube_config().await),
             drain_timeout: Duration::from_secs(120),
             ..NodeSettings::default()

@@ -222,12 +222,13 @@ impl Drainer {
 
     /// Cordons the node and marks the drain in flight (one guarded write), then evicts in the
     /// background. 409 while this replica is already draining the node.
-    pub async fn start(self: &Arc<Self>, node: &str, action: &NodeAction) -> Result<(), NodeError> {
-        let NodeAction::Drain {
+    pub async fn start(
+        self: &Arc<Self>,
+        node: &str,
+        grace_period_seconds: i64,
+    ) -> Result<(), NodeError> {
+        let action = NodeAction::Drain {
             grace_period_seconds,
-        } = *action
-        else {
-            return Err(NodeError::Conflict("not a drain".into()));
         };
         if !self.running().insert(node.to_string()) {
             return Err(NodeError::Conflict(format!(
@@ -236,7 +237,7 @@ impl Drainer {
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let now = Timestamp::now();
-        let written = match edit_node(&nodes, node, |view| edit_for(view, action, now)).await {
+        let written = match edit_node(&nodes, node, |view| edit_for(view, &action, now)).await {
             Ok(written) => written,
             Err(error) => {
                 self.running().remove(node);

@@ -325,8 +325,15 @@ async fn legacy_act(
     node: &str,
     action: &NodeAction,
 ) -> Result<Response, NodeError> {
-    if let NodeAction::Drain { .. } = action {
-        state.nodes.drainer.start(node, action).await?;
+    if let NodeAction::Drain {
+        grace_period_seconds,
+    } = *action
+    {
+        state
+            .nodes
+            .drainer
+            .start(node, grace_period_seconds)
+            .await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({"message": legacy::message(action)})),
