@@ -427,3 +427,27 @@ async fn drain(
     .await;
     respond(&state, "nodes_drain", started, reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_labels_from_the_command_line() {
+        let parsed = parse_labels(&[
+            "stream.space/test-env=ns1".into(),
+            " team = ops ".into(),
+            String::new(),
+        ]);
+        assert_eq!(
+            parsed,
+            Ok(BTreeMap::from([
+                ("stream.space/test-env".to_string(), "ns1".to_string()),
+                ("team".to_string(), "ops".to_string()),
+            ]))
+        );
+        for bad in ["novalue", "bad key=v", "k=bad value", "=v"] {
+            assert!(parse_labels(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+}
