@@ -142,18 +142,18 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Whether the session exists: the watch cache first, the API server when the cache does
-    /// not have it (not loaded yet, or a session created a moment ago).
-    async fn exists(&self, name: &str) -> Result<bool, kube::Error> {
+    /// The `spec.user` of a session, `None` if it does not exist: the watch cache first, the
+    /// API server when the cache does not have it (not loaded yet, or a session created a
+    /// moment ago).
+    async fn session_user(&self, name: &str) -> Result<Option<String>, kube::Error> {
         if self.sessions_loaded.load(Ordering::Relaxed)
-            && self
+            && let Some(session) = self
                 .sessions
                 .get(&ObjectRef::new(name).within(&self.namespace))
-                .is_some()
         {
-            return Ok(true);
+            return Ok(Some(session.spec.user.clone()));
         }
-        Ok(self.sessions().get_opt(name).await?.is_some())
+        Ok(self.sessions().get_opt(name).await?.map(|s| s.spec.user))
     }
 }
 
