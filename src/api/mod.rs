@@ -5,6 +5,8 @@
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
 //! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
+//! | GET | `/api/v1/cluster/stats` | node and session counts ([`live`]) |
+//! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -15,6 +17,7 @@ pub mod activity;
 pub mod auth;
 pub mod events;
 mod handlers;
+pub mod live;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +39,7 @@ use crate::ownership::index::{FlagIndex, FlagSettings};
 use activity::{ActivityBuffer, Flusher};
 use auth::Authenticator;
 use events::EventSender;
+use k8s_openapi::api::core::v1::Node;
 
 /// Default namespace of sessions.
 pub const DEFAULT_NAMESPACE: &str = "streamspace";
@@ -90,6 +94,11 @@ pub(crate) struct ApiState {
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
+    nodes: Store<Node>,
+    nodes_loaded: AtomicBool,
+    /// Bumped on every change the session watch reports (and when the cache has loaded);
+    /// what WebSocket streams wait on.
+    session_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApiState {
@@ -131,6 +140,15 @@ impl ApiState {
         }
         self.require(principal, auth::Permission::OperateSessions(verb))
             .await
+    }
+
+    /// Open connections to a session through this replica.
+    fn active_connections(&self, session: &str) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .map_or(0, HashSet::len)
     }
 
     /// Ownership flags of this process.
@@ -192,6 +210,7 @@ pub fn build(
     .default_backoff()
     .touched_objects();
     let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
+    let (nodes, node_writer) = reflector::store();
     let state = Arc::new(ApiState {
         client: client.clone(),
         namespace: config.namespace.clone(),
@@ -204,7 +223,11 @@ pub fn build(
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
+        nodes,
+        nodes_loaded: AtomicBool::new(false),
+        session_changes: tokio::sync::watch::Sender::new(0),
     });
+    let node_cache = live::run_node_cache(state.clone(), client.clone(), node_writer);
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
         client,
@@ -217,8 +240,9 @@ pub fn build(
         let state = state.clone();
         async move {
             let drive = watch.boxed().for_each(|event| {
-                if let Err(error) = event {
-                    warn!(%error, "session watch failed; retrying");
+                match event {
+                    Err(error) => warn!(%error, "session watch failed; retrying"),
+                    Ok(_) => notify_session_change(&state),
                 }
                 futures::future::ready(())
             });
@@ -226,10 +250,12 @@ pub fn build(
             let loaded = async {
                 if sessions.wait_until_ready().await.is_ok() {
                     state.sessions_loaded.store(true, Ordering::Relaxed);
+                    notify_session_change(&state);
                     info!("session cache loaded");
                 }
             };
-            futures::future::join4(drive, loaded, flusher.run(), flag_watch).await;
+            let sessions = futures::future::join4(drive, loaded, flusher.run(), flag_watch);
+            futures::future::join(sessions, node_cache).await;
         }
         .boxed()
     };
@@ -239,12 +265,20 @@ pub fn build(
     })
 }
 
+fn notify_session_change(state: &ApiState) {
+    state
+        .session_changes
+        .send_modify(|n| *n = n.wrapping_add(1));
+}
+
 fn router(state: Arc<ApiState>) -> Router {
     let metrics = state.metrics.clone();
     let v1 = Router::new()
         .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
         .route("/sessions/{id}/connect", get(handlers::connect))
         .route("/sessions/{id}/disconnect", post(handlers::disconnect))
+        .route("/cluster/stats", get(live::cluster_stats_handler))
+        .route("/ws/sessions", get(live::sessions_ws))
         .with_state(state);
     Router::new()
         .nest("/api/v1", v1)
