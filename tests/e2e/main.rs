@@ -1,6 +1,8 @@
 //! End-to-end tests against a real control plane (see `support`).
 
 mod admission;
+mod api_auth;
+mod api_client;
 mod gitops;
 mod idle;
 mod nodeop;
