@@ -170,10 +170,10 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         flags: args.flags.index(),
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
-        AuthMode::Kubernetes => Arc::new(api::auth::KubernetesAuth::new(
-            client.clone(),
-            config.namespace.clone(),
-        )),
+        AuthMode::Kubernetes => Arc::new(
+            api::auth::KubernetesAuth::new(client.clone(), config.namespace.clone())
+                .with_metrics(metrics.clone()),
+        ),
         AuthMode::Static => {
             let token = args.api_token.unwrap_or_default();
             anyhow::ensure!(!token.is_empty(), "--api-token must not be empty");

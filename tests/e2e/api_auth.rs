@@ -19,6 +19,7 @@ use streamspace_controller::api::auth::{
     AuthError, Authenticator, KubernetesAuth, Permission, Principal,
 };
 use streamspace_controller::crd::Session;
+use streamspace_controller::metrics::Metrics;
 use streamspace_controller::ownership::index::FlagIndex;
 use streamspace_controller::rbac;
 use tokio::net::TcpStream;
@@ -50,17 +51,18 @@ impl AuthWorld {
             .expect("apply the RBAC");
         let binding = format!("{API_ACCOUNT}-{}", env.namespace);
         let api_client = service_account_client(&env, &binding).await;
-        let auth = Arc::new(KubernetesAuth::new(
-            api_client.clone(),
-            env.namespace.clone(),
-        ));
+        let metrics = Arc::new(Metrics::default());
+        let auth = Arc::new(
+            KubernetesAuth::new(api_client.clone(), env.namespace.clone())
+                .with_metrics(metrics.clone()),
+        );
         let config = ApiConfig {
             namespace: env.namespace.clone(),
             flush_interval: FLUSH,
             flags: FlagIndex::new(env.flag_settings()),
             ..ApiConfig::default()
         };
-        let api = RunningApi::start_as(api_client, config, auth.clone()).await;
+        let api = RunningApi::start_as(api_client, config, auth.clone(), metrics).await;
         AuthWorld {
             env,
             api,
@@ -309,6 +311,12 @@ async fn tokens_and_rights_decide_access_without_side_effects() {
     }
     assert!(world.auth.token_reviews() <= tokens + 1);
     assert!(world.auth.access_reviews() <= accesses + 1);
+    assert!(
+        world
+            .api
+            .counter("streamspace_api_auth_reviews", "outcome=\"cached\"")
+            >= 8
+    );
     println!(
         "auth reviews for {} requests so far: {} TokenReviews, {} SubjectAccessReviews",
         world.api.counter("streamspace_api_requests", "code"),

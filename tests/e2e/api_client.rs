@@ -102,16 +102,17 @@ impl RunningApi {
         config: ApiConfig,
         auth: Arc<dyn Authenticator>,
     ) -> RunningApi {
-        Self::start_as(env.client.clone(), config, auth).await
+        let metrics = Arc::new(Metrics::default());
+        Self::start_as(env.client.clone(), config, auth, metrics).await
     }
 
-    /// Starts the API talking to Kubernetes as `client`.
+    /// Starts the API talking to Kubernetes as `client`, recording into `metrics`.
     pub async fn start_as(
         client: kube::Client,
         config: ApiConfig,
         auth: Arc<dyn Authenticator>,
+        metrics: Arc<Metrics>,
     ) -> RunningApi {
-        let metrics = Arc::new(Metrics::default());
         let service = api::build(client, config, auth, metrics.clone()).expect("api service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::cache::TtlCache;
 use super::{AuthError, Authenticator, Permission, Principal, bearer_token};
+use crate::metrics::SharedMetrics;
 
 /// How long an answer is reused: long enough that heartbeats (every few seconds) hit the
 /// cache, short enough that a revoked token or role stops working quickly.
@@ -50,6 +51,7 @@ pub struct KubernetesAuth {
     decisions: Mutex<TtlCache<(Principal, Permission), bool>>,
     token_reviews: AtomicU64,
     access_reviews: AtomicU64,
+    metrics: Option<SharedMetrics>,
 }
 
 impl KubernetesAuth {
@@ -65,6 +67,19 @@ impl KubernetesAuth {
             decisions: Mutex::new(TtlCache::new(ttl, DEFAULT_CAPACITY)),
             token_reviews: AtomicU64::new(0),
             access_reviews: AtomicU64::new(0),
+            metrics: None,
+        }
+    }
+
+    /// Counts answers in `streamspace_api_auth_reviews_total{kind, outcome}`.
+    pub fn with_metrics(mut self, metrics: SharedMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, kind: &'static str, outcome: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.api.auth_review(kind, outcome);
         }
     }
 
@@ -81,6 +96,7 @@ impl KubernetesAuth {
     async fn review_token(&self, token: &str) -> Result<Option<Principal>, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(known) = lock(&self.tokens).get(&key, Instant::now()) {
+            self.count("token", "cached");
             return Ok(known);
         }
         self.token_reviews.fetch_add(1, Ordering::Relaxed);
@@ -94,8 +110,19 @@ impl KubernetesAuth {
         let answer = Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| AuthError::Unavailable(format!("TokenReview failed: {e}")))?;
+            .map_err(|e| {
+                self.count("token", "failed");
+                AuthError::Unavailable(format!("TokenReview failed: {e}"))
+            })?;
         let principal = principal_of(answer.status.as_ref());
+        self.count(
+            "token",
+            if principal.is_some() {
+                "authenticated"
+            } else {
+                "rejected"
+            },
+        );
         lock(&self.tokens).insert(key, principal.clone(), Instant::now());
         Ok(principal)
     }
@@ -107,6 +134,7 @@ impl KubernetesAuth {
     ) -> Result<bool, AuthError> {
         let key = (principal.clone(), permission);
         if let Some(allowed) = lock(&self.decisions).get(&key, Instant::now()) {
+            self.count("access", "cached");
             return Ok(allowed);
         }
         self.access_reviews.fetch_add(1, Ordering::Relaxed);
@@ -122,8 +150,12 @@ impl KubernetesAuth {
         let answer = Api::<SubjectAccessReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| AuthError::Unavailable(format!("SubjectAccessReview failed: {e}")))?;
+            .map_err(|e| {
+                self.count("access", "failed");
+                AuthError::Unavailable(format!("SubjectAccessReview failed: {e}"))
+            })?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
+        self.count("access", if allowed { "allowed" } else { "denied" });
         lock(&self.decisions).insert(key, allowed, Instant::now());
         Ok(allowed)
     }
