@@ -26,7 +26,7 @@ use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::devcluster::{
     ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
 };
-use support::{http_get, peak_rss_kib};
+use support::{free_port, http_get, peak_rss_kib, wait_http_ok};
 
 /// Writes per session the floor assumes (Deployment, Service, claim, status).
 const FLOOR_WRITES_PER_SESSION: f64 = 4.0;
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let pid = controller
         .id()
         .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
-    wait_ready(http_port).await?;
+    wait_http_ok(http_port, "/readyz").await?;
 
     let api: Api<Session> = Api::namespaced(client.clone(), namespace);
     let observer = observe(&client, namespace);
@@ -255,25 +255,6 @@ impl Observer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if http_get(port, "/readyz")
-            .await
-            .is_ok_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("controller did not become ready")
 }
 
 /// Sum of every sample whose line starts with `prefix` (all label combinations).

@@ -340,6 +340,15 @@ pub async fn run(
                 .collect::<Vec<_>>()
         }
     };
+    let flag_status = crate::ownership::status::controller(
+        Arc::new(crate::ownership::status::FlagStatusContext {
+            client: client.clone(),
+            flags: config.flags.clone(),
+            sessions: session_store.clone(),
+            caches_loaded: ctx.caches_loaded.clone(),
+        }),
+        shutdown.clone(),
+    );
     let sessions = session_controller
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
@@ -436,6 +445,7 @@ pub async fn run(
         gitsyncs,
         ready,
         flags,
+        flag_status,
     );
     info!("controller stopped");
     Ok(())

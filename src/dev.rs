@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 const EMBEDDED_GITOPS: &[(&str, &str)] = &[
     ("nodes.yaml", include_str!("../examples/gitops/nodes.yaml")),
     ("quota.yaml", include_str!("../examples/gitops/quota.yaml")),
+    ("flags.yaml", include_str!("../examples/gitops/flags.yaml")),
     (
         "maintenance.yaml",
         include_str!("../examples/gitops/maintenance.yaml"),
@@ -169,12 +170,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = crate::http::router(metrics.clone(), readiness.clone(), Some(events)).merge(
-        crate::gitops::webhook::router(
-            client.clone(),
-            config.gitops.triggers.clone(),
-            metrics.clone(),
-        ),
+    let router = crate::http::controller_router(
+        client.clone(),
+        &config,
+        metrics.clone(),
+        readiness.clone(),
+        Some(events),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

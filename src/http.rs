@@ -52,6 +52,49 @@ pub fn router(
         })
 }
 
+/// Everything the `controller` process serves on its HTTP port: health, metrics, connection
+/// events, Git push webhooks and the flags it decides with.
+pub fn controller_router(
+    client: kube::Client,
+    config: &crate::controller::Config,
+    metrics: SharedMetrics,
+    readiness: Readiness,
+    events: Option<ConnectionEvents>,
+) -> Router {
+    router(metrics.clone(), readiness, events)
+        .merge(crate::gitops::webhook::router(
+            client,
+            config.gitops.triggers.clone(),
+            metrics,
+        ))
+        .merge(flags_router(config.flags.clone()))
+}
+
+/// `GET /flags`: the ownership flags as this process decides with them right now (read-only,
+/// like `/metrics`; changing flags goes through the API's authenticated flags endpoint).
+pub fn flags_router(flags: std::sync::Arc<crate::ownership::index::FlagIndex>) -> Router {
+    Router::new().route(
+        "/flags",
+        get(move || {
+            let flags = flags.clone();
+            async move {
+                let views: Vec<serde_json::Value> = crate::ownership::ResourceType::ALL
+                    .into_iter()
+                    .map(|t| {
+                        crate::api::flags::view(
+                            t,
+                            &flags.object_name(t),
+                            flags.spec(t).as_ref(),
+                            &flags.effective(t),
+                        )
+                    })
+                    .collect();
+                axum::Json(serde_json::json!({"flags": views, "loaded": flags.loaded()}))
+            }
+        }),
+    )
+}
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.readiness.is_ready() {
         (StatusCode::OK, "ready")

@@ -128,12 +128,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = http::router(metrics.clone(), readiness.clone(), Some(events)).merge(
-        gitops::webhook::router(
-            client.clone(),
-            config.gitops.triggers.clone(),
-            metrics.clone(),
-        ),
+    let router = http::controller_router(
+        client.clone(),
+        &config,
+        metrics.clone(),
+        readiness.clone(),
+        Some(events),
     );
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
     let webhook = match args.webhooks.to_config(config.namespace.clone()) {

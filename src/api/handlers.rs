@@ -34,6 +34,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("session {0:?} not found")]
     NotFound(String),
+    /// Anything else that does not exist; the message says what.
+    #[error("{0}")]
+    Missing(String),
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -47,7 +50,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Kube(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -57,7 +60,7 @@ impl ApiError {
             ApiError::Unauthorized(e) => e.metric_label(),
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
             ApiError::Kube(_) => "kube",
         }
     }
@@ -74,10 +77,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Reply = Result<Response, ApiError>;
+pub(super) type Reply = Result<Response, ApiError>;
 
 /// Counts and times the request, whatever the outcome.
-fn finish(state: &ApiState, endpoint: &'static str, started: Instant, reply: Reply) -> Response {
+pub(super) fn finish(
+    state: &ApiState,
+    endpoint: &'static str,
+    started: Instant,
+    reply: Reply,
+) -> Response {
     if let Err(error @ ApiError::Kube(_)) = &reply {
         warn!(endpoint, %error, label = error.metric_label(), "request failed");
     }

@@ -5,6 +5,8 @@
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
 //! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
+//! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
+//! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
 //! | GET | `/api/v1/cluster/stats` | node and session counts ([`live`]) |
 //! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
@@ -16,6 +18,7 @@
 pub mod activity;
 pub mod auth;
 pub mod events;
+pub mod flags;
 mod handlers;
 pub mod live;
 
@@ -277,6 +280,12 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
         .route("/sessions/{id}/connect", get(handlers::connect))
         .route("/sessions/{id}/disconnect", post(handlers::disconnect))
+        .route("/flags", get(flags::list))
+        .route("/flags/{type}", get(flags::get))
+        .route(
+            "/flags/{type}/override",
+            axum::routing::put(flags::put_override).delete(flags::delete_override),
+        )
         .route("/cluster/stats", get(live::cluster_stats_handler))
         .route("/ws/sessions", get(live::sessions_ws))
         .with_state(state);

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 
 use super::manifest::{self, Desired, OWNER_LABEL, ObjectKind, owner_value};
 use super::plan::{self, LiveNode, LiveObject};
-use crate::crd::{NodeOperation, QuotaPolicy};
+use crate::crd::{FeatureFlag, NodeOperation, QuotaPolicy};
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
@@ -54,10 +54,11 @@ pub fn validate(args: &ValidateArgs) -> i32 {
             let count =
                 |kind: ObjectKind| desired.objects.iter().filter(|o| o.kind == kind).count();
             println!(
-                "ok: {} NodeConfig, {} QuotaPolicy and {} NodeOperation document(s)",
+                "ok: {} NodeConfig, {} QuotaPolicy, {} NodeOperation and {} FeatureFlag document(s)",
                 desired.node_configs.len(),
                 count(ObjectKind::QuotaPolicy),
-                count(ObjectKind::NodeOperation)
+                count(ObjectKind::NodeOperation),
+                count(ObjectKind::FeatureFlag)
             );
             0
         }
@@ -150,6 +151,21 @@ async fn live_objects(client: &kube::Client, gitsync: &str) -> anyhow::Result<Ve
             name: operation.name_any(),
             labels: operation.labels().clone(),
             spec: serde_json::to_value(&operation.spec)?,
+        });
+    }
+    for flag in Api::<FeatureFlag>::all(client.clone())
+        .list(&selector)
+        .await?
+        .items
+    {
+        out.push(LiveObject {
+            kind: ObjectKind::FeatureFlag,
+            name: flag.name_any(),
+            labels: flag.labels().clone(),
+            spec: manifest::git_managed_spec(
+                ObjectKind::FeatureFlag,
+                &serde_json::to_value(&flag.spec)?,
+            ),
         });
     }
     Ok(out)

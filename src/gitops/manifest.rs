@@ -105,10 +105,11 @@ impl ManifestError {
 }
 
 /// Kinds a repository may hold in this version.
-pub const SUPPORTED_KINDS: &[&str] = &[NODE_CONFIG, QUOTA_POLICY, NODE_OPERATION];
+pub const SUPPORTED_KINDS: &[&str] = &[NODE_CONFIG, QUOTA_POLICY, NODE_OPERATION, FEATURE_FLAG];
 pub const NODE_CONFIG: &str = "NodeConfig";
 pub const QUOTA_POLICY: &str = "QuotaPolicy";
 pub const NODE_OPERATION: &str = "NodeOperation";
+pub const FEATURE_FLAG: &str = "FeatureFlag";
 /// Label that marks an object as applied by a GitSync; its value is [`owner_value`].
 pub const OWNER_LABEL: &str = "stream.space/gitsync";
 
@@ -133,6 +134,9 @@ pub enum ObjectKind {
     QuotaPolicy,
     /// Cluster-scoped.
     NodeOperation,
+    /// Cluster-scoped; only the baseline (`spec.mode`, `spec.percent`) comes from Git, the
+    /// override belongs to the API's flags endpoint.
+    FeatureFlag,
 }
 
 impl ObjectKind {
@@ -140,6 +144,7 @@ impl ObjectKind {
         match self {
             ObjectKind::QuotaPolicy => QUOTA_POLICY,
             ObjectKind::NodeOperation => NODE_OPERATION,
+            ObjectKind::FeatureFlag => FEATURE_FLAG,
         }
     }
 }
@@ -174,6 +179,24 @@ static NODE_OPERATION_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|
     let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     Schema::compile(&value).map_err(|e| e.to_string())
 });
+
+static FEATURE_FLAG_SCHEMA: LazyLock<Result<Schema, String>> = LazyLock::new(|| {
+    let text = include_str!("../../manifests-schema/featureflag.schema.json");
+    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Schema::compile(&value).map_err(|e| e.to_string())
+});
+
+/// The part of a live spec Git manages: a FeatureFlag's override is written by the API and is
+/// neither compared nor replaced by a sync.
+pub fn git_managed_spec(kind: ObjectKind, spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    if kind == ObjectKind::FeatureFlag
+        && let Some(map) = spec.as_object_mut()
+    {
+        map.remove("override");
+    }
+    spec
+}
 
 /// The label rules of the NodeConfig schema (Kubernetes label keys and values), reused for the
 /// `metadata.labels` of whole objects, so a bad label rejects the commit instead of the apply.
@@ -397,7 +420,36 @@ fn parse_document(document: RawDocument, desired: &mut Desired) -> Result<(), Ma
             desired.objects.push(object);
             Ok(())
         }
-        // FeatureFlag will be one arm here.
+        FEATURE_FLAG => {
+            if document.value.pointer("/spec/override").is_some() {
+                return Err(invalid(
+                    &document,
+                    "/spec/override: set through the API's flags endpoint, not in Git (Git holds the baseline)".into(),
+                ));
+            }
+            let known = crate::ownership::ResourceType::ALL;
+            if !known.iter().any(|t| document.name.ends_with(t.as_str())) {
+                return Err(invalid(
+                    &document,
+                    "/metadata/name: must be a resource type (sessions, idle, autostart, nodes, quota), optionally after the installation's flag name prefix".into(),
+                ));
+            }
+            let object = parse_object::<crate::crd::FeatureFlagSpec>(
+                &document,
+                ObjectKind::FeatureFlag,
+                &FEATURE_FLAG_SCHEMA,
+            )?;
+            let spec: crate::crd::FeatureFlagSpec = serde_json::from_value(object.spec.clone())
+                .map_err(|e| invalid(&document, format!("/spec: {e}")))?;
+            if let crate::crd::FlagMode::Unknown(mode) = &spec.mode {
+                return Err(invalid(
+                    &document,
+                    format!("/spec/mode: {mode:?} is not one of legacy, shadow, controller"),
+                ));
+            }
+            desired.objects.push(object);
+            Ok(())
+        }
         _ => Err(ManifestError::UnknownKind {
             origin: document.origin,
             kind: document.kind,
@@ -866,8 +918,33 @@ spec: {subject: {kind: Default}}
                 "apiVersion: stream.space/v1alpha1\nkind: NodeOperation\nmetadata: {{name: op}}\nspec: {spec}\n"
             )
         };
+        let ff = |metadata: &str, spec: &str| {
+            format!(
+                "apiVersion: stream.space/v1alpha1\nkind: FeatureFlag\nmetadata: {metadata}\nspec: {spec}\n"
+            )
+        };
         let default = "{subject: {kind: Default}}";
         let cases = [
+            (
+                ff(
+                    "{name: sessions}",
+                    "{mode: controller, override: {mode: legacy}}",
+                ),
+                "set through the API",
+            ),
+            (
+                ff("{name: gpus}", "{mode: controller}"),
+                "must be a resource type",
+            ),
+            (ff("{name: sessions}", "{mode: sometimes}"), "/spec/mode"),
+            (
+                ff("{name: sessions}", "{mode: controller, percent: 101}"),
+                "maximum",
+            ),
+            (
+                ff("{name: sessions}", "{percent: 10}"),
+                "missing required field \"mode\"",
+            ),
             (
                 qp("{name: q}", "{limits: {}}"),
                 "missing required field \"subject\"",
@@ -935,6 +1012,25 @@ spec: {subject: {kind: Default}}
                 errors[0]
             );
         }
+    }
+
+    #[test]
+    fn feature_flags_carry_the_baseline_only() {
+        let content = "apiVersion: stream.space/v1alpha1\nkind: FeatureFlag\nmetadata: {name: team-a-sessions}\nspec: {mode: controller, percent: 30}\n";
+        let desired = load(&[file("flags.yaml", content)], "", None).expect("valid");
+        assert_eq!(desired.objects.len(), 1);
+        assert_eq!(desired.objects[0].kind, ObjectKind::FeatureFlag);
+        assert_eq!(
+            desired.objects[0].spec,
+            serde_json::json!({"mode": "controller", "percent": 30})
+        );
+        let live = serde_json::json!({"mode": "controller", "percent": 30, "override": {"mode": "legacy"}});
+        assert_eq!(
+            git_managed_spec(ObjectKind::FeatureFlag, &live),
+            desired.objects[0].spec
+        );
+        // Other kinds are compared whole.
+        assert_eq!(git_managed_spec(ObjectKind::QuotaPolicy, &live), live);
     }
 
     #[test]

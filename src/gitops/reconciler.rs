@@ -32,7 +32,7 @@ use super::webhook::SyncTriggers;
 use crate::backoff::FailureBackoff;
 use crate::controller::FIELD_MANAGER;
 use crate::crd::gitsync::{InventoryEntry, Rejection};
-use crate::crd::{Condition, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
+use crate::crd::{Condition, FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
 
 pub const CONTROLLER: &str = "gitsync";
@@ -131,6 +131,7 @@ pub struct GitopsContext {
     /// QuotaPolicies and NodeOperations carrying the ownership label (of any GitSync).
     quotas: Store<QuotaPolicy>,
     operations: Store<NodeOperation>,
+    flags: Store<FeatureFlag>,
     /// True once the node and the owned-object caches have loaded.
     nodes_loaded: watch::Receiver<bool>,
     memory: Mutex<HashMap<String, Memory>>,
@@ -185,7 +186,14 @@ pub fn controller(
     let (operations, operation_writer) = reflector::store();
     let operation_stream = reflector::reflector(
         operation_writer,
-        watcher(Api::<NodeOperation>::all(client.clone()), owned),
+        watcher(Api::<NodeOperation>::all(client.clone()), owned.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (flags, flag_writer) = reflector::store();
+    let flag_stream = reflector::reflector(
+        flag_writer,
+        watcher(Api::<FeatureFlag>::all(client.clone()), owned),
     )
     .default_backoff()
     .touched_objects();
@@ -194,10 +202,12 @@ pub fn controller(
         let nodes = nodes.clone();
         let quotas = quotas.clone();
         let operations = operations.clone();
+        let flags = flags.clone();
         async move {
             let loaded = nodes.wait_until_ready().await.is_ok()
                 && quotas.wait_until_ready().await.is_ok()
-                && operations.wait_until_ready().await.is_ok();
+                && operations.wait_until_ready().await.is_ok()
+                && flags.wait_until_ready().await.is_ok();
             let _ = loaded_tx.send(loaded);
             loaded
         }
@@ -222,6 +232,7 @@ pub fn controller(
         nodes,
         quotas,
         operations,
+        flags,
         nodes_loaded,
         memory: Mutex::default(),
         backoff: FailureBackoff::default(),
@@ -253,11 +264,16 @@ pub fn controller(
         let owner = owner.clone();
         move |q: QuotaPolicy| owner(q.metadata.labels.as_ref())
     };
-    let operation_owner = move |o: NodeOperation| owner(o.metadata.labels.as_ref());
+    let operation_owner = {
+        let owner = owner.clone();
+        move |o: NodeOperation| owner(o.metadata.labels.as_ref())
+    };
+    let flag_owner = move |f: FeatureFlag| owner(f.metadata.labels.as_ref());
     let run = sync_controller
         .watches_stream(node_stream, all_syncs)
         .watches_stream(quota_stream, quota_owner)
         .watches_stream(operation_stream, operation_owner)
+        .watches_stream(flag_stream, flag_owner)
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -800,6 +816,17 @@ fn labelled_objects(ctx: &GitopsContext, namespace: &str) -> Vec<LiveObject> {
             });
         }
     }
+    for flag in ctx.flags.state() {
+        if ours(&flag.metadata.labels) && flag.metadata.deletion_timestamp.is_none() {
+            let spec = serde_json::to_value(&flag.spec).unwrap_or_default();
+            out.push(LiveObject {
+                kind: ObjectKind::FeatureFlag,
+                name: flag.name_any(),
+                labels: flag.labels().clone(),
+                spec: manifest::git_managed_spec(ObjectKind::FeatureFlag, &spec),
+            });
+        }
+    }
     out
 }
 
@@ -811,7 +838,7 @@ fn object_failed(action: &str, change: &ObjectChange, source: kube::Error) -> Er
 }
 
 /// Applies one owned object; when the stored spec still differs afterwards (server-side apply
-/// cannot remove a field another manager set), replaces the spec as a whole.
+/// cannot remove a field another manager set), replaces the part Git manages.
 async fn apply_object<K>(
     api: &Api<K>,
     change: &ObjectChange,
@@ -832,7 +859,10 @@ where
         .patch(&change.name, &params, &Patch::Apply(body))
         .await
         .map_err(|e| object_failed("applying", change, e))?;
-    if serde_json::to_value(stored.spec()).ok().as_ref() != Some(spec) {
+    let stored = serde_json::to_value(stored.spec())
+        .ok()
+        .map(|s| manifest::git_managed_spec(change.kind, &s));
+    if stored.as_ref() != Some(spec) {
         api.patch(
             &change.name,
             &PatchParams::default(),
@@ -855,6 +885,7 @@ async fn apply_objects(
 ) -> Result<usize, Error> {
     let quotas: Api<QuotaPolicy> = Api::namespaced(ctx.client.clone(), namespace);
     let operations: Api<NodeOperation> = Api::all(ctx.client.clone());
+    let flags: Api<FeatureFlag> = Api::all(ctx.client.clone());
     let failed = |action: &'static str| move |source| Error::Api { action, source };
     for change in changes {
         ctx.metrics
@@ -870,6 +901,27 @@ async fn apply_objects(
                     .delete(&change.name, &Default::default())
                     .await
                     .map(|_| ()),
+                ObjectKind::FeatureFlag => {
+                    // Deleting the object would take an active override with it: keep the
+                    // flag until the override ends (the next sync after that prunes it).
+                    let live = ctx
+                        .flags
+                        .state()
+                        .into_iter()
+                        .find(|f| f.name_any() == change.name);
+                    let overridden = live.is_some_and(|f| {
+                        crate::ownership::effective(&f.spec, Timestamp::now()).source
+                            == crate::ownership::Source::Override
+                    });
+                    if overridden {
+                        info!(gitsync = %id, name = %change.name, "flag removed from Git keeps its active override; pruning after it ends");
+                        continue;
+                    }
+                    flags
+                        .delete(&change.name, &Default::default())
+                        .await
+                        .map(|_| ())
+                }
             };
             match result {
                 Ok(()) => {}
@@ -898,7 +950,14 @@ async fn apply_objects(
             "metadata": metadata,
             "spec": object.spec,
         });
-        let replace = serde_json::json!([{"op": "replace", "path": "/spec", "value": object.spec}]);
+        let replace = match object.kind {
+            // Only the baseline: the override belongs to the API.
+            ObjectKind::FeatureFlag => serde_json::json!([
+                {"op": "replace", "path": "/spec/mode", "value": object.spec.get("mode")},
+                {"op": "replace", "path": "/spec/percent", "value": object.spec.get("percent")},
+            ]),
+            _ => serde_json::json!([{"op": "replace", "path": "/spec", "value": object.spec}]),
+        };
         let replace: json_patch::Patch = serde_json::from_value(replace)
             .map_err(|e| failed("building an object patch")(kube::Error::SerdeError(e)))?;
         match object.kind {
@@ -907,6 +966,9 @@ async fn apply_objects(
             }
             ObjectKind::NodeOperation => {
                 apply_object(&operations, change, &object.spec, &body, replace).await?
+            }
+            ObjectKind::FeatureFlag => {
+                apply_object(&flags, change, &object.spec, &body, replace).await?
             }
         }
         info!(gitsync = %id, kind = %change.kind, name = %change.name, "applied");

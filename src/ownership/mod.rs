@@ -8,10 +8,13 @@
 //! lowering it only moves them back.
 //!
 //! [`index`] keeps the flags from a watch; [`handoff`] records which side acted on an object so
-//! an operation in flight when ownership changes is finished by exactly one side.
+//! an operation in flight when ownership changes is finished by exactly one side; [`status`]
+//! writes each flag's status and records every flip as an Event ([`audit`]).
 
+pub mod audit;
 pub mod handoff;
 pub mod index;
+pub mod status;
 
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};

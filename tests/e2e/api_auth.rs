@@ -10,24 +10,23 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use streamspace_controller::api::ApiConfig;
 use streamspace_controller::api::auth::{
     AuthError, Authenticator, KubernetesAuth, Permission, Principal,
 };
-use streamspace_controller::crd::Session;
+use streamspace_controller::crd::{FeatureFlag, Session};
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::ownership::index::FlagIndex;
 use streamspace_controller::rbac;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::api_client::{RunningApi, call};
+use crate::http_client::{RunningApi, call, call_json};
 use crate::support::{TestEnv, WAIT, dev_token, kube_config, wait_for, wait_object};
 
 const FIELD_MANAGER: &str = "streamspace-tests";
@@ -56,13 +55,10 @@ impl AuthWorld {
             KubernetesAuth::new(api_client.clone(), env.namespace.clone())
                 .with_metrics(metrics.clone()),
         );
-        let config = ApiConfig {
-            namespace: env.namespace.clone(),
-            flush_interval: FLUSH,
-            flags: FlagIndex::new(env.flag_settings()),
-            ..ApiConfig::default()
-        };
-        let api = RunningApi::start_as(api_client, config, auth.clone(), metrics).await;
+        let api = RunningApi::start_as(&env, api_client, auth.clone(), metrics, |config| {
+            config.flush_interval = FLUSH;
+        })
+        .await;
         AuthWorld {
             env,
             api,
@@ -262,7 +258,67 @@ async fn tokens_and_rights_decide_access_without_side_effects() {
     )
     .await;
 
-    // The flag and node endpoints require these permissions: only the admin role has them.
+    // Flag overrides: only the admin role, and a refused request writes nothing.
+    let flag_name = format!("{}sessions", world.env.flag_settings().name_prefix);
+    let flags: Api<FeatureFlag> = Api::all(world.env.client.clone());
+    let override_path = "/api/v1/flags/sessions/override";
+    let rollback = json!({"mode": "legacy", "ttl": "1h", "reason": "auth test"});
+    for (token, code) in [(None, 401), (Some(&alice), 403), (Some(&operator), 403)] {
+        let (got, body) = call_json(
+            addr,
+            "PUT",
+            override_path,
+            token.map(|t| t.as_str()),
+            &rollback,
+        )
+        .await;
+        assert_eq!(got, code, "{body}");
+        assert_eq!(body["success"], false, "{body}");
+    }
+    assert!(
+        flags.get_opt(&flag_name).await.expect("get flag").is_none(),
+        "a refused override wrote the flag"
+    );
+    let (code, body) = call_json(addr, "PUT", override_path, Some(&admin), &rollback).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["override"]["setBy"], "streamspace-admin", "{body}");
+    let written = flags.get(&flag_name).await.expect("flag written");
+    let (code, body) = call(addr, "DELETE", override_path, Some(&alice)).await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        flags
+            .get(&flag_name)
+            .await
+            .expect("flag")
+            .resource_version(),
+        written.resource_version(),
+        "a refused clear changed the flag"
+    );
+    let (code, body) = call(addr, "DELETE", override_path, Some(&admin)).await;
+    assert_eq!(code, 200, "{body}");
+    let events: Api<Event> = Api::namespaced(world.env.client.clone(), "default");
+    wait_for(
+        "the override recorded as an Event by the API's account",
+        || async {
+            events
+                .list(&Default::default())
+                .await
+                .expect("events")
+                .items
+        },
+        |items| {
+            items.iter().any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(flag_name.as_str())
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("streamspace-admin set override"))
+            })
+        },
+    )
+    .await;
+    let _ = flags.delete(&flag_name, &DeleteParams::default()).await;
+
+    // The node endpoints require ManageNodes: only the admin role has it.
     let alice_principal = world.principal(&alice).await;
     assert_eq!(alice_principal.name, "alice");
     assert!(
@@ -333,16 +389,7 @@ async fn tokens_and_rights_decide_access_without_side_effects() {
         broken.authenticate(&bearer(&alice)).await,
         Err(AuthError::Unavailable(_))
     ));
-    let broken_api = RunningApi::start_with(
-        &world.env,
-        ApiConfig {
-            namespace: world.env.namespace.clone(),
-            flags: FlagIndex::new(world.env.flag_settings()),
-            ..ApiConfig::default()
-        },
-        Arc::new(broken),
-    )
-    .await;
+    let broken_api = RunningApi::start_with(&world.env, Arc::new(broken), |_| {}).await;
     assert_eq!(
         session_call(broken_api.addr, "heartbeat", "alice-s", Some(&alice)).await,
         503

@@ -20,25 +20,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::{TEST_ENV_LABEL, TestEnv, wait_for, wait_gone, wait_object};
 
 /// A real repository in a temporary directory, committed to with libgit2.
-struct Repo {
+pub(crate) struct Repo {
     dir: tempfile::TempDir,
     repo: git2::Repository,
 }
 
 impl Repo {
-    fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = git2::Repository::init(dir.path()).expect("git init");
         repo.set_head("refs/heads/main").expect("HEAD");
         Repo { dir, repo }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("file://{}", self.dir.path().display())
     }
 
     /// Writes (`Some`) or deletes (`None`) files, commits everything, returns the commit id.
-    fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+    pub(crate) fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
         for (path, content) in files {
             let full = self.dir.path().join(path);
             match content {
@@ -169,7 +169,7 @@ fn node_config(
     )
 }
 
-async fn create_gitsync(env: &TestEnv, name: &str, spec: serde_json::Value) {
+pub(crate) async fn create_gitsync(env: &TestEnv, name: &str, spec: serde_json::Value) {
     env.create::<GitSync>(json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "GitSync",
         "metadata": {"name": name}, "spec": spec
@@ -186,7 +186,7 @@ async fn sync_status(env: &TestEnv, name: &str) -> GitSyncStatus {
         .unwrap_or_default()
 }
 
-async fn wait_applied(env: &TestEnv, name: &str, commit: &str) -> GitSyncStatus {
+pub(crate) async fn wait_applied(env: &TestEnv, name: &str, commit: &str) -> GitSyncStatus {
     let sync = wait_object(
         &env.api::<GitSync>(),
         name,

@@ -2,7 +2,6 @@
 //! the real control plane, with the API and the controller's event endpoint on real sockets.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,20 +10,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use streamspace_controller::api::{ApiConfig, auth::StaticToken};
 use streamspace_controller::crd::{Condition, Session, SessionPhase, SessionState, Template};
 use streamspace_controller::idle::WAKE_ANNOTATION;
 use streamspace_controller::idle::deadline::{IdleSettings, MaxDurationAction};
-use streamspace_controller::ownership::index::FlagIndex;
 
-use crate::api_client::{Http, RunningApi, call, counter};
+use crate::http_client::{API_TOKEN, EVENT_TOKEN, Http, RunningApi, call, counter};
 use crate::support::{TestEnv, wait_for, wait_object};
-
-const API_TOKEN: &str = "test-api-token";
-const EVENT_TOKEN: &str = "test-event-token";
-
-// ---------------------------------------------------------------------------------------------
-// HTTP over real sockets
 
 async fn heartbeat(addr: SocketAddr, session: &str) -> (u16, Value) {
     call(
@@ -44,22 +35,6 @@ async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
         Some(API_TOKEN),
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// The API process, in-process on loopback
-
-impl RunningApi {
-    async fn start(env: &TestEnv, flush: Duration, controller: Option<SocketAddr>) -> RunningApi {
-        let config = ApiConfig {
-            namespace: env.namespace.clone(),
-            flush_interval: flush,
-            controller_url: controller.map(|addr| format!("http://{addr}")),
-            connection_event_token: Some(EVENT_TOKEN.into()),
-            flags: FlagIndex::new(env.flag_settings()),
-        };
-        RunningApi::start_with(env, config, Arc::new(StaticToken::new(API_TOKEN))).await
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 mod admission;
 mod api_auth;
-mod api_client;
+mod flags;
 mod gitops;
+mod http_client;
 mod idle;
 mod nodeop;
 mod session_lifecycle;

@@ -260,7 +260,8 @@ impl TestEnv {
             token: config.connection_event_token.clone(),
             namespace: config.namespace.clone(),
         };
-        let router = http::router(metrics.clone(), readiness.clone(), Some(events));
+        let router = http::router(metrics.clone(), readiness.clone(), Some(events))
+            .merge(http::flags_router(config.flags.clone()));
         let server = tokio::spawn({
             let mut stopped = stopped.clone();
             async move {
@@ -298,6 +299,14 @@ impl TestEnv {
             stop,
             task,
         });
+    }
+
+    /// Address of the running controller's HTTP server.
+    pub fn controller_http_addr(&self) -> SocketAddr {
+        self.controller
+            .as_ref()
+            .map(|c| c.http_addr)
+            .expect("the controller is running")
     }
 
     pub fn api<K>(&self) -> Api<K>

@@ -1,18 +1,29 @@
-//! The `api` service in-process on a real loopback socket, and a small HTTP/1.1 client for it.
+//! Shared by the tests that talk to HTTP servers: a keep-alive HTTP/1.1 client over real
+//! sockets and the `api` service started in-process on loopback.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use streamspace_controller::api::{self, ApiConfig, auth::Authenticator};
+use streamspace_controller::api::{self, ApiConfig, auth::Authenticator, auth::StaticToken};
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::FlagIndex;
 use tokio::task::JoinHandle;
 
 use crate::support::TestEnv;
+
+/// Bearer token of the API in tests that use the static token.
+pub const API_TOKEN: &str = "test-api-token";
+/// Token of the controller's connection-event endpoint in tests.
+pub const EVENT_TOKEN: &str = "test-event-token";
+
+// ---------------------------------------------------------------------------------------------
+// HTTP over real sockets
 
 /// One keep-alive HTTP/1.1 connection.
 pub struct Http {
@@ -80,7 +91,23 @@ pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str
         .await
 }
 
-/// The API service on `127.0.0.1:<random>`; stopped when dropped.
+/// One request with a JSON body on a fresh connection.
+pub async fn call_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    Http::connect(addr)
+        .await
+        .request(method, path, token, Some(&body.to_string()))
+        .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API process, in-process on loopback
+
 pub struct RunningApi {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
@@ -96,23 +123,46 @@ impl Drop for RunningApi {
 }
 
 impl RunningApi {
-    /// Starts the API with `config` and `auth`, using the test's admin client.
-    pub async fn start_with(
+    /// The API of `env`'s namespace and flags with the static [`API_TOKEN`].
+    pub async fn start(
         env: &TestEnv,
-        config: ApiConfig,
-        auth: Arc<dyn Authenticator>,
+        flush: Duration,
+        controller: Option<SocketAddr>,
     ) -> RunningApi {
-        let metrics = Arc::new(Metrics::default());
-        Self::start_as(env.client.clone(), config, auth, metrics).await
+        RunningApi::start_with(env, Arc::new(StaticToken::new(API_TOKEN)), |config| {
+            config.flush_interval = flush;
+            config.controller_url = controller.map(|addr| format!("http://{addr}"));
+        })
+        .await
     }
 
-    /// Starts the API talking to Kubernetes as `client`, recording into `metrics`.
+    /// The API with `auth` and the test defaults changed by `customise`.
+    pub async fn start_with(
+        env: &TestEnv,
+        auth: Arc<dyn Authenticator>,
+        customise: impl FnOnce(&mut ApiConfig),
+    ) -> RunningApi {
+        let metrics = Arc::new(Metrics::default());
+        RunningApi::start_as(env, env.client.clone(), auth, metrics, customise).await
+    }
+
+    /// Like [`RunningApi::start_with`], talking to Kubernetes as `client` and recording into
+    /// `metrics`.
     pub async fn start_as(
+        env: &TestEnv,
         client: kube::Client,
-        config: ApiConfig,
         auth: Arc<dyn Authenticator>,
         metrics: Arc<Metrics>,
+        customise: impl FnOnce(&mut ApiConfig),
     ) -> RunningApi {
+        let mut config = ApiConfig {
+            namespace: env.namespace.clone(),
+            flush_interval: Duration::from_millis(500),
+            controller_url: None,
+            connection_event_token: Some(EVENT_TOKEN.into()),
+            flags: FlagIndex::new(env.flag_settings()),
+        };
+        customise(&mut config);
         let service = api::build(client, config, auth, metrics.clone()).expect("api service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,0 +1,340 @@
+//! Ownership flag endpoints: read the flags as this replica sees them, set or clear the
+//! break-glass override.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/api/v1/flags` | every resource type |
+//! | GET | `/api/v1/flags/{type}` | one type |
+//! | PUT | `/api/v1/flags/{type}/override` | `{mode, percent?, ttl?, reason}`; needs the flags permission |
+//! | DELETE | `/api/v1/flags/{type}/override` | needs the flags permission |
+//!
+//! Reads come from this replica's watch-fed [`FlagIndex`](crate::ownership::index::FlagIndex),
+//! so they show what this replica decides with right now. The override is written with its own
+//! server-side apply field manager, which a Git sync of the baseline (`spec.mode`,
+//! `spec.percent`) never touches; every change is recorded as an Event naming who and why.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::ApiState;
+use super::auth::Permission;
+use super::handlers::{ApiError, finish};
+use crate::crd::{FeatureFlag, FeatureFlagSpec, FlagMode, FlagOverride};
+use crate::idle::deadline::parse_duration;
+use crate::ownership::{Effective, ResourceType};
+
+/// Field manager of override writes; Git syncs use another, so neither erases the other.
+pub const FIELD_MANAGER: &str = "streamspace-api-flags";
+/// Longest accepted reason, in bytes.
+const MAX_REASON: usize = 1024;
+
+/// Body of `PUT /api/v1/flags/{type}/override`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideRequest {
+    pub mode: String,
+    pub percent: Option<u8>,
+    /// How long the override lasts (`30s`, `15m`, `2h`); forever when absent.
+    pub ttl: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Checks an override request and turns it into the override to store.
+pub fn build_override(
+    request: &OverrideRequest,
+    set_by: &str,
+    now: Timestamp,
+) -> Result<FlagOverride, String> {
+    let mode = FlagMode::from(request.mode.as_str());
+    if let FlagMode::Unknown(other) = &mode {
+        return Err(format!(
+            "mode {other:?} is not one of legacy, shadow, controller"
+        ));
+    }
+    let percent = request.percent.unwrap_or(100);
+    if percent > 100 {
+        return Err(format!("percent {percent} is not between 0 and 100"));
+    }
+    let reason = request.reason.as_deref().map(str::trim).unwrap_or_default();
+    if reason.is_empty() {
+        return Err("reason is required: say why the override is needed".into());
+    }
+    if reason.len() > MAX_REASON {
+        return Err(format!("reason is longer than {MAX_REASON} bytes"));
+    }
+    let expires_at = match &request.ttl {
+        None => None,
+        Some(text) => {
+            let ttl = parse_duration(text)
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    format!("ttl {text:?} is not a duration of at least 1s (such as 30s, 15m, 2h)")
+                })?;
+            Some(Time(
+                now.checked_add(ttl)
+                    .map_err(|_| format!("ttl {text:?} is too long"))?,
+            ))
+        }
+    };
+    Ok(FlagOverride {
+        mode,
+        percent,
+        expires_at,
+        reason: Some(reason.to_string()),
+        set_by: Some(set_by.to_string()),
+    })
+}
+
+fn parse_type(text: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(text).ok_or_else(|| {
+        ApiError::Missing(format!(
+            "no flag {text:?} (known: sessions, idle, autostart, nodes, quota)"
+        ))
+    })
+}
+
+/// One flag as the API shows it.
+pub fn view(
+    resource: ResourceType,
+    object_name: &str,
+    spec: Option<&FeatureFlagSpec>,
+    effective: &Effective,
+) -> Value {
+    let override_ = spec.and_then(|s| s.override_.as_ref()).map(|o| {
+        json!({
+            "mode": o.mode.as_str(),
+            "percent": o.percent,
+            "expiresAt": o.expires_at.as_ref().map(|t| t.0.to_string()),
+            "reason": o.reason,
+            "setBy": o.set_by,
+        })
+    });
+    json!({
+        "type": resource.as_str(),
+        "name": object_name,
+        "exists": spec.is_some(),
+        "mode": effective.mode_str(),
+        "percent": effective.percent,
+        "source": effective.source.as_str(),
+        "expiresAt": effective.expires_at.map(|t| t.to_string()),
+        "baseline": spec.map(|s| json!({"mode": s.mode.as_str(), "percent": s.percent})),
+        "override": override_,
+    })
+}
+
+fn current_view(state: &ApiState, resource: ResourceType) -> Value {
+    let index = state.flags();
+    view(
+        resource,
+        &index.object_name(resource),
+        index.spec(resource).as_ref(),
+        &index.effective(resource),
+    )
+}
+
+pub(super) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        state.principal(&headers).await?;
+        let flags: Vec<Value> = ResourceType::ALL
+            .into_iter()
+            .map(|t| current_view(&state, t))
+            .collect();
+        Ok(Json(json!({"flags": flags, "loaded": state.flags().loaded()})).into_response())
+    }
+    .await;
+    finish(&state, "flags_list", started, reply)
+}
+
+pub(super) async fn get(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        state.principal(&headers).await?;
+        let resource = parse_type(&kind)?;
+        Ok(Json(current_view(&state, resource)).into_response())
+    }
+    .await;
+    finish(&state, "flags_get", started, reply)
+}
+
+pub(super) async fn put_override(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        let resource = parse_type(&kind)?;
+        state.require(&principal, Permission::ManageFlags).await?;
+        let request: OverrideRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid override: {e}")))?;
+        let over = build_override(&request, &principal.name, Timestamp::now())
+            .map_err(ApiError::BadRequest)?;
+        let name = state.flags().object_name(resource);
+        let api: Api<FeatureFlag> = Api::all(state.client.clone());
+        // A type without a flag object gets one whose baseline is the default in force now,
+        // so the override does not change what the baseline means.
+        let mut spec = json!({"override": over});
+        if api.get_opt(&name).await?.is_none() {
+            let default = state.flags().effective(resource);
+            spec["mode"] = default.mode_str().into();
+            spec["percent"] = default.percent.into();
+        }
+        let body = json!({
+            "apiVersion": "stream.space/v1alpha1",
+            "kind": "FeatureFlag",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        let stored = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        let until = over
+            .expires_at
+            .as_ref()
+            .map_or("until cleared".to_string(), |t| format!("until {}", t.0));
+        let note = format!(
+            "{} set override {} {}% {until}: {}",
+            principal.name,
+            over.mode,
+            over.percent,
+            over.reason.as_deref().unwrap_or_default()
+        );
+        info!(flag = %name, by = %principal.name, mode = %over.mode, percent = over.percent, "flag override set");
+        record(&state, &stored, "OverrideSet", note).await;
+        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
+    }
+    .await;
+    finish(&state, "flags_override_put", started, reply)
+}
+
+pub(super) async fn delete_override(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        let resource = parse_type(&kind)?;
+        state.require(&principal, Permission::ManageFlags).await?;
+        let name = state.flags().object_name(resource);
+        let api: Api<FeatureFlag> = Api::all(state.client.clone());
+        if api.get_opt(&name).await?.is_none() {
+            return Err(ApiError::Missing(format!(
+                "flag object {name:?} does not exist"
+            )));
+        }
+        // A merge patch removes the override whoever wrote it.
+        let stored = api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"override": null}})),
+            )
+            .await?;
+        info!(flag = %name, by = %principal.name, "flag override cleared");
+        record(
+            &state,
+            &stored,
+            "OverrideCleared",
+            format!("{} cleared the override", principal.name),
+        )
+        .await;
+        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
+    }
+    .await;
+    finish(&state, "flags_override_delete", started, reply)
+}
+
+/// Records a flag change as an Event on the FeatureFlag; a failure is logged, not returned
+/// (the change itself is done).
+async fn record(state: &ApiState, flag: &FeatureFlag, reason: &str, note: String) {
+    if let Err(error) =
+        crate::ownership::audit::record(&state.client, flag, "streamspace-api", reason, &note).await
+    {
+        warn!(%error, "could not record the flag change as an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(
+        mode: &str,
+        percent: Option<u8>,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> OverrideRequest {
+        OverrideRequest {
+            mode: mode.into(),
+            percent,
+            ttl: ttl.map(Into::into),
+            reason: reason.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn overrides_are_checked() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let ok = build_override(
+            &request("legacy", None, Some("2s"), Some(" rollback ")),
+            "alice",
+            now,
+        );
+        let ok = ok.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.mode, FlagMode::Legacy);
+        assert_eq!(ok.percent, 100);
+        assert_eq!(ok.reason.as_deref(), Some("rollback"));
+        assert_eq!(ok.set_by.as_deref(), Some("alice"));
+        assert_eq!(ok.expires_at.map(|t| t.0.as_second()), Some(1_700_000_002));
+        let forever = build_override(&request("controller", Some(30), None, Some("x")), "a", now);
+        assert_eq!(forever.map(|o| o.expires_at), Ok(None));
+
+        for (bad, needle) in [
+            (request("everything", None, None, Some("x")), "not one of"),
+            (
+                request("legacy", Some(101), None, Some("x")),
+                "between 0 and 100",
+            ),
+            (request("legacy", None, Some("soon"), Some("x")), "ttl"),
+            (
+                request("legacy", None, Some("0s"), Some("x")),
+                "at least 1s",
+            ),
+            (request("legacy", None, None, None), "reason is required"),
+            (
+                request("legacy", None, None, Some("  ")),
+                "reason is required",
+            ),
+        ] {
+            let error = build_override(&bad, "a", now).err().unwrap_or_default();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+}
