@@ -120,12 +120,17 @@ impl Authenticator for StaticToken {
     }
 }
 
-/// The token of `Authorization: Bearer <token>`.
+/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    const SCHEME: &str = "bearer ";
     headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .filter(|v| {
+            v.get(..SCHEME.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
+        })
+        .and_then(|v| v.get(SCHEME.len()..))
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or(AuthError::Missing)
@@ -177,5 +182,12 @@ mod tests {
             auth.authenticate(&HeaderMap::new()).await,
             Err(AuthError::Missing)
         );
+        assert!(auth.authenticate(&headers("bearer s3cret")).await.is_ok());
+        assert_eq!(
+            auth.authenticate(&headers("Bearer ")).await,
+            Err(AuthError::Missing)
+        );
+        assert_eq!(bearer_token(&headers("Bearer  tok ")), Ok("tok"));
+        assert_eq!(bearer_token(&headers("Bear")), Err(AuthError::Missing));
     }
 }

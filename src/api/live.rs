@@ -251,14 +251,7 @@ pub(super) async fn sessions_ws(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let started = Instant::now();
-    // The header wins; the query parameter is for browsers.
-    if !headers.contains_key(AUTHORIZATION)
-        && let Some(Ok(value)) = query
-            .token
-            .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
-    {
-        headers.insert(AUTHORIZATION, value);
-    }
+    add_query_token(&mut headers, query.token.as_deref());
     let reply = async {
         let principal = state.principal(&headers).await?;
         let see_all = state
@@ -281,6 +274,17 @@ pub(super) async fn sessions_ws(
         .api
         .request("ws_sessions", response.status().as_u16(), started);
     response
+}
+
+/// Browsers cannot set headers on a WebSocket: a `token` query parameter stands in for the
+/// `Authorization` header, which wins when both are present.
+fn add_query_token(headers: &mut HeaderMap, token: Option<&str>) {
+    if headers.contains_key(AUTHORIZATION) {
+        return;
+    }
+    if let Some(Ok(value)) = token.map(|token| HeaderValue::from_str(&format!("Bearer {token}"))) {
+        headers.insert(AUTHORIZATION, value);
+    }
 }
 
 /// Sends the visible sessions now and after every change that alters them, until the client
@@ -401,6 +405,31 @@ mod tests {
             object["status"] = json!({"phase": phase, "url": "http://x", "podName": "p"});
         }
         Arc::new(serde_json::from_value(object).expect("session"))
+    }
+
+    #[test]
+    fn query_tokens_stand_in_for_a_missing_header() {
+        let token = |headers: &HeaderMap| {
+            super::super::auth::bearer_token(headers)
+                .ok()
+                .map(str::to_string)
+        };
+        let mut headers = HeaderMap::new();
+        add_query_token(&mut headers, Some("from-query"));
+        assert_eq!(token(&headers).as_deref(), Some("from-query"));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        add_query_token(&mut headers, Some("from-query"));
+        assert_eq!(token(&headers).as_deref(), Some("from-header"));
+
+        let mut headers = HeaderMap::new();
+        add_query_token(&mut headers, None);
+        add_query_token(&mut headers, Some("bad\ntoken"));
+        assert!(headers.is_empty());
     }
 
     #[test]
