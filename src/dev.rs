@@ -125,6 +125,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut config = config;
     config.node_operations.kube_config = Some(kube_config_from(kubeconfig_path.as_deref()).await?);
     crd::install::install(&client, FIELD_MANAGER).await?;
+    crate::rbac::apply_dev(&client, FIELD_MANAGER)
+        .await
+        .context("applying the API's RBAC")?;
+    if let Some(plane) = &control_plane {
+        eprintln!(
+            "API users {:?} (groups bound to the streamspace-operator/-admin roles); tokens in {}",
+            plane
+                .dev_users()
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>(),
+            crate::devcluster::dev_users::dev_users_path(plane.kubeconfig_path()).display()
+        );
+    }
     let simulator = match control_plane {
         Some(_) => Some(NodeSimulator::spawn(
             client.clone(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nodeop;
 pub mod ownership;
 pub mod quantity;
+pub mod rbac;
 pub mod session;
 pub mod telemetry;
 pub mod template;

@@ -64,9 +64,18 @@ struct ApiArgs {
     /// Address of the API, /healthz and /metrics.
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8000")]
     http_addr: SocketAddr,
-    /// Bearer token clients must present on /api/v1.
-    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
-    api_token: String,
+    /// How bearer tokens on /api/v1 are checked: `kubernetes` (TokenReview and
+    /// SubjectAccessReview, rights granted by RBAC) or `static` (one admin token, --api-token).
+    #[arg(long, env = "API_AUTH", value_enum, default_value_t = AuthMode::Kubernetes)]
+    auth: AuthMode,
+    /// With --auth static: the bearer token clients must present on /api/v1.
+    #[arg(
+        long,
+        env = "API_TOKEN",
+        hide_env_values = true,
+        required_if_eq("auth", "static")
+    )]
+    api_token: Option<String>,
     /// Longest time activity is held in memory before status.lastActivity is written
     /// (at most one write per session per interval); keep it well below the idle grace.
     #[arg(long, env = "ACTIVITY_FLUSH_INTERVAL", default_value = "15s")]
@@ -84,6 +93,12 @@ struct ApiArgs {
     /// example to match one controller's --node-operation-selector.
     #[arg(long, env = "NODE_OPERATION_LABELS", value_delimiter = ',')]
     node_operation_labels: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthMode {
+    Kubernetes,
+    Static,
 }
 
 #[tokio::main]
@@ -147,7 +162,6 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.api_token.is_empty(), "--api-token must not be empty");
     let flush_interval = parse_duration(&args.flush_interval)
         .with_context(|| format!("--flush-interval {:?}", args.flush_interval))?;
     let operation_labels = api::nodes::parse_labels(&args.node_operation_labels)
@@ -169,7 +183,17 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             ..api::nodes::NodeSettings::default()
         },
     };
-    let auth = Arc::new(api::auth::StaticToken::new(args.api_token));
+    let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
+        AuthMode::Kubernetes => Arc::new(
+            api::auth::KubernetesAuth::new(client.clone(), config.namespace.clone())
+                .with_metrics(metrics.clone()),
+        ),
+        AuthMode::Static => {
+            let token = args.api_token.unwrap_or_default();
+            anyhow::ensure!(!token.is_empty(), "--api-token must not be empty");
+            Arc::new(api::auth::StaticToken::new(token))
+        }
+    };
     let service = api::build(client, config, auth, metrics)?;
     let background = tokio::spawn(service.background);
     let result = http::serve(args.http_addr, service.router, shutdown_signal()).await;

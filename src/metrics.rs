@@ -319,6 +319,16 @@ pub struct ApiMetrics {
     pub activity_writes: Family<OutcomeLabel, Counter>,
     /// Connection events sent to the controller, by outcome.
     pub connection_events: Family<OutcomeLabel, Counter>,
+    /// TokenReview and SubjectAccessReview answers, by kind and outcome (`cached` when
+    /// answered from the cache).
+    pub auth_reviews: Family<ReviewLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `token` or `access`.
+    pub kind: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -341,6 +351,7 @@ impl ApiMetrics {
             }),
             activity_writes: Family::default(),
             connection_events: Family::default(),
+            auth_reviews: Family::default(),
         };
         registry.register(
             "requests",
@@ -362,7 +373,18 @@ impl ApiMetrics {
             "Connection events sent to the controller, by outcome",
             metrics.connection_events.clone(),
         );
+        registry.register(
+            "auth_reviews",
+            "Authentication and authorisation answers, by kind and outcome",
+            metrics.auth_reviews.clone(),
+        );
         metrics
+    }
+
+    pub fn auth_review(&self, kind: &'static str, outcome: &'static str) {
+        self.auth_reviews
+            .get_or_create(&ReviewLabels { kind, outcome })
+            .inc();
     }
 
     pub fn request(&self, endpoint: &'static str, code: u16, started: Instant) {

@@ -1,6 +1,11 @@
 //! Authentication and authorisation of API requests, behind one pluggable [`Authenticator`]:
 //! a static bearer token ([`StaticToken`], an administrator credential) or the Kubernetes
-//! TokenReview and SubjectAccessReview APIs.
+//! TokenReview and SubjectAccessReview APIs ([`KubernetesAuth`]).
+
+pub mod cache;
+pub mod kubernetes;
+
+pub use kubernetes::KubernetesAuth;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -8,7 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 /// Who made a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal {
     /// User name as the authenticator knows it; compared with `spec.user` of sessions.
     pub name: String,
@@ -16,7 +21,7 @@ pub struct Principal {
 }
 
 /// What a request needs beyond being authenticated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Permission {
     /// Set or clear ownership flag overrides.
     ManageFlags,
@@ -115,14 +120,26 @@ impl Authenticator for StaticToken {
     }
 }
 
-/// Checks `Authorization: Bearer <expected>` in constant time.
-pub fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), AuthError> {
-    let presented = headers
+/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    const SCHEME: &str = "bearer ";
+    headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(AuthError::Missing)?;
-    if constant_time_eq(presented.trim().as_bytes(), expected.as_bytes()) {
+        .filter(|v| {
+            v.get(..SCHEME.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
+        })
+        .and_then(|v| v.get(SCHEME.len()..))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(AuthError::Missing)
+}
+
+/// Checks `Authorization: Bearer <expected>` in constant time.
+pub fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), AuthError> {
+    let presented = bearer_token(headers)?;
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
         Err(AuthError::Invalid)
@@ -165,5 +182,12 @@ mod tests {
             auth.authenticate(&HeaderMap::new()).await,
             Err(AuthError::Missing)
         );
+        assert!(auth.authenticate(&headers("bearer s3cret")).await.is_ok());
+        assert_eq!(
+            auth.authenticate(&headers("Bearer ")).await,
+            Err(AuthError::Missing)
+        );
+        assert_eq!(bearer_token(&headers("Bearer  tok ")), Ok("tok"));
+        assert_eq!(bearer_token(&headers("Bear")), Err(AuthError::Missing));
     }
 }

@@ -1,5 +1,6 @@
-//! Request handlers. Each checks the token, then the id (400), then that the session exists
-//! (404), and records activity before answering; none writes anything for a bad request.
+//! Request handlers. Each checks the token (401), then the id (400), then that the session
+//! exists (404) and belongs to the caller or the caller may operate on sessions (403), and
+//! records activity before answering; none writes anything for a refused request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,14 +97,19 @@ pub(super) fn finish(
     response
 }
 
-async fn check(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<(), ApiError> {
-    state.principal(headers).await?;
+/// Who is asking (401), and whether the id is valid (400).
+async fn check(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<super::auth::Principal, ApiError> {
+    let principal = state.principal(headers).await?;
     if !valid_name(id) {
         return Err(ApiError::BadRequest(format!(
             "{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"
         )));
     }
-    Ok(())
+    Ok(principal)
 }
 
 pub(super) async fn heartbeat(
@@ -113,10 +119,12 @@ pub(super) async fn heartbeat(
 ) -> Response {
     let started = Instant::now();
     let reply = async {
-        check(&state, &headers, &id).await?;
-        if !state.exists(&id).await? {
-            return Err(ApiError::NotFound(id.clone()));
-        }
+        let principal = check(&state, &headers, &id).await?;
+        let owner = state.session_user(&id).await?;
+        let owner = owner.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+        state
+            .require_session_access(&principal, &owner, "update")
+            .await?;
         state.activity.record(&id, Timestamp::now());
         Ok(Json(json!({
             "success": true,
@@ -151,12 +159,15 @@ async fn connect_inner(
     id: &str,
     user: Option<String>,
 ) -> Reply {
-    check(state, headers, id).await?;
+    let principal = check(state, headers, id).await?;
     let session = state
         .sessions()
         .get_opt(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    state
+        .require_session_access(&principal, &session.spec.user, "update")
+        .await?;
     state.activity.record(id, Timestamp::now());
     let connection_id = new_connection_id(state, id);
     state
@@ -261,14 +272,16 @@ pub(super) async fn disconnect(
 ) -> Response {
     let started = Instant::now();
     let reply = async {
-        check(&state, &headers, &id).await?;
+        let principal = check(&state, &headers, &id).await?;
         let connection_id = query
             .connection_id
             .filter(|c| !c.is_empty() && c.len() <= 128)
             .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
-        if !state.exists(&id).await? {
-            return Err(ApiError::NotFound(id.clone()));
-        }
+        let owner = state.session_user(&id).await?;
+        let owner = owner.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+        state
+            .require_session_access(&principal, &owner, "update")
+            .await?;
         state.activity.record(&id, Timestamp::now());
         let active = {
             let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());

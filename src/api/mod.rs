@@ -8,6 +8,8 @@
 //! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
 //! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
 //! | GET, PUT, POST, DELETE | `/api/v1/admin/nodes...` | node list, labels, taints, cordon, drain ([`nodes`]) |
+//! | GET | `/api/v1/cluster/stats` | node and session counts ([`live`]) |
+//! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -19,6 +21,7 @@ pub mod auth;
 pub mod events;
 pub mod flags;
 mod handlers;
+pub mod live;
 pub mod nodes;
 
 use std::collections::{HashMap, HashSet};
@@ -102,6 +105,9 @@ pub(crate) struct ApiState {
     flags: Arc<FlagIndex>,
     /// Node caches and legacy drains.
     nodes: nodes::NodeState,
+    /// Bumped on every change the session watch reports (and when the cache has loaded);
+    /// what WebSocket streams wait on.
+    session_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl ApiState {
@@ -145,6 +151,15 @@ impl ApiState {
             .await
     }
 
+    /// Open connections to a session through this replica.
+    fn active_connections(&self, session: &str) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .map_or(0, HashSet::len)
+    }
+
     /// Ownership flags of this process.
     pub(crate) fn flags(&self) -> &Arc<FlagIndex> {
         &self.flags
@@ -154,18 +169,18 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Whether the session exists: the watch cache first, the API server when the cache does
-    /// not have it (not loaded yet, or a session created a moment ago).
-    async fn exists(&self, name: &str) -> Result<bool, kube::Error> {
+    /// The `spec.user` of a session, `None` if it does not exist: the watch cache first, the
+    /// API server when the cache does not have it (not loaded yet, or a session created a
+    /// moment ago).
+    async fn session_user(&self, name: &str) -> Result<Option<String>, kube::Error> {
         if self.sessions_loaded.load(Ordering::Relaxed)
-            && self
+            && let Some(session) = self
                 .sessions
                 .get(&ObjectRef::new(name).within(&self.namespace))
-                .is_some()
         {
-            return Ok(true);
+            return Ok(Some(session.spec.user.clone()));
         }
-        Ok(self.sessions().get_opt(name).await?.is_some())
+        Ok(self.sessions().get_opt(name).await?.map(|s| s.spec.user))
     }
 }
 
@@ -220,6 +235,7 @@ pub fn build(
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
         nodes: node_state,
+        session_changes: tokio::sync::watch::Sender::new(0),
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
@@ -233,8 +249,9 @@ pub fn build(
         let state = state.clone();
         async move {
             let drive = watch.boxed().for_each(|event| {
-                if let Err(error) = event {
-                    warn!(%error, "session watch failed; retrying");
+                match event {
+                    Err(error) => warn!(%error, "session watch failed; retrying"),
+                    Ok(_) => notify_session_change(&state),
                 }
                 futures::future::ready(())
             });
@@ -242,6 +259,7 @@ pub fn build(
             let loaded = async {
                 if sessions.wait_until_ready().await.is_ok() {
                     state.sessions_loaded.store(true, Ordering::Relaxed);
+                    notify_session_change(&state);
                     info!("session cache loaded");
                 }
             };
@@ -253,6 +271,12 @@ pub fn build(
         router: router(state),
         background,
     })
+}
+
+fn notify_session_change(state: &ApiState) {
+    state
+        .session_changes
+        .send_modify(|n| *n = n.wrapping_add(1));
 }
 
 fn router(state: Arc<ApiState>) -> Router {
@@ -268,6 +292,8 @@ fn router(state: Arc<ApiState>) -> Router {
             axum::routing::put(flags::put_override).delete(flags::delete_override),
         )
         .merge(nodes::routes())
+        .route("/cluster/stats", get(live::cluster_stats_handler))
+        .route("/ws/sessions", get(live::sessions_ws))
         .with_state(state);
     Router::new()
         .nest("/api/v1", v1)

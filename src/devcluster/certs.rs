@@ -2,7 +2,8 @@
 //!
 //! Everything is generated fresh for every start with `rcgen`: a throw-away CA, an API server
 //! serving certificate for `127.0.0.1`/`localhost` signed by it, an ECDSA P-256 service-account
-//! signing key and a random bearer token for the `admin` user (group `system:masters`).
+//! signing key, a random bearer token for the `admin` user (group `system:masters`) and one
+//! for each development user ([`super::dev_users`]).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ use rcgen::{
 };
 
 use super::Error;
+use super::dev_users::{self, DevUser};
 
 /// Subject alternative names of the API server serving certificate.
 const SERVING_SANS: [&str; 7] = [
@@ -46,6 +48,8 @@ pub(crate) struct Pki {
     pub token_file: PathBuf,
     /// The bearer token of the `admin` user.
     pub admin_token: String,
+    /// The development users, also in the token file.
+    pub dev_users: Vec<DevUser>,
 }
 
 /// Generates all credentials into `dir` (created if missing).
@@ -62,6 +66,7 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
     )?;
     let sa_key = cert_error("the service-account key", KeyPair::generate())?;
     let admin_token = random_token()?;
+    let dev_users = dev_users::generate(random_token)?;
 
     let pki = Pki {
         ca_pem: ca_cert.pem(),
@@ -72,13 +77,15 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
         sa_public_key: dir.join("sa.pub"),
         token_file: dir.join("tokens.csv"),
         admin_token,
+        dev_users,
     };
     write_file(&pki.ca_cert, &pki.ca_pem, false)?;
     write_file(&pki.serving_cert, &serving_cert.pem(), false)?;
     write_file(&pki.serving_key, &serving_key.serialize_pem(), true)?;
     write_file(&pki.sa_private_key, &sa_key.serialize_pem(), true)?;
     write_file(&pki.sa_public_key, &sa_key.public_key_pem(), false)?;
-    write_file(&pki.token_file, &token_file_line(&pki.admin_token), true)?;
+    let tokens = token_file_line(&pki.admin_token) + &dev_users::token_file_lines(&pki.dev_users);
+    write_file(&pki.token_file, &tokens, true)?;
     Ok(pki)
 }
 
@@ -136,7 +143,7 @@ fn random_token() -> Result<String, Error> {
 }
 
 /// Writes `contents` to `path`, readable only by the owner when `private`.
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
     let mode = if private { 0o600 } else { 0o644 };
     OpenOptions::new()
         .write(true)
@@ -169,7 +176,9 @@ mod tests {
         assert_eq!(
             read(&pki.token_file),
             format!("{},admin,admin,system:masters\n", pki.admin_token)
+                + &dev_users::token_file_lines(&pki.dev_users)
         );
+        assert_eq!(pki.dev_users.len(), dev_users::DEV_USERS.len());
         assert_eq!(pki.admin_token.len(), 32);
     }
 }

@@ -12,6 +12,7 @@ use kube::Api;
 
 use super::certs::{self, Pki};
 use super::data_dir::DataDir;
+use super::dev_users::{self, DevUser};
 use super::process::{ManagedProcess, log_tail};
 use super::readyz::ReadyzProbe;
 use super::{Error, binaries, kubeconfig};
@@ -78,6 +79,7 @@ pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     server_url: String,
     admin_token: String,
+    dev_users: Vec<DevUser>,
     ca_pem: String,
     /// Declared last so that it is removed after the processes are gone.
     data_dir: DataDir,
@@ -131,6 +133,7 @@ impl ControlPlane {
             kubeconfig_path: layout.kubeconfig.clone(),
             server_url: format!("https://127.0.0.1:{}", layout.apiserver_port),
             admin_token: layout.pki.admin_token.clone(),
+            dev_users: layout.pki.dev_users.clone(),
             ca_pem: layout.pki.ca_pem.clone(),
             data_dir,
         };
@@ -140,6 +143,7 @@ impl ControlPlane {
             &plane.ca_pem,
             &plane.admin_token,
         )?;
+        dev_users::write(&plane.kubeconfig_path, &plane.dev_users)?;
         plane.boot(&layout, options).await?;
         Ok(plane)
     }
@@ -157,6 +161,17 @@ impl ControlPlane {
     /// Bearer token of the `admin` user (group `system:masters`).
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// The development users (`alice`, `bob`, `operator`, `streamspace-admin`) and their
+    /// tokens, also written to `dev-users.json` next to the kubeconfig.
+    pub fn dev_users(&self) -> &[DevUser] {
+        &self.dev_users
+    }
+
+    /// The development user called `name`.
+    pub fn dev_user(&self, name: &str) -> Option<&DevUser> {
+        self.dev_users.iter().find(|u| u.name == name)
     }
 
     /// PEM of the CA that signed the API server certificate.

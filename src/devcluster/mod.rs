@@ -29,6 +29,7 @@ mod binaries;
 mod certs;
 mod control_plane;
 mod data_dir;
+pub mod dev_users;
 mod error;
 mod kubeconfig;
 mod process;
@@ -39,5 +40,6 @@ pub use binaries::{BIN_DIR_ENV, REQUIRED_BINARIES, resolve_bin_dir};
 pub use control_plane::{
     ControlPlane, ControlPlaneOptions, SERVICE_ACCOUNT_ISSUER, SERVICE_CLUSTER_IP_RANGE,
 };
+pub use dev_users::{DevUser, read_dev_users};
 pub use error::Error;
 pub use simulator::{ADOPTED_NODE_LABEL, NodeSimulator, SimulatorConfig};

@@ -143,6 +143,18 @@ impl RunningApi {
         customise: impl FnOnce(&mut ApiConfig),
     ) -> RunningApi {
         let metrics = Arc::new(Metrics::default());
+        RunningApi::start_as(env, env.client.clone(), auth, metrics, customise).await
+    }
+
+    /// Like [`RunningApi::start_with`], talking to Kubernetes as `client` and recording into
+    /// `metrics`.
+    pub async fn start_as(
+        env: &TestEnv,
+        client: kube::Client,
+        auth: Arc<dyn Authenticator>,
+        metrics: Arc<Metrics>,
+        customise: impl FnOnce(&mut ApiConfig),
+    ) -> RunningApi {
         let mut config = ApiConfig {
             namespace: env.namespace.clone(),
             flush_interval: Duration::from_millis(500),
@@ -152,8 +164,7 @@ impl RunningApi {
             ..ApiConfig::default()
         };
         customise(&mut config);
-        let service =
-            api::build(env.client.clone(), config, auth, metrics.clone()).expect("api service");
+        let service = api::build(client, config, auth, metrics.clone()).expect("api service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");

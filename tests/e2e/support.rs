@@ -93,6 +93,26 @@ async fn start_cluster() -> Result<(ControlPlane, NodeSimulator), String> {
     Ok((plane, simulator))
 }
 
+/// Bearer token of a development user of the test cluster (`alice`, `bob`, `operator`,
+/// `streamspace-admin`), from the `dev-users.json` next to its kubeconfig.
+pub fn dev_token(user: &str) -> String {
+    let path = kubeconfig();
+    let users = streamspace_controller::devcluster::read_dev_users(&path)
+        .unwrap_or_else(|e| panic!("development users of {}: {e}", path.display()));
+    users
+        .into_iter()
+        .find(|u| u.name == user)
+        .map(|u| u.token)
+        .unwrap_or_else(|| panic!("no development user {user}"))
+}
+
+/// A client configuration for the test cluster, authenticated as its admin.
+pub async fn kube_config() -> kube::Config {
+    streamspace_controller::dev::kube_config_from(Some(&kubeconfig()))
+        .await
+        .expect("kube config")
+}
+
 /// A client on the current test's runtime.
 pub async fn client() -> Client {
     let _ = tracing_subscriber::fmt()
@@ -107,13 +127,6 @@ pub async fn client() -> Client {
     streamspace_controller::dev::client_from(Some(&path))
         .await
         .unwrap_or_else(|e| panic!("client for {}: {e:#}", path.display()))
-}
-
-/// Connection settings of the test cluster (for clients built with other options).
-pub async fn kube_config() -> kube::Config {
-    streamspace_controller::dev::kube_config_from(Some(&kubeconfig()))
-        .await
-        .expect("kube config")
 }
 
 static NAMESPACE_COUNTER: AtomicU32 = AtomicU32::new(0);

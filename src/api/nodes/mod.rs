@@ -99,6 +99,16 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
+    /// Whether the node and pod caches have their first full lists.
+    pub(crate) fn cache_loaded(&self) -> bool {
+        self.cache.is_loaded()
+    }
+
+    /// Every node in the cache.
+    pub(crate) fn cached_nodes(&self) -> Vec<Arc<Node>> {
+        self.cache.nodes()
+    }
+
     /// The state and the future that keeps its caches (runs until dropped).
     pub(crate) fn start(
         client: &Client,

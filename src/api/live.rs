@@ -1,0 +1,475 @@
+//! Read-only and real-time views served from the API's watch caches:
+//!
+//! - `GET /api/v1/cluster/stats` ([`Permission::ReadCluster`]): nodes (total, ready, not
+//!   ready, cordoned, capacity and allocatable sums) and sessions by phase and by state.
+//! - `GET /api/v1/ws/sessions` (WebSocket): `{type: "sessions_update", sessions, count,
+//!   timestamp}` once at connect, then after every change the session watch reports
+//!   (coalesced over [`DEBOUNCE`]) that changes what the client sees. A user sees their own
+//!   sessions; a caller with `OperateSessions("list")` sees all of them. Browsers cannot set
+//!   headers on a WebSocket, so the token may also come as a `token` query parameter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{debug, info};
+
+use super::ApiState;
+use super::auth::{Permission, Principal};
+use super::handlers::ApiError;
+use crate::crd::Session;
+use crate::quantity::{self, Milli};
+
+/// How long a burst of session changes is gathered into one message: a create or a wake
+/// touches a session several times within a few hundred milliseconds.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+// ---------------------------------------------------------------------------------------------
+// Cluster statistics (pure)
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStats {
+    pub nodes: NodeCounts,
+    /// Sum over all nodes, per resource: CPU in cores (`"%.1f"`), memory in `Gi` (`"%.1fGi"`),
+    /// other resources in whole units.
+    pub capacity: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, String>,
+    pub sessions: SessionCounts,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    pub total: usize,
+    pub ready: usize,
+    pub not_ready: usize,
+    /// `spec.unschedulable`, whatever the readiness.
+    pub cordoned: usize,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCounts {
+    pub total: usize,
+    /// By `status.phase`; a session without a phase yet counts as `Pending`.
+    pub by_phase: BTreeMap<String, usize>,
+    /// By `spec.state` (default `running`).
+    pub by_state: BTreeMap<String, usize>,
+}
+
+pub fn cluster_stats(nodes: &[Arc<Node>], sessions: &[Arc<Session>]) -> ClusterStats {
+    let mut stats = ClusterStats::default();
+    let mut capacity = BTreeMap::<String, Milli>::new();
+    let mut allocatable = BTreeMap::<String, Milli>::new();
+    for node in nodes {
+        stats.nodes.total += 1;
+        if is_ready(node) {
+            stats.nodes.ready += 1;
+        } else {
+            stats.nodes.not_ready += 1;
+        }
+        let spec = node.spec.as_ref();
+        if spec.and_then(|s| s.unschedulable).unwrap_or(false) {
+            stats.nodes.cordoned += 1;
+        }
+        let status = node.status.as_ref();
+        add_quantities(&mut capacity, status.and_then(|s| s.capacity.as_ref()));
+        add_quantities(
+            &mut allocatable,
+            status.and_then(|s| s.allocatable.as_ref()),
+        );
+    }
+    stats.capacity = format_quantities(capacity);
+    stats.allocatable = format_quantities(allocatable);
+    for session in sessions {
+        stats.sessions.total += 1;
+        let phase = session
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_ref())
+            .map_or("Pending", |p| p.as_str());
+        *stats.sessions.by_phase.entry(phase.into()).or_default() += 1;
+        let state = session.spec.desired_state();
+        *stats
+            .sessions
+            .by_state
+            .entry(state.as_str().into())
+            .or_default() += 1;
+    }
+    stats
+}
+
+/// A node is ready when its `Ready` condition is `True`.
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+fn add_quantities(
+    sums: &mut BTreeMap<String, Milli>,
+    quantities: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+) {
+    for (resource, value) in quantities.into_iter().flatten() {
+        // A malformed quantity on one node must not hide the others' figures.
+        if let Ok(value) = quantity::parse(&value.0) {
+            let sum = sums.entry(resource.clone()).or_default();
+            *sum = Milli(sum.0.saturating_add(value.0));
+        }
+    }
+}
+
+fn format_quantities(sums: BTreeMap<String, Milli>) -> BTreeMap<String, String> {
+    const GI: f64 = 1024.0 * 1024.0 * 1024.0;
+    sums.into_iter()
+        .map(|(resource, sum)| {
+            let text = match resource.as_str() {
+                "cpu" => format!("{:.1}", sum.0 as f64 / 1000.0),
+                "memory" | "ephemeral-storage" => format!("{:.1}Gi", sum.0 as f64 / 1000.0 / GI),
+                _ => sum.ceil_units().to_string(),
+            };
+            (resource, text)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session list of the WebSocket (pure)
+
+/// One session as the UI's session list shows it (behaviour spec §10).
+pub fn session_item(session: &Session, active_connections: usize) -> Value {
+    let status = session.status.clone().unwrap_or_default();
+    json!({
+        "name": session.name_any(),
+        "namespace": session.namespace(),
+        "user": session.spec.user,
+        "template": session.spec.template,
+        "state": session.spec.desired_state().as_str(),
+        "status": {
+            "phase": status.phase.as_ref().map_or("Pending", |p| p.as_str()),
+            "url": status.url.unwrap_or_default(),
+            "podName": status.pod_name.unwrap_or_default(),
+        },
+        "lastActivity": status.last_activity.map(|t| t.0.to_string()),
+        "activeConnections": active_connections,
+    })
+}
+
+/// The sessions `principal` may see (all of them with `see_all`), sorted by name.
+pub fn visible_sessions(
+    sessions: &[Arc<Session>],
+    principal: &Principal,
+    see_all: bool,
+    connections: impl Fn(&str) -> usize,
+) -> Vec<Value> {
+    let mut visible: Vec<&Arc<Session>> = sessions
+        .iter()
+        .filter(|s| see_all || s.spec.user == principal.name)
+        .collect();
+    visible.sort_by_key(|s| s.name_any());
+    visible
+        .into_iter()
+        .map(|s| session_item(s, connections(&s.name_any())))
+        .collect()
+}
+
+pub fn sessions_update(sessions: &[Value], now: Timestamp) -> Value {
+    json!({
+        "type": "sessions_update",
+        "sessions": sessions,
+        "count": sessions.len(),
+        "timestamp": now.to_string(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+pub(super) async fn cluster_stats_handler(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        state.require(&principal, Permission::ReadCluster).await?;
+        if !(state.nodes.cache_loaded() && state.sessions_loaded.load(Ordering::Relaxed)) {
+            return Ok(loading());
+        }
+        let stats = cluster_stats(&state.nodes.cached_nodes(), &state.sessions.state());
+        Ok::<_, ApiError>(Json(stats).into_response())
+    }
+    .await;
+    let response = reply.unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .api
+        .request("cluster_stats", response.status().as_u16(), started);
+    response
+}
+
+fn loading() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"success": false, "error": "the cluster cache is still loading"})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct WsQuery {
+    token: Option<String>,
+}
+
+pub(super) async fn sessions_ws(
+    State(state): State<Arc<ApiState>>,
+    mut headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let started = Instant::now();
+    add_query_token(&mut headers, query.token.as_deref());
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        let see_all = state
+            .auth
+            .authorize(&principal, Permission::OperateSessions("list"))
+            .await?;
+        Ok::<_, ApiError>((principal, see_all))
+    }
+    .await;
+    let response = match (reply, upgrade) {
+        (Err(error), _) => error.into_response(),
+        (Ok(_), Err(rejection)) => rejection.into_response(),
+        (Ok((principal, see_all)), Ok(upgrade)) => {
+            let state = state.clone();
+            upgrade.on_upgrade(move |socket| stream_sessions(state, socket, principal, see_all))
+        }
+    };
+    state
+        .metrics
+        .api
+        .request("ws_sessions", response.status().as_u16(), started);
+    response
+}
+
+/// Browsers cannot set headers on a WebSocket: a `token` query parameter stands in for the
+/// `Authorization` header, which wins when both are present.
+fn add_query_token(headers: &mut HeaderMap, token: Option<&str>) {
+    if headers.contains_key(AUTHORIZATION) {
+        return;
+    }
+    if let Some(Ok(value)) = token.map(|token| HeaderValue::from_str(&format!("Bearer {token}"))) {
+        headers.insert(AUTHORIZATION, value);
+    }
+}
+
+/// Sends the visible sessions now and after every change that alters them, until the client
+/// goes away.
+async fn stream_sessions(
+    state: Arc<ApiState>,
+    mut socket: WebSocket,
+    principal: Principal,
+    see_all: bool,
+) {
+    info!(user = %principal.name, see_all, "session stream opened");
+    let mut changes = state.session_changes.subscribe();
+    let mut last_sent: Option<Vec<Value>> = None;
+    'send: loop {
+        if state.sessions_loaded.load(Ordering::Relaxed) {
+            let sessions = visible_sessions(&state.sessions.state(), &principal, see_all, |s| {
+                state.active_connections(s)
+            });
+            if last_sent.as_ref() != Some(&sessions) {
+                let message = sessions_update(&sessions, Timestamp::now()).to_string();
+                if socket.send(Message::Text(message.into())).await.is_err() {
+                    break;
+                }
+                last_sent = Some(sessions);
+            }
+        }
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break 'send;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    changes.borrow_and_update();
+                    continue 'send;
+                }
+                incoming = socket.recv() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break 'send,
+                    // Pings are answered by the WebSocket layer; clients have nothing to say.
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+    debug!(user = %principal.name, "session stream closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ready: &str, cordoned: bool, cpu: &str, memory: &str) -> Arc<Node> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"unschedulable": cordoned},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+                    "allocatable": {"cpu": "500m", "memory": "1Gi", "pods": "100"},
+                }
+            }))
+            .expect("node"),
+        )
+    }
+
+    fn session(name: &str, user: &str, state: Option<&str>, phase: Option<&str>) -> Arc<Session> {
+        let mut spec = json!({"user": user, "template": "firefox"});
+        if let Some(state) = state {
+            spec["state"] = json!(state);
+        }
+        let mut object = json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+        });
+        if let Some(phase) = phase {
+            object["status"] = json!({"phase": phase, "url": "http://x", "podName": "p"});
+        }
+        Arc::new(serde_json::from_value(object).expect("session"))
+    }
+
+    #[test]
+    fn query_tokens_stand_in_for_a_missing_header() {
+        let token = |headers: &HeaderMap| {
+            super::super::auth::bearer_token(headers)
+                .ok()
+                .map(str::to_string)
+        };
+        let mut headers = HeaderMap::new();
+        add_query_token(&mut headers, Some("from-query"));
+        assert_eq!(token(&headers).as_deref(), Some("from-query"));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        add_query_token(&mut headers, Some("from-query"));
+        assert_eq!(token(&headers).as_deref(), Some("from-header"));
+
+        let mut headers = HeaderMap::new();
+        add_query_token(&mut headers, None);
+        add_query_token(&mut headers, Some("bad\ntoken"));
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn stats_count_nodes_and_sessions() {
+        let nodes = [
+            node("a", "True", false, "4", "8Gi"),
+            node("b", "False", true, "2500m", "4Gi"),
+            node("c", "Unknown", false, "1", "512Mi"),
+            node("d", "True", true, "not-a-number", "1Gi"),
+        ];
+        let sessions = [
+            session("s1", "alice", None, Some("Running")),
+            session("s2", "alice", Some("hibernated"), Some("Hibernated")),
+            session("s3", "bob", Some("running"), None),
+        ];
+        let stats = cluster_stats(&nodes, &sessions);
+        assert_eq!(
+            stats.nodes,
+            NodeCounts {
+                total: 4,
+                ready: 2,
+                not_ready: 2,
+                cordoned: 2
+            }
+        );
+        assert_eq!(stats.capacity["cpu"], "7.5");
+        assert_eq!(stats.capacity["memory"], "13.5Gi");
+        assert_eq!(stats.capacity["pods"], "440");
+        assert_eq!(stats.allocatable["cpu"], "2.0");
+        assert_eq!(stats.allocatable["memory"], "4.0Gi");
+        assert_eq!(stats.sessions.total, 3);
+        assert_eq!(
+            stats.sessions.by_phase,
+            BTreeMap::from([
+                ("Hibernated".into(), 1),
+                ("Pending".into(), 1),
+                ("Running".into(), 1)
+            ])
+        );
+        assert_eq!(
+            stats.sessions.by_state,
+            BTreeMap::from([("hibernated".into(), 1), ("running".into(), 2)])
+        );
+        let json = serde_json::to_value(&stats).expect("json");
+        assert_eq!(json["nodes"]["notReady"], 2);
+        assert_eq!(json["sessions"]["byPhase"]["Running"], 1);
+    }
+
+    #[test]
+    fn users_see_their_sessions_operators_all() {
+        let sessions = [
+            session("b-1", "bob", None, Some("Running")),
+            session("a-2", "alice", None, None),
+            session("a-1", "alice", Some("hibernated"), Some("Hibernated")),
+        ];
+        let alice = Principal {
+            name: "alice".into(),
+            groups: vec![],
+        };
+        let connections = |name: &str| usize::from(name == "a-1") * 2;
+        let names = |items: &[Value]| {
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        let own = visible_sessions(&sessions, &alice, false, connections);
+        assert_eq!(names(&own), ["a-1", "a-2"]);
+        let all = visible_sessions(&sessions, &alice, true, connections);
+        assert_eq!(names(&all), ["a-1", "a-2", "b-1"]);
+        assert_eq!(
+            own[0],
+            json!({
+                "name": "a-1", "namespace": "ns", "user": "alice", "template": "firefox",
+                "state": "hibernated",
+                "status": {"phase": "Hibernated", "url": "http://x", "podName": "p"},
+                "lastActivity": null, "activeConnections": 2,
+            })
+        );
+        assert_eq!(own[1]["status"]["phase"], "Pending");
+        assert_eq!(own[1]["state"], "running");
+        let message = sessions_update(&own, Timestamp::UNIX_EPOCH);
+        assert_eq!(message["type"], "sessions_update");
+        assert_eq!(message["count"], 2);
+        assert_eq!(message["timestamp"], "1970-01-01T00:00:00Z");
+    }
+}
