@@ -109,7 +109,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let events = http::ConnectionEvents {
-        waker: Waker::new(client.clone(), metrics.clone()),
+        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };

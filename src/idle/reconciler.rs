@@ -19,7 +19,10 @@ use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result, WAKE_ANNOTATION};
 use crate::controller::Context;
-use crate::crd::Session;
+use crate::crd::{Session, SessionState};
+use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
+use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
+use crate::ownership::{Owner, ResourceType, Side};
 
 pub const CONTROLLER: &str = "idle";
 
@@ -65,6 +68,13 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
     let api: Api<Session> = Api::namespaced(ctx.client.clone(), &namespace);
     let decision = deadline::decide(&clocks, now, &ctx.config.idle);
     debug!(session = %name, ?decision, "idle decision");
+    // Wake requests belong to `autostart`: the waker checks that flag itself.
+    let wake = matches!(decision, Decision::Wake | Decision::DropWakeRequest);
+    if !wake
+        && let Some(action) = not_acting(ctx, session, &namespace, &clocks, &decision, now).await
+    {
+        return Ok(action);
+    }
     match decision {
         Decision::Nothing => Ok(Action::await_change()),
         Decision::RequeueAt(deadline) => {
@@ -116,6 +126,78 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// The `idle` owner of the session: `Some(action)` when the controller must not act on it now
+/// (legacy owns it, a legacy operation is in flight, or shadow mode, whose would-be stop is
+/// reported here instead), `None` when it acts.
+async fn not_acting(
+    ctx: &Context,
+    session: &Session,
+    namespace: &str,
+    clocks: &Clocks<'_>,
+    decision: &Decision,
+    now: Timestamp,
+) -> Option<Action> {
+    let name = session.name_any();
+    let key = format!("{namespace}/{name}");
+    let owner = ctx.flags.owner(ResourceType::Idle, namespace, &name);
+    ctx.metrics
+        .ownership
+        .decision(ResourceType::Idle.as_str(), owner.as_str());
+    let record = Record::from_annotations(session.annotations());
+    match handoff::decide(Side::Controller, owner, &record, now) {
+        // The stop write records the controller as the acting side: it is the claim.
+        Handoff::Act | Handoff::Claim => {
+            ctx.shadow.clear(ResourceType::Idle, &key);
+            None
+        }
+        Handoff::WaitUntil(deadline) => Some(Action::requeue(
+            now.duration_until(deadline).unsigned_abs() + DEADLINE_SLACK,
+        )),
+        Handoff::Leave if owner == Owner::Shadow => {
+            let differences = shadow_differences(clocks, decision, &ctx.config.idle);
+            if ctx.shadow.record(ResourceType::Idle, &key, &differences) == Change::Differs {
+                let note =
+                    crate::ownership::shadow::note("the controller would change", &differences);
+                ctx.waker.publish(session, SHADOW_EVENT_REASON, &note).await;
+            }
+            Some(match decision {
+                // Look again when the deadline passes, to report a stop legacy does not make.
+                Decision::RequeueAt(deadline) => {
+                    Action::requeue(now.duration_until(*deadline).unsigned_abs() + DEADLINE_SLACK)
+                }
+                _ => Action::await_change(),
+            })
+        }
+        Handoff::Leave => {
+            ctx.shadow.clear(ResourceType::Idle, &key);
+            Some(Action::await_change())
+        }
+    }
+}
+
+/// What the idle reconciler would write in shadow mode: only stops are reported (clock
+/// bookkeeping is the controller's own and legacy never writes it).
+pub fn shadow_differences(
+    clocks: &Clocks<'_>,
+    decision: &Decision,
+    settings: &deadline::IdleSettings,
+) -> Vec<String> {
+    let Decision::Stop { state, reason } = decision else {
+        return Vec::new();
+    };
+    let at =
+        deadline::stop_deadline(clocks, settings, *reason).map_or_else(|| "?".to_string(), rfc3339);
+    vec![format!(
+        "spec.state {} -> {state} ({}): would {} at {at}",
+        clocks.desired,
+        reason.as_str(),
+        match state {
+            SessionState::Terminated => "terminate",
+            _ => "hibernate",
+        }
+    )]
+}
+
 pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcilers
@@ -161,8 +243,12 @@ async fn stop(
     reason: StopReason,
 ) -> Result<()> {
     let name = session.name_any();
+    // Records the controller as the side that acted, in the same guarded write.
     let patch = json!({
-        "metadata": {"resourceVersion": session.resource_version()},
+        "metadata": {
+            "resourceVersion": session.resource_version(),
+            "annotations": {ACTED_BY_ANNOTATION: Side::Controller.as_str()},
+        },
         "spec": {"state": state},
     });
     ctx.metrics.reconcilers.write(CONTROLLER, "session");

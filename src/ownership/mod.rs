@@ -12,6 +12,7 @@
 
 pub mod handoff;
 pub mod index;
+pub mod shadow;
 
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};

@@ -1,0 +1,177 @@
+//! Reports of shadow mode: what the controller would do differently from what the legacy side
+//! did, per object.
+//!
+//! Each reconciler computes its differences with a pure function and hands them here. An Event
+//! is due only when an object's set of differences changes (remembered in memory as a hash per
+//! object), so a steady disagreement is reported once, not on every resync; the metrics count
+//! reported differences and the objects currently differing, by resource type.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+use super::ResourceType;
+use crate::metrics::{OwnershipMetrics, ResourceTypeLabel};
+
+/// Longest Event note written; the API server refuses notes over 1 kB.
+pub const MAX_NOTE: usize = 1000;
+
+/// Reason of the Event that reports a shadow difference.
+pub const SHADOW_EVENT_REASON: &str = "ShadowDifference";
+
+/// What [`ShadowReports::record`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Same differences as last time (or none, as last time): nothing to publish.
+    Unchanged,
+    /// A new set of differences: publish it.
+    Differs,
+    /// The object differed before and agrees now.
+    Agrees,
+}
+
+/// The last reported differences of every object, by hash.
+pub struct ShadowReports {
+    seen: Mutex<HashMap<(ResourceType, String), u64>>,
+    metrics: OwnershipMetrics,
+}
+
+impl ShadowReports {
+    pub fn new(metrics: OwnershipMetrics) -> Self {
+        ShadowReports {
+            seen: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Records the differences of the object `key` of `resource`.
+    pub fn record(&self, resource: ResourceType, key: &str, differences: &[String]) -> Change {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let id = (resource, key.to_string());
+        let change = if differences.is_empty() {
+            match seen.remove(&id) {
+                Some(_) => Change::Agrees,
+                None => Change::Unchanged,
+            }
+        } else {
+            let hash = hash_of(differences);
+            match seen.insert(id, hash) {
+                Some(previous) if previous == hash => Change::Unchanged,
+                _ => {
+                    let count = u64::try_from(differences.len()).unwrap_or(u64::MAX);
+                    self.metrics
+                        .shadow_differences
+                        .get_or_create(&label(resource))
+                        .inc_by(count);
+                    Change::Differs
+                }
+            }
+        };
+        self.update_gauge(&seen, resource);
+        change
+    }
+
+    /// Forgets the object: it is acted on (or gone), so it no longer counts as differing.
+    pub fn clear(&self, resource: ResourceType, key: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.remove(&(resource, key.to_string())).is_some() {
+            self.update_gauge(&seen, resource);
+        }
+    }
+
+    fn update_gauge(&self, seen: &HashMap<(ResourceType, String), u64>, resource: ResourceType) {
+        let differing = seen.keys().filter(|(t, _)| *t == resource).count();
+        self.metrics
+            .shadow_objects_differing
+            .get_or_create(&label(resource))
+            .set(i64::try_from(differing).unwrap_or(i64::MAX));
+    }
+}
+
+fn label(resource: ResourceType) -> ResourceTypeLabel {
+    ResourceTypeLabel {
+        resource_type: resource.as_str(),
+    }
+}
+
+fn hash_of(differences: &[String]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    differences.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The Event note of a set of differences, cut to [`MAX_NOTE`] bytes on a character boundary.
+pub fn note(prefix: &str, differences: &[String]) -> String {
+    let mut note = format!("{prefix}: {}", differences.join("; "));
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauge(reports: &ShadowReports, resource: ResourceType) -> i64 {
+        reports
+            .metrics
+            .shadow_objects_differing
+            .get_or_create(&label(resource))
+            .get()
+    }
+
+    #[test]
+    fn an_event_is_due_only_when_the_set_changes() {
+        let reports = ShadowReports::new(OwnershipMetrics::default());
+        let a = vec!["Service ss-a missing".to_string()];
+        let b = vec!["Service ss-a missing".to_string(), "x".to_string()];
+        let s = ResourceType::Sessions;
+        let steps: [(&[String], Change, i64); 6] = [
+            (&[], Change::Unchanged, 0),
+            (&a, Change::Differs, 1),
+            (&a, Change::Unchanged, 1),
+            (&b, Change::Differs, 1),
+            (&[], Change::Agrees, 0),
+            (&[], Change::Unchanged, 0),
+        ];
+        for (i, (differences, expected, differing)) in steps.into_iter().enumerate() {
+            assert_eq!(reports.record(s, "ns/a", differences), expected, "step {i}");
+            assert_eq!(gauge(&reports, s), differing, "step {i}");
+        }
+        let counted = reports
+            .metrics
+            .shadow_differences
+            .get_or_create(&label(s))
+            .get();
+        assert_eq!(counted, 3);
+    }
+
+    #[test]
+    fn objects_and_types_are_counted_apart() {
+        let reports = ShadowReports::new(OwnershipMetrics::default());
+        let d = vec!["d".to_string()];
+        reports.record(ResourceType::Sessions, "ns/a", &d);
+        reports.record(ResourceType::Sessions, "ns/b", &d);
+        reports.record(ResourceType::Idle, "ns/a", &d);
+        assert_eq!(gauge(&reports, ResourceType::Sessions), 2);
+        assert_eq!(gauge(&reports, ResourceType::Idle), 1);
+        reports.clear(ResourceType::Sessions, "ns/a");
+        assert_eq!(gauge(&reports, ResourceType::Sessions), 1);
+        assert_eq!(gauge(&reports, ResourceType::Idle), 1);
+    }
+
+    #[test]
+    fn notes_are_cut_on_a_character_boundary() {
+        let long = vec!["é".repeat(800)];
+        let text = note("would", &long);
+        assert!(text.len() <= MAX_NOTE);
+        assert!(text.ends_with("..."));
+        assert_eq!(note("would", &["a".into(), "b".into()]), "would: a; b");
+    }
+}
