@@ -121,7 +121,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         ),
     );
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
-    let webhook = match args.webhooks.to_config(config.namespace.clone()) {
+    let webhook = match args
+        .webhooks
+        .to_config(config.namespace.clone(), config.flags.clone())
+    {
         Some(webhook_config) => Some(
             admission::start(
                 client.clone(),
