@@ -13,6 +13,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod autostart;
 pub mod events;
 mod handlers;
 
