@@ -76,6 +76,9 @@ impl IntoResponse for ApiError {
 
 type Reply = Result<Response, ApiError>;
 
+/// Longest a connect waits for the ownership flags after start-up.
+const FLAGS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Counts and times the request, whatever the outcome.
 fn finish(state: &ApiState, endpoint: &'static str, started: Instant, reply: Reply) -> Response {
     if let Err(error @ ApiError::Kube(_)) = &reply {
@@ -162,6 +165,8 @@ async fn connect_inner(
     let mut desired = session.spec.desired_state();
     let mut message = None;
     if desired == SessionState::Hibernated {
+        // Deciding before the flags loaded would use the default mode; wait briefly.
+        let _ = tokio::time::timeout(FLAGS_WAIT, state.flags().wait_loaded()).await;
         let owner = state
             .flags()
             .owner(ResourceType::Autostart, &state.namespace, id);

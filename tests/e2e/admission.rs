@@ -65,6 +65,8 @@ pub(crate) async fn set_quota_flag(
 
 pub(crate) struct WebhookEnv {
     pub(crate) env: TestEnv,
+    /// The webhook's ownership flags.
+    pub(crate) flags: std::sync::Arc<FlagIndex>,
     webhook: Webhook,
     metrics: Arc<Metrics>,
     config_name: String,
@@ -210,6 +212,7 @@ impl WebhookEnv {
         }
         let this = WebhookEnv {
             env,
+            flags,
             webhook,
             metrics,
             config_name,

@@ -107,7 +107,7 @@ async fn heartbeat(addr: SocketAddr, session: &str) -> (u16, Value) {
     .await
 }
 
-async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
+pub(crate) async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
     call(
         addr,
         "GET",
@@ -120,8 +120,8 @@ async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
 // ---------------------------------------------------------------------------------------------
 // The API process, in-process on loopback
 
-struct RunningApi {
-    addr: SocketAddr,
+pub(crate) struct RunningApi {
+    pub(crate) addr: SocketAddr,
     metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -135,7 +135,11 @@ impl Drop for RunningApi {
 }
 
 impl RunningApi {
-    async fn start(env: &TestEnv, flush: Duration, controller: Option<SocketAddr>) -> RunningApi {
+    pub(crate) async fn start(
+        env: &TestEnv,
+        flush: Duration,
+        controller: Option<SocketAddr>,
+    ) -> RunningApi {
         let metrics = Arc::new(Metrics::default());
         let config = ApiConfig {
             namespace: env.namespace.clone(),
@@ -189,7 +193,7 @@ fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Objects and observations
 
-fn template() -> Value {
+pub(crate) fn template() -> Value {
     json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Template",
         "metadata": {"name": "firefox"},
@@ -200,7 +204,7 @@ fn template() -> Value {
     })
 }
 
-fn session(name: &str, state: &str, idle: &str, max: &str) -> Value {
+pub(crate) fn session(name: &str, state: &str, idle: &str, max: &str) -> Value {
     json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Session",
         "metadata": {"name": name},

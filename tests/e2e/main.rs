@@ -4,5 +4,6 @@ mod admission;
 mod gitops;
 mod idle;
 mod nodeop;
+mod ownership;
 mod session_lifecycle;
 mod support;
