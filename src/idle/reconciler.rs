@@ -284,3 +284,50 @@ fn stop_message(session: &Session, reason: StopReason, state: &str) -> String {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::deadline::MaxDurationAction;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap_or_default()
+    }
+
+    #[test]
+    fn shadow_reports_only_stops_with_their_deadline() {
+        let running = SessionState::Running;
+        let clocks = Clocks {
+            desired: &running,
+            idle_timeout: "60s",
+            max_session_duration: "1h",
+            last_activity: Some(at(0)),
+            started_at: Some(at(0)),
+            generation: Some(1),
+            wake_requested: None,
+        };
+        let settings = deadline::IdleSettings {
+            grace: Duration::from_secs(30),
+            max_duration_action: MaxDurationAction::Terminate,
+        };
+        let cases = [
+            (at(10), vec![]),
+            (
+                at(95),
+                vec!["spec.state running -> hibernated (Idle): would hibernate at 2023-11-14T22:14:50Z"],
+            ),
+            (
+                at(4_000),
+                vec!["spec.state running -> terminated (MaxDurationReached): would terminate at 2023-11-14T23:13:20Z"],
+            ),
+        ];
+        for (now, expected) in cases {
+            let decision = deadline::decide(&clocks, now, &settings);
+            assert_eq!(
+                shadow_differences(&clocks, &decision, &settings),
+                expected,
+                "{decision:?}"
+            );
+        }
+    }
+}
