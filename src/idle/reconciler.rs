@@ -155,10 +155,20 @@ async fn not_acting(
         )),
         Handoff::Leave if owner == Owner::Shadow => {
             let differences = shadow_differences(clocks, decision, &ctx.config.idle);
-            if ctx.shadow.record(ResourceType::Idle, &key, &differences) == Change::Differs {
-                let note =
-                    crate::ownership::shadow::note("the controller would change", &differences);
-                ctx.waker.publish(session, SHADOW_EVENT_REASON, &note).await;
+            let change = ctx.shadow.record(
+                ResourceType::Idle,
+                &key,
+                &differences,
+                std::time::Instant::now(),
+            );
+            match change {
+                Change::Differs => {
+                    let note =
+                        crate::ownership::shadow::note("the controller would change", &differences);
+                    ctx.waker.publish(session, SHADOW_EVENT_REASON, &note).await;
+                }
+                Change::Settling(wait) => return Some(Action::requeue(wait)),
+                Change::Unchanged | Change::Agrees => {}
             }
             Some(match decision {
                 // Look again when the deadline passes, to report a stop legacy does not make.
@@ -314,11 +324,15 @@ mod tests {
             (at(10), vec![]),
             (
                 at(95),
-                vec!["spec.state running -> hibernated (Idle): would hibernate at 2023-11-14T22:14:50Z"],
+                vec![
+                    "spec.state running -> hibernated (Idle): would hibernate at 2023-11-14T22:14:50Z",
+                ],
             ),
             (
                 at(4_000),
-                vec!["spec.state running -> terminated (MaxDurationReached): would terminate at 2023-11-14T23:13:20Z"],
+                vec![
+                    "spec.state running -> terminated (MaxDurationReached): would terminate at 2023-11-14T23:13:20Z",
+                ],
             ),
         ];
         for (now, expected) in cases {

@@ -874,13 +874,16 @@ async fn not_owned(
     }
     match plan {
         Some(plan) => {
-            if ctx
-                .shadow
-                .record(ResourceType::Nodes, &op.name_any(), &plan)
-                == Change::Differs
-            {
-                let note = crate::ownership::shadow::note("the controller would", &plan);
-                publish(ctx, op, EventType::Normal, SHADOW_EVENT_REASON, note).await;
+            let change =
+                ctx.shadow
+                    .record(ResourceType::Nodes, &op.name_any(), &plan, Instant::now());
+            match change {
+                Change::Differs => {
+                    let note = crate::ownership::shadow::note("the controller would", &plan);
+                    publish(ctx, op, EventType::Normal, SHADOW_EVENT_REASON, note).await;
+                }
+                Change::Settling(wait) => return Ok(Action::requeue(wait)),
+                Change::Unchanged | Change::Agrees => {}
             }
         }
         None => ctx.shadow.clear(ResourceType::Nodes, &op.name_any()),

@@ -81,8 +81,15 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     let record = Record::from_annotations(session.annotations());
     let now = Timestamp::now();
     match handoff::decide(Side::Controller, owner, &record, now) {
-        // Shadow mode still computes the decision below, to report it.
-        Handoff::Leave if owner == Owner::Shadow => {}
+        // Shadow mode still computes the decision below, to report it, unless legacy is in the
+        // middle of an operation: then the cluster is half-way and compared once it is done.
+        Handoff::Leave if owner == Owner::Shadow => {
+            if let Some(deadline) = legacy_in_flight_until(&record, now) {
+                return Ok(Action::requeue(
+                    now.duration_until(deadline).unsigned_abs() + HANDOFF_SLACK,
+                ));
+            }
+        }
         Handoff::Leave => {
             ctx.shadow.clear(ResourceType::Sessions, &key);
             return Ok(Action::await_change());
@@ -150,8 +157,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
             &observed,
             session.status.as_ref(),
         );
-        report_shadow(&ctx, &session, &key, &differences).await;
-        return Ok(Action::await_change());
+        return Ok(report_shadow(&ctx, &session, &key, &differences).await);
     }
     ctx.shadow.clear(ResourceType::Sessions, &key);
 
@@ -209,6 +215,16 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
+/// When the legacy operation recorded on the object stops counting as in flight, if it still
+/// does at `now`.
+fn legacy_in_flight_until(record: &Record, now: Timestamp) -> Option<Timestamp> {
+    let started = record.legacy_operation_started?;
+    let deadline = started
+        .checked_add(handoff::IN_FLIGHT_TIMEOUT)
+        .unwrap_or(Timestamp::MAX);
+    (now < deadline).then_some(deadline)
+}
+
 /// Records the controller as the acting side on a session the legacy side acted on last. The
 /// write carries the resourceVersion the decision was made from: a conflict means someone
 /// wrote in between, and the retry decides again on the newer object.
@@ -247,11 +263,25 @@ async fn claim(ctx: &Context, session: &Session, namespace: &str) -> Result<()> 
     }
 }
 
-/// Shadow mode: reports what the reconcile would change (metric always, an Event when the set
-/// of differences changed); writes nothing to the session or its children.
-async fn report_shadow(ctx: &Context, session: &Session, key: &str, differences: &[String]) {
-    match ctx.shadow.record(ResourceType::Sessions, key, differences) {
+/// Shadow mode: reports what the reconcile would change (metric and an Event once the set of
+/// differences has settled and whenever it changes); writes nothing to the session or its
+/// children.
+async fn report_shadow(
+    ctx: &Context,
+    session: &Session,
+    key: &str,
+    differences: &[String],
+) -> Action {
+    let change = ctx.shadow.record(
+        ResourceType::Sessions,
+        key,
+        differences,
+        std::time::Instant::now(),
+    );
+    match change {
         Change::Unchanged => {}
+        // Compare again once it could have settled (legacy may be half-way through a create).
+        Change::Settling(wait) => return Action::requeue(wait + HANDOFF_SLACK),
         Change::Agrees => info!(session = %key, "shadow: legacy and controller agree"),
         Change::Differs => {
             info!(session = %key, ?differences, "shadow: the controller would act differently");
@@ -270,6 +300,7 @@ async fn report_shadow(ctx: &Context, session: &Session, key: &str, differences:
             }
         }
     }
+    Action::await_change()
 }
 
 fn backoff_key(session: &Session) -> String {
