@@ -278,6 +278,72 @@ async fn ownership_sessions_legacy_are_left_alone_until_the_flag_flips() {
     env.cleanup().await;
 }
 
+#[tokio::test]
+async fn ownership_percent_splits_sessions_by_the_ownership_function() {
+    use streamspace_controller::ownership::{Effective, Owner, ResourceType, Source, owner};
+
+    let mut env = TestEnv::without_controller("own-percent").await;
+    let name = flag_name(&env, "sessions");
+    Api::<FeatureFlag>::all(env.client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "stream.space/v1alpha1", "kind": "FeatureFlag",
+                "metadata": {"name": name},
+                "spec": {"mode": "controller", "percent": 50}
+            })),
+        )
+        .await
+        .expect("flag");
+    set_flag(&env, "idle", "legacy").await;
+    env.start_controller().await;
+    env.create::<Template>(template()).await;
+    let flag = Effective {
+        mode: FlagMode::Controller,
+        percent: 50,
+        source: Source::Baseline,
+        expires_at: None,
+    };
+    let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let (mine, theirs): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| {
+        owner(&flag, ResourceType::Sessions, &env.namespace, n) == Owner::Controller
+    });
+    eprintln!(
+        "percent 50: controller owns {} of {} sessions",
+        mine.len(),
+        names.len()
+    );
+    for n in &names {
+        env.create::<Session>(session(n, "hibernated", "30m", "8h"))
+            .await;
+    }
+    for n in &mine {
+        wait_object(
+            &env.api::<Session>(),
+            n,
+            "controller-owned reconciled",
+            |s| phase(s) == Some(SessionPhase::Hibernated),
+        )
+        .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for n in &theirs {
+        let s = get(&env, n).await;
+        assert!(s.status.is_none(), "{n} is legacy-owned: {:?}", s.status);
+    }
+    // Raising to 100 hands the rest to the controller at once.
+    set_flag(&env, "sessions", "controller").await;
+    for n in &theirs {
+        wait_object(&env.api::<Session>(), n, "reconciled after raising", |s| {
+            phase(s) == Some(SessionPhase::Hibernated)
+        })
+        .await;
+    }
+    delete_flags(&env).await;
+    env.cleanup().await;
+}
+
 /// Acceptance 6.
 #[tokio::test]
 async fn ownership_shadow_reports_differences_and_changes_nothing() {
