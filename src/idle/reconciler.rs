@@ -1,5 +1,7 @@
 //! The I/O shell around [`deadline::decide`]: a second `Controller` on Sessions that requeues
 //! each session for its own deadline (no periodic scan) and stops it when the deadline passes.
+//! Stops and clock bookkeeping follow the `idle` ownership flag (legacy: nothing; shadow: the
+//! would-be stop is reported); wake requests go to the waker, which follows `autostart`.
 //!
 //! Every write is conditional on the resourceVersion the decision was made from, so a decision
 //! made on a stale cache (a heartbeat flushed or a wake written meanwhile) fails with 409 and
@@ -31,6 +33,8 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    // Ownership decides whether this acts; before the flags load it would assume the default.
+    ctx.flags.wait_loaded().await;
     let action = decide_and_act(&session, &ctx).await?;
     ctx.backoff.succeeded(&backoff_key(&session));
     Ok(action)

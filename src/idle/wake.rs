@@ -35,6 +35,8 @@ use crate::ownership::{ResourceType, Side};
 
 /// Attempts before giving up on a session that keeps changing under us.
 const MAX_ATTEMPTS: u32 = 5;
+/// Longest a wake request waits for the ownership flags after start-up.
+const FLAGS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a wake request came from (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +113,10 @@ impl Waker {
         generation: Option<i64>,
         source: Source,
     ) -> Result<(Outcome, SessionState)> {
+        // Deciding before the flags loaded would use the default mode.
+        tokio::time::timeout(FLAGS_WAIT, self.flags.wait_loaded())
+            .await
+            .map_err(|_| Error::FlagsNotLoaded)?;
         let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
         for _ in 0..MAX_ATTEMPTS {
             let session = api.get(name).await.map_err(|source| Error::Api {
