@@ -3,7 +3,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
-//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
+//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session (itself when the `autostart` flag gives it to legacy, [`autostart`]; else through the controller) |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
