@@ -23,12 +23,13 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use streamspace_controller::admission::certs::SelfManagedConfig;
 use streamspace_controller::admission::{
-    self, AdmissionConfig, CertSource, MUTATE_PATH, QuotaEnforcement, VALIDATE_PATH,
+    self, AdmissionConfig, CertSource, MUTATE_PATH, VALIDATE_PATH,
 };
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{QuotaPolicy, Session, Template};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::{FlagIndex, FlagSettings};
 use tower::ServiceExt;
 
 const NAMESPACE: &str = "bench-admission";
@@ -108,7 +109,11 @@ async fn main() -> anyhow::Result<()> {
                 validating_configs: vec![CONFIG.into()],
                 mutating_configs: vec![CONFIG.into()],
             }),
-            enforcement: QuotaEnforcement::Webhook,
+            // No flag objects under this prefix: the controller (this webhook) enforces.
+            flags: FlagIndex::new(FlagSettings {
+                name_prefix: "bench-admission-".into(),
+                ..FlagSettings::default()
+            }),
             policy_namespace: Some(NAMESPACE.into()),
             session_namespace: Some(NAMESPACE.into()),
         },

@@ -26,7 +26,9 @@ use crate::idle::reconciler as idle_reconciler;
 use crate::idle::wake::Waker;
 use crate::metrics::SharedMetrics;
 use crate::nodeop::reconciler::{self as nodeop_reconciler, NodeOpShared};
+use crate::ownership::ResourceType;
 use crate::ownership::index::{FlagIndex, FlagSettings};
+use crate::ownership::shadow::ShadowReports;
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::session::objects::SessionSettings;
 use crate::session::reconciler::{self as session_reconciler, SessionStores};
@@ -113,6 +115,8 @@ pub struct Context {
     pub waker: Waker,
     /// Who acts on what ([`crate::ownership`]).
     pub flags: Arc<FlagIndex>,
+    /// Differences found in shadow mode, per object.
+    pub shadow: ShadowReports,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +201,17 @@ where
     (store, stream)
 }
 
+/// Fires once for every change of the effective flag of `resource`: a reconciler re-reconciles
+/// all its objects on it, so a flip takes effect without waiting for a resync.
+fn flag_changes(
+    flags: &Arc<FlagIndex>,
+    resource: ResourceType,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    flags.changes(resource).map(move |effective| {
+        info!(resource = %resource, mode = effective.mode_str(), percent = effective.percent, "ownership flag changed; reconciling everything");
+    })
+}
+
 /// Runs all reconcilers until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -276,7 +291,8 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
-        waker: Waker::new(client.clone(), metrics.clone()),
+        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
+        shadow: ShadowReports::new(metrics.ownership.clone()),
         metrics,
         config: config.clone(),
         session_stores: stores.clone(),
@@ -356,6 +372,7 @@ pub async fn run(
         .watches_stream(pod_stream, session_of_pod)
         .watches_stream(template_stream, sessions_of_template)
         .watches_stream(claim_stream, sessions_of_claim)
+        .reconcile_all_on(flag_changes(&config.flags, ResourceType::Sessions))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             session_reconciler::reconcile,
@@ -386,6 +403,7 @@ pub async fn run(
             move |node: Node| nodeop_reconciler::operations_of_node(&store, &node.name_any())
         };
         nodeop_controller
+            .reconcile_all_on(flag_changes(&config.flags, ResourceType::Nodes))
             .watches(
                 Api::<Node>::all(client.clone()),
                 watcher::Config::default().any_semantic(),
@@ -408,6 +426,9 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .with_config(ControllerConfig::default().concurrency(config.concurrency))
+    // Autostart changes too: the idle reconciler hands wake requests to the waker.
+    .reconcile_all_on(flag_changes(&config.flags, ResourceType::Idle))
+    .reconcile_all_on(flag_changes(&config.flags, ResourceType::Autostart))
     .graceful_shutdown_on(shutdown.clone())
     .run(
         idle_reconciler::reconcile,

@@ -166,7 +166,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let events = crate::http::ConnectionEvents {
-        waker: crate::idle::wake::Waker::new(client.clone(), metrics.clone()),
+        waker: crate::idle::wake::Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };

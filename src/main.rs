@@ -128,7 +128,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
     let events = http::ConnectionEvents {
-        waker: Waker::new(client.clone(), metrics.clone()),
+        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
@@ -140,7 +140,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         Some(events),
     );
     let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
-    let webhook = match args.webhooks.to_config(config.namespace.clone()) {
+    let webhook = match args
+        .webhooks
+        .to_config(config.namespace.clone(), config.flags.clone())
+    {
         Some(webhook_config) => Some(
             admission::start(
                 client.clone(),

@@ -7,6 +7,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -409,6 +410,83 @@ impl ApiMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceTypeLabel {
+    pub resource_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabels {
+    pub resource_type: &'static str,
+    /// `legacy`, `shadow` or `controller`.
+    pub owner: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    pub resource_type: &'static str,
+    /// `claimed` or `conflict`.
+    pub result: &'static str,
+}
+
+/// Ownership: who decided to act, hand-off claims, and what shadow mode found.
+#[derive(Clone, Default)]
+pub struct OwnershipMetrics {
+    /// Ownership decisions taken by the controller, by type and owner.
+    pub decisions: Family<OwnerLabels, Counter>,
+    /// Claims of objects last acted on by the legacy side, by result.
+    pub claims: Family<ClaimLabels, Counter>,
+    /// Differences reported in shadow mode (counted when an object's difference set changes).
+    pub shadow_differences: Family<ResourceTypeLabel, Counter>,
+    /// Objects whose last shadow comparison found differences.
+    pub shadow_objects_differing: Family<ResourceTypeLabel, Gauge>,
+}
+
+impl OwnershipMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = OwnershipMetrics::default();
+        registry.register(
+            "ownership_decisions",
+            "Ownership decisions of the controller, by resource type and owner",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "ownership_claims",
+            "Claims of objects last acted on by the legacy side, by result (claimed, conflict)",
+            metrics.claims.clone(),
+        );
+        registry.register(
+            "shadow_differences",
+            "Differences between what the controller would do and what legacy did, reported in shadow mode",
+            metrics.shadow_differences.clone(),
+        );
+        registry.register(
+            "shadow_objects_differing",
+            "Objects whose latest shadow comparison found differences",
+            metrics.shadow_objects_differing.clone(),
+        );
+        metrics
+    }
+
+    pub fn decision(&self, resource_type: &'static str, owner: &'static str) {
+        self.decisions
+            .get_or_create(&OwnerLabels {
+                resource_type,
+                owner,
+            })
+            .inc();
+    }
+
+    pub fn claim(&self, resource_type: &'static str, result: &'static str) {
+        self.claims
+            .get_or_create(&ClaimLabels {
+                resource_type,
+                result,
+            })
+            .inc();
+    }
+}
+
 /// The process's metrics registry and the handles every subsystem records into.
 pub struct Metrics {
     pub registry: Registry,
@@ -418,6 +496,7 @@ pub struct Metrics {
     pub idle: IdleMetrics,
     pub api: ApiMetrics,
     pub gitops: crate::gitops::metrics::GitopsMetrics,
+    pub ownership: OwnershipMetrics,
 }
 
 impl Default for Metrics {
@@ -433,6 +512,7 @@ impl Default for Metrics {
         let gitops = crate::gitops::metrics::GitopsMetrics::register(
             registry.sub_registry_with_prefix("gitops"),
         );
+        let ownership = OwnershipMetrics::register(&mut registry);
         Metrics {
             registry,
             reconcilers,
@@ -441,6 +521,7 @@ impl Default for Metrics {
             idle,
             api,
             gitops,
+            ownership,
         }
     }
 }

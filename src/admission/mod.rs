@@ -6,6 +6,11 @@
 //! the Session watch ("reservations"). A decision reads only these, never the API server, and
 //! decisions are serialised so two concurrent creates cannot both take the last free slot.
 //! The decisions themselves are pure: [`quota::decide`] and [`defaults::defaults_patch`].
+//!
+//! Who enforces quotas is the `quota` ownership flag, per Session (namespace, name): when the
+//! controller owns the Session the validating webhook decides; when the legacy side owns or
+//! shadows it, the webhook admits it (the API's legacy handler checks the quota itself). The
+//! mutating webhook's defaults apply whatever the flag says.
 
 pub mod certs;
 pub mod defaults;
@@ -35,6 +40,8 @@ use tracing::{debug, warn};
 
 use crate::crd::{QuotaPolicy, SessionSpec, SessionState, Template};
 use crate::metrics::AdmissionMetrics;
+use crate::ownership::index::FlagIndex;
+use crate::ownership::{ResourceType, Side};
 use certs::{CertFiles, CertResolver, SelfManaged, SelfManagedConfig};
 use quota::{Decision, Policy, Request, Usage};
 
@@ -46,16 +53,6 @@ pub const MUTATE_PATH: &str = "/mutate-session";
 pub const RESERVATION_TTL: Duration = Duration::from_secs(10);
 /// How long a request waits for the watch caches after start-up before failing.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
-
-/// Who enforces Session quotas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum QuotaEnforcement {
-    /// This webhook denies Sessions over quota.
-    Webhook,
-    /// The old API's check applies; the validating webhook admits everything. Stands in for
-    /// the `quota` ownership flag until the flags land.
-    Legacy,
-}
 
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
@@ -69,7 +66,9 @@ pub enum CertSource {
 pub struct AdmissionConfig {
     pub addr: SocketAddr,
     pub certs: CertSource,
-    pub enforcement: QuotaEnforcement,
+    /// Ownership flags; the `quota` flag decides who enforces quotas. May be the index the
+    /// controller uses (it is watched once, whoever runs it first).
+    pub flags: Arc<FlagIndex>,
     /// Namespace of the QuotaPolicies; `None` reads them from all namespaces.
     pub policy_namespace: Option<String>,
     /// Namespace of the Sessions and Templates; `None` is all namespaces.
@@ -106,7 +105,7 @@ pub struct AdmissionState {
     policies: Store<QuotaPolicy>,
     sessions: Store<crate::crd::Session>,
     templates: Store<Template>,
-    enforcement: QuotaEnforcement,
+    flags: Arc<FlagIndex>,
     /// Keyed by (namespace, name).
     reservations: Mutex<HashMap<(String, String), Reservation>>,
     metrics: AdmissionMetrics,
@@ -226,11 +225,13 @@ pub async fn start(
     tasks.push(task);
     let (templates, task) = cache(watched(&client, ns), |_| {});
     tasks.push(task);
+    // Returns at once when the controller in this process already watches the flags.
+    tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
     let state = Arc::new(AdmissionState {
         policies,
         sessions,
         templates,
-        enforcement: config.enforcement,
+        flags: config.flags.clone(),
         reservations: Mutex::new(HashMap::new()),
         metrics,
     });
@@ -378,7 +379,25 @@ impl AdmissionState {
         &self,
         request: &AdmissionRequest<DynamicObject>,
     ) -> (&'static str, AdmissionResponse) {
-        if self.enforcement == QuotaEnforcement::Legacy {
+        if tokio::time::timeout(CACHE_WAIT, self.flags.wait_loaded())
+            .await
+            .is_err()
+        {
+            return (
+                "denied",
+                deny(
+                    request,
+                    503,
+                    "ownership flags are still loading; retry shortly".into(),
+                ),
+            );
+        }
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        let owner = self
+            .flags
+            .owner(ResourceType::Quota, namespace, &request.name);
+        if owner.acting_side() != Side::Controller {
+            // The legacy API checks quota in its create handler.
             return ("allowed", AdmissionResponse::from(request));
         }
         let new = match spec_of(request.object.as_ref()) {
@@ -613,9 +632,6 @@ pub struct WebhookSettings {
         default_value = "streamspace-controller"
     )]
     pub mutating_webhook_config: String,
-    /// Who enforces quotas: `webhook`, or `legacy` (the old API; the webhook admits all).
-    #[arg(long, env = "QUOTA_ENFORCEMENT", value_enum, default_value = "webhook")]
-    pub quota_enforcement: QuotaEnforcement,
     /// Namespace of QuotaPolicies (default: the controller's namespace).
     #[arg(long, env = "QUOTA_NAMESPACE")]
     pub quota_namespace: Option<String>,
@@ -631,8 +647,13 @@ pub enum CertMode {
 pub const SERVICE_NAME: &str = "streamspace-controller-webhook";
 
 impl WebhookSettings {
-    /// The admission configuration, or `None` when no `--webhook-addr` is given.
-    pub fn to_config(&self, session_namespace: Option<String>) -> Option<AdmissionConfig> {
+    /// The admission configuration, or `None` when no `--webhook-addr` is given. `flags`
+    /// decide who enforces quotas (pass the controller's index when both run together).
+    pub fn to_config(
+        &self,
+        session_namespace: Option<String>,
+        flags: Arc<FlagIndex>,
+    ) -> Option<AdmissionConfig> {
         let addr = self.webhook_addr?;
         let ns = &self.webhook_namespace;
         let certs = match self.webhook_cert_mode {
@@ -658,7 +679,7 @@ impl WebhookSettings {
         Some(AdmissionConfig {
             addr,
             certs,
-            enforcement: self.quota_enforcement,
+            flags,
             policy_namespace: Some(self.quota_namespace.clone().unwrap_or_else(|| ns.clone())),
             session_namespace,
         })

@@ -22,6 +22,7 @@ use super::events::ConnectionEvent;
 use super::{ApiState, valid_name};
 use crate::crd::{Session, SessionPhase, SessionState};
 use crate::idle::WAKE_ANNOTATION;
+use crate::ownership::{ResourceType, Side};
 
 /// Errors answered to clients; each has a status code and a fixed metric label.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,9 @@ impl IntoResponse for ApiError {
 }
 
 pub(super) type Reply = Result<Response, ApiError>;
+
+/// Longest a connect waits for the ownership flags after start-up.
+const FLAGS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Counts and times the request, whatever the outcome.
 pub(super) fn finish(
@@ -180,7 +184,15 @@ async fn connect_inner(
     let mut desired = session.spec.desired_state();
     let mut message = None;
     if desired == SessionState::Hibernated {
-        let woken = request_wake(state, &session, &connection_id, user).await;
+        // Deciding before the flags loaded would use the default mode; wait briefly.
+        let _ = tokio::time::timeout(FLAGS_WAIT, state.flags().wait_loaded()).await;
+        let owner = state
+            .flags()
+            .owner(ResourceType::Autostart, &state.namespace, id);
+        let woken = match owner.acting_side() {
+            Side::Controller => request_wake(state, &session, &connection_id, user).await,
+            Side::Legacy => wake_directly(state, id).await,
+        };
         if woken {
             desired = SessionState::Running;
         }
@@ -253,6 +265,21 @@ async fn request_wake(
         Err(error) => {
             state.metrics.api.connection_event(error.metric_label());
             warn!(session = %name, %error, "connection event not delivered; the wake-requested mark remains");
+            false
+        }
+    }
+}
+
+/// Legacy autostart: the API wakes the session itself. Failures are logged; the client's next
+/// connect tries again.
+async fn wake_directly(state: &ApiState, id: &str) -> bool {
+    match super::autostart::wake_directly(&state.sessions(), id).await {
+        Ok(woken) => {
+            info!(session = id, woken, "legacy autostart");
+            woken
+        }
+        Err(error) => {
+            warn!(session = id, %error, label = error.metric_label(), "legacy autostart failed");
             false
         }
     }

@@ -3,7 +3,7 @@
 //! | method | path | |
 //! |---|---|---|
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
-//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
+//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session (itself when the `autostart` flag gives it to legacy, [`autostart`]; else through the controller) |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
 //! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
 //! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
@@ -18,6 +18,7 @@
 
 pub mod activity;
 pub mod auth;
+pub mod autostart;
 pub mod events;
 pub mod flags;
 mod handlers;

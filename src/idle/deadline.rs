@@ -143,10 +143,7 @@ fn running(clocks: &Clocks<'_>, now: Timestamp, settings: &IdleSettings) -> Deci
             started_at: clocks.started_at.is_none(),
         };
     };
-    let idle_timeout = timeout_or(clocks.idle_timeout, DEFAULT_IDLE_TIMEOUT);
-    let max_duration = timeout_or(clocks.max_session_duration, DEFAULT_MAX_SESSION_DURATION);
-    let max_deadline = max_duration.map(|max| add(started_at, max));
-    let idle_deadline = idle_timeout.map(|idle| add(add(last_activity, idle), settings.grace));
+    let (max_deadline, idle_deadline) = deadlines(clocks, last_activity, started_at, settings);
     if let Some(deadline) = max_deadline
         && now >= deadline
     {
@@ -168,6 +165,35 @@ fn running(clocks: &Clocks<'_>, now: Timestamp, settings: &IdleSettings) -> Deci
         (Some(a), None) | (None, Some(a)) => Decision::RequeueAt(a),
         (None, None) => Decision::Nothing,
     }
+}
+
+/// The deadline of `reason` for a running session, when its clocks are set and its timer is
+/// enabled: when it stops (or stopped) the session.
+pub fn stop_deadline(
+    clocks: &Clocks<'_>,
+    settings: &IdleSettings,
+    reason: StopReason,
+) -> Option<Timestamp> {
+    let (max, idle) = deadlines(clocks, clocks.last_activity?, clocks.started_at?, settings);
+    match reason {
+        StopReason::MaxDurationReached => max,
+        StopReason::Idle => idle,
+    }
+}
+
+/// (maxSessionDuration deadline, idle deadline); `None` where the timer is disabled.
+fn deadlines(
+    clocks: &Clocks<'_>,
+    last_activity: Timestamp,
+    started_at: Timestamp,
+    settings: &IdleSettings,
+) -> (Option<Timestamp>, Option<Timestamp>) {
+    let idle_timeout = timeout_or(clocks.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let max_duration = timeout_or(clocks.max_session_duration, DEFAULT_MAX_SESSION_DURATION);
+    (
+        max_duration.map(|max| add(started_at, max)),
+        idle_timeout.map(|idle| add(add(last_activity, idle), settings.grace)),
+    )
 }
 
 /// The timeout in `text`, `None` when it is zero (disabled); unparsable text falls back to

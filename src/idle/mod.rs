@@ -34,6 +34,8 @@ pub enum Error {
     NoNamespace,
     #[error("session was changed by someone else {0} times in a row")]
     Contended(u32),
+    #[error("the ownership flags have not loaded yet")]
+    FlagsNotLoaded,
 }
 
 impl Error {
@@ -44,12 +46,13 @@ impl Error {
             Error::Api { .. } => "api",
             Error::NoNamespace => "no_namespace",
             Error::Contended(_) => "contended",
+            Error::FlagsNotLoaded => "flags_not_loaded",
         }
     }
 
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Api { source, .. } if is_conflict(source))
-            || matches!(self, Error::Contended(_))
+            || matches!(self, Error::Contended(_) | Error::FlagsNotLoaded)
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -1,5 +1,7 @@
 //! The I/O shell around [`deadline::decide`]: a second `Controller` on Sessions that requeues
 //! each session for its own deadline (no periodic scan) and stops it when the deadline passes.
+//! Stops and clock bookkeeping follow the `idle` ownership flag (legacy: nothing; shadow: the
+//! would-be stop is reported); wake requests go to the waker, which follows `autostart`.
 //!
 //! Every write is conditional on the resourceVersion the decision was made from, so a decision
 //! made on a stale cache (a heartbeat flushed or a wake written meanwhile) fails with 409 and
@@ -19,7 +21,10 @@ use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result, WAKE_ANNOTATION};
 use crate::controller::Context;
-use crate::crd::Session;
+use crate::crd::{Session, SessionState};
+use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
+use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
+use crate::ownership::{Owner, ResourceType, Side};
 
 pub const CONTROLLER: &str = "idle";
 
@@ -28,6 +33,8 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(20);
 
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
+    // Ownership decides whether this acts; before the flags load it would assume the default.
+    ctx.flags.wait_loaded().await;
     let action = decide_and_act(&session, &ctx).await?;
     ctx.backoff.succeeded(&backoff_key(&session));
     Ok(action)
@@ -65,6 +72,13 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
     let api: Api<Session> = Api::namespaced(ctx.client.clone(), &namespace);
     let decision = deadline::decide(&clocks, now, &ctx.config.idle);
     debug!(session = %name, ?decision, "idle decision");
+    // Wake requests belong to `autostart`: the waker checks that flag itself.
+    let wake = matches!(decision, Decision::Wake | Decision::DropWakeRequest);
+    if !wake
+        && let Some(action) = not_acting(ctx, session, &namespace, &clocks, &decision, now).await
+    {
+        return Ok(action);
+    }
     match decision {
         Decision::Nothing => Ok(Action::await_change()),
         Decision::RequeueAt(deadline) => {
@@ -116,6 +130,88 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// The `idle` owner of the session: `Some(action)` when the controller must not act on it now
+/// (legacy owns it, a legacy operation is in flight, or shadow mode, whose would-be stop is
+/// reported here instead), `None` when it acts.
+async fn not_acting(
+    ctx: &Context,
+    session: &Session,
+    namespace: &str,
+    clocks: &Clocks<'_>,
+    decision: &Decision,
+    now: Timestamp,
+) -> Option<Action> {
+    let name = session.name_any();
+    let key = format!("{namespace}/{name}");
+    let owner = ctx.flags.owner(ResourceType::Idle, namespace, &name);
+    ctx.metrics
+        .ownership
+        .decision(ResourceType::Idle.as_str(), owner.as_str());
+    let record = Record::from_annotations(session.annotations());
+    match handoff::decide(Side::Controller, owner, &record, now) {
+        // The stop write records the controller as the acting side: it is the claim.
+        Handoff::Act | Handoff::Claim => {
+            ctx.shadow.clear(ResourceType::Idle, &key);
+            None
+        }
+        Handoff::WaitUntil(deadline) => Some(Action::requeue(
+            now.duration_until(deadline).unsigned_abs() + DEADLINE_SLACK,
+        )),
+        Handoff::Leave if owner == Owner::Shadow => {
+            let differences = shadow_differences(clocks, decision, &ctx.config.idle);
+            let change = ctx.shadow.record(
+                ResourceType::Idle,
+                &key,
+                &differences,
+                std::time::Instant::now(),
+            );
+            match change {
+                Change::Differs => {
+                    let note =
+                        crate::ownership::shadow::note("the controller would change", &differences);
+                    ctx.waker.publish(session, SHADOW_EVENT_REASON, &note).await;
+                }
+                Change::Settling(wait) => return Some(Action::requeue(wait)),
+                Change::Unchanged | Change::Agrees => {}
+            }
+            Some(match decision {
+                // Look again when the deadline passes, to report a stop legacy does not make.
+                Decision::RequeueAt(deadline) => {
+                    Action::requeue(now.duration_until(*deadline).unsigned_abs() + DEADLINE_SLACK)
+                }
+                _ => Action::await_change(),
+            })
+        }
+        Handoff::Leave => {
+            ctx.shadow.clear(ResourceType::Idle, &key);
+            Some(Action::await_change())
+        }
+    }
+}
+
+/// What the idle reconciler would write in shadow mode: only stops are reported (clock
+/// bookkeeping is the controller's own and legacy never writes it).
+pub fn shadow_differences(
+    clocks: &Clocks<'_>,
+    decision: &Decision,
+    settings: &deadline::IdleSettings,
+) -> Vec<String> {
+    let Decision::Stop { state, reason } = decision else {
+        return Vec::new();
+    };
+    let at =
+        deadline::stop_deadline(clocks, settings, *reason).map_or_else(|| "?".to_string(), rfc3339);
+    vec![format!(
+        "spec.state {} -> {state} ({}): would {} at {at}",
+        clocks.desired,
+        reason.as_str(),
+        match state {
+            SessionState::Terminated => "terminate",
+            _ => "hibernate",
+        }
+    )]
+}
+
 pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcilers
@@ -161,8 +257,12 @@ async fn stop(
     reason: StopReason,
 ) -> Result<()> {
     let name = session.name_any();
+    // Records the controller as the side that acted, in the same guarded write.
     let patch = json!({
-        "metadata": {"resourceVersion": session.resource_version()},
+        "metadata": {
+            "resourceVersion": session.resource_version(),
+            "annotations": {ACTED_BY_ANNOTATION: Side::Controller.as_str()},
+        },
         "spec": {"state": state},
     });
     ctx.metrics.reconcilers.write(CONTROLLER, "session");
@@ -196,5 +296,56 @@ fn stop_message(session: &Session, reason: StopReason, state: &str) -> String {
                 .map_or_else(|| "?".into(), |t| rfc3339(t.0)),
             session.spec.max_session_duration
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::deadline::MaxDurationAction;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap_or_default()
+    }
+
+    #[test]
+    fn shadow_reports_only_stops_with_their_deadline() {
+        let running = SessionState::Running;
+        let clocks = Clocks {
+            desired: &running,
+            idle_timeout: "60s",
+            max_session_duration: "1h",
+            last_activity: Some(at(0)),
+            started_at: Some(at(0)),
+            generation: Some(1),
+            wake_requested: None,
+        };
+        let settings = deadline::IdleSettings {
+            grace: Duration::from_secs(30),
+            max_duration_action: MaxDurationAction::Terminate,
+        };
+        let cases = [
+            (at(10), vec![]),
+            (
+                at(95),
+                vec![
+                    "spec.state running -> hibernated (Idle): would hibernate at 2023-11-14T22:14:50Z",
+                ],
+            ),
+            (
+                at(4_000),
+                vec![
+                    "spec.state running -> terminated (MaxDurationReached): would terminate at 2023-11-14T23:13:20Z",
+                ],
+            ),
+        ];
+        for (now, expected) in cases {
+            let decision = deadline::decide(&clocks, now, &settings);
+            assert_eq!(
+                shadow_differences(&clocks, &decision, &settings),
+                expected,
+                "{decision:?}"
+            );
+        }
     }
 }

@@ -10,7 +10,13 @@
 //! makes it fail with 409, and the request is decided again on fresh data):
 //! 1. status: `lastActivity` and `startedAt` = now, so that the idle deadline restarts before
 //!    the session is running (waking never re-hibernates at once);
-//! 2. spec: `state=running` and the annotation removed, in one patch.
+//! 2. spec: `state=running` and the annotation removed, in one patch, which also records the
+//!    controller as the side that acted (`stream.space/acted-by`).
+//!
+//! Only sessions whose `autostart` owner is the controller are woken here; for the others the
+//! API's connect handler wakes the session itself (see `api::autostart`).
+
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -23,9 +29,14 @@ use super::deadline::{self, Clocks, Decision};
 use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
 use crate::crd::{Session, SessionState};
 use crate::metrics::SharedMetrics;
+use crate::ownership::handoff::ACTED_BY_ANNOTATION;
+use crate::ownership::index::FlagIndex;
+use crate::ownership::{ResourceType, Side};
 
 /// Attempts before giving up on a session that keeps changing under us.
 const MAX_ATTEMPTS: u32 = 5;
+/// Longest a wake request waits for the ownership flags after start-up.
+const FLAGS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a wake request came from (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +60,8 @@ pub enum Outcome {
     Woken,
     /// Nothing to wake: running already, or the request was older than the spec.
     NotNeeded,
+    /// The `autostart` flag gives this session to the legacy side (the API wakes it itself).
+    NotOwned,
 }
 
 impl Outcome {
@@ -56,6 +69,7 @@ impl Outcome {
         match self {
             Outcome::Woken => "woken",
             Outcome::NotNeeded => "not_needed",
+            Outcome::NotOwned => "not_owned",
         }
     }
 }
@@ -66,10 +80,12 @@ pub struct Waker {
     client: Client,
     recorder: Recorder,
     metrics: SharedMetrics,
+    /// Only sessions whose `autostart` owner is the controller are woken here.
+    flags: Arc<FlagIndex>,
 }
 
 impl Waker {
-    pub fn new(client: Client, metrics: SharedMetrics) -> Self {
+    pub fn new(client: Client, metrics: SharedMetrics, flags: Arc<FlagIndex>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -81,6 +97,7 @@ impl Waker {
             client,
             recorder,
             metrics,
+            flags,
         }
     }
 
@@ -96,12 +113,24 @@ impl Waker {
         generation: Option<i64>,
         source: Source,
     ) -> Result<(Outcome, SessionState)> {
+        // Deciding before the flags loaded would use the default mode.
+        tokio::time::timeout(FLAGS_WAIT, self.flags.wait_loaded())
+            .await
+            .map_err(|_| Error::FlagsNotLoaded)?;
         let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
         for _ in 0..MAX_ATTEMPTS {
             let session = api.get(name).await.map_err(|source| Error::Api {
                 action: "reading the session to wake",
                 source,
             })?;
+            let owner = self.flags.owner(ResourceType::Autostart, namespace, name);
+            if owner.acting_side() != Side::Controller {
+                // The API's legacy connect handler wakes these; a stale mark stays for it.
+                self.metrics
+                    .idle
+                    .wake(source.as_str(), Outcome::NotOwned.as_str());
+                return Ok((Outcome::NotOwned, session.spec.desired_state()));
+            }
             let attempt = match wants_wake(&session, generation) {
                 true => self.set_running(&api, &session).await,
                 false => self.drop_request(&api, &session).await,
@@ -116,7 +145,7 @@ impl Waker {
                     }
                     let state = match outcome {
                         Outcome::Woken => SessionState::Running,
-                        Outcome::NotNeeded => session.spec.desired_state(),
+                        Outcome::NotNeeded | Outcome::NotOwned => session.spec.desired_state(),
                     };
                     return Ok((outcome, state));
                 }
@@ -152,7 +181,10 @@ impl Waker {
         let spec = json!({
             "metadata": {
                 "resourceVersion": updated.resource_version(),
-                "annotations": {WAKE_ANNOTATION: null},
+                "annotations": {
+                    WAKE_ANNOTATION: null,
+                    ACTED_BY_ANNOTATION: Side::Controller.as_str(),
+                },
             },
             "spec": {"state": SessionState::Running.as_str()},
         });

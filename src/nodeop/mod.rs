@@ -10,6 +10,7 @@ pub mod edits;
 pub mod plan;
 pub mod policy;
 pub mod reconciler;
+pub mod shadow;
 pub mod state;
 
 /// Errors of the node operation reconciler; each has a fixed label for metrics.

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::edits::{self, NodeEdit, NodeView};
 use super::plan::{self, Budget, PodFacts};
 use super::policy::{self, Eviction, PolicyApi};
+use super::shadow;
 use super::state::{self, Sibling};
 use super::{Error, Result, is_conflict, is_not_found};
 use crate::controller::{Context, FIELD_MANAGER};
@@ -33,6 +34,9 @@ use crate::crd::Condition;
 use crate::crd::node_operation::{
     BlockedPod, DrainStatus, NodeOperation, NodeOperationPhase, NodeOperationStatus,
 };
+use crate::ownership::handoff::{self, Handoff, Record};
+use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
+use crate::ownership::{Owner, ResourceType, Side};
 
 pub const CONTROLLER: &str = "nodeoperation";
 /// Held while the operation may still need to uncordon its node.
@@ -168,11 +172,31 @@ pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     };
     let siblings = siblings(&shared.store, &op);
+    // Nodes are cluster-scoped: the ownership key is ("", node name).
+    let owner = ctx.flags.owner(ResourceType::Nodes, "", &op.spec.node_name);
+    ctx.metrics
+        .ownership
+        .decision(ResourceType::Nodes.as_str(), owner.as_str());
+    let now = Timestamp::now();
+    let handoff = handoff::decide(
+        Side::Controller,
+        owner,
+        &Record::from_annotations(op.annotations()),
+        now,
+    );
     let action = if op.meta().deletion_timestamp.is_some() {
-        let action = cleanup(&ctx, &op, &siblings).await?;
+        let action = cleanup(&ctx, &op, &siblings, owner).await?;
         shared.wake_siblings(&op);
+        ctx.shadow.clear(ResourceType::Nodes, &op.name_any());
         action
+    } else if let Handoff::WaitUntil(deadline) = handoff {
+        Action::requeue(now.duration_until(deadline).unsigned_abs())
+    } else if handoff == Handoff::Leave {
+        not_owned(&ctx, &op, owner, now).await?
     } else {
+        // Act, or Claim: the legacy API never writes NodeOperations, so there is nothing to
+        // claim from; the node writes below carry the node's resourceVersion.
+        ctx.shadow.clear(ResourceType::Nodes, &op.name_any());
         if !op.finalizers().iter().any(|f| f == FINALIZER) {
             add_finalizer(&ctx, &op).await?;
         }
@@ -206,13 +230,32 @@ fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Api { action, source }
 }
 
-/// Uncordons (when this operation cordoned a schedulable node and no other holds it), then
-/// releases the object.
-async fn cleanup(ctx: &Context, op: &NodeOperation, siblings: &[Sibling]) -> Result<Action> {
+/// Whether this operation ever cordoned its node: the prior state is recorded before the
+/// first cordon, so an operation without it (never started, or failed validation) holds no
+/// cordon of its own to keep or release.
+fn cordoned_once(op: &NodeOperation) -> bool {
+    op.status
+        .as_ref()
+        .is_some_and(|s| s.prior_unschedulable.is_some())
+}
+
+/// Uncordons (when this operation cordoned a schedulable node, no other holds it, and the
+/// controller owns the node), then releases the object. A node handed to the legacy side keeps
+/// its cordon: the legacy API decides about it now.
+async fn cleanup(
+    ctx: &Context,
+    op: &NodeOperation,
+    siblings: &[Sibling],
+    owner: Owner,
+) -> Result<Action> {
     if !op.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    if state::release_cordon_on_delete(op.spec.cordons(), siblings) {
+    let ours = owner.acting_side() == Side::Controller;
+    if !ours && cordoned_once(op) {
+        info!(node = %op.spec.node_name, operation = %op.name_any(), "node not uncordoned: the legacy side owns it (flag nodes)");
+    }
+    if ours && cordoned_once(op) && state::release_cordon_on_delete(op.spec.cordons(), siblings) {
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         match nodes.get_opt(&op.spec.node_name).await {
             Ok(Some(node)) => {
@@ -419,7 +462,7 @@ impl Stepper<'_> {
     /// finished: the right moment to wake an operation waiting for it.
     async fn hold(&self, status: NodeOperationStatus) -> Result<Outcome> {
         self.shared.wake_siblings(self.op);
-        if self.op.spec.cordons() {
+        if self.op.spec.cordons() && cordoned_once(self.op) {
             let nodes: Api<Node> = Api::all(self.ctx.client.clone());
             if let Some(node) = nodes
                 .get_opt(&self.op.spec.node_name)
@@ -741,42 +784,133 @@ impl Stepper<'_> {
     }
 
     async fn write_status(&self, status: &NodeOperationStatus) -> Result<()> {
-        self.ctx
-            .metrics
-            .reconcilers
-            .write(CONTROLLER, "nodeoperation_status");
-        let body = serde_json::json!({
-            "apiVersion": "stream.space/v1alpha1",
-            "kind": "NodeOperation",
-            "status": status,
-        });
-        let api: Api<NodeOperation> = Api::all(self.ctx.client.clone());
-        api.patch_status(
-            &self.op.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map(|_| ())
-        .map_err(api_error("writing node operation status"))
+        write_status(self.ctx, self.op, status).await
     }
 
     async fn publish(&self, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: "NodeOperation".into(),
-            secondary: None,
-        };
-        // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
-        // reference names the event's namespace too.
-        let mut reference = self.op.object_ref(&());
-        reference.namespace = Some("default".into());
-        if let Err(error) = self.ctx.recorder.publish(&event, &reference).await {
-            warn!(%error, "could not publish node operation event");
-        }
+        publish(self.ctx, self.op, type_, reason, note).await;
     }
+}
+
+async fn write_status(
+    ctx: &Context,
+    op: &NodeOperation,
+    status: &NodeOperationStatus,
+) -> Result<()> {
+    ctx.metrics
+        .reconcilers
+        .write(CONTROLLER, "nodeoperation_status");
+    let body = serde_json::json!({
+        "apiVersion": "stream.space/v1alpha1",
+        "kind": "NodeOperation",
+        "status": status,
+    });
+    let api: Api<NodeOperation> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &op.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(api_error("writing node operation status"))
+}
+
+async fn publish(ctx: &Context, op: &NodeOperation, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "NodeOperation".into(),
+        secondary: None,
+    };
+    // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
+    // reference names the event's namespace too.
+    let mut reference = op.object_ref(&());
+    reference.namespace = Some("default".into());
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        warn!(%error, "could not publish node operation event");
+    }
+}
+
+/// An operation whose node the legacy side owns: it waits (Pending, or Running when it had
+/// started) with a message saying why, written once; no node writes. In shadow mode the
+/// message and an Event carry the plan the controller would execute.
+async fn not_owned(
+    ctx: &Context,
+    op: &NodeOperation,
+    owner: Owner,
+    now: Timestamp,
+) -> Result<Action> {
+    let before = op.status.clone().unwrap_or_default();
+    if before
+        .phase
+        .as_ref()
+        .is_some_and(NodeOperationPhase::is_finished)
+    {
+        // Finished: it holds its cordon only while the controller owns the node.
+        return Ok(Action::await_change());
+    }
+    let node = &op.spec.node_name;
+    let (reason, message, plan) = if owner == Owner::Shadow {
+        let plan = shadow_plan(ctx, op).await?;
+        let message = format!(
+            "node {node} is handled by the legacy API (flag nodes, shadow mode); the controller would: {}",
+            plan.join("; ")
+        );
+        ("ShadowPlan", message, Some(plan))
+    } else {
+        let message = format!("node {node} is handled by the legacy API (flag nodes)");
+        ("LegacyOwned", message, None)
+    };
+    let phase = match before.phase {
+        Some(NodeOperationPhase::Running) => NodeOperationPhase::Running,
+        _ => NodeOperationPhase::Pending,
+    };
+    let mut status = before.clone();
+    set(&mut status, phase, reason, message, now);
+    if status != before {
+        write_status(ctx, op, &status).await?;
+    }
+    match plan {
+        Some(plan) => {
+            let change =
+                ctx.shadow
+                    .record(ResourceType::Nodes, &op.name_any(), &plan, Instant::now());
+            match change {
+                Change::Differs => {
+                    let note = crate::ownership::shadow::note("the controller would", &plan);
+                    publish(ctx, op, EventType::Normal, SHADOW_EVENT_REASON, note).await;
+                }
+                Change::Settling(wait) => return Ok(Action::requeue(wait)),
+                Change::Unchanged | Change::Agrees => {}
+            }
+        }
+        None => ctx.shadow.clear(ResourceType::Nodes, &op.name_any()),
+    }
+    Ok(Action::await_change())
+}
+
+/// Reads the node and, for a drain, its pods: the plan of [`shadow::plan_lines`].
+async fn shadow_plan(ctx: &Context, op: &NodeOperation) -> Result<Vec<String>> {
+    let spec = &op.spec;
+    let node = Api::<Node>::all(ctx.client.clone())
+        .get_opt(&spec.node_name)
+        .await
+        .map_err(api_error("reading the node"))?;
+    let pods = match (&node, &spec.drain) {
+        (Some(_), Some(_)) => Api::<Pod>::all(ctx.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", spec.node_name)))
+            .await
+            .map_err(api_error("listing the node's pods"))?
+            .items
+            .iter()
+            .map(PodFacts::from_pod)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let view = node.as_ref().map(NodeView::of);
+    Ok(shadow::plan_lines(spec, view.as_ref(), &pods))
 }
 
 /// Records the pods still to go. `total` grows when pods that were never evicted appear;

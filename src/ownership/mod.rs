@@ -9,11 +9,13 @@
 //!
 //! [`index`] keeps the flags from a watch; [`handoff`] records which side acted on an object so
 //! an operation in flight when ownership changes is finished by exactly one side; [`status`]
-//! writes each flag's status and records every flip as an Event ([`audit`]).
+//! writes each flag's status and records every flip as an Event ([`audit`]); [`shadow`]
+//! reports what the controller would do for objects it only shadows.
 
 pub mod audit;
 pub mod handoff;
 pub mod index;
+pub mod shadow;
 pub mod status;
 
 use k8s_openapi::jiff::Timestamp;

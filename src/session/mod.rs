@@ -6,6 +6,7 @@ mod fixtures;
 pub mod names;
 pub mod objects;
 pub mod reconciler;
+pub mod shadow;
 pub mod state;
 
 /// Errors of the session reconciler; each has a fixed label for metrics.

@@ -17,14 +17,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::names;
 use super::objects::SessionContext;
 use super::state::{self, DeploymentChange, Observed};
-use super::{Error, Result};
+use super::{Error, Result, names, shadow};
 use crate::controller::{Context, FIELD_MANAGER};
 use crate::crd::{Session, SessionPhase, Template};
+use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
+use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
+use crate::ownership::{Owner, ResourceType, Side};
 
 pub const CONTROLLER: &str = "session";
+
+/// Added to a hand-off wait so the next look comes after the legacy operation's deadline.
+const HANDOFF_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Watch caches the session reconciler reads instead of the API server.
 #[derive(Clone)]
@@ -63,10 +68,40 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         .map_err(|_| Error::CacheClosed)?;
     let namespace = session.namespace().ok_or(Error::NoNamespace)?;
     let name = session.name_any();
+    let key = format!("{namespace}/{name}");
     if session.meta().deletion_timestamp.is_some() {
         // Owned objects go with garbage collection; the home claim stays by design.
+        ctx.shadow.clear(ResourceType::Sessions, &key);
         return Ok(Action::await_change());
     }
+    let owner = ctx.flags.owner(ResourceType::Sessions, &namespace, &name);
+    ctx.metrics
+        .ownership
+        .decision(ResourceType::Sessions.as_str(), owner.as_str());
+    let record = Record::from_annotations(session.annotations());
+    let now = Timestamp::now();
+    match handoff::decide(Side::Controller, owner, &record, now) {
+        // Shadow mode still computes the decision below, to report it, unless legacy is in the
+        // middle of an operation: then the cluster is half-way and compared once it is done.
+        Handoff::Leave if owner == Owner::Shadow => {
+            if let Some(deadline) = legacy_in_flight_until(&record, now) {
+                return Ok(Action::requeue(
+                    now.duration_until(deadline).unsigned_abs() + HANDOFF_SLACK,
+                ));
+            }
+        }
+        Handoff::Leave => {
+            ctx.shadow.clear(ResourceType::Sessions, &key);
+            return Ok(Action::await_change());
+        }
+        Handoff::WaitUntil(deadline) => {
+            let wait = now.duration_until(deadline).unsigned_abs();
+            return Ok(Action::requeue(wait + HANDOFF_SLACK));
+        }
+        Handoff::Claim => claim(&ctx, &session, &namespace).await?,
+        Handoff::Act => {}
+    }
+    let acting = owner.acting_side() == Side::Controller;
     let stores = &ctx.session_stores;
     let child = names::child_name(&name);
     let template = stores
@@ -114,6 +149,17 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         pods: pods.iter().map(Arc::as_ref).collect(),
     };
     let decision = state::decide(&sctx, &observed);
+    if !acting {
+        let differences = shadow::differences(
+            &name,
+            &session.spec.user,
+            &decision,
+            &observed,
+            session.status.as_ref(),
+        );
+        return Ok(report_shadow(&ctx, &session, &key, &differences).await);
+    }
+    ctx.shadow.clear(ResourceType::Sessions, &key);
 
     let writer = Writer {
         ctx: &ctx,
@@ -167,6 +213,94 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
         .failed(backoff_key(&session), error.is_transient());
     warn!(session = %session.name_any(), %error, retry_in = ?delay, "session reconcile failed");
     Action::requeue(delay)
+}
+
+/// When the legacy operation recorded on the object stops counting as in flight, if it still
+/// does at `now`.
+fn legacy_in_flight_until(record: &Record, now: Timestamp) -> Option<Timestamp> {
+    let started = record.legacy_operation_started?;
+    let deadline = started
+        .checked_add(handoff::IN_FLIGHT_TIMEOUT)
+        .unwrap_or(Timestamp::MAX);
+    (now < deadline).then_some(deadline)
+}
+
+/// Records the controller as the acting side on a session the legacy side acted on last. The
+/// write carries the resourceVersion the decision was made from: a conflict means someone
+/// wrote in between, and the retry decides again on the newer object.
+async fn claim(ctx: &Context, session: &Session, namespace: &str) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {
+        "resourceVersion": session.resource_version(),
+        "annotations": {ACTED_BY_ANNOTATION: Side::Controller.as_str()},
+    }});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    ctx.metrics.reconcilers.write(CONTROLLER, "session");
+    let result = Api::<Session>::namespaced(ctx.client.clone(), namespace)
+        .patch(&session.name_any(), &params, &Patch::Merge(patch))
+        .await;
+    let sessions = ResourceType::Sessions.as_str();
+    match result {
+        Ok(_) => {
+            ctx.metrics.ownership.claim(sessions, "claimed");
+            info!(session = %session.name_any(), "claimed from the legacy side");
+            Ok(())
+        }
+        Err(source) => {
+            let label = if crate::api_status::is_conflict(&source) {
+                "conflict"
+            } else {
+                "error"
+            };
+            ctx.metrics.ownership.claim(sessions, label);
+            Err(Error::Api {
+                action: "claiming the session from the legacy side",
+                source,
+            })
+        }
+    }
+}
+
+/// Shadow mode: reports what the reconcile would change (metric and an Event once the set of
+/// differences has settled and whenever it changes); writes nothing to the session or its
+/// children.
+async fn report_shadow(
+    ctx: &Context,
+    session: &Session,
+    key: &str,
+    differences: &[String],
+) -> Action {
+    let change = ctx.shadow.record(
+        ResourceType::Sessions,
+        key,
+        differences,
+        std::time::Instant::now(),
+    );
+    match change {
+        Change::Unchanged => {}
+        // Compare again once it could have settled (legacy may be half-way through a create).
+        Change::Settling(wait) => return Action::requeue(wait + HANDOFF_SLACK),
+        Change::Agrees => info!(session = %key, "shadow: legacy and controller agree"),
+        Change::Differs => {
+            info!(session = %key, ?differences, "shadow: the controller would act differently");
+            let event = Event {
+                type_: EventType::Normal,
+                reason: SHADOW_EVENT_REASON.into(),
+                note: Some(crate::ownership::shadow::note(
+                    "the controller would change",
+                    differences,
+                )),
+                action: "Shadow".into(),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+                warn!(%error, "could not publish shadow event");
+            }
+        }
+    }
+    Action::await_change()
 }
 
 fn backoff_key(session: &Session) -> String {

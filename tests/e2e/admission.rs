@@ -18,10 +18,11 @@ use streamspace_controller::admission::certs::{
     CertFiles, SelfManagedConfig, issue_serving, new_ca,
 };
 use streamspace_controller::admission::{
-    self, AdmissionConfig, CertSource, MUTATE_PATH, QuotaEnforcement, VALIDATE_PATH, Webhook,
+    self, AdmissionConfig, CertSource, MUTATE_PATH, VALIDATE_PATH, Webhook,
 };
-use streamspace_controller::crd::{QuotaPolicy, Session, Template};
+use streamspace_controller::crd::{FeatureFlag, FlagMode, QuotaPolicy, Session, Template};
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::FlagIndex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -30,15 +31,49 @@ use crate::support::{TestEnv, wait_for};
 /// Label that selects a test's namespace in its webhook configurations.
 const SELECTOR_LABEL: &str = "admission-test";
 
-struct WebhookEnv {
-    env: TestEnv,
+/// Creates or replaces the test's `quota` FeatureFlag and waits until `flags` sees it.
+pub(crate) async fn set_quota_flag(
+    env: &TestEnv,
+    flags: &std::sync::Arc<FlagIndex>,
+    mode: FlagMode,
+) {
+    use streamspace_controller::ownership::ResourceType;
+    let name = format!("{}quota", env.flag_settings().name_prefix);
+    let flag = json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "FeatureFlag",
+        "metadata": {"name": name},
+        "spec": {"mode": mode.to_string(), "percent": 100}
+    });
+    Api::<FeatureFlag>::all(env.client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(flag),
+        )
+        .await
+        .expect("apply the quota flag");
+    // The index may not be running yet (the webhook starts it): then it reads the flag on start.
+    if flags.loaded() {
+        wait_for(
+            "the quota flag to reach the index",
+            || async { flags.effective(ResourceType::Quota).mode },
+            |seen| *seen == mode,
+        )
+        .await;
+    }
+}
+
+pub(crate) struct WebhookEnv {
+    pub(crate) env: TestEnv,
+    /// The webhook's ownership flags.
+    pub(crate) flags: std::sync::Arc<FlagIndex>,
     webhook: Webhook,
     metrics: Arc<Metrics>,
     config_name: String,
     _stop: watch::Sender<bool>,
 }
 
-enum Certs {
+pub(crate) enum Certs {
     SelfManaged,
     /// (certificate file, key file, CA PEM)
     Files(CertFiles, String),
@@ -87,16 +122,17 @@ fn base64(bytes: &[u8]) -> String {
 
 impl WebhookEnv {
     async fn new(test: &str, certs: Certs) -> WebhookEnv {
-        Self::with_enforcement(test, certs, QuotaEnforcement::Webhook).await
+        Self::with_quota_flag(test, certs, FlagMode::Controller).await
     }
 
-    async fn with_enforcement(
-        test: &str,
-        certs: Certs,
-        enforcement: QuotaEnforcement,
-    ) -> WebhookEnv {
+    /// A webhook whose `quota` flag has `mode` (a FeatureFlag object of this test's prefix).
+    pub(crate) async fn with_quota_flag(test: &str, certs: Certs, mode: FlagMode) -> WebhookEnv {
         let env = TestEnv::without_controller(test).await;
         let ns = env.namespace.clone();
+        let flags = FlagIndex::new(env.flag_settings());
+        if mode != FlagMode::Controller {
+            set_quota_flag(&env, &flags, mode.clone()).await;
+        }
         Api::<Namespace>::all(env.client.clone())
             .patch(
                 &ns,
@@ -124,7 +160,7 @@ impl WebhookEnv {
         let config = AdmissionConfig {
             addr: "127.0.0.1:0".parse().expect("address"),
             certs: cert_source,
-            enforcement,
+            flags: flags.clone(),
             policy_namespace: Some(ns.clone()),
             session_namespace: Some(ns.clone()),
         };
@@ -176,18 +212,20 @@ impl WebhookEnv {
         }
         let this = WebhookEnv {
             env,
+            flags,
             webhook,
             metrics,
             config_name,
             _stop: stop,
         };
-        this.wait_until_webhooks_are_called(enforcement).await;
+        this.wait_until_webhooks_are_called(mode == FlagMode::Controller)
+            .await;
         this
     }
 
     /// The API server picks up new configurations asynchronously: dry-run until both
     /// webhooks are called.
-    async fn wait_until_webhooks_are_called(&self, enforcement: QuotaEnforcement) {
+    async fn wait_until_webhooks_are_called(&self, enforcing: bool) {
         let api = self.env.api::<Session>();
         let probe: Session = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session",
@@ -195,7 +233,7 @@ impl WebhookEnv {
             "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
         }))
         .expect("probe session");
-        if enforcement == QuotaEnforcement::Webhook {
+        if enforcing {
             let _ = wait_for(
                 "the API server to call the webhooks",
                 || async {
@@ -246,7 +284,7 @@ impl WebhookEnv {
         .await;
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         let _ = Api::<ValidatingWebhookConfiguration>::all(self.env.client.clone())
             .delete(&self.config_name, &DeleteParams::default())
             .await;
@@ -257,7 +295,7 @@ impl WebhookEnv {
         self.env.cleanup().await;
     }
 
-    async fn policy(&self, name: &str, subject: Value, limits: Value) {
+    pub(crate) async fn policy(&self, name: &str, subject: Value, limits: Value) {
         let policy: QuotaPolicy = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
             "metadata": {"name": name},
@@ -290,7 +328,11 @@ impl WebhookEnv {
         .await;
     }
 
-    async fn create_session(&self, name: &str, spec: Value) -> Result<Session, kube::Error> {
+    pub(crate) async fn create_session(
+        &self,
+        name: &str,
+        spec: Value,
+    ) -> Result<Session, kube::Error> {
         let session: Session = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session",
             "metadata": {"name": name},
@@ -315,13 +357,13 @@ impl WebhookEnv {
     }
 }
 
-fn running(user: &str, cpu: &str, memory: &str) -> Value {
+pub(crate) fn running(user: &str, cpu: &str, memory: &str) -> Value {
     json!({"user": user, "template": "desktop", "state": "running",
            "resources": {"requests": {"cpu": cpu, "memory": memory}}})
 }
 
 /// The 403 denial's message, or a panic describing what happened instead.
-fn denial(result: Result<Session, kube::Error>) -> String {
+pub(crate) fn denial(result: Result<Session, kube::Error>) -> String {
     match result {
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 403, "{status:?}");
@@ -973,9 +1015,7 @@ async fn admission_webhook_down_fails_closed_with_a_clear_error() {
 
 #[tokio::test]
 async fn admission_legacy_enforcement_admits_everything_but_still_defaults() {
-    let w =
-        WebhookEnv::with_enforcement("adm-legacy", Certs::SelfManaged, QuotaEnforcement::Legacy)
-            .await;
+    let w = WebhookEnv::with_quota_flag("adm-legacy", Certs::SelfManaged, FlagMode::Legacy).await;
     w.policy(
         "default",
         json!({"kind": "Default"}),

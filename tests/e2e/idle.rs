@@ -27,7 +27,7 @@ async fn heartbeat(addr: SocketAddr, session: &str) -> (u16, Value) {
     .await
 }
 
-async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
+pub(crate) async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
     call(
         addr,
         "GET",
@@ -40,7 +40,7 @@ async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
 // ---------------------------------------------------------------------------------------------
 // Objects and observations
 
-fn template() -> Value {
+pub(crate) fn template() -> Value {
     json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Template",
         "metadata": {"name": "firefox"},
@@ -51,7 +51,7 @@ fn template() -> Value {
     })
 }
 
-fn session(name: &str, state: &str, idle: &str, max: &str) -> Value {
+pub(crate) fn session(name: &str, state: &str, idle: &str, max: &str) -> Value {
     json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Session",
         "metadata": {"name": name},

@@ -8,5 +8,6 @@ mod gitops;
 mod http_client;
 mod idle;
 mod nodeop;
+mod ownership;
 mod session_lifecycle;
 mod support;

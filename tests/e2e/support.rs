@@ -256,7 +256,7 @@ impl TestEnv {
             .expect("bind the controller's http server");
         let http_addr = listener.local_addr().expect("local address");
         let events = http::ConnectionEvents {
-            waker: Waker::new(self.client.clone(), metrics.clone()),
+            waker: Waker::new(self.client.clone(), metrics.clone(), config.flags.clone()),
             token: config.connection_event_token.clone(),
             namespace: config.namespace.clone(),
         };

@@ -1,0 +1,108 @@
+//! Wake on connect done by the API itself, for sessions whose `autostart` owner is the legacy
+//! side (the controller's waker leaves those alone).
+//!
+//! Legacy behaviour minus its race: each write is conditional on the resourceVersion just read
+//! (a concurrent writer makes it fail with 409 and the wake is decided again on fresh data),
+//! `status.lastActivity` is refreshed before the session is set running (so it does not
+//! re-hibernate at once), and the spec write records the legacy side as the one that acted
+//! (`stream.space/acted-by`), in the same guarded patch.
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{Session, SessionState};
+use crate::idle::WAKE_ANNOTATION;
+use crate::idle::wake::rfc3339;
+use crate::ownership::Side;
+use crate::ownership::handoff::ACTED_BY_ANNOTATION;
+
+/// Field manager of the legacy handlers' writes.
+pub const LEGACY_FIELD_MANAGER: &str = "streamspace-api-legacy";
+/// Attempts before giving up on a session that keeps changing under us.
+const MAX_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WakeError {
+    #[error("Kubernetes API request failed while {action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("session was changed by someone else {0} times in a row")]
+    Contended(u32),
+}
+
+impl WakeError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            WakeError::Kube { .. } => "kube",
+            WakeError::Contended(_) => "contended",
+        }
+    }
+}
+
+/// Sets a hibernated session running; `Ok(false)` when it is not hibernated (any more).
+pub async fn wake_directly(api: &Api<Session>, name: &str) -> Result<bool, WakeError> {
+    let params = PatchParams {
+        field_manager: Some(LEGACY_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let session = api.get(name).await.map_err(|source| WakeError::Kube {
+            action: "reading the session to wake",
+            source,
+        })?;
+        if session.spec.desired_state() != SessionState::Hibernated {
+            return Ok(false);
+        }
+        match set_running(api, &params, &session).await {
+            Ok(()) => return Ok(true),
+            Err(source) if crate::api_status::is_conflict(&source) => continue,
+            Err(source) => {
+                return Err(WakeError::Kube {
+                    action: "waking the session",
+                    source,
+                });
+            }
+        }
+    }
+    Err(WakeError::Contended(MAX_ATTEMPTS))
+}
+
+async fn set_running(
+    api: &Api<Session>,
+    params: &PatchParams,
+    session: &Session,
+) -> Result<(), kube::Error> {
+    let name = session.name_any();
+    let now = Timestamp::now();
+    let stored = session
+        .status
+        .as_ref()
+        .and_then(|s| s.last_activity.as_ref())
+        .map(|t| t.0);
+    // Never move lastActivity backwards (another replica's clock may be ahead of ours).
+    let activity = stored.map_or(now, |stored| stored.max(now));
+    let status = json!({
+        "metadata": {"resourceVersion": session.resource_version()},
+        "status": {"lastActivity": rfc3339(activity), "startedAt": rfc3339(now)},
+    });
+    let updated = api
+        .patch_status(&name, params, &Patch::Merge(status))
+        .await?;
+    let spec = json!({
+        "metadata": {
+            "resourceVersion": updated.meta().resource_version,
+            "annotations": {
+                ACTED_BY_ANNOTATION: Side::Legacy.as_str(),
+                WAKE_ANNOTATION: null,
+            },
+        },
+        "spec": {"state": SessionState::Running.as_str()},
+    });
+    api.patch(&name, params, &Patch::Merge(spec)).await?;
+    Ok(())
+}
