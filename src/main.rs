@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the reconcilers and the controller's HTTP endpoints.
     Controller(ControllerArgs),
-    /// Serve the session API (heartbeat, connect, disconnect).
+    /// Serve the session API (sessions, heartbeat, connect, disconnect).
     Api(ApiArgs),
     /// Print the YAML of every CRD.
     Crds,
@@ -80,6 +80,8 @@ struct ApiArgs {
     connection_event_token: Option<String>,
     #[command(flatten)]
     flags: streamspace_controller::cli::FlagArgs,
+    #[command(flatten)]
+    session_objects: streamspace_controller::cli::SessionObjectArgs,
 }
 
 #[tokio::main]
@@ -154,6 +156,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
         flags: args.flags.index(),
+        session: args.session_objects.to_settings()?,
     };
     let auth = Arc::new(api::auth::StaticToken::new(args.api_token));
     let service = api::build(client, config, auth, metrics)?;

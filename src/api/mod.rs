@@ -5,6 +5,8 @@
 //! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
 //! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session |
 //! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
+//! | POST, GET | `/api/v1/sessions` | create, list ([`sessions`]) |
+//! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -15,6 +17,7 @@ pub mod activity;
 pub mod auth;
 pub mod events;
 mod handlers;
+pub mod sessions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +36,7 @@ use tracing::{info, warn};
 use crate::crd::Session;
 use crate::metrics::SharedMetrics;
 use crate::ownership::index::{FlagIndex, FlagSettings};
+use crate::session::objects::SessionSettings;
 use activity::{ActivityBuffer, Flusher};
 use auth::Authenticator;
 use events::EventSender;
@@ -52,6 +56,8 @@ pub struct ApiConfig {
     pub connection_event_token: Option<String>,
     /// Ownership flags: which handler (legacy or controller) serves each object.
     pub flags: Arc<FlagIndex>,
+    /// Settings of the objects the legacy session handlers build (the controller's own).
+    pub session: SessionSettings,
 }
 
 impl Default for ApiConfig {
@@ -62,6 +68,7 @@ impl Default for ApiConfig {
             controller_url: None,
             connection_event_token: None,
             flags: FlagIndex::new(FlagSettings::default()),
+            session: SessionSettings::default(),
         }
     }
 }
@@ -90,6 +97,7 @@ pub(crate) struct ApiState {
     connections: Mutex<HashMap<String, HashSet<String>>>,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
+    session_api: sessions::SessionsShared,
 }
 
 impl ApiState {
@@ -192,6 +200,8 @@ pub fn build(
     .default_backoff()
     .touched_objects();
     let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
+    let (session_api, session_watches) =
+        sessions::SessionsShared::new(&client, &config.namespace, config.session.clone());
     let state = Arc::new(ApiState {
         client: client.clone(),
         namespace: config.namespace.clone(),
@@ -204,6 +214,7 @@ pub fn build(
         connections: Mutex::new(HashMap::new()),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
+        session_api,
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
@@ -217,8 +228,9 @@ pub fn build(
         let state = state.clone();
         async move {
             let drive = watch.boxed().for_each(|event| {
-                if let Err(error) = event {
-                    warn!(%error, "session watch failed; retrying");
+                match event {
+                    Ok(session) => state.session_api.session_touched(&session),
+                    Err(error) => warn!(%error, "session watch failed; retrying"),
                 }
                 futures::future::ready(())
             });
@@ -229,7 +241,8 @@ pub fn build(
                     info!("session cache loaded");
                 }
             };
-            futures::future::join4(drive, loaded, flusher.run(), flag_watch).await;
+            let sessions_api = sessions::background(state.clone(), session_watches);
+            futures::future::join5(drive, loaded, flusher.run(), flag_watch, sessions_api).await;
         }
         .boxed()
     };
@@ -242,6 +255,13 @@ pub fn build(
 fn router(state: Arc<ApiState>) -> Router {
     let metrics = state.metrics.clone();
     let v1 = Router::new()
+        .route("/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get_one)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
+        )
         .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
         .route("/sessions/{id}/connect", get(handlers::connect))
         .route("/sessions/{id}/disconnect", post(handlers::disconnect))

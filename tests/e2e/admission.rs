@@ -30,15 +30,15 @@ use crate::support::{TestEnv, wait_for};
 /// Label that selects a test's namespace in its webhook configurations.
 const SELECTOR_LABEL: &str = "admission-test";
 
-struct WebhookEnv {
-    env: TestEnv,
-    webhook: Webhook,
+pub(crate) struct WebhookEnv {
+    pub(crate) env: TestEnv,
+    pub(crate) webhook: Webhook,
     metrics: Arc<Metrics>,
     config_name: String,
     _stop: watch::Sender<bool>,
 }
 
-enum Certs {
+pub(crate) enum Certs {
     SelfManaged,
     /// (certificate file, key file, CA PEM)
     Files(CertFiles, String),
@@ -86,7 +86,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 impl WebhookEnv {
-    async fn new(test: &str, certs: Certs) -> WebhookEnv {
+    pub(crate) async fn new(test: &str, certs: Certs) -> WebhookEnv {
         Self::with_enforcement(test, certs, QuotaEnforcement::Webhook).await
     }
 
@@ -246,7 +246,7 @@ impl WebhookEnv {
         .await;
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         let _ = Api::<ValidatingWebhookConfiguration>::all(self.env.client.clone())
             .delete(&self.config_name, &DeleteParams::default())
             .await;
@@ -257,7 +257,7 @@ impl WebhookEnv {
         self.env.cleanup().await;
     }
 
-    async fn policy(&self, name: &str, subject: Value, limits: Value) {
+    pub(crate) async fn policy(&self, name: &str, subject: Value, limits: Value) {
         let policy: QuotaPolicy = serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
             "metadata": {"name": name},

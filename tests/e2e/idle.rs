@@ -2,100 +2,20 @@
 //! the real control plane, with the API and the controller's event endpoint on real sockets.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use streamspace_controller::api::{self, ApiConfig, auth::StaticToken};
 use streamspace_controller::crd::{Condition, Session, SessionPhase, SessionState, Template};
 use streamspace_controller::idle::WAKE_ANNOTATION;
 use streamspace_controller::idle::deadline::{IdleSettings, MaxDurationAction};
-use streamspace_controller::metrics::Metrics;
-use streamspace_controller::ownership::index::FlagIndex;
-use tokio::task::JoinHandle;
 
+use crate::api_http::{API_TOKEN, EVENT_TOKEN, Http, RunningApi, call, counter};
 use crate::support::{TestEnv, wait_for, wait_object};
-
-const API_TOKEN: &str = "test-api-token";
-const EVENT_TOKEN: &str = "test-event-token";
-
-// ---------------------------------------------------------------------------------------------
-// HTTP over real sockets
-
-/// One keep-alive HTTP/1.1 connection.
-struct Http {
-    sender: SendRequest<Full<Bytes>>,
-    authority: String,
-}
-
-impl Http {
-    async fn connect(addr: SocketAddr) -> Http {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to server");
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("http handshake");
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Http {
-            sender,
-            authority: addr.to_string(),
-        }
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (u16, Value) {
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.authority);
-        if let Some(token) = token {
-            builder = builder.header("authorization", format!("Bearer {token}"));
-        }
-        if body.is_some() {
-            builder = builder.header("content-type", "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
-            .expect("request");
-        let response = self.sender.send_request(request).await.expect("response");
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
-    }
-}
-
-/// One request on a fresh connection.
-async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-    Http::connect(addr)
-        .await
-        .request(method, path, token, None)
-        .await
-}
 
 async fn heartbeat(addr: SocketAddr, session: &str) -> (u16, Value) {
     call(
@@ -115,75 +35,6 @@ async fn connect(addr: SocketAddr, session: &str) -> (u16, Value) {
         Some(API_TOKEN),
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// The API process, in-process on loopback
-
-struct RunningApi {
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for RunningApi {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-impl RunningApi {
-    async fn start(env: &TestEnv, flush: Duration, controller: Option<SocketAddr>) -> RunningApi {
-        let metrics = Arc::new(Metrics::default());
-        let config = ApiConfig {
-            namespace: env.namespace.clone(),
-            flush_interval: flush,
-            controller_url: controller.map(|addr| format!("http://{addr}")),
-            connection_event_token: Some(EVENT_TOKEN.into()),
-            flags: FlagIndex::new(env.flag_settings()),
-        };
-        let service = api::build(
-            env.client.clone(),
-            config,
-            Arc::new(StaticToken::new(API_TOKEN)),
-            metrics.clone(),
-        )
-        .expect("api service");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind api");
-        let addr = listener.local_addr().expect("api address");
-        let background = tokio::spawn(service.background);
-        let server = tokio::spawn(async move {
-            let _ = streamspace_controller::http::serve_on(
-                listener,
-                service.router,
-                std::future::pending(),
-            )
-            .await;
-        });
-        RunningApi {
-            addr,
-            metrics,
-            tasks: vec![background, server],
-        }
-    }
-
-    fn counter(&self, name: &str, label: &str) -> u64 {
-        counter(&self.metrics, name, label)
-    }
-}
-
-/// Sum of the samples of counter `name` whose labels contain `label`.
-fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
-    metrics
-        .encode()
-        .lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+//! The `api` service in-process on a real loopback socket, and a small HTTP/1.1 client to talk
+//! to it (and to the controller's HTTP server), shared by the API tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use streamspace_controller::api::{self, ApiConfig, auth::StaticToken};
+use streamspace_controller::metrics::Metrics;
+use streamspace_controller::ownership::index::FlagIndex;
+use tokio::task::JoinHandle;
+
+use crate::support::TestEnv;
+
+pub const API_TOKEN: &str = "test-api-token";
+pub const EVENT_TOKEN: &str = "test-event-token";
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Http {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Http {
+    pub async fn connect(addr: SocketAddr) -> Http {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to server");
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("http handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Http {
+            sender,
+            authority: addr.to_string(),
+        }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("response");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    Http::connect(addr)
+        .await
+        .request(method, path, token, None)
+        .await
+}
+
+/// The API service of one test, served on `127.0.0.1:0` until dropped.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    /// The API's ownership flags (fed by its own watch).
+    pub flags: Arc<FlagIndex>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RunningApi {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl RunningApi {
+    pub async fn start(
+        env: &TestEnv,
+        flush: Duration,
+        controller: Option<SocketAddr>,
+    ) -> RunningApi {
+        Self::start_with(env, |config| {
+            config.flush_interval = flush;
+            config.controller_url = controller.map(|addr| format!("http://{addr}"));
+        })
+        .await
+    }
+
+    /// The test defaults (this env's namespace, flags and session settings) changed by
+    /// `customise`.
+    pub async fn start_with(env: &TestEnv, customise: impl FnOnce(&mut ApiConfig)) -> RunningApi {
+        let metrics = Arc::new(Metrics::default());
+        let mut config = ApiConfig {
+            namespace: env.namespace.clone(),
+            flush_interval: Duration::from_millis(500),
+            connection_event_token: Some(EVENT_TOKEN.into()),
+            flags: FlagIndex::new(env.flag_settings()),
+            session: TestEnv::settings(),
+            ..ApiConfig::default()
+        };
+        customise(&mut config);
+        let flags = config.flags.clone();
+        let service = api::build(
+            env.client.clone(),
+            config,
+            Arc::new(StaticToken::new(API_TOKEN)),
+            metrics.clone(),
+        )
+        .expect("api service");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind api");
+        let addr = listener.local_addr().expect("api address");
+        let background = tokio::spawn(service.background);
+        let server = tokio::spawn(async move {
+            let _ = streamspace_controller::http::serve_on(
+                listener,
+                service.router,
+                std::future::pending(),
+            )
+            .await;
+        });
+        RunningApi {
+            addr,
+            metrics,
+            flags,
+            tasks: vec![background, server],
+        }
+    }
+
+    pub fn counter(&self, name: &str, label: &str) -> u64 {
+        counter(&self.metrics, name, label)
+    }
+}
+
+/// Sum of the samples of counter `name` whose labels contain `label`.
+pub fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
