@@ -55,14 +55,16 @@ use crate::ownership::{ResourceType, Side};
 use crate::session::names::{self, APP_SESSION};
 use crate::session::objects::SessionSettings;
 pub use error::SessionsError;
-use request::NewSession;
 
 /// Field manager of every write the legacy handlers make.
 pub const LEGACY_FIELD_MANAGER: &str = "streamspace-api-legacy";
 /// Field manager of the intent the controller handlers write.
 pub const INTENT_FIELD_MANAGER: &str = super::activity::FIELD_MANAGER;
 /// Attempts at a state change before answering 409.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 8;
+/// First pause after a conflict; doubled on each further one, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a quota check waits for the caches after start-up.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
 
@@ -203,6 +205,17 @@ fn finish(
     response
 }
 
+/// Pause after the `attempt`-th conflict (0-based), with jitter so that writers that collided
+/// do not collide again in step.
+async fn backoff(attempt: u32) {
+    let base = FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF);
+    let jitter = u64::from_str_radix(&request::random_suffix()[..2], 16).unwrap_or(0);
+    let pause = base + base.mul_f64(jitter as f64 / 255.0);
+    tokio::time::sleep(pause).await;
+}
+
 fn accepted(body: serde_json::Value) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
@@ -311,23 +324,13 @@ async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Res
             return Err(error);
         }
     };
-    Ok(accepted(created_response(
+    Ok(accepted(request::created_response(
         &name,
         &namespace,
         &new,
         resources.as_ref(),
         message,
     )))
-}
-
-fn created_response(
-    name: &str,
-    namespace: &str,
-    new: &NewSession,
-    resources: Option<&crate::crd::ResourceSpec>,
-    message: &str,
-) -> serde_json::Value {
-    request::created_response(name, namespace, new, resources, message)
 }
 
 async fn check_quota(
@@ -522,7 +525,7 @@ pub(crate) async fn patch(
         check_id(&id)?;
         let wanted = request::parse_state(&body)?;
         let mut checked = false;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let session = state
                 .sessions()
                 .get_opt(&id)
@@ -537,13 +540,13 @@ pub(crate) async fn patch(
             let owner = state
                 .flags()
                 .owner(ResourceType::Sessions, &state.namespace, &id);
-            let attempt = match owner.acting_side() {
+            let outcome = match owner.acting_side() {
                 Side::Legacy => legacy::set_state(&state, &session, &wanted).await,
                 Side::Controller => controller::set_state(&state, &session, &wanted).await,
             };
-            match attempt {
+            match outcome {
                 Ok(()) => return Ok(accepted(request::state_response(&id, &wanted))),
-                Err(SessionsError::Conflict(_)) => continue,
+                Err(SessionsError::Conflict(_)) => backoff(attempt).await,
                 Err(error) => return Err(error),
             }
         }
@@ -565,7 +568,7 @@ pub(crate) async fn delete(
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
         let mut checked = false;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let session = state
                 .sessions()
                 .get_opt(&id)
@@ -580,17 +583,17 @@ pub(crate) async fn delete(
             let owner = state
                 .flags()
                 .owner(ResourceType::Sessions, &state.namespace, &id);
-            let attempt = match owner.acting_side() {
+            let outcome = match owner.acting_side() {
                 Side::Legacy => legacy::delete(&state, &session).await,
                 Side::Controller => controller::delete(&state, &session).await,
             };
-            match attempt {
+            match outcome {
                 Ok(()) => {
                     return Ok(accepted(
                         json!({"name": id, "message": "Session deletion requested"}),
                     ));
                 }
-                Err(SessionsError::Conflict(_)) => continue,
+                Err(SessionsError::Conflict(_)) => backoff(attempt).await,
                 Err(error) => return Err(error),
             }
         }

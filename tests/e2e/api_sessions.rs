@@ -616,12 +616,12 @@ async fn api_sessions_percent_rollout_is_stable_and_reversible() {
     patch_all(addr, &names, "running").await;
     assert_eq!(controller_set(&sides(&env).await).len(), N);
     wait_for(
-        "every session's deployment",
+        "the controller to run every session",
         || async {
             env.api::<Deployment>()
                 .list(&ListParams::default())
                 .await
-                .map(|l| l.items.len())
+                .map(|l| l.items.iter().filter(|d| replicas(d) == Some(1)).count())
                 .unwrap_or(0)
         },
         |n| *n == N,

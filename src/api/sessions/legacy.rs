@@ -152,7 +152,9 @@ pub(super) async fn set_state(
     result
 }
 
-/// Deletes the Deployment, Service and Ingress, then the Session (the home claim stays).
+/// Deletes the Session, then its Deployment, Service and Ingress at once rather than waiting
+/// for garbage collection (the home claim stays). The Session goes first so that nothing that
+/// still sees it rebuilds a child deleted a moment before.
 pub(super) async fn delete(state: &ApiState, session: &Session) -> Result<()> {
     let name = session.name_any();
     let mark = json!({
@@ -168,19 +170,19 @@ pub(super) async fn delete(state: &ApiState, session: &Session) -> Result<()> {
         .sessions()
         .patch(&name, &merge_params(), &Patch::Merge(mark))
         .await?;
-    let child = names::child_name(&name);
-    delete_child::<Deployment>(state, &child).await?;
-    delete_child::<Service>(state, &child).await?;
-    delete_child::<Ingress>(state, &child).await?;
     match state
         .sessions()
         .delete(&name, &DeleteParams::background())
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(error) => Err(error.into()),
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() => {}
+        Err(error) => return Err(error.into()),
     }
+    let child = names::child_name(&name);
+    delete_child::<Deployment>(state, &child).await?;
+    delete_child::<Service>(state, &child).await?;
+    delete_child::<Ingress>(state, &child).await
 }
 
 /// Wakes: rebuilds every object from the Template (recreating what `terminated` deleted);
@@ -256,14 +258,21 @@ where
         map.insert("apiVersion".into(), K::api_version(&()).into());
         map.insert("kind".into(), K::kind(&()).into());
     }
-    api::<K>(state)
-        .patch(
-            name,
-            &PatchParams::apply(LEGACY_FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
-    Ok(())
+    let params = PatchParams::apply(LEGACY_FIELD_MANAGER).force();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match api::<K>(state)
+            .patch(name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // An apply that creates races with another creator (the controller adopting the
+            // session); the next apply updates what they created.
+            Err(kube::Error::Api(status)) if status.is_already_exists() && attempts < 3 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 async fn scale(state: &ApiState, child: &str, replicas: i32) -> Result<()> {
