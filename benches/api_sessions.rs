@@ -53,6 +53,7 @@ async fn measure(
             .header("host", "localhost")
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Full::new(Bytes::new()))?;
+        sender.ready().await?;
         let sent = Instant::now();
         let response = sender.send_request(request).await?;
         anyhow::ensure!(

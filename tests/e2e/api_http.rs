@@ -10,7 +10,8 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use streamspace_controller::api::{self, ApiConfig, auth::StaticToken};
+use streamspace_controller::api::auth::{Authenticator, StaticToken};
+use streamspace_controller::api::{self, ApiConfig};
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::ownership::index::FlagIndex;
 use tokio::task::JoinHandle;
@@ -119,6 +120,15 @@ impl RunningApi {
     /// The test defaults (this env's namespace, flags and session settings) changed by
     /// `customise`.
     pub async fn start_with(env: &TestEnv, customise: impl FnOnce(&mut ApiConfig)) -> RunningApi {
+        Self::start_with_auth(env, Arc::new(StaticToken::new(API_TOKEN)), customise).await
+    }
+
+    /// As [`RunningApi::start_with`], with another authenticator.
+    pub async fn start_with_auth(
+        env: &TestEnv,
+        auth: Arc<dyn Authenticator>,
+        customise: impl FnOnce(&mut ApiConfig),
+    ) -> RunningApi {
         let metrics = Arc::new(Metrics::default());
         let mut config = ApiConfig {
             namespace: env.namespace.clone(),
@@ -130,13 +140,8 @@ impl RunningApi {
         };
         customise(&mut config);
         let flags = config.flags.clone();
-        let service = api::build(
-            env.client.clone(),
-            config,
-            Arc::new(StaticToken::new(API_TOKEN)),
-            metrics.clone(),
-        )
-        .expect("api service");
+        let service =
+            api::build(env.client.clone(), config, auth, metrics.clone()).expect("api service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind api");

@@ -4,15 +4,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use streamspace_controller::api::auth::{AuthError, Authenticator, Permission, Principal};
 use streamspace_controller::api::sessions::LEGACY_FIELD_MANAGER;
 use streamspace_controller::controller::FIELD_MANAGER as CONTROLLER_MANAGER;
 use streamspace_controller::crd::{FeatureFlag, FlagMode, Session, SessionPhase, Template};
@@ -501,6 +504,111 @@ async fn api_sessions_list_get_and_bad_requests() {
     assert_eq!(after.len(), before);
     let unchanged = after.iter().find(|s| s.name_any() == a).expect("a");
     assert_eq!(unchanged.spec.desired_state().as_str(), "running");
+    delete_flags(&env).await;
+    drop(api);
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users see and change only their own sessions
+
+/// Bearer `user:<name>` is the user `<name>`; `user:ops` may act on every session.
+struct UserTokens;
+
+impl Authenticator for UserTokens {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a axum::http::HeaderMap,
+    ) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        let name = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer user:"))
+            .map(str::to_string);
+        futures::future::ready(name.map_or(Err(AuthError::Missing), |name| {
+            Ok(Principal {
+                name,
+                groups: Vec::new(),
+            })
+        }))
+        .boxed()
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        principal: &'a Principal,
+        permission: Permission,
+    ) -> BoxFuture<'a, Result<bool, AuthError>> {
+        let allowed =
+            principal.name == "ops" && matches!(permission, Permission::OperateSessions(_));
+        futures::future::ready(Ok(allowed)).boxed()
+    }
+}
+
+async fn as_user(
+    addr: SocketAddr,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    Http::connect(addr)
+        .await
+        .request(method, path, Some(&format!("user:{user}")), body.as_deref())
+        .await
+}
+
+#[tokio::test]
+async fn api_sessions_users_reach_only_their_own_sessions() {
+    let env = TestEnv::new("api-sess-users").await;
+    let api = RunningApi::start_with_auth(&env, Arc::new(UserTokens), |_| {}).await;
+    template(&env, "firefox").await;
+    set_flag(&env, &api, ResourceType::Sessions, "controller", 100).await;
+    let body = |user: &str| Some(json!({"user": user, "template": "firefox"}));
+    let (code, alice) = as_user(api.addr, "alice", "POST", "/api/v1/sessions", body("alice")).await;
+    assert_eq!(code, 202, "{alice}");
+    let alice = alice["name"].as_str().expect("name").to_string();
+    let (code, reply) = as_user(api.addr, "alice", "POST", "/api/v1/sessions", body("bob")).await;
+    assert_eq!(code, 403, "creating for someone else: {reply}");
+    let (code, bob) = as_user(api.addr, "ops", "POST", "/api/v1/sessions", body("bob")).await;
+    assert_eq!(code, 202, "an operator creates for others: {bob}");
+    let bob = bob["name"].as_str().expect("name").to_string();
+
+    let path = |name: &str| format!("/api/v1/sessions/{name}");
+    for (method, body) in [
+        ("GET", None),
+        ("PATCH", Some(json!({"state": "hibernated"}))),
+        ("DELETE", None),
+    ] {
+        let (code, reply) = as_user(api.addr, "alice", method, &path(&bob), body).await;
+        assert_eq!(code, 403, "alice {method} bob's session: {reply}");
+    }
+    let (code, _) = as_user(api.addr, "alice", "GET", &path(&alice), None).await;
+    assert_eq!(code, 200);
+    let (code, reply) = as_user(api.addr, "alice", "GET", "/api/v1/sessions?user=bob", None).await;
+    assert_eq!(code, 403, "{reply}");
+    let own = wait_for(
+        "alice's list",
+        || async { as_user(api.addr, "alice", "GET", "/api/v1/sessions", None).await },
+        |(code, list)| *code == 200 && list["total"] == 1,
+    )
+    .await
+    .1;
+    assert_eq!(own["sessions"][0]["name"], alice.as_str());
+    let all = wait_for(
+        "the operator's list",
+        || async { as_user(api.addr, "ops", "GET", "/api/v1/sessions", None).await },
+        |(code, list)| *code == 200 && list["total"] == 2,
+    )
+    .await;
+    assert_eq!(all.0, 200);
+    let session = env.api::<Session>().get(&bob).await.expect("bob's session");
+    assert_eq!(
+        session.spec.desired_state().as_str(),
+        "running",
+        "refused PATCH wrote nothing"
+    );
     delete_flags(&env).await;
     drop(api);
     env.cleanup().await;
