@@ -463,7 +463,7 @@ async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> 
     sessions.retain(|s| only.as_ref().is_none_or(|user| &s.spec.user == user));
     sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let connections = state.active_connections();
-    let items: Vec<serde_json::Value> = sessions
+    let items: Vec<request::SessionItem<'_>> = sessions
         .iter()
         .map(|s| {
             let active = s
@@ -477,7 +477,16 @@ async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> 
         })
         .collect();
     let total = items.len();
-    Ok(Json(json!({"sessions": items, "total": total})).into_response())
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        sessions: Vec<request::SessionItem<'a>>,
+        total: usize,
+    }
+    Ok(Json(List {
+        sessions: items,
+        total,
+    })
+    .into_response())
 }
 
 // ---------------------------------------------------------------------------------------------

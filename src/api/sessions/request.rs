@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::admission::quota::{self, Request};
@@ -283,33 +283,99 @@ pub fn created_response(
     })
 }
 
-/// One session as `GET /api/v1/sessions` lists it.
-pub fn session_item(session: &Session, active_connections: usize) -> Value {
-    let spec = &session.spec;
-    let status = session.status.clone().unwrap_or_default();
-    let mut status_json = json!({
-        "phase": status.phase.as_ref().map_or("Pending", |p| p.as_str()),
-        "url": status.url.unwrap_or_default(),
-        "podName": status.pod_name.unwrap_or_default(),
-    });
-    if let Some(activity) = status.last_activity {
-        status_json["lastActivity"] = json!(activity.0.to_string());
+/// One session as `GET /api/v1/sessions` lists it. Borrowed from the cached object and
+/// serialised directly (no intermediate JSON tree): a list of thousands is built per request.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionItem<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    user: &'a str,
+    template: &'a str,
+    state: &'a str,
+    persistent_home: bool,
+    idle_timeout: &'a str,
+    max_session_duration: &'a str,
+    tags: &'a [String],
+    created_at: Option<String>,
+    active_connections: usize,
+    status: ItemStatus<'a>,
+    resources: ItemResources,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemStatus<'a> {
+    phase: &'a str,
+    url: &'a str,
+    pod_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemResources {
+    memory: String,
+    cpu: String,
+}
+
+fn item_resources(resources: Option<&ResourceSpec>) -> ItemResources {
+    // Read in place; `requirements()` would clone both maps for every listed session.
+    let get = |key: &str| {
+        resources
+            .and_then(|r| {
+                r.requests
+                    .as_ref()
+                    .and_then(|m| m.get(key))
+                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(key)))
+                    .or(match key {
+                        "memory" => r.memory.as_ref(),
+                        _ => r.cpu.as_ref(),
+                    })
+            })
+            .map(|q| q.0.clone())
+            .unwrap_or_default()
+    };
+    ItemResources {
+        memory: get("memory"),
+        cpu: get("cpu"),
     }
-    json!({
-        "name": session.metadata.name.clone().unwrap_or_default(),
-        "namespace": session.metadata.namespace.clone().unwrap_or_default(),
-        "user": spec.user,
-        "template": spec.template,
-        "state": spec.desired_state().as_str(),
-        "persistentHome": spec.persistent_home,
-        "idleTimeout": spec.idle_timeout,
-        "maxSessionDuration": spec.max_session_duration,
-        "tags": spec.tags,
-        "createdAt": session.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
-        "activeConnections": active_connections,
-        "status": status_json,
-        "resources": flat_resources(spec.resources.as_ref()),
-    })
+}
+
+/// The list item of `session`.
+pub fn session_item(session: &Session, active_connections: usize) -> SessionItem<'_> {
+    let spec = &session.spec;
+    let status = session.status.as_ref();
+    SessionItem {
+        name: session.metadata.name.as_deref().unwrap_or_default(),
+        namespace: session.metadata.namespace.as_deref().unwrap_or_default(),
+        user: &spec.user,
+        template: &spec.template,
+        state: spec.state.as_ref().map_or("running", |s| s.as_str()),
+        persistent_home: spec.persistent_home,
+        idle_timeout: &spec.idle_timeout,
+        max_session_duration: &spec.max_session_duration,
+        tags: &spec.tags,
+        created_at: session
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        active_connections,
+        status: ItemStatus {
+            phase: status
+                .and_then(|s| s.phase.as_ref())
+                .map_or("Pending", |p| p.as_str()),
+            url: status.and_then(|s| s.url.as_deref()).unwrap_or_default(),
+            pod_name: status
+                .and_then(|s| s.pod_name.as_deref())
+                .unwrap_or_default(),
+            last_activity: status
+                .and_then(|s| s.last_activity.as_ref())
+                .map(|t| t.0.to_string()),
+        },
+        resources: item_resources(spec.resources.as_ref()),
+    }
 }
 
 /// The 202 answer to a state change.
@@ -491,7 +557,7 @@ mod tests {
             "status": {"phase": "Hibernated", "url": "https://s1.example", "lastActivity": "2026-01-02T04:00:00Z"}
         }))
         .expect("session");
-        let item = session_item(&session, 2);
+        let item = serde_json::to_value(session_item(&session, 2)).expect("serialises");
         assert_eq!(item["state"], "hibernated");
         assert_eq!(item["status"]["phase"], "Hibernated");
         assert_eq!(item["status"]["podName"], "");
