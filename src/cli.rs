@@ -138,3 +138,37 @@ impl ControllerSettings {
         })
     }
 }
+
+/// Settings of the objects the API's legacy session handlers build: the same names and
+/// defaults as the controller's, so both sides build identical objects.
+#[derive(Args, Clone, Debug)]
+pub struct SessionObjectArgs {
+    /// Domain of session URLs and Ingress hosts.
+    #[arg(long, env = "INGRESS_DOMAIN", default_value = "streamspace.local")]
+    pub ingress_domain: String,
+    /// Ingress class of session Ingresses.
+    #[arg(long, env = "INGRESS_CLASS", default_value = "traefik")]
+    pub ingress_class: String,
+    /// Do not create Ingresses.
+    #[arg(long, env = "DISABLE_INGRESS")]
+    pub no_ingress: bool,
+    /// Size of a new user home volume claim.
+    #[arg(long, env = "HOME_SIZE", default_value = "50Gi")]
+    pub home_size: String,
+    /// Storage class of new home claims (default: the cluster default class).
+    #[arg(long, env = "HOME_STORAGE_CLASS")]
+    pub home_storage_class: Option<String>,
+}
+
+impl SessionObjectArgs {
+    pub fn to_settings(&self) -> anyhow::Result<SessionSettings> {
+        crate::quantity::parse(&self.home_size)
+            .with_context(|| format!("--home-size {:?}", self.home_size))?;
+        Ok(SessionSettings {
+            ingress_domain: self.ingress_domain.clone(),
+            ingress_class: (!self.no_ingress).then(|| self.ingress_class.clone()),
+            home_size: Quantity(self.home_size.clone()),
+            home_storage_class: self.home_storage_class.clone(),
+        })
+    }
+}

@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Run the reconcilers and the controller's HTTP endpoints.
     Controller(ControllerArgs),
-    /// Serve the session API (heartbeat, connect, disconnect).
+    /// Serve the session API (sessions, heartbeat, connect, disconnect).
     Api(ApiArgs),
     /// Print the YAML of every CRD.
     Crds,
@@ -89,6 +89,8 @@ struct ApiArgs {
     connection_event_token: Option<String>,
     #[command(flatten)]
     flags: streamspace_controller::cli::FlagArgs,
+    #[command(flatten)]
+    session_objects: streamspace_controller::cli::SessionObjectArgs,
     /// Labels put on the NodeOperations the API creates (`key=value`, comma separated), for
     /// example to match one controller's --node-operation-selector.
     #[arg(long, env = "NODE_OPERATION_LABELS", value_delimiter = ',')]
@@ -180,6 +182,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
         flags: args.flags.index(),
+        session: args.session_objects.to_settings()?,
         nodes: api::nodes::NodeSettings {
             operation_labels,
             eviction_config: Some(kube_config),

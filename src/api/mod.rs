@@ -10,6 +10,8 @@
 //! | GET, PUT, POST, DELETE | `/api/v1/admin/nodes...` | node list, labels, taints, cordon, drain ([`nodes`]) |
 //! | GET | `/api/v1/cluster/stats` | node and session counts ([`live`]) |
 //! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
+//! | POST, GET | `/api/v1/sessions` | create, list ([`sessions`]) |
+//! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
 //! | GET | `/healthz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -24,6 +26,7 @@ pub mod flags;
 mod handlers;
 pub mod live;
 pub mod nodes;
+pub mod sessions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +45,7 @@ use tracing::{info, warn};
 use crate::crd::Session;
 use crate::metrics::SharedMetrics;
 use crate::ownership::index::{FlagIndex, FlagSettings};
+use crate::session::objects::SessionSettings;
 use activity::{ActivityBuffer, Flusher};
 use auth::Authenticator;
 use events::EventSender;
@@ -63,6 +67,8 @@ pub struct ApiConfig {
     pub flags: Arc<FlagIndex>,
     /// Node endpoints: labels of the NodeOperations they create, legacy drains.
     pub nodes: nodes::NodeSettings,
+    /// Settings of the objects the legacy session handlers build (the controller's own).
+    pub session: SessionSettings,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +80,7 @@ impl Default for ApiConfig {
             connection_event_token: None,
             flags: FlagIndex::new(FlagSettings::default()),
             nodes: nodes::NodeSettings::default(),
+            session: SessionSettings::default(),
         }
     }
 }
@@ -109,6 +116,7 @@ pub(crate) struct ApiState {
     /// Bumped on every change the session watch reports (and when the cache has loaded);
     /// what WebSocket streams wait on.
     session_changes: tokio::sync::watch::Sender<u64>,
+    session_api: sessions::SessionsShared,
 }
 
 impl ApiState {
@@ -223,6 +231,8 @@ pub fn build(
     let (node_state, node_watch) =
         nodes::NodeState::start(&client, config.nodes.clone(), metrics.clone())
             .map_err(StartError::EvictionClient)?;
+    let (session_api, session_watches) =
+        sessions::SessionsShared::new(&client, &config.namespace, config.session.clone());
     let state = Arc::new(ApiState {
         client: client.clone(),
         namespace: config.namespace.clone(),
@@ -237,6 +247,7 @@ pub fn build(
         flags: config.flags.clone(),
         nodes: node_state,
         session_changes: tokio::sync::watch::Sender::new(0),
+        session_api,
     });
     let flag_watch = config.flags.clone().run(client.clone());
     let flusher = Flusher {
@@ -251,8 +262,11 @@ pub fn build(
         async move {
             let drive = watch.boxed().for_each(|event| {
                 match event {
+                    Ok(session) => {
+                        state.session_api.session_touched(&session);
+                        notify_session_change(&state);
+                    }
                     Err(error) => warn!(%error, "session watch failed; retrying"),
-                    Ok(_) => notify_session_change(&state),
                 }
                 futures::future::ready(())
             });
@@ -264,7 +278,9 @@ pub fn build(
                     info!("session cache loaded");
                 }
             };
-            futures::future::join5(drive, loaded, flusher.run(), flag_watch, node_watch).await;
+            let sessions_api = sessions::background(state.clone(), session_watches);
+            let caches = futures::future::join(node_watch, sessions_api);
+            futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
         }
         .boxed()
     };
@@ -283,6 +299,13 @@ fn notify_session_change(state: &ApiState) {
 fn router(state: Arc<ApiState>) -> Router {
     let metrics = state.metrics.clone();
     let v1 = Router::new()
+        .route("/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get_one)
+                .patch(sessions::patch)
+                .delete(sessions::delete),
+        )
         .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
         .route("/sessions/{id}/connect", get(handlers::connect))
         .route("/sessions/{id}/disconnect", post(handlers::disconnect))

@@ -67,7 +67,7 @@ pub(crate) struct WebhookEnv {
     pub(crate) env: TestEnv,
     /// The webhook's ownership flags.
     pub(crate) flags: std::sync::Arc<FlagIndex>,
-    webhook: Webhook,
+    pub(crate) webhook: Webhook,
     metrics: Arc<Metrics>,
     config_name: String,
     _stop: watch::Sender<bool>,
@@ -121,7 +121,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 impl WebhookEnv {
-    async fn new(test: &str, certs: Certs) -> WebhookEnv {
+    pub(crate) async fn new(test: &str, certs: Certs) -> WebhookEnv {
         Self::with_quota_flag(test, certs, FlagMode::Controller).await
     }
 

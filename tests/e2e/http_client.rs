@@ -111,6 +111,8 @@ pub async fn call_json(
 pub struct RunningApi {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The API's ownership flags (fed by its own watch).
+    pub flags: Arc<FlagIndex>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -134,6 +136,11 @@ impl RunningApi {
             config.controller_url = controller.map(|addr| format!("http://{addr}"));
         })
         .await
+    }
+
+    /// The API with the static [`API_TOKEN`] and the test defaults changed by `customise`.
+    pub async fn start_static(env: &TestEnv, customise: impl FnOnce(&mut ApiConfig)) -> RunningApi {
+        RunningApi::start_with(env, Arc::new(StaticToken::new(API_TOKEN)), customise).await
     }
 
     /// The API with `auth` and the test defaults changed by `customise`.
@@ -161,9 +168,11 @@ impl RunningApi {
             controller_url: None,
             connection_event_token: Some(EVENT_TOKEN.into()),
             flags: FlagIndex::new(env.flag_settings()),
+            session: TestEnv::settings(),
             ..ApiConfig::default()
         };
         customise(&mut config);
+        let flags = config.flags.clone();
         let service = api::build(client, config, auth, metrics.clone()).expect("api service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -181,6 +190,7 @@ impl RunningApi {
         RunningApi {
             addr,
             metrics,
+            flags,
             tasks: vec![background, server],
         }
     }

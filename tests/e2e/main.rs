@@ -3,6 +3,7 @@
 mod admission;
 mod api_auth;
 mod api_nodes;
+mod api_sessions;
 mod flags;
 mod gitops;
 mod http_client;

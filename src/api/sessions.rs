@@ -1,0 +1,616 @@
+//! The sessions endpoints, each object served by the side its ownership flag names:
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
+//! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
+//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server) |
+//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202) |
+//! | DELETE | `/api/v1/sessions/{id}` | 202 |
+//!
+//! Dispatch: [`FlagIndex::owner`](crate::ownership::index::FlagIndex::owner) of the session
+//! decides between [`controller`] (write intent only; the controller acts) and [`legacy`] (the
+//! API does the Kubernetes work itself, as the old API did, without its defects). The `quota`
+//! flag decides separately whether the API checks quota ([`quota`]) or leaves it to the
+//! validating webhook, whose denial is answered with the same 403 shape.
+//!
+//! Every state change is decided on a fresh read and written with that read's
+//! `resourceVersion`; a conflict (someone else wrote, or the flag moved) is decided again.
+//! Nothing is written for a request that fails validation or authorisation.
+
+mod controller;
+mod error;
+mod follower;
+mod legacy;
+mod quota;
+pub mod request;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::warn;
+
+use super::auth::Permission;
+use super::{ApiState, valid_name};
+use crate::admission::quota::Decision;
+use crate::crd::{QuotaPolicy, Session, SessionSpec, SessionState, Template};
+use crate::ownership::{ResourceType, Side};
+use crate::session::names::{self, APP_SESSION};
+use crate::session::objects::SessionSettings;
+pub use error::SessionsError;
+
+/// Field manager of every write the legacy handlers make.
+pub const LEGACY_FIELD_MANAGER: &str = "streamspace-api-legacy";
+/// Field manager of the intent the controller handlers write.
+pub const INTENT_FIELD_MANAGER: &str = super::activity::FIELD_MANAGER;
+/// Attempts at a state change before answering 409.
+const MAX_ATTEMPTS: u32 = 8;
+/// First pause after a conflict; doubled on each further one, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// How long a quota check waits for the caches after start-up.
+const CACHE_WAIT: Duration = Duration::from_secs(5);
+
+type Result<T, E = SessionsError> = std::result::Result<T, E>;
+
+/// State of the sessions endpoints, part of [`ApiState`].
+pub(crate) struct SessionsShared {
+    settings: SessionSettings,
+    policies: Store<QuotaPolicy>,
+    policies_loaded: AtomicBool,
+    deployments: Store<Deployment>,
+    pods: Store<Pod>,
+    reservations: quota::Reservations,
+    dirty: Arc<follower::Dirty>,
+}
+
+/// The watch streams that fill [`SessionsShared`]'s caches; driven by [`background`].
+pub(crate) struct Watches {
+    policies: BoxStream<'static, Result<QuotaPolicy, watcher::Error>>,
+    deployments: BoxStream<'static, Result<Deployment, watcher::Error>>,
+    pods: BoxStream<'static, Result<Pod, watcher::Error>>,
+}
+
+impl SessionsShared {
+    pub(crate) fn new(
+        client: &Client,
+        namespace: &str,
+        settings: SessionSettings,
+    ) -> (SessionsShared, Watches) {
+        let session_objects = watcher::Config::default().labels(&format!("app={APP_SESSION}"));
+        let (policies, policy_stream) = crate::controller::reflect(
+            Api::<QuotaPolicy>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        );
+        let (deployments, deployment_stream) = crate::controller::reflect(
+            Api::<Deployment>::namespaced(client.clone(), namespace),
+            session_objects.clone(),
+        );
+        let (pods, pod_stream) = crate::controller::reflect(
+            Api::<Pod>::namespaced(client.clone(), namespace),
+            session_objects,
+        );
+        (
+            SessionsShared {
+                settings,
+                policies,
+                policies_loaded: AtomicBool::new(false),
+                deployments,
+                pods,
+                reservations: quota::Reservations::default(),
+                dirty: Arc::default(),
+            },
+            Watches {
+                policies: policy_stream,
+                deployments: deployment_stream,
+                pods: pod_stream,
+            },
+        )
+    }
+
+    /// A session changed (from the API's Session watch): the follower looks at it again.
+    pub(crate) fn session_touched(&self, session: &Session) {
+        self.dirty.touch(session.name_any());
+    }
+}
+
+/// Keeps the caches filled and runs the legacy status follower, until dropped.
+pub(crate) async fn background(state: Arc<ApiState>, watches: Watches) {
+    let shared = &state.session_api;
+    let touch_owner = |labels: &std::collections::BTreeMap<String, String>| {
+        if let Some(session) = labels.get("session") {
+            shared.dirty.touch(session.clone());
+        }
+    };
+    let policies = watches.policies.for_each(|event| {
+        if let Err(error) = event {
+            warn!(%error, "quota policy watch failed; retrying");
+        }
+        futures::future::ready(())
+    });
+    let deployments = watches.deployments.for_each(|event| {
+        if let Ok(deployment) = event {
+            touch_owner(deployment.labels());
+        }
+        futures::future::ready(())
+    });
+    let pods = watches.pods.for_each(|event| {
+        if let Ok(pod) = event {
+            touch_owner(pod.labels());
+        }
+        futures::future::ready(())
+    });
+    let policies_loaded = async {
+        if shared.policies.wait_until_ready().await.is_ok() {
+            shared.policies_loaded.store(true, Ordering::Relaxed);
+        }
+    };
+    let follow = async {
+        while !state.sessions_loaded.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        follower::Follower {
+            client: state.client.clone(),
+            namespace: state.namespace.clone(),
+            domain: shared.settings.ingress_domain.clone(),
+            flags: state.flags.clone(),
+            sessions: state.sessions.clone(),
+            deployments: shared.deployments.clone(),
+            pods: shared.pods.clone(),
+            dirty: shared.dirty.clone(),
+        }
+        .run()
+        .await;
+    };
+    tokio::join!(policies, deployments, pods, policies_loaded, follow);
+}
+
+/// Counts and times the request, whatever the outcome.
+fn finish(
+    state: &ApiState,
+    endpoint: &'static str,
+    started: Instant,
+    reply: Result<Response>,
+) -> Response {
+    if let Err(error) = &reply
+        && matches!(
+            error,
+            SessionsError::Api(super::handlers::ApiError::Kube(_))
+        )
+    {
+        warn!(endpoint, %error, label = error.metric_label(), "request failed");
+    }
+    let response = reply.unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .api
+        .request(endpoint, response.status().as_u16(), started);
+    response
+}
+
+/// Pause after the `attempt`-th conflict (0-based), with jitter so that writers that collided
+/// do not collide again in step.
+async fn backoff(attempt: u32) {
+    let base = FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(MAX_BACKOFF);
+    let jitter = u64::from_str_radix(&request::random_suffix()[..2], 16).unwrap_or(0);
+    let pause = base + base.mul_f64(jitter as f64 / 255.0);
+    tokio::time::sleep(pause).await;
+}
+
+fn accepted(body: serde_json::Value) -> Response {
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+impl ApiState {
+    fn templates(&self) -> Api<Template> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The session from the cache, else the API server.
+    async fn cached_session(&self, name: &str) -> Result<Session> {
+        if self.sessions_loaded.load(Ordering::Relaxed)
+            && let Some(session) = self
+                .sessions
+                .get(&ObjectRef::new(name).within(&self.namespace))
+        {
+            return Ok(Session::clone(&session));
+        }
+        self.sessions()
+            .get_opt(name)
+            .await?
+            .ok_or_else(|| SessionsError::not_found(name))
+    }
+
+    /// Open connections of every session through this replica (one lock for a whole list).
+    fn connection_counts(&self) -> std::collections::HashMap<String, usize> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(session, open)| (session.clone(), open.len()))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /api/v1/sessions
+
+pub(crate) async fn create(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = create_inner(&state, &headers, &body).await;
+    finish(&state, "sessions_create", started, reply)
+}
+
+async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
+    let principal = state.principal(headers).await?;
+    let new = request::parse_create(body)?;
+    if principal.name != new.user {
+        state
+            .require(&principal, Permission::OperateSessions("create"))
+            .await?;
+    }
+    let namespace = state.namespace.clone();
+    let template = state
+        .templates()
+        .get_opt(&new.template)
+        .await?
+        .ok_or_else(|| request::Invalid {
+            error: "Template not found",
+            message: format!(
+                "Template '{}' not found in namespace '{namespace}'",
+                new.template
+            ),
+        })?;
+    let (resources, wanted) = request::resolve_resources(&new.resources, &template.spec)?;
+    let name = request::session_name(&new.user, &new.template, &request::random_suffix());
+
+    let quota_by_api = state
+        .flags()
+        .owner(ResourceType::Quota, &namespace, &name)
+        .acting_side()
+        == Side::Legacy;
+    if quota_by_api {
+        check_quota(state, &new.user, &name, &wanted).await?;
+    }
+    let spec = SessionSpec {
+        user: new.user.clone(),
+        template: new.template.clone(),
+        state: Some(SessionState::Running),
+        resources: resources.clone(),
+        persistent_home: new.persistent_home,
+        idle_timeout: new.idle_timeout.clone(),
+        max_session_duration: new.max_session_duration.clone(),
+        tags: new.tags.clone(),
+    };
+    let owner = state
+        .flags()
+        .owner(ResourceType::Sessions, &namespace, &name);
+    let created = match owner.acting_side() {
+        Side::Legacy => legacy::create(state, &name, spec, &template.spec)
+            .await
+            .map(|()| "Session is starting"),
+        Side::Controller => controller::create(state, &name, spec)
+            .await
+            .map(|()| "Session creation requested"),
+    };
+    let message = match created {
+        Ok(message) => message,
+        Err(error) => {
+            if quota_by_api {
+                state.session_api.reservations.release(&name);
+            }
+            return Err(error);
+        }
+    };
+    Ok(accepted(request::created_response(
+        &name,
+        &namespace,
+        &new,
+        resources.as_ref(),
+        message,
+    )))
+}
+
+async fn check_quota(
+    state: &ApiState,
+    user: &str,
+    name: &str,
+    wanted: &crate::admission::quota::Request,
+) -> Result<()> {
+    let shared = &state.session_api;
+    let deadline = Instant::now() + CACHE_WAIT;
+    while !(shared.policies_loaded.load(Ordering::Relaxed)
+        && state.sessions_loaded.load(Ordering::Relaxed))
+    {
+        if Instant::now() > deadline {
+            return Err(SessionsError::Unavailable(
+                "quota caches are still loading; retry shortly".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match shared
+        .reservations
+        .admit(&shared.policies, &state.sessions, user, name, wanted)
+    {
+        Decision::Allowed => Ok(()),
+        Decision::Denied { message } => Err(SessionsError::QuotaExceeded(message)),
+    }
+}
+
+/// A failed Session create: the webhook's quota denial as 403, a name clash as 409.
+fn create_error(error: kube::Error) -> SessionsError {
+    if let Some(message) = error::webhook_denial(&error) {
+        return SessionsError::QuotaExceeded(message);
+    }
+    match &error {
+        kube::Error::Api(status) if status.is_already_exists() => {
+            SessionsError::Conflict(format!("session already exists: {}", status.message))
+        }
+        _ => SessionsError::from(error),
+    }
+}
+
+/// Labels of a new Session, so `kubectl get ss -l user=<user>` works.
+fn session_labels(spec: &SessionSpec) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("user".to_string(), names::label_value(&spec.user)),
+        ("template".to_string(), names::label_value(&spec.template)),
+    ])
+}
+
+/// Before a stopped session runs again: `lastActivity` and `startedAt` = now, so the idle
+/// deadline restarts (waking must not re-hibernate at once). Guarded by the read's
+/// `resourceVersion`; returns the new one.
+async fn refresh_activity(
+    api: &Api<Session>,
+    session: &Session,
+    field_manager: &str,
+) -> Result<Option<String>> {
+    let now = Timestamp::now();
+    let stored = session
+        .status
+        .as_ref()
+        .and_then(|s| s.last_activity.as_ref())
+        .map(|t| t.0);
+    let activity = stored.map_or(now, |stored| stored.max(now));
+    let patch = json!({
+        "metadata": {"resourceVersion": session.resource_version()},
+        "status": {"lastActivity": activity.to_string(), "startedAt": now.to_string()},
+    });
+    let params = PatchParams {
+        field_manager: Some(field_manager.into()),
+        ..PatchParams::default()
+    };
+    let updated = api
+        .patch_status(&session.name_any(), &params, &Patch::Merge(patch))
+        .await?;
+    Ok(updated.resource_version())
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /api/v1/sessions
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    user: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let started = Instant::now();
+    let reply = list_inner(&state, &headers, query).await;
+    finish(&state, "sessions_list", started, reply)
+}
+
+async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> Result<Response> {
+    let principal = state.principal(headers).await?;
+    let user = query.user.filter(|u| !u.is_empty());
+    let only = match user {
+        Some(user) if user == principal.name => Some(user),
+        Some(user) => {
+            state
+                .require(&principal, Permission::OperateSessions("list"))
+                .await?;
+            Some(user)
+        }
+        None => {
+            let operator = state
+                .auth
+                .authorize(&principal, Permission::OperateSessions("list"))
+                .await
+                .map_err(super::handlers::ApiError::from)?;
+            (!operator).then(|| principal.name.clone())
+        }
+    };
+    let mut sessions: Vec<Arc<Session>> = if state.sessions_loaded.load(Ordering::Relaxed) {
+        state.sessions.state()
+    } else {
+        state
+            .sessions()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    };
+    sessions.retain(|s| only.as_ref().is_none_or(|user| &s.spec.user == user));
+    sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let connections = state.connection_counts();
+    let items: Vec<request::SessionItem<'_>> = sessions
+        .iter()
+        .map(|s| {
+            let active = s
+                .metadata
+                .name
+                .as_ref()
+                .and_then(|n| connections.get(n))
+                .copied()
+                .unwrap_or(0);
+            request::session_item(s, active)
+        })
+        .collect();
+    let total = items.len();
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        sessions: Vec<request::SessionItem<'a>>,
+        total: usize,
+    }
+    Ok(Json(List {
+        sessions: items,
+        total,
+    })
+    .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET, PATCH, DELETE /api/v1/sessions/{id}
+
+fn check_id(id: &str) -> Result<()> {
+    if valid_name(id) {
+        Ok(())
+    } else {
+        Err(SessionsError::Api(super::handlers::ApiError::BadRequest(
+            format!("{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"),
+        )))
+    }
+}
+
+pub(crate) async fn get_one(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        check_id(&id)?;
+        let session = state.cached_session(&id).await?;
+        state
+            .require_session_access(&principal, &session.spec.user, "get")
+            .await?;
+        let active = state.active_connections(&id);
+        Ok(Json(request::session_item(&session, active)).into_response())
+    }
+    .await;
+    finish(&state, "sessions_get", started, reply)
+}
+
+pub(crate) async fn patch(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        check_id(&id)?;
+        let wanted = request::parse_state(&body)?;
+        let mut checked = false;
+        for attempt in 0..MAX_ATTEMPTS {
+            let session = state
+                .sessions()
+                .get_opt(&id)
+                .await?
+                .ok_or_else(|| SessionsError::not_found(&id))?;
+            if !checked {
+                state
+                    .require_session_access(&principal, &session.spec.user, "update")
+                    .await?;
+                checked = true;
+            }
+            let owner = state
+                .flags()
+                .owner(ResourceType::Sessions, &state.namespace, &id);
+            let outcome = match owner.acting_side() {
+                Side::Legacy => legacy::set_state(&state, &session, &wanted).await,
+                Side::Controller => controller::set_state(&state, &session, &wanted).await,
+            };
+            match outcome {
+                Ok(()) => return Ok(accepted(request::state_response(&id, &wanted))),
+                Err(SessionsError::Conflict(_)) => backoff(attempt).await,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(SessionsError::Conflict(format!(
+            "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
+        )))
+    }
+    .await;
+    finish(&state, "sessions_patch", started, reply)
+}
+
+pub(crate) async fn delete(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        check_id(&id)?;
+        let mut checked = false;
+        for attempt in 0..MAX_ATTEMPTS {
+            let session = state
+                .sessions()
+                .get_opt(&id)
+                .await?
+                .ok_or_else(|| SessionsError::not_found(&id))?;
+            if !checked {
+                state
+                    .require_session_access(&principal, &session.spec.user, "delete")
+                    .await?;
+                checked = true;
+            }
+            let owner = state
+                .flags()
+                .owner(ResourceType::Sessions, &state.namespace, &id);
+            let outcome = match owner.acting_side() {
+                Side::Legacy => legacy::delete(&state, &session).await,
+                Side::Controller => controller::delete(&state, &session).await,
+            };
+            match outcome {
+                Ok(()) => {
+                    return Ok(accepted(
+                        json!({"name": id, "message": "Session deletion requested"}),
+                    ));
+                }
+                Err(SessionsError::Conflict(_)) => backoff(attempt).await,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(SessionsError::Conflict(format!(
+            "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
+        )))
+    }
+    .await;
+    finish(&state, "sessions_delete", started, reply)
+}
