@@ -12,6 +12,13 @@
 //!
 //! An object no side has recorded was never touched by the legacy handlers (they always
 //! record), so the controller acts on it without a claim.
+//!
+//! The controller also finishes what it accepted: an object recorded as the controller's whose
+//! operation has not settled yet (for a session: the desired state not reached at the current
+//! generation) is still the controller's after the flag moves it to legacy, until it settles
+//! or the legacy side claims it for a new request. Otherwise intent written by the API's
+//! controller handler just before a flip would be left to nobody, since the legacy side acts
+//! only on requests.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,6 +54,9 @@ pub struct Record {
     pub acted_by: Option<Side>,
     /// Start of a legacy operation in flight.
     pub legacy_operation_started: Option<Timestamp>,
+    /// The controller has an operation on this object that has not settled (set by the
+    /// caller, which knows what settled means for its kind).
+    pub controller_in_flight: bool,
 }
 
 impl Record {
@@ -59,6 +69,15 @@ impl Record {
                 .get(LEGACY_OPERATION_ANNOTATION)
                 .and_then(|v| v.rsplit(' ').next())
                 .and_then(|v| v.parse::<Timestamp>().ok()),
+            controller_in_flight: false,
+        }
+    }
+
+    /// The record with the controller's operation marked as still in flight or not.
+    pub fn with_controller_in_flight(self, in_flight: bool) -> Record {
+        Record {
+            controller_in_flight: in_flight,
+            ..self
         }
     }
 }
@@ -71,7 +90,14 @@ pub fn legacy_operation_value(operation: &str, now: Timestamp) -> String {
 /// The decision for `side`, given who the flag says owns the object and its record.
 pub fn decide(side: Side, owner: Owner, record: &Record, now: Timestamp) -> Handoff {
     if owner.acting_side() != side {
-        return Handoff::Leave;
+        let finishing = side == Side::Controller
+            && record.acted_by == Some(Side::Controller)
+            && record.controller_in_flight;
+        return if finishing {
+            Handoff::Act
+        } else {
+            Handoff::Leave
+        };
     }
     match (side, record.acted_by) {
         (_, Some(recorded)) if recorded == side => Handoff::Act,
@@ -105,7 +131,39 @@ mod tests {
         Record {
             acted_by,
             legacy_operation_started: started.map(ts),
+            controller_in_flight: false,
         }
+    }
+
+    #[test]
+    fn the_controller_finishes_what_it_accepted() {
+        let now = ts(1_000);
+        let ours = record(Some(Side::Controller), None).with_controller_in_flight(true);
+        assert_eq!(
+            decide(Side::Controller, Owner::Legacy, &ours, now),
+            Handoff::Act
+        );
+        assert_eq!(
+            decide(Side::Controller, Owner::Shadow, &ours, now),
+            Handoff::Act
+        );
+        // Settled: the flag decides again.
+        let settled = ours.clone().with_controller_in_flight(false);
+        assert_eq!(
+            decide(Side::Controller, Owner::Legacy, &settled, now),
+            Handoff::Leave
+        );
+        // Once the legacy side claimed it for a request, it is theirs.
+        let claimed = record(Some(Side::Legacy), None).with_controller_in_flight(true);
+        assert_eq!(
+            decide(Side::Controller, Owner::Legacy, &claimed, now),
+            Handoff::Leave
+        );
+        // The legacy side is not held back by it: its claim is a guarded write.
+        assert_eq!(
+            decide(Side::Legacy, Owner::Legacy, &ours, now),
+            Handoff::Claim
+        );
     }
 
     #[test]

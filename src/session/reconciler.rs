@@ -78,9 +78,11 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     ctx.metrics
         .ownership
         .decision(ResourceType::Sessions.as_str(), owner.as_str());
-    let record = Record::from_annotations(session.annotations());
+    let record = Record::from_annotations(session.annotations())
+        .with_controller_in_flight(!state::operation_settled(&session));
     let now = Timestamp::now();
-    match handoff::decide(Side::Controller, owner, &record, now) {
+    let handoff = handoff::decide(Side::Controller, owner, &record, now);
+    match handoff {
         // Shadow mode still computes the decision below, to report it, unless legacy is in the
         // middle of an operation: then the cluster is half-way and compared once it is done.
         Handoff::Leave if owner == Owner::Shadow => {
@@ -101,7 +103,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         Handoff::Claim => claim(&ctx, &session, &namespace).await?,
         Handoff::Act => {}
     }
-    let acting = owner.acting_side() == Side::Controller;
+    let acting = matches!(handoff, Handoff::Act | Handoff::Claim);
     let stores = &ctx.session_stores;
     let child = names::child_name(&name);
     let template = stores

@@ -472,3 +472,80 @@ fn same_conditions(current: &[Condition], ours: &[Condition]) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether the last operation asked of a session has settled: its status was computed from the
+/// current generation and shows the desired state reached (or a failure that needs a change of
+/// the spec). Until then, the side that accepted the operation finishes it
+/// ([`crate::ownership::handoff`]).
+pub fn operation_settled(session: &crate::crd::Session) -> bool {
+    use crate::crd::{SessionPhase as Phase, SessionState as State};
+    let Some(status) = session.status.as_ref() else {
+        return false;
+    };
+    if status.observed_generation != session.metadata.generation {
+        return false;
+    }
+    match (session.spec.desired_state(), status.phase.as_ref()) {
+        (_, Some(Phase::Failed)) => true,
+        (State::Running, Some(Phase::Running))
+        | (State::Hibernated, Some(Phase::Hibernated))
+        | (State::Terminated, Some(Phase::Terminated)) => true,
+        (State::Unknown(_), _) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod settled_tests {
+    use super::operation_settled;
+    use crate::crd::{Session, SessionPhase, SessionSpec, SessionState, SessionStatus};
+
+    fn session(
+        state: SessionState,
+        generation: i64,
+        seen: Option<i64>,
+        phase: Option<SessionPhase>,
+    ) -> Session {
+        let mut session = Session::new(
+            "s",
+            SessionSpec {
+                user: "alice".into(),
+                template: "firefox".into(),
+                state: Some(state),
+                resources: None,
+                persistent_home: true,
+                idle_timeout: "30m".into(),
+                max_session_duration: "8h".into(),
+                tags: Vec::new(),
+            },
+        );
+        session.metadata.generation = Some(generation);
+        session.status = seen.map(|g| SessionStatus {
+            phase: phase.clone(),
+            observed_generation: Some(g),
+            ..SessionStatus::default()
+        });
+        session
+    }
+
+    #[test]
+    fn settled_means_the_desired_state_reached_at_this_generation() {
+        use SessionPhase as P;
+        use SessionState as S;
+        for (state, generation, seen, phase, expected) in [
+            (S::Running, 1, None, None, false),
+            (S::Running, 1, Some(1), Some(P::Pending), false),
+            (S::Running, 1, Some(1), Some(P::Running), true),
+            (S::Hibernated, 2, Some(1), Some(P::Running), false),
+            (S::Hibernated, 2, Some(2), Some(P::Hibernated), true),
+            (S::Terminated, 3, Some(3), Some(P::Terminated), true),
+            (S::Running, 1, Some(1), Some(P::Failed), true),
+        ] {
+            assert_eq!(
+                operation_settled(&session(state.clone(), generation, seen, phase.clone())),
+                expected,
+                "{state} gen {generation} seen {seen:?} {phase:?}"
+            );
+        }
+    }
+}

@@ -827,3 +827,154 @@ async fn api_sessions_over_quota_is_403_in_both_modes() {
     let _ = Duration::ZERO;
     w.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. flipping the flag back and forth while sessions are created and deleted
+
+/// The sessions of `env` (name -> phase), their Deployments and Services (by session label).
+async fn world(
+    env: &TestEnv,
+) -> (
+    BTreeMap<String, Option<SessionPhase>>,
+    Vec<String>,
+    Vec<String>,
+) {
+    let sessions = env
+        .api::<Session>()
+        .list(&ListParams::default())
+        .await
+        .expect("list sessions");
+    let selector = ListParams::default().labels("app=streamspace-session");
+    let label =
+        |labels: &BTreeMap<String, String>| labels.get("session").cloned().unwrap_or_default();
+    let deployments = env
+        .api::<Deployment>()
+        .list(&selector)
+        .await
+        .expect("list deployments");
+    let services = env
+        .api::<Service>()
+        .list(&selector)
+        .await
+        .expect("list services");
+    (
+        sessions
+            .items
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .map(|s| (s.name_any(), phase(s)))
+            .collect(),
+        deployments
+            .items
+            .iter()
+            .filter(|d| d.metadata.deletion_timestamp.is_none() && replicas(d) == Some(1))
+            .map(|d| label(d.labels()))
+            .collect(),
+        services.items.iter().map(|s| label(s.labels())).collect(),
+    )
+}
+
+#[tokio::test]
+async fn api_sessions_flipping_the_flag_twenty_times_loses_and_duplicates_nothing() {
+    let env = TestEnv::new("api-sess-churn").await;
+    let api = RunningApi::start_static(&env, |_| {}).await;
+    template(&env, "firefox").await;
+    set_flag(&env, &api, ResourceType::Sessions, "legacy", 100).await;
+    let flag = format!("{}sessions", env.flag_settings().name_prefix);
+    let flags = Api::<FeatureFlag>::all(env.client.clone());
+
+    // 20 flips, about 150 ms apart, while 100 creates (and 34 deletes) run 8 at a time.
+    let flipper = tokio::spawn({
+        let flags = flags.clone();
+        let flag = flag.clone();
+        async move {
+            for flip in 0..20 {
+                let mode = if flip % 2 == 0 {
+                    "controller"
+                } else {
+                    "legacy"
+                };
+                flags
+                    .patch(
+                        &flag,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"mode": mode}})),
+                    )
+                    .await
+                    .expect("flip the sessions flag");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+    let addr = api.addr;
+    let made: Vec<(usize, String)> = stream::iter(0..100usize)
+        .map(|i| async move {
+            let name = create(
+                addr,
+                json!({"user": format!("user-{}", i % 10), "template": "firefox"}),
+            )
+            .await;
+            if i % 3 == 0 {
+                let (code, reply) =
+                    request(addr, "DELETE", &format!("/api/v1/sessions/{name}"), None).await;
+                assert_eq!(code, 202, "delete {name}: {reply}");
+            }
+            (i, name)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    flipper.await.expect("flipper");
+    let kept: BTreeSet<String> = made
+        .iter()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(kept.len(), 66);
+    assert_eq!(
+        made.iter().map(|(_, n)| n).collect::<BTreeSet<_>>().len(),
+        100,
+        "every create made its own session"
+    );
+
+    // Every kept session runs with exactly one Deployment and Service; every deleted one is
+    // gone with its children; nothing else exists.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let summary = loop {
+        let (sessions, deployments, services) = world(&env).await;
+        let names: BTreeSet<String> = sessions.keys().cloned().collect();
+        let not_running: BTreeMap<&String, &Option<SessionPhase>> = sessions
+            .iter()
+            .filter(|(_, p)| **p != Some(SessionPhase::Running))
+            .collect();
+        let deployment_set: BTreeSet<String> = deployments.iter().cloned().collect();
+        let service_set: BTreeSet<String> = services.iter().cloned().collect();
+        let done = names == kept
+            && not_running.is_empty()
+            && deployments.len() == kept.len()
+            && deployment_set == kept
+            && services.len() == kept.len()
+            && service_set == kept;
+        if done {
+            break None;
+        }
+        if std::time::Instant::now() > deadline {
+            break Some(format!(
+                "sessions missing {:?}, extra {:?}; not Running {:?}; deployments missing {:?}, extra {:?} ({} for {}); services missing {:?}, extra {:?}",
+                kept.difference(&names).collect::<Vec<_>>(),
+                names.difference(&kept).collect::<Vec<_>>(),
+                not_running,
+                kept.difference(&deployment_set).collect::<Vec<_>>(),
+                deployment_set.difference(&kept).collect::<Vec<_>>(),
+                deployments.len(),
+                kept.len(),
+                kept.difference(&service_set).collect::<Vec<_>>(),
+                service_set.difference(&kept).collect::<Vec<_>>(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(summary, None, "every session in its intended state");
+    delete_flags(&env).await;
+    env.cleanup().await;
+}
