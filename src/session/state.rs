@@ -485,14 +485,14 @@ pub fn operation_settled(session: &crate::crd::Session) -> bool {
     if status.observed_generation != session.metadata.generation {
         return false;
     }
-    match (session.spec.desired_state(), status.phase.as_ref()) {
-        (_, Some(Phase::Failed)) => true,
-        (State::Running, Some(Phase::Running))
-        | (State::Hibernated, Some(Phase::Hibernated))
-        | (State::Terminated, Some(Phase::Terminated)) => true,
-        (State::Unknown(_), _) => true,
-        _ => false,
-    }
+    matches!(
+        (session.spec.desired_state(), status.phase.as_ref()),
+        (_, Some(Phase::Failed))
+            | (State::Running, Some(Phase::Running))
+            | (State::Hibernated, Some(Phase::Hibernated))
+            | (State::Terminated, Some(Phase::Terminated))
+            | (State::Unknown(_), _)
+    )
 }
 
 #[cfg(test)]
