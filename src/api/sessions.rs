@@ -51,9 +51,11 @@ use super::auth::Permission;
 use super::{ApiState, valid_name};
 use crate::admission::quota::Decision;
 use crate::crd::{QuotaPolicy, Session, SessionSpec, SessionState, Template};
+use crate::ownership::handoff::Record;
 use crate::ownership::{ResourceType, Side};
 use crate::session::names::{self, APP_SESSION};
 use crate::session::objects::SessionSettings;
+use crate::session::state::operation_settled;
 pub use error::SessionsError;
 
 /// Field manager of every write the legacy handlers make.
@@ -67,6 +69,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a quota check waits for the caches after start-up.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
+/// Longest a legacy state change waits for an operation the controller accepted (before the
+/// flag moved the session to legacy) to settle; after that the operation counts as stuck and
+/// the legacy side claims the session anyway.
+const CONTROLLER_SETTLE_WAIT: Duration = Duration::from_secs(30);
+const SETTLE_POLL: Duration = Duration::from_millis(250);
 
 type Result<T, E = SessionsError> = std::result::Result<T, E>;
 
@@ -535,7 +542,9 @@ pub(crate) async fn patch(
         check_id(&id)?;
         let wanted = request::parse_state(&body)?;
         let mut checked = false;
-        for attempt in 0..MAX_ATTEMPTS {
+        let settle_deadline = Instant::now() + CONTROLLER_SETTLE_WAIT;
+        let mut attempt = 0;
+        while attempt < MAX_ATTEMPTS {
             let session = state
                 .sessions()
                 .get_opt(&id)
@@ -550,13 +559,26 @@ pub(crate) async fn patch(
             let owner = state
                 .flags()
                 .owner(ResourceType::Sessions, &state.namespace, &id);
+            // The controller finishes what it accepted before the flag moved the session
+            // (see `ownership::handoff`); acting now would race its last writes.
+            let controller_busy = Record::from_annotations(session.annotations()).acted_by
+                == Some(Side::Controller)
+                && !operation_settled(&session);
+            if owner.acting_side() == Side::Legacy
+                && controller_busy
+                && Instant::now() < settle_deadline
+            {
+                tokio::time::sleep(SETTLE_POLL).await;
+                continue;
+            }
+            attempt += 1;
             let outcome = match owner.acting_side() {
                 Side::Legacy => legacy::set_state(&state, &session, &wanted).await,
                 Side::Controller => controller::set_state(&state, &session, &wanted).await,
             };
             match outcome {
                 Ok(()) => return Ok(accepted(request::state_response(&id, &wanted))),
-                Err(SessionsError::Conflict(_)) => backoff(attempt).await,
+                Err(SessionsError::Conflict(_)) => backoff(attempt - 1).await,
                 Err(error) => return Err(error),
             }
         }

@@ -318,7 +318,7 @@ async fn connect_wakes_a_hibernated_session_through_the_event() {
     let controller_addr = env.controller.as_ref().map(|c| c.http_addr);
     let api = RunningApi::start(&env, Duration::from_millis(500), controller_addr).await;
     env.create::<Template>(template()).await;
-    env.create::<Session>(session("s1", "hibernated", "5s", "1h"))
+    env.create::<Session>(session("s1", "hibernated", "20s", "1h"))
         .await;
     wait_phase(&env, "s1", SessionPhase::Hibernated).await;
     // Last activity long ago: the old code re-hibernated such a session at once on waking.
