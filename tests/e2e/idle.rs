@@ -201,9 +201,26 @@ async fn heartbeats_keep_a_session_running_and_their_end_hibernates_it() {
     .await;
     let api = RunningApi::start(&env, Duration::from_millis(500), None).await;
     env.create::<Template>(template()).await;
-    env.create::<Session>(session("s1", "running", "3s", "1h"))
+    // Started with a long timeout so a slow start under load cannot hibernate it first; the
+    // 3 s timeout under test applies once it runs.
+    env.create::<Session>(session("s1", "running", "1h", "1h"))
         .await;
     wait_phase(&env, "s1", SessionPhase::Running).await;
+    env.api::<Session>()
+        .patch(
+            "s1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"idleTimeout": "3s"}})),
+        )
+        .await
+        .expect("shorten the idle timeout");
+    wait_object(
+        &env.api::<Session>(),
+        "s1",
+        "status of the new generation",
+        |s| s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation,
+    )
+    .await;
 
     // Acceptance 2: a heartbeat changes lastActivity and nothing else in the status.
     let before = get(&env, "s1").await;
