@@ -1,4 +1,4 @@
-//! The sessions API (issue 7): legacy and controller handlers chosen per session by the
+//! The sessions API: legacy and controller handlers chosen per session by the
 //! `sessions` flag, quota in the API or in the webhook by the `quota` flag, against the real
 //! control plane, with the API on a real socket.
 

@@ -1,4 +1,4 @@
-//! Idle hibernation, maxSessionDuration, heartbeats and wake on connection (issue 5), against
+//! Idle hibernation, maxSessionDuration, heartbeats and wake on connection, against
 //! the real control plane, with the API and the controller's event endpoint on real sockets.
 
 use std::net::SocketAddr;
