@@ -217,8 +217,11 @@ async fn heartbeats_keep_a_session_running_and_their_end_hibernates_it() {
     wait_object(
         &env.api::<Session>(),
         "s1",
-        "status of the new generation",
-        |s| s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation,
+        "ready at the new generation",
+        |s| {
+            s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+                && condition(s, "Ready").is_some_and(|c| c.is_true())
+        },
     )
     .await;
 
