@@ -206,6 +206,15 @@ async fn heartbeats_keep_a_session_running_and_their_end_hibernates_it() {
     env.create::<Session>(session("s1", "running", "1h", "1h"))
         .await;
     wait_phase(&env, "s1", SessionPhase::Running).await;
+    // Activity now, so the shorter timeout counts from here, not from the creation.
+    env.api::<Session>()
+        .patch_status(
+            "s1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastActivity": Timestamp::now().to_string()}})),
+        )
+        .await
+        .expect("fresh lastActivity");
     env.api::<Session>()
         .patch(
             "s1",
