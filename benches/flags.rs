@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
                     "bench",
                     "--auth",
                     "static",
-                    "--api-addr",
+                    "--http-addr",
                 ])
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--kubeconfig")

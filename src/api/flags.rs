@@ -190,27 +190,44 @@ pub(super) async fn put_override(
             .map_err(ApiError::BadRequest)?;
         let name = state.flags().object_name(resource);
         let api: Api<FeatureFlag> = Api::all(state.client.clone());
-        // A type without a flag object gets one whose baseline is the default in force now,
-        // so the override does not change what the baseline means.
-        let mut spec = json!({"override": over});
-        if api.get_opt(&name).await?.is_none() {
+        let stored = if api.get_opt(&name).await?.is_some() {
+            // A merge patch of the override alone: the baseline keeps whoever owns it (Git).
+            // Every override field is spelled out (null when unset) so none of the previous
+            // override survives.
+            let over_fields = json!({
+                "mode": over.mode.as_str(),
+                "percent": over.percent,
+                "expiresAt": over.expires_at,
+                "reason": over.reason,
+                "setBy": over.set_by,
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            api.patch(
+                &name,
+                &params,
+                &Patch::Merge(json!({"spec": {"override": over_fields}})),
+            )
+            .await?
+        } else {
+            // A type without a flag object gets one whose baseline is the default in force
+            // now, so the override does not change what the baseline means.
             let default = state.flags().effective(resource);
-            spec["mode"] = default.mode_str().into();
-            spec["percent"] = default.percent.into();
-        }
-        let body = json!({
-            "apiVersion": "stream.space/v1alpha1",
-            "kind": "FeatureFlag",
-            "metadata": {"name": name},
-            "spec": spec,
-        });
-        let stored = api
-            .patch(
+            let body = json!({
+                "apiVersion": "stream.space/v1alpha1",
+                "kind": "FeatureFlag",
+                "metadata": {"name": name},
+                "spec": {"mode": default.mode_str(), "percent": default.percent, "override": over},
+            });
+            api.patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
-            .await?;
+            .await?
+        };
         let until = over
             .expires_at
             .as_ref()

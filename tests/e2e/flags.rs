@@ -315,6 +315,23 @@ async fn flags_bad_override_requests_are_refused_without_a_write() {
         body["baseline"],
         json!({"mode": "controller", "percent": 100})
     );
+    // A second override replaces the first whole and keeps the baseline.
+    let (code, body) = call_json(
+        api.addr,
+        "PUT",
+        "/api/v1/flags/quota/override",
+        Some(API_TOKEN),
+        &json!({"mode": "legacy", "ttl": "1h", "reason": "second thoughts"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["baseline"],
+        json!({"mode": "controller", "percent": 100})
+    );
+    assert_eq!(body["override"]["mode"], "legacy", "{body}");
+    assert_eq!(body["override"]["percent"], 100, "{body}");
+    assert!(body["override"]["expiresAt"].is_string(), "{body}");
     let (code, body) = call(
         api.addr,
         "DELETE",
