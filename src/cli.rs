@@ -135,6 +135,7 @@ impl ControllerSettings {
                 ..Default::default()
             },
             flags: self.flags.index(),
+            leader_election: None,
         })
     }
 }
@@ -170,5 +171,61 @@ impl SessionObjectArgs {
             home_size: Quantity(self.home_size.clone()),
             home_storage_class: self.home_storage_class.clone(),
         })
+    }
+}
+
+/// Leader election of the `controller` process.
+#[derive(Args, Clone, Debug)]
+pub struct LeaderArgs {
+    /// Run the reconcilers only while holding the Lease (every replica still serves webhooks,
+    /// connection events, push hooks and metrics).
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = crate::leader::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the namespace of the in-cluster
+    /// configuration, else `default`).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the lease stays valid after its last renewal: the longest a crashed leader's
+    /// work waits for another replica (whole seconds).
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// Longest time the leader goes on without a stored renewal before it stops and exits;
+    /// shorter than --lease-duration so it stops before another replica may take over.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "10s")]
+    pub lease_renew_deadline: String,
+}
+
+impl LeaderArgs {
+    /// The election settings, `None` without --leader-elect. `config_namespace` is the
+    /// namespace of the client configuration (in a pod: the service account's).
+    pub fn to_settings(
+        &self,
+        config_namespace: &str,
+    ) -> anyhow::Result<Option<crate::leader::LeaderSettings>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let duration = |flag: &str, text: &str| {
+            parse_duration(text)
+                .with_context(|| format!("{flag} {text:?}: expected whole seconds such as 15s"))
+        };
+        let lease_namespace = self
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| config_namespace.to_string());
+        let settings = crate::leader::LeaderSettings {
+            lease_name: self.lease_name.clone(),
+            lease_namespace,
+            identity: crate::leader::default_identity(),
+            lease_duration: duration("--lease-duration", &self.lease_duration)?,
+            renew_deadline: duration("--lease-renew-deadline", &self.lease_renew_deadline)?,
+        };
+        settings.validate()?;
+        Ok(Some(settings))
     }
 }

@@ -14,8 +14,9 @@ use kube::core::GroupVersionKind;
 use kube::discovery::Discovery;
 use kube::{Client, ResourceExt};
 
+use crate::FIELD_MANAGER;
 use crate::cli::ControllerSettings;
-use crate::controller::{self, FIELD_MANAGER, Readiness};
+use crate::controller::{self, Readiness};
 use crate::crd::{self, Session};
 use crate::devcluster::simulator::{NodeSimulator, SimulatorConfig};
 use crate::devcluster::{ControlPlane, ControlPlaneOptions};
@@ -170,13 +171,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         token: config.connection_event_token.clone(),
         namespace: config.namespace.clone(),
     };
-    let router = crate::http::controller_router(
-        client.clone(),
-        &config,
-        metrics.clone(),
-        readiness.clone(),
-        Some(events),
-    );
+    // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
+    let router =
+        crate::http::controller_router(&config, metrics.clone(), readiness.clone(), Some(events))
+            .merge(crate::http::hooks_router(client.clone(), metrics.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

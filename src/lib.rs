@@ -9,7 +9,9 @@ pub mod admission;
 pub mod api;
 pub mod api_status;
 pub mod backoff;
+pub mod caches;
 pub mod cli;
+pub mod context;
 pub mod controller;
 pub mod crd;
 pub mod dev;
@@ -17,11 +19,16 @@ pub mod devcluster;
 pub mod gitops;
 pub mod http;
 pub mod idle;
+pub mod leader;
 pub mod metrics;
 pub mod nodeop;
 pub mod ownership;
 pub mod quantity;
 pub mod rbac;
 pub mod session;
+pub mod supervisor;
 pub mod telemetry;
 pub mod template;
+
+/// Field manager of every server-side apply the controller makes (its reconcilers' writes).
+pub const FIELD_MANAGER: &str = "streamspace-controller";

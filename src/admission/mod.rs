@@ -173,7 +173,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, stream) = crate::controller::reflect(api, watcher::Config::default());
+    let (store, stream) = crate::caches::reflect(api, watcher::Config::default());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -186,11 +186,34 @@ where
     (store, task)
 }
 
+/// Session and Template caches of the rest of the process (the controller's shared caches),
+/// read instead of watches of the webhooks' own; the caller also feeds the flag index.
+pub struct SharedCaches {
+    pub sessions: Store<crate::crd::Session>,
+    pub templates: Store<Template>,
+}
+
 /// Starts the watches, the certificate machinery and the HTTPS server; the server stops when
 /// `shutdown` resolves.
 pub async fn start(
     client: Client,
     config: AdmissionConfig,
+    metrics: AdmissionMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Webhook, AdmissionError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(AdmissionError::Bind)?;
+    start_on(client, config, listener, None, metrics, shutdown).await
+}
+
+/// Like [`start`], on a listener the caller bound (processes bind every port before starting
+/// anything) and, with `shared`, reading the caller's caches.
+pub async fn start_on(
+    client: Client,
+    config: AdmissionConfig,
+    listener: tokio::net::TcpListener,
+    shared: Option<SharedCaches>,
     metrics: AdmissionMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Webhook, AdmissionError> {
@@ -220,13 +243,19 @@ pub async fn start(
         },
     );
     tasks.push(task);
-    let ns = config.session_namespace.as_deref();
-    let (sessions, task) = cache(watched(&client, ns), |_| {});
-    tasks.push(task);
-    let (templates, task) = cache(watched(&client, ns), |_| {});
-    tasks.push(task);
-    // Returns at once when the controller in this process already watches the flags.
-    tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
+    let (sessions, templates) = match shared {
+        Some(shared) => (shared.sessions, shared.templates),
+        None => {
+            let ns = config.session_namespace.as_deref();
+            let (sessions, task) = cache(watched(&client, ns), |_| {});
+            tasks.push(task);
+            let (templates, task) = cache(watched(&client, ns), |_| {});
+            tasks.push(task);
+            // Returns at once when another component of this process watches the flags.
+            tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
+            (sessions, templates)
+        }
+    };
     let state = Arc::new(AdmissionState {
         policies,
         sessions,
@@ -235,9 +264,6 @@ pub async fn start(
         reservations: Mutex::new(HashMap::new()),
         metrics,
     });
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(AdmissionError::Bind)?;
     let addr = listener.local_addr().map_err(AdmissionError::Bind)?;
     let server = tokio::spawn(server::serve(
         listener,

@@ -171,20 +171,55 @@ impl FlagIndex {
         self.snapshot.subscribe()
     }
 
+    /// Keeps the index up to date from the process's shared FeatureFlag cache, until the cache
+    /// closes. Like [`FlagIndex::run`], only the first caller feeds the index.
+    pub async fn follow(self: Arc<Self>, cache: crate::caches::Shared<FeatureFlag>) {
+        let Some(_running) = self.claim() else {
+            return;
+        };
+        let store = cache.store();
+        let mut changes = std::pin::pin!(cache.subscribe());
+        if cache.loaded().wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        info!(flags = store.len(), "feature flags loaded");
+        loop {
+            // The store already holds every change (deletions included): rebuild from it.
+            let specs: BTreeMap<ResourceType, FeatureFlagSpec> = store
+                .state()
+                .iter()
+                .filter_map(|f| Some((self.resource_of(&f.name_any())?, f.spec.clone())))
+                .collect();
+            self.snapshot.send_if_modified(|snapshot| {
+                let next = FlagSnapshot {
+                    specs,
+                    loaded: true,
+                };
+                let changed = *snapshot != next;
+                *snapshot = next;
+                changed
+            });
+            if changes.next().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Marks the index as fed; `None` when another task already feeds it. The guard clears the
+    /// mark however the feeding ends, so a restart can feed it again.
+    fn claim(&self) -> Option<Running<'_>> {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(Running(&self.running))
+    }
+
     /// Keeps the index up to date until dropped. Only the first call watches; later calls
     /// (another component sharing the index) return at once.
     pub async fn run(self: Arc<Self>, client: Client) {
-        if self.running.swap(true, Ordering::SeqCst) {
+        let Some(_running) = self.claim() else {
             return;
-        }
-        // Cleared however this ends (including being dropped), so a restart can watch again.
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::SeqCst);
-            }
-        }
-        let _running = Running(&self.running);
+        };
         let api: Api<FeatureFlag> = Api::all(client);
         let mut buffer: Option<BTreeMap<ResourceType, FeatureFlagSpec>> = None;
         let mut events = watcher(api, watcher::Config::default()).boxed();
@@ -233,6 +268,15 @@ impl FlagIndex {
                 }
             }
         }
+    }
+}
+
+/// Clears [`FlagIndex`]'s `running` mark when dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 

@@ -238,19 +238,15 @@ fn node_writes(env: &TestEnv) -> f64 {
     metric(env, "streamspace_gitops_node_writes_total")
 }
 
-/// Serves the controller's HTTP router with the webhook route on a free loopback port.
+/// Serves the controller's hooks listener (`--hooks-addr`: the push hooks only) on a free
+/// loopback port.
 async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let metrics = env.controller.as_ref().expect("controller").metrics.clone();
-    let router = streamspace_controller::http::router(metrics.clone(), Default::default(), None)
-        .merge(streamspace_controller::gitops::webhook::router(
-            env.client.clone(),
-            env.gitops.triggers.clone(),
-            metrics,
-        ));
+    let router = streamspace_controller::http::hooks_router(env.client.clone(), metrics);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });

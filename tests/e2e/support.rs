@@ -136,7 +136,7 @@ pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
     pub controller: Option<RunningController>,
-    /// GitOps settings of the controllers this env starts (triggers shared across restarts).
+    /// GitOps settings of the controllers this env starts.
     pub gitops: streamspace_controller::gitops::reconciler::GitopsSettings,
 }
 
