@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionState};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
-use support::{cpu_seconds, peak_rss_kib};
+use support::{cpu_seconds, free_port, peak_rss_kib};
 
 const NAMESPACE: &str = "bench-idle";
 
@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             "0s",
         ])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--kubeconfig")
         .arg(plane.kubeconfig_path())
         .env("RUST_LOG", "warn")

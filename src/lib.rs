@@ -2,8 +2,19 @@
 //! objects.
 //!
 //! Layout follows the design: pure decisions (`session::state`, `template::validate`,
-//! `nodeop::plan`, `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`,
-//! `controller`), and `devcluster` provides the local control plane used by `dev` and tests.
+//! `nodeop::plan`, `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`).
+//!
+//! Module map, from the top down (nothing imports `controller`, `dev` or `cli` except the
+//! processes; reconcilers import `context` and `caches`):
+//! - `main.rs`, `dev`, `cli`: processes and their flags.
+//! - `controller`: builds caches, contexts and controllers; `http`: the controller's endpoints.
+//! - Features: `session`, `template`, `idle`, `nodeop`, `gitops`, `ownership`, `admission`,
+//!   `api` (the `api` process).
+//! - Shared runtime: `context` (what reconcilers share), `caches` (one watch per kind),
+//!   `leader` (Lease election and renew deadline), `supervisor` (every task of a process, by
+//!   name), `metrics`, `backoff`, `telemetry`.
+//! - Model and helpers: `crd`, `quantity`, `api_status`, `rbac`; `devcluster` is the local
+//!   control plane used by `dev` and tests.
 
 pub mod admission;
 pub mod api;

@@ -6,6 +6,7 @@ mod api_nodes;
 mod api_sessions;
 mod flags;
 mod gitops;
+mod ha;
 mod http_client;
 mod idle;
 mod nodeop;

@@ -93,6 +93,11 @@ async fn start_cluster() -> Result<(ControlPlane, NodeSimulator), String> {
     Ok((plane, simulator))
 }
 
+/// Path of the test cluster's admin kubeconfig (for processes the tests start).
+pub fn kubeconfig_path() -> PathBuf {
+    kubeconfig()
+}
+
 /// Bearer token of a development user of the test cluster (`alice`, `bob`, `operator`,
 /// `streamspace-admin`), from the `dev-users.json` next to its kubeconfig.
 pub fn dev_token(user: &str) -> String {
