@@ -70,6 +70,16 @@ async fn is_leader(port: u16) -> bool {
         .is_ok_and(|m| m.lines().any(|l| l == "streamspace_leader 1"))
 }
 
+/// Index of the replica whose leader gauge is 1.
+async fn find_leader(ports: &[u16]) -> Option<usize> {
+    for (i, port) in ports.iter().enumerate() {
+        if is_leader(*port).await {
+            return Some(i);
+        }
+    }
+    None
+}
+
 /// Polls `check` every 10 ms until it holds; the time it took.
 async fn time_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<Duration>
 where
@@ -120,22 +130,15 @@ async fn main() -> anyhow::Result<()> {
         for replica in &replicas {
             wait_http_ok(replica.port, "/readyz").await?;
         }
-        let mut leader = None;
-        time_until("a leader", || {
-            let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
-            let found = &mut leader;
-            async move {
-                for (i, port) in ports.into_iter().enumerate() {
-                    if is_leader(port).await {
-                        *found = Some(i);
-                        return true;
-                    }
-                }
-                false
+        let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+        let started = Instant::now();
+        let index = loop {
+            if let Some(index) = find_leader(&ports).await {
+                break index;
             }
-        })
-        .await?;
-        let index = leader.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+            anyhow::ensure!(started.elapsed() < ROUND_LIMIT, "no replica became leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let mut killed = replicas.remove(index);
         let survivor = replicas[0].port;
         killed.child.start_kill()?;

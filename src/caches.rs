@@ -130,15 +130,13 @@ impl<K: Cached> Shared<K> {
         let current = futures::stream::iter(self.store.state());
         let changes =
             futures::stream::unfold((receiver, store), |(mut receiver, store)| async move {
-                loop {
-                    match receiver.recv().await {
-                        Ok(object) => return Some((vec![object], (receiver, store))),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            warn!(missed, "cache subscriber fell behind; resending the store");
-                            return Some((store.state(), (receiver, store)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
+                match receiver.recv().await {
+                    Ok(object) => Some((vec![object], (receiver, store))),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "cache subscriber fell behind; resending the store");
+                        Some((store.state(), (receiver, store)))
                     }
+                    Err(broadcast::error::RecvError::Closed) => None,
                 }
             })
             .flat_map(futures::stream::iter);

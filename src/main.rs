@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the reconcilers and the controller's HTTP endpoints.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Serve the session API (sessions, heartbeat, connect, disconnect).
     Api(ApiArgs),
     /// Print the YAML of every CRD.
@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_json);
     match cli.command {
-        Command::Controller(args) => run_controller(args).await,
+        Command::Controller(args) => run_controller(*args).await,
         Command::Api(args) => run_api(args).await,
         Command::Crds => {
             print!("{}", crd::to_yaml(&crd::all())?);
