@@ -190,19 +190,24 @@ impl FlagIndex {
                 .iter()
                 .filter_map(|f| Some((self.resource_of(&f.name_any())?, f.spec.clone())))
                 .collect();
-            self.snapshot.send_if_modified(|snapshot| {
-                let next = FlagSnapshot {
-                    specs,
-                    loaded: true,
-                };
-                let changed = *snapshot != next;
-                *snapshot = next;
-                changed
-            });
+            self.publish(specs);
             if changes.next().await.is_none() {
                 return;
             }
         }
+    }
+
+    /// Replaces every spec at once (a full list); notifies only when something changed.
+    fn publish(&self, specs: BTreeMap<ResourceType, FeatureFlagSpec>) {
+        self.snapshot.send_if_modified(|snapshot| {
+            let next = FlagSnapshot {
+                specs,
+                loaded: true,
+            };
+            let changed = *snapshot != next;
+            *snapshot = next;
+            changed
+        });
     }
 
     /// Marks the index as fed; `None` when another task already feeds it. The guard clears the
@@ -236,15 +241,7 @@ impl FlagIndex {
                 Ok(watcher::Event::InitDone) => {
                     let specs = buffer.take().unwrap_or_default();
                     info!(flags = specs.len(), "feature flags loaded");
-                    self.snapshot.send_if_modified(|snapshot| {
-                        let next = FlagSnapshot {
-                            specs,
-                            loaded: true,
-                        };
-                        let changed = *snapshot != next;
-                        *snapshot = next;
-                        changed
-                    });
+                    self.publish(specs);
                 }
                 Ok(watcher::Event::Apply(flag)) => {
                     if let Some(resource) = self.resource_of(&flag.name_any()) {

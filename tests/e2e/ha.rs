@@ -394,3 +394,45 @@ async fn ha_a_leader_that_loses_its_lease_stops_and_exits() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn ha_the_api_process_is_ready_once_loaded_and_fails_on_a_taken_port() {
+    let env = TestEnv::without_controller("ha-api").await;
+    let start = |addr: SocketAddr, log: &std::path::Path| {
+        let file = std::fs::File::create(log).expect("log file");
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+            .args(["api", "--namespace", &env.namespace, "--auth", "static"])
+            .args(["--http-addr", &addr.to_string()])
+            .env("API_TOKEN", "ha-api-token")
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the api binary")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let _api = start(addr, &dir.path().join("api.log"));
+    wait_for(
+        "the api's /readyz",
+        || async { get(addr, "/readyz").await.map(|(s, _)| s) },
+        |s| *s == Some(200),
+    )
+    .await;
+
+    // A second api on the same port: non-zero exit, the address in the message.
+    let log = dir.path().join("taken.log");
+    let mut second = start(addr, &log);
+    let status = tokio::time::timeout(crate::support::WAIT, second.wait())
+        .await
+        .expect("the second api exits")
+        .expect("wait");
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "exit status {status}; log:\n{output}");
+    assert!(
+        output.contains(&addr.to_string()),
+        "names {addr}:\n{output}"
+    );
+    env.cleanup().await;
+}
