@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::api::auth::check_bearer;
 use crate::api::events::{ConnectionEvent, EventReply};
-use crate::controller::Readiness;
+use crate::context::Readiness;
 use crate::idle::wake::{Source, Waker};
 use crate::metrics::SharedMetrics;
 
@@ -57,12 +57,27 @@ pub fn router(
 /// Everything the `controller` process serves on its HTTP port: health, metrics, connection
 /// events and the flags it decides with.
 pub fn controller_router(
-    config: &crate::controller::Config,
+    config: &crate::context::Config,
     metrics: SharedMetrics,
     readiness: Readiness,
     events: Option<ConnectionEvents>,
 ) -> Router {
     router(metrics, readiness, events).merge(flags_router(config.flags.clone()))
+}
+
+/// [`controller_router`] with the connection events of `config` (waker, token, namespace).
+pub fn controller_endpoints(
+    client: &kube::Client,
+    config: &crate::context::Config,
+    metrics: SharedMetrics,
+    readiness: Readiness,
+) -> Router {
+    let events = ConnectionEvents {
+        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
+        token: config.connection_event_token.clone(),
+        namespace: config.namespace.clone(),
+    };
+    controller_router(config, metrics, readiness, Some(events))
 }
 
 /// What the hooks listener serves: the Git push hooks (`/hooks/...`) and nothing else.
@@ -225,6 +240,21 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind("http", addr).await.map_err(std::io::Error::other)?;
     serve_on(listener, router, shutdown).await
+}
+
+/// Serves `router` on `listener` as a supervised task that finishes open requests on shutdown.
+pub fn serve_supervised(
+    tasks: &crate::supervisor::SupervisorHandle,
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+) {
+    let stopping = tasks.stopping();
+    tasks.spawn_graceful(name, async move {
+        serve_on(listener, router, stopping)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))
+    });
 }
 
 /// Serves the router on a bound listener (tests bind `127.0.0.1:0` first).

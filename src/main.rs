@@ -9,9 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use streamspace_controller::cli::ControllerSettings;
 use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
-use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
-use streamspace_controller::supervisor::{Supervisor, SupervisorHandle};
+use streamspace_controller::supervisor::Supervisor;
 use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
 
 #[derive(Parser)]
@@ -157,15 +156,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         readiness.clone(),
     )
     .await?;
-    let events = http::ConnectionEvents {
-        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
-        token: config.connection_event_token.clone(),
-        namespace: config.namespace.clone(),
-    };
-    let router = http::controller_router(&config, metrics.clone(), readiness, Some(events));
-    serve_supervised(&tasks, "http server", http_listener, router);
+    let router = http::controller_endpoints(&client, &config, metrics.clone(), readiness);
+    http::serve_supervised(&tasks, "http server", http_listener, router);
     let hooks = http::hooks_router(client.clone(), metrics.clone());
-    serve_supervised(&tasks, "push hook server", hooks_listener, hooks);
+    http::serve_supervised(&tasks, "push hook server", hooks_listener, hooks);
     if let (Some(webhook_config), Some(listener)) = (webhook_config, webhook_listener) {
         let shared = admission::SharedCaches {
             sessions: caches.sessions.store(),
@@ -191,21 +185,6 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-/// Serves `router` on `listener` as a supervised task that finishes open requests on shutdown.
-fn serve_supervised(
-    tasks: &SupervisorHandle,
-    name: &'static str,
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-) {
-    let stopping = tasks.stopping();
-    tasks.spawn_graceful(name, async move {
-        http::serve_on(listener, router, stopping)
-            .await
-            .with_context(|| format!("{name} failed"))
-    });
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
@@ -250,7 +229,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         service.background.await;
         anyhow::bail!("the API's background work ended")
     });
-    serve_supervised(&tasks, "api server", listener, service.router);
+    http::serve_supervised(&tasks, "api server", listener, service.router);
     if let Err(failure) = supervisor.run(shutdown_signal()).await {
         eprintln!("Error: {failure}");
         std::process::exit(1);
