@@ -164,7 +164,8 @@ pub(crate) fn reflect<K: Cached>(api: Api<K>, config: watcher::Config) -> Reflec
     (store, stream)
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An `Api` of `namespace`, or of all namespaces when `None`.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {

@@ -148,16 +148,6 @@ impl Drop for Webhook {
     }
 }
 
-fn watched<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// A reflector whose stream runs in its own task; malformed objects are skipped by the
 /// watcher's lenient types, errors are retried with backoff.
 fn cache<K>(
@@ -234,7 +224,7 @@ pub async fn start_on(
         }
     };
     let (policies, task) = cache::<QuotaPolicy>(
-        watched(&client, config.policy_namespace.as_deref()),
+        crate::caches::scoped(&client, config.policy_namespace.as_deref()),
         |policy| {
             let (_, invalid) = Policy::from_object(policy);
             if !invalid.is_empty() {
@@ -247,9 +237,9 @@ pub async fn start_on(
         Some(shared) => (shared.sessions, shared.templates),
         None => {
             let ns = config.session_namespace.as_deref();
-            let (sessions, task) = cache(watched(&client, ns), |_| {});
+            let (sessions, task) = cache(crate::caches::scoped(&client, ns), |_| {});
             tasks.push(task);
-            let (templates, task) = cache(watched(&client, ns), |_| {});
+            let (templates, task) = cache(crate::caches::scoped(&client, ns), |_| {});
             tasks.push(task);
             // Returns at once when another component of this process watches the flags.
             tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
