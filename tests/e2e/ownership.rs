@@ -117,34 +117,6 @@ async fn events(env: &TestEnv, object: &str, reason: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Value of the samples of `name` whose labels contain `label`, summed.
-fn metric(env: &TestEnv, name: &str, label: &str) -> f64 {
-    let Some(controller) = &env.controller else {
-        return 0.0;
-    };
-    controller
-        .metrics
-        .encode()
-        .lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Reconciles of `controller` (`session`, `idle`, `nodeoperation`) started and finished so far:
-/// the reconcile counter counts at the start, the duration histogram at the end.
-fn reconciles(env: &TestEnv, controller: &str) -> (f64, f64) {
-    let label = format!("controller=\"{controller}\"");
-    (
-        metric(env, "streamspace_controller_reconciliations_total", &label),
-        metric(
-            env,
-            "streamspace_controller_reconcile_duration_seconds_count",
-            &label,
-        ),
-    )
-}
-
 /// Evidence before asserting that nothing happened: waits until `controller` has decided
 /// `owner` for `resource_type` at least `decisions` times in all, has finished at least
 /// `finished` reconciles, and has none in flight. An absence checked afterwards is the
@@ -161,8 +133,8 @@ async fn wait_decided(
     wait_for(
         &format!("{controller} reconciles deciding {owner} for {resource_type}"),
         || async {
-            let decided = metric(env, "streamspace_ownership_decisions_total", &label);
-            let (started, done) = reconciles(env, controller);
+            let decided = env.metric("streamspace_ownership_decisions_total", &label);
+            let (started, done) = env.reconciles(controller);
             (decided, started, done)
         },
         |(decided, started, done)| *decided >= decisions && *done >= finished && started == done,
@@ -305,13 +277,7 @@ async fn ownership_sessions_legacy_are_left_alone_until_the_flag_flips() {
     );
     // No record: never touched by legacy, so acted on without a claim.
     assert_eq!(acted_by(&running), None);
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_decisions_total",
-            "owner=\"legacy\""
-        ) >= 1.0
-    );
+    assert!(env.metric("streamspace_ownership_decisions_total", "owner=\"legacy\"") >= 1.0);
     delete_flags(&env).await;
     env.cleanup().await;
 }
@@ -433,33 +399,25 @@ async fn ownership_shadow_reports_differences_and_changes_nothing() {
         assert!(reported[0].contains(expected), "{expected}: {reported:?}");
     }
     assert!(
-        metric(
-            &env,
+        env.metric(
             "streamspace_shadow_differences_total",
             "resource_type=\"sessions\""
         ) >= 3.0
     );
     assert!(
-        metric(
-            &env,
+        env.metric(
             "streamspace_shadow_objects_differing",
             "resource_type=\"sessions\""
         ) >= 1.0
     );
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_decisions_total",
-            "owner=\"shadow\""
-        ) >= 2.0
-    );
+    assert!(env.metric("streamspace_ownership_decisions_total", "owner=\"shadow\"") >= 2.0);
 
     // Nothing written: resourceVersions stay while the controller reconciles both sessions again
     // (the legacy deployment settled above, so nobody else writes either).
     let before = (versions(&env, "s1").await, versions(&env, "s2").await);
     let shadow_label = "resource_type=\"sessions\",owner=\"shadow\"";
-    let decided = metric(&env, "streamspace_ownership_decisions_total", shadow_label);
-    let (_, finished) = reconciles(&env, "session");
+    let decided = env.metric("streamspace_ownership_decisions_total", shadow_label);
+    let (_, finished) = env.reconciles("session");
     // A change of their Template makes the controller look at both sessions again; the
     // Template is not among the versions compared.
     env.api::<Template>()
@@ -539,13 +497,7 @@ async fn ownership_handoff_waits_for_legacy_then_claims_and_adopts() {
         .await
         .expect("services");
     assert_eq!(services.items.len(), 1, "duplicate services");
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_claims_total",
-            "result=\"claimed\""
-        ) >= 1.0
-    );
+    assert!(env.metric("streamspace_ownership_claims_total", "result=\"claimed\"") >= 1.0);
 
     // The adopted deployment is the controller's now: hibernating scales it down.
     env.api::<Session>()
@@ -646,7 +598,7 @@ async fn ownership_legacy_autostart_wakes_through_the_api_directly() {
         .expect("hibernate");
     let hibernated = get(&env, "s1").await;
     let generation = hibernated.metadata.generation.unwrap_or_default();
-    let (_, finished) = reconciles(&env, "idle");
+    let (_, finished) = env.reconciles("idle");
     merge_annotations(
         &env,
         "s1",
@@ -655,12 +607,7 @@ async fn ownership_legacy_autostart_wakes_through_the_api_directly() {
     .await;
     // The idle reconciler hands the mark to the waker inside its reconcile: one finished after
     // the mark, with none in flight, is the waker having declined.
-    wait_for(
-        "the idle reconciler to handle the wake mark",
-        || async { reconciles(&env, "idle") },
-        |(started, done)| *done > finished && started == done,
-    )
-    .await;
+    env.wait_reconciled("idle", finished + 1.0).await;
     let left = get(&env, "s1").await;
     assert_eq!(left.spec.desired_state(), SessionState::Hibernated);
     // Flip to controller: the waker acts on the mark now.
