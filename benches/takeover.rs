@@ -7,8 +7,9 @@
 //! replaces the killed one before the next round. Prints p50/p99 of both beside the configured
 //! lease duration and renew deadline; exits non-zero if any round fails.
 //!
-//! Run with `cargo bench --bench takeover`; `BENCH_KILLS` (default 10), `BENCH_LEASE_DURATION`
-//! (default 4s) and `BENCH_RENEW_DEADLINE` (default 3s) change the run.
+//! Run with `cargo bench --bench takeover`; `BENCH_KILLS` (default 10; 2 in the smoke run under
+//! `cargo test`), `BENCH_LEASE_DURATION` (default 4s) and `BENCH_RENEW_DEADLINE` (default 3s)
+//! change the run. Figures are also appended to `target/bench-results/takeover.jsonl`.
 
 mod support;
 
@@ -22,7 +23,8 @@ use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::devcluster::{
     ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
 };
-use support::{free_port, http_get, percentile, wait_http_ok};
+use support::results::Results;
+use support::{free_port, http_get, percentile, size, wait_http_ok};
 
 const NAMESPACE: &str = "bench-ha";
 /// Longest wait for one takeover or one probe before the round (and the run) fails.
@@ -100,7 +102,8 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let kills: usize = env_or("BENCH_KILLS", "10").parse()?;
+    let kills = size("BENCH_KILLS", 10, 2);
+    let results = Results::new("takeover")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
@@ -176,16 +179,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let lease = env_or("BENCH_LEASE_DURATION", "4s");
     let deadline = env_or("BENCH_RENEW_DEADLINE", "3s");
+    println!("{kills} kills, lease duration {lease}, renew deadline {deadline}:");
+    let lease_seconds = streamspace_controller::idle::deadline::parse_duration(&lease)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    results.record("lease duration", lease_seconds, "s", None)?;
     for (what, samples) in [
-        ("leader takeover after SIGKILL", &takeovers),
-        ("kill to probe Session Running", &effects),
+        ("takeover", &takeovers),
+        ("kill to probe Running", &effects),
     ] {
-        println!(
-            "{what}: p50 {:.2}s, p99 {:.2}s over {} kills (lease duration {lease}, renew deadline {deadline})",
-            percentile(samples, 50.0).as_secs_f64(),
-            percentile(samples, 99.0).as_secs_f64(),
-            samples.len()
-        );
+        for p in [50.0, 99.0] {
+            let value = percentile(samples, p).as_secs_f64();
+            results.record(&format!("{what} p{p}"), value, "s", None)?;
+        }
     }
     drop(replicas);
     simulator.stop().await;
