@@ -315,3 +315,56 @@ impl Caches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn object(name: &str) -> ConfigMap {
+        let mut map = ConfigMap::default();
+        map.metadata.name = Some(name.into());
+        map.metadata.namespace = Some("ns".into());
+        map
+    }
+
+    fn names(objects: &[Arc<ConfigMap>]) -> Vec<String> {
+        let mut names: Vec<String> = objects
+            .iter()
+            .filter_map(|o| o.metadata.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_gets_the_store_then_changes_and_the_store_again_when_behind() {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(object("a")));
+        let (changes, _) = broadcast::channel(2);
+        let shared = Shared {
+            store,
+            changes: changes.clone(),
+            loaded: watch::channel(true).1,
+        };
+        let mut stream = std::pin::pin!(shared.subscribe());
+        let first = stream.next().await.into_iter().collect::<Vec<_>>();
+        assert_eq!(names(&first), ["a"], "the store first");
+
+        writer.apply_watcher_event(&watcher::Event::Apply(object("b")));
+        let _ = changes.send(Arc::new(object("b")));
+        let next = stream.next().await.into_iter().collect::<Vec<_>>();
+        assert_eq!(names(&next), ["b"], "then each change");
+
+        // More changes than the buffer holds: the subscriber gets the whole store again.
+        for name in ["c", "d", "e"] {
+            writer.apply_watcher_event(&watcher::Event::Apply(object(name)));
+            let _ = changes.send(Arc::new(object(name)));
+        }
+        let mut resent = Vec::new();
+        for _ in 0..5 {
+            resent.extend(stream.next().await);
+        }
+        assert_eq!(names(&resent), ["a", "b", "c", "d", "e"], "{resent:?}");
+    }
+}
