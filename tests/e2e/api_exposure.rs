@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::http_client::{API_TOKEN, RunningApi, call, call_json};
-use crate::support::{TestEnv, WAIT, dev_token, kube_config, wait_object};
+use crate::support::{TestEnv, WAIT, dev_token, kube_config, wait_for, wait_object};
 
 const FIELD_MANAGER: &str = "streamspace-tests";
 
@@ -260,9 +260,13 @@ async fn only_tokens_issued_for_the_api_audience_are_accepted() {
         }
     }
     // The token issued for the API works, and its heartbeat is the first write to the session.
-    let (code, reply) = call(addr, "GET", "/api/v1/sessions", Some(&scoped)).await;
-    assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["total"], 1, "{reply}");
+    // (The new binding reaches the API server's authorizer after a moment.)
+    wait_for(
+        "carol to see every session",
+        || call(addr, "GET", "/api/v1/sessions", Some(&scoped)),
+        |(code, reply)| *code == 200 && reply["total"] == 1,
+    )
+    .await;
     let (code, reply) = call(
         addr,
         "POST",

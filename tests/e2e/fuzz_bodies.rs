@@ -413,7 +413,12 @@ async fn fuzz_admission_review_bodies() {
                     String::from_utf8_lossy(&bytes)
                 )
             });
-            assert_eq!(review["kind"], "AdmissionReview", "{review}");
+            // An AdmissionReview answer for the API server: 400s say why, others decide.
+            let response = &review["response"];
+            assert!(
+                response["allowed"].is_boolean() || status == StatusCode::BAD_REQUEST,
+                "{path}: {review}"
+            );
         }
         timing.print(path);
     }
