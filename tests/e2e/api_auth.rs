@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -114,13 +113,7 @@ impl AuthWorld {
 /// chart's API ClusterRole (token from the TokenRequest API), so the test proves the role
 /// is enough.
 async fn service_account_client(env: &TestEnv, binding: &str) -> Client {
-    let accounts: Api<ServiceAccount> = env.api();
-    let account: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": API_ACCOUNT}})).expect("account");
-    accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .expect("create the service account");
+    let token = crate::api_exposure::account_token(env, API_ACCOUNT, None).await;
     let role_binding: ClusterRoleBinding = serde_json::from_value(json!({
         "metadata": {"name": binding},
         "roleRef": {
@@ -138,24 +131,7 @@ async fn service_account_client(env: &TestEnv, binding: &str) -> Client {
         )
         .await
         .expect("bind the API role");
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let issued: TokenRequest = accounts
-        .create_subresource("token", API_ACCOUNT, &PostParams::default(), &request)
-        .await
-        .expect("token request");
-    let token = issued.status.expect("token status").token;
-    let mut config = kube_config().await;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..kube::config::AuthInfo::default()
-    };
-    Client::try_from(config).expect("service account client")
+    crate::api_exposure::token_client(token).await
 }
 
 fn bearer(token: &str) -> axum::http::HeaderMap {

@@ -55,7 +55,7 @@ async fn session(env: &TestEnv, name: &str, user: &str) -> Session {
 
 /// A token of ServiceAccount `name` of the test namespace (created if missing), issued by the
 /// TokenRequest API for `audience` (`None`: the API server's own audience).
-async fn account_token(env: &TestEnv, name: &str, audience: Option<&str>) -> String {
+pub async fn account_token(env: &TestEnv, name: &str, audience: Option<&str>) -> String {
     let accounts: Api<ServiceAccount> = env.api();
     if accounts.get_opt(name).await.expect("get account").is_none() {
         let account: ServiceAccount =
@@ -78,6 +78,16 @@ async fn account_token(env: &TestEnv, name: &str, audience: Option<&str>) -> Str
         .await
         .expect("token request");
     issued.status.expect("token status").token
+}
+
+/// A client of the test cluster authenticated with `token`.
+pub async fn token_client(token: String) -> Client {
+    let mut config = kube_config().await;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
+    Client::try_from(config).expect("token client")
 }
 
 fn error_text(body: &Value) -> String {
@@ -178,13 +188,7 @@ async fn kubernetes_error_text_is_not_passed_to_callers() {
     let env = TestEnv::without_controller("api-kube-errors").await;
     // The API runs as a ServiceAccount without any right: every Kubernetes call is refused by
     // the API server with text that names the account and the rule.
-    let token = account_token(&env, "no-rights", None).await;
-    let mut config = kube_config().await;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..kube::config::AuthInfo::default()
-    };
-    let powerless = Client::try_from(config).expect("client");
+    let powerless = token_client(account_token(&env, "no-rights", None).await).await;
     let api = RunningApi::start_as(
         &env,
         powerless,
@@ -504,6 +508,17 @@ async fn websocket_streams_are_capped_and_small() {
         .send(Message::Ping(b"ping".to_vec().into()))
         .await
         .expect("ping");
+    loop {
+        let message = tokio::time::timeout(WAIT, first.next())
+            .await
+            .expect("a pong in time")
+            .expect("stream open")
+            .expect("message");
+        if let Message::Pong(payload) = message {
+            assert_eq!(payload.as_ref(), b"ping");
+            break;
+        }
+    }
     drop(api);
     env.cleanup().await;
 }
