@@ -196,18 +196,25 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The `spec.user` of a session, `None` if it does not exist: the watch cache first, the
-    /// API server when the cache does not have it (not loaded yet, or a session created a
-    /// moment ago).
-    async fn session_user(&self, name: &str) -> Result<Option<String>, kube::Error> {
+    /// The session `name` as `caller` may need it, `None` if it does not exist: from the watch
+    /// cache when it is the caller's own, else from the API server (also when the cache does
+    /// not have it: not loaded yet, or created a moment ago). Another user's session thus
+    /// costs the same read as a missing one, so the answer's timing does not tell them apart.
+    async fn session_for(&self, name: &str, caller: &str) -> Result<Option<Session>, kube::Error> {
         if self.sessions_loaded.load(Ordering::Relaxed)
             && let Some(session) = self
                 .sessions
                 .get(&ObjectRef::new(name).within(&self.namespace))
+            && session.spec.user == caller
         {
-            return Ok(Some(session.spec.user.clone()));
+            return Ok(Some(Session::clone(&session)));
         }
-        Ok(self.sessions().get_opt(name).await?.map(|s| s.spec.user))
+        self.sessions().get_opt(name).await
+    }
+
+    /// The `spec.user` of a session, `None` if it does not exist (see [`Self::session_for`]).
+    async fn session_user(&self, name: &str, caller: &str) -> Result<Option<String>, kube::Error> {
+        Ok(self.session_for(name, caller).await?.map(|s| s.spec.user))
     }
 }
 

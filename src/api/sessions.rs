@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
 //! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
-//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server) |
+//! | GET | `/api/v1/sessions/{id}` | one session (the caller's own from the cache, others from the API server) |
 //! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202) |
 //! | DELETE | `/api/v1/sessions/{id}` | 202 |
 //!
@@ -40,7 +40,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
@@ -230,18 +230,6 @@ fn accepted(body: serde_json::Value) -> Response {
 impl ApiState {
     fn templates(&self) -> Api<Template> {
         Api::namespaced(self.client.clone(), &self.namespace)
-    }
-
-    /// The session from the cache, else the API server; `None` if it does not exist.
-    async fn cached_session(&self, name: &str) -> Result<Option<Session>> {
-        if self.sessions_loaded.load(Ordering::Relaxed)
-            && let Some(session) = self
-                .sessions
-                .get(&ObjectRef::new(name).within(&self.namespace))
-        {
-            return Ok(Some(Session::clone(&session)));
-        }
-        Ok(self.sessions().get_opt(name).await?)
     }
 
     /// Open connections of every session through this replica (one lock for a whole list).
@@ -511,7 +499,7 @@ pub(crate) async fn get_one(
     let reply = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
-        let session = state.cached_session(&id).await?;
+        let session = state.session_for(&id, &principal.name).await?;
         let owner = session.as_ref().map(|s| s.spec.user.as_str());
         state
             .require_session_access(&principal, owner, &id, "get")
