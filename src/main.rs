@@ -199,6 +199,10 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
                 .with_metrics(metrics.clone()),
         ),
         AuthMode::Static => {
+            anyhow::ensure!(
+                args.exposure.token_audience.is_none(),
+                "--token-audience applies to --auth kubernetes only"
+            );
             let token = args.api_token.unwrap_or_default();
             anyhow::ensure!(!token.is_empty(), "--api-token must not be empty");
             Arc::new(api::auth::StaticToken::new(token))
