@@ -170,7 +170,7 @@ pub(super) async fn heartbeat(
     let started = Instant::now();
     let reply = async {
         let principal = check(&state, &headers, &id).await?;
-        let owner = state.session_user(&id, &principal.name).await?;
+        let owner = state.session_user(&id, &principal, "update").await?;
         state
             .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;
@@ -343,7 +343,7 @@ pub(super) async fn disconnect(
             .connection_id
             .filter(|c| !c.is_empty() && c.len() <= 128)
             .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
-        let owner = state.session_user(&id, &principal.name).await?;
+        let owner = state.session_user(&id, &principal, "update").await?;
         state
             .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;

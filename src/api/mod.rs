@@ -196,25 +196,47 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The session `name` as `caller` may need it, `None` if it does not exist: from the watch
-    /// cache when it is the caller's own, else from the API server (also when the cache does
-    /// not have it: not loaded yet, or created a moment ago). Another user's session thus
-    /// costs the same read as a missing one, so the answer's timing does not tell them apart.
-    async fn session_for(&self, name: &str, caller: &str) -> Result<Option<Session>, kube::Error> {
-        if self.sessions_loaded.load(Ordering::Relaxed)
-            && let Some(session) = self
-                .sessions
-                .get(&ObjectRef::new(name).within(&self.namespace))
-            && session.spec.user == caller
-        {
-            return Ok(Some(Session::clone(&session)));
+    /// Session `name` for `principal` acting with `verb`, `None` if it does not exist: from
+    /// the watch cache when it is theirs or they may act on every session, else from the API
+    /// server (as when the cache does not have it: not loaded yet, or created a moment ago).
+    /// For a caller without the right, another user's session thus costs the same read as a
+    /// missing one, so the time of the (same) 403 does not tell them apart.
+    async fn session_for(
+        &self,
+        name: &str,
+        principal: &auth::Principal,
+        verb: &'static str,
+    ) -> Result<Option<Session>, handlers::ApiError> {
+        let cached = self
+            .sessions_loaded
+            .load(Ordering::Relaxed)
+            .then(|| {
+                self.sessions
+                    .get(&ObjectRef::new(name).within(&self.namespace))
+            })
+            .flatten();
+        if let Some(session) = cached {
+            let permission = auth::Permission::OperateSessions(verb);
+            if session.spec.user == principal.name
+                || self.auth.authorize(principal, permission).await?
+            {
+                return Ok(Some(Session::clone(&session)));
+            }
         }
-        self.sessions().get_opt(name).await
+        Ok(self.sessions().get_opt(name).await?)
     }
 
     /// The `spec.user` of a session, `None` if it does not exist (see [`Self::session_for`]).
-    async fn session_user(&self, name: &str, caller: &str) -> Result<Option<String>, kube::Error> {
-        Ok(self.session_for(name, caller).await?.map(|s| s.spec.user))
+    async fn session_user(
+        &self,
+        name: &str,
+        principal: &auth::Principal,
+        verb: &'static str,
+    ) -> Result<Option<String>, handlers::ApiError> {
+        Ok(self
+            .session_for(name, principal, verb)
+            .await?
+            .map(|s| s.spec.user))
     }
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
 //! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
-//! | GET | `/api/v1/sessions/{id}` | one session (the caller's own from the cache, others from the API server) |
+//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server; see `ApiState::session_for`) |
 //! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202) |
 //! | DELETE | `/api/v1/sessions/{id}` | 202 |
 //!
@@ -499,7 +499,7 @@ pub(crate) async fn get_one(
     let reply = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
-        let session = state.session_for(&id, &principal.name).await?;
+        let session = state.session_for(&id, &principal, "get").await?;
         let owner = session.as_ref().map(|s| s.spec.user.as_str());
         state
             .require_session_access(&principal, owner, &id, "get")
