@@ -363,7 +363,7 @@ fn admission_review(namespace: String) -> impl Strategy<Value = Value> {
 async fn fuzz_admission_review_bodies() {
     let env = TestEnv::without_controller("fuzz-admission").await;
     let dir = tempfile::tempdir().expect("temporary directory");
-    let files = crate::api_exposure::write_cert(dir.path(), "webhook").await;
+    let files = crate::api_tls::write_cert(dir.path(), "webhook").await;
     let config = AdmissionConfig {
         addr: "127.0.0.1:0".parse().expect("address"),
         certs: CertSource::Files(files),

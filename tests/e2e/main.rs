@@ -5,6 +5,7 @@ mod api_auth;
 mod api_exposure;
 mod api_nodes;
 mod api_sessions;
+mod api_tls;
 mod flags;
 mod fuzz_bodies;
 mod gitops;
