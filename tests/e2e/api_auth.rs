@@ -374,7 +374,7 @@ async fn tokens_and_rights_decide_access_without_side_effects() {
 // ---------------------------------------------------------------------------------------------
 // WebSocket
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn open_ws(addr: SocketAddr, token: Option<&str>, in_query: bool) -> Result<Ws, u16> {
     let url = match (token, in_query) {
@@ -395,7 +395,7 @@ async fn open_ws(addr: SocketAddr, token: Option<&str>, in_query: bool) -> Resul
     }
 }
 
-async fn next_update(ws: &mut Ws) -> Value {
+pub(crate) async fn next_update(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(WAIT, ws.next())
             .await

@@ -375,8 +375,7 @@ async fn random_token_floods_and_connect_loops_stay_bounded() {
 // ---------------------------------------------------------------------------------------------
 // WebSocket limits and re-authorisation
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::api_auth::{Ws, next_update};
 
 async fn open_ws(addr: SocketAddr, token: &str) -> Result<Ws, (u16, String)> {
     let mut request = format!("ws://{addr}/api/v1/ws/sessions")
@@ -411,7 +410,7 @@ async fn open_when(
     loop {
         let last = match open_ws(addr, token).await {
             Ok(mut ws) => {
-                let update = first_update(&mut ws).await;
+                let update = next_update(&mut ws).await;
                 if check(&update) {
                     return ws;
                 }
@@ -444,20 +443,6 @@ async fn closed(ws: &mut Ws) -> (CloseCode, String) {
     }
 }
 
-/// Waits for the first `sessions_update` (the stream is up and authorised).
-async fn first_update(ws: &mut Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("an update in time")
-            .expect("stream open")
-            .expect("message");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).expect("JSON update");
-        }
-    }
-}
-
 #[tokio::test]
 async fn websocket_streams_are_capped_and_small() {
     let env = TestEnv::without_controller("api-ws-caps").await;
@@ -473,8 +458,8 @@ async fn websocket_streams_are_capped_and_small() {
     let alice = dev_token("alice");
     let mut first = open_ws(addr, &alice).await.expect("first stream");
     let mut second = open_ws(addr, &alice).await.expect("second stream");
-    first_update(&mut first).await;
-    first_update(&mut second).await;
+    next_update(&mut first).await;
+    next_update(&mut second).await;
     let Err((code, body)) = open_ws(addr, &alice).await else {
         panic!("a third stream was accepted");
     };
@@ -487,7 +472,7 @@ async fn websocket_streams_are_capped_and_small() {
     let mut bob = open_ws(addr, &dev_token("bob"))
         .await
         .expect("bob's stream");
-    first_update(&mut bob).await;
+    next_update(&mut bob).await;
 
     // A message over the cap ends that stream with 1009 and says why.
     let big = "x".repeat(StreamSettings::default().max_message_bytes * 16);
@@ -566,7 +551,7 @@ async fn revoked_tokens_and_rights_end_open_streams() {
     // A token whose account is deleted: the open stream ends.
     let doomed = account_token(&env, "doomed", None).await;
     let mut stream = open_ws(addr, &doomed).await.expect("doomed stream");
-    first_update(&mut stream).await;
+    next_update(&mut stream).await;
     let accounts: Api<ServiceAccount> = env.api();
     accounts
         .delete("doomed", &DeleteParams::default())
