@@ -1,5 +1,6 @@
 //! Custom resource types of group `stream.space`, version `v1alpha1`.
 
+pub mod cel;
 pub mod common;
 pub mod feature_flag;
 pub mod gitsync;
