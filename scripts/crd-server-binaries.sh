@@ -99,20 +99,25 @@ apt_opts=(
 )
 
 log "reading the package lists of sid and $GO_SUITE (private apt configuration)"
-apt-get "${apt_opts[@]}" -qq update >&2 || impossible "the Debian archive ($MIRROR) is not reachable"
+# apt-get update only warns about unreachable sources; the lists it fetched tell.
+apt-get "${apt_opts[@]}" -qq update >&2 || true
+for suite in sid "$GO_SUITE"; do
+  compgen -G "$work/lists/*_dists_${suite}_main_binary-*_Packages*" >/dev/null ||
+    impossible "the package list of $suite could not be fetched from $MIRROR"
+done
 
 # The candidate version of a package in a suite ("" when absent).
 candidate() {
   local pkg=$1 suite=${2:-}
-  apt-cache "${apt_opts[@]}" show "$pkg${suite:+/$suite}" 2>/dev/null |
+  { apt-cache "${apt_opts[@]}" show "$pkg${suite:+/$suite}" 2>/dev/null || true; } |
     awk '/^Version:/ {print $2; exit}'
 }
 
 # The golang-*-dev packages `pkg…` depend on directly; a virtual package resolves to its first
 # provider, an alternative to its first member.
 direct_go_deps() {
-  apt-cache "${apt_opts[@]}" depends --no-recommends --no-suggests --no-conflicts --no-breaks \
-    --no-replaces --no-enhances "$@" 2>/dev/null | awk '
+  { apt-cache "${apt_opts[@]}" depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+    --no-replaces --no-enhances "$@" 2>/dev/null || true; } | awk '
       /^[^ ]/ { alt = 0; virtual = 0; next }
       /^ *\|?(Pre)?Depends: / {
         if (alt) { alt = ($1 ~ /^\|/); next }
@@ -159,7 +164,7 @@ log "${#go_libs[@]} Go library packages"
 
 # Candidate versions of many packages at once: "package=version" lines.
 candidates() {
-  apt-cache "${apt_opts[@]}" show --no-all-versions "$@" 2>/dev/null |
+  { apt-cache "${apt_opts[@]}" show --no-all-versions "$@" 2>/dev/null || true; } |
     awk '/^Package:/ {p = $2} /^Version:/ {print p "=" $2}'
 }
 
