@@ -78,7 +78,8 @@ mem_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
 
 work="$prefix/work"
 rm -rf "$work"
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root"
+mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root" \
+  "$work/preferences.d"
 cat >"$work/sources.list" <<SRC
 deb [signed-by=$KEYRING] $MIRROR sid main
 deb [signed-by=$KEYRING] $MIRROR $GO_SUITE main
@@ -92,6 +93,8 @@ apt_opts=(
   -o "Dir::State::lists=$work/lists"
   -o "Dir::State::status=$work/status"
   -o "Dir::Cache=$work/cache"
+  -o "Dir::Etc::preferences=$work/preferences"
+  -o "Dir::Etc::preferencesparts=$work/preferences.d"
   -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
   -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
   -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
@@ -136,7 +139,7 @@ apiext_version=$(candidate "$APIEXT_PACKAGE")
 [ -n "$apiext_version" ] || fail "$APIEXT_PACKAGE vanished from sid; pick the package that now carries the standalone CRD server"
 case "$apiext_version" in
   "$APIEXT_SERIES".*) ;;
-  *) fail "$APIEXT_PACKAGE in sid is $apiext_version, not the pinned $APIEXT_SERIES series; update APIEXT_SERIES in $0 and rerun the CRD conformance suite" ;;
+  *) fail "$APIEXT_PACKAGE in sid is $apiext_version, not the pinned $APIEXT_SERIES series; update APIEXT_SERIES in scripts/crd-server-binaries.sh and rerun the CRD conformance suite" ;;
 esac
 go_version=$(candidate "$GO_PACKAGE" "$GO_SUITE")
 [ -n "$go_version" ] || fail "$GO_PACKAGE vanished from $GO_SUITE"
@@ -144,7 +147,7 @@ etcd_version=$(candidate "$ETCD_PACKAGE")
 [ -n "$etcd_version" ] || fail "$ETCD_PACKAGE vanished from sid"
 case "$etcd_version" in
   "$ETCD_SERIES".*) ;;
-  *) fail "$ETCD_PACKAGE in sid is $etcd_version, not the pinned $ETCD_SERIES series; update ETCD_SERIES in $0" ;;
+  *) fail "$ETCD_PACKAGE in sid is $etcd_version, not the pinned $ETCD_SERIES series; update ETCD_SERIES in scripts/crd-server-binaries.sh" ;;
 esac
 
 log "resolving the Go library closure of $APIEXT_PACKAGE $apiext_version"
