@@ -183,16 +183,22 @@ mod tests {
         for user in 0..4 {
             cache.insert(format!("good-{user}"), Some(user), start);
         }
-        // Ten thousand distinct refused keys, as from a flood of random tokens.
+        // Ten thousand distinct refused keys, one a microsecond, as from a flood of random
+        // tokens.
         for n in 0..10_000 {
-            cache.insert(format!("bad-{n}"), None, start);
+            cache.insert(format!("bad-{n}"), None, start + Duration::from_micros(n));
         }
+        let now = start + Duration::from_millis(10);
         assert_eq!(cache.sizes(), (4, 4));
         for user in 0..4 {
-            assert_eq!(cache.get(&format!("good-{user}"), start), Some(Some(user)));
+            assert_eq!(cache.get(&format!("good-{user}"), now), Some(Some(user)));
         }
-        assert_eq!(cache.get(&"bad-9999".to_string(), start), Some(None));
-        assert_eq!(cache.get(&"bad-0".to_string(), start), None);
+        assert_eq!(cache.get(&"bad-9999".to_string(), now), Some(None));
+        assert_eq!(
+            cache.get(&"bad-0".to_string(), now),
+            None,
+            "the oldest went first"
+        );
     }
 
     #[test]
