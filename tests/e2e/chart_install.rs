@@ -1,0 +1,253 @@
+//! The chart against the real control plane: `helm install`, `helm upgrade` (a values change),
+//! `helm rollback` and `helm uninstall`, and the objects each leaves. The image does not run
+//! here (the node simulator only marks pods Running); `chart_rights` runs the processes.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
+use kube::{Client, ResourceExt};
+
+use crate::helm::{Run, chart_dir, helm_async};
+use crate::support::{client, kubeconfig, wait_gone};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A release of the chart in a namespace of its own, with a session namespace of its own.
+pub struct Release {
+    pub name: String,
+    /// `<release>-streamspace-controller`, the prefix of every object.
+    pub fullname: String,
+    pub namespace: String,
+    pub sessions: String,
+}
+
+impl Release {
+    /// Names no other test (or test process) uses.
+    pub fn unique(prefix: &str, sessions: Option<String>) -> Release {
+        let id = format!(
+            "{}-{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let name = format!("{prefix}-{id}");
+        Release {
+            fullname: format!("{name}-streamspace-controller"),
+            namespace: format!("{name}-system"),
+            sessions: sessions.unwrap_or_else(|| format!("{name}-sessions")),
+            name,
+        }
+    }
+
+    /// Runs `helm <verb> <release> ...` against the test cluster.
+    pub async fn helm(&self, verb: &str, extra: &[String]) -> Run {
+        let mut args = vec![
+            verb.to_string(),
+            self.name.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
+        ];
+        args.extend(extra.iter().cloned());
+        helm_async(args, Some(kubeconfig())).await
+    }
+
+    /// `helm install` with the session namespace and `sets`; panics with helm's message.
+    pub async fn install(&self, sets: &[String]) -> Run {
+        let mut extra = vec![
+            chart_dir().to_string_lossy().into_owned(),
+            "--create-namespace".into(),
+            "--set".into(),
+            format!("sessions.namespace={}", self.sessions),
+        ];
+        extra.extend(sets.iter().cloned());
+        let run = self.helm("install", &extra).await;
+        assert!(run.ok, "helm install: {}{}", run.stdout, run.stderr);
+        run
+    }
+
+    pub fn controller(&self) -> String {
+        format!("{}-controller", self.fullname)
+    }
+
+    pub fn api(&self) -> String {
+        format!("{}-api", self.fullname)
+    }
+
+    /// Uninstalls and deletes the namespaces (without waiting).
+    pub async fn cleanup(&self, client: &Client) {
+        let _ = self.helm("uninstall", &[]).await;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for namespace in [&self.namespace, &self.sessions] {
+            let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+        }
+    }
+}
+
+async fn replicas(client: &Client, release: &Release, name: &str) -> Option<i32> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.namespace);
+    deployments
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("deployment {name}: {e}"))
+        .spec
+        .and_then(|s| s.replicas)
+}
+
+async fn failure_policy(client: &Client, release: &Release) -> Option<String> {
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    configs
+        .get(&release.fullname)
+        .await
+        .expect("validating webhook configuration")
+        .webhooks
+        .unwrap_or_default()
+        .first()
+        .and_then(|w| w.failure_policy.clone())
+}
+
+async fn token(client: &Client, release: &Release) -> Vec<u8> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+    let name = format!("{}-connection-token", release.fullname);
+    let secret = secrets.get(&name).await.expect("connection token Secret");
+    secret
+        .data
+        .and_then(|d| d.get("token").map(|t| t.0.clone()))
+        .expect("token")
+}
+
+fn revision(status: &Run) -> serde_json::Value {
+    let parsed: serde_json::Value = serde_json::from_str(&status.stdout)
+        .unwrap_or_else(|e| panic!("helm status JSON: {e}: {}", status.stdout));
+    parsed["version"].clone()
+}
+
+/// Every object a default installation is expected to leave, by kind and name.
+async fn assert_installed(client: &Client, release: &Release) {
+    let ns = &release.namespace;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    for name in [release.controller(), release.api()] {
+        let deployment = deployments.get(&name).await.expect("deployment");
+        let pod = deployment.spec.expect("spec").template.spec.expect("pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for name in [release.controller(), release.api()] {
+        accounts.get(&name).await.expect("service account");
+        services.get(&name).await.expect("service");
+    }
+    for suffix in ["webhook", "hooks"] {
+        services
+            .get(&format!("{}-{suffix}", release.fullname))
+            .await
+            .expect("service");
+    }
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    for name in [
+        release.controller(),
+        release.api(),
+        format!("{}-admin", release.fullname),
+    ] {
+        cluster_roles.get(&name).await.expect("cluster role");
+    }
+    let session_roles: Api<Role> = Api::namespaced(client.clone(), &release.sessions);
+    for name in [release.controller(), release.api()] {
+        session_roles.get(&name).await.expect("session namespace role");
+    }
+    let own_roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    own_roles
+        .get(&format!("{}-self", release.controller()))
+        .await
+        .expect("release namespace role");
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = mutating.get(&release.fullname).await.expect("mutating");
+    let selector = config.webhooks.unwrap_or_default()[0]
+        .namespace_selector
+        .clone()
+        .expect("namespace selector");
+    // The test cluster is Kubernetes 1.20: no kubernetes.io/metadata.name label yet.
+    assert_eq!(
+        selector.match_labels.unwrap_or_default().get("stream.space/sessions"),
+        Some(&release.fullname)
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let sessions = namespaces.get(&release.sessions).await.expect("session namespace");
+    assert_eq!(
+        sessions.labels().get("stream.space/sessions"),
+        Some(&release.fullname)
+    );
+    // policy/v1 is not served by 1.20: the chart chose v1beta1 from the cluster's capabilities.
+    let budgets = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget"),
+        "poddisruptionbudgets",
+    );
+    let budgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &budgets);
+    for name in [release.controller(), release.api()] {
+        budgets.get(&name).await.expect("pod disruption budget");
+    }
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_rollback_and_uninstall() {
+    let client = client().await;
+    let release = Release::unique("chart-install", None);
+    let sets = vec!["--set".to_string(), "sessions.createNamespace=true".into()];
+    let install = release.install(&sets).await;
+    assert!(install.stdout.contains("Next steps"), "NOTES: {}", install.stdout);
+    assert_installed(&client, &release).await;
+    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(2));
+    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Fail"));
+    let first_token = token(&client, &release).await;
+
+    let upgrade = release
+        .helm(
+            "upgrade",
+            &[
+                chart_dir().to_string_lossy().into_owned(),
+                "--reuse-values".into(),
+                "--set".into(),
+                "controller.replicas=3".into(),
+                "--set".into(),
+                "webhook.failurePolicy=Ignore".into(),
+            ],
+        )
+        .await;
+    assert!(upgrade.ok, "helm upgrade: {}{}", upgrade.stdout, upgrade.stderr);
+    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(3));
+    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Ignore"));
+    // The generated connection token survives upgrades (looked up, not re-generated).
+    assert_eq!(token(&client, &release).await, first_token);
+    let status = release.helm("status", &["--output".into(), "json".into()]).await;
+    assert_eq!(revision(&status), 2);
+
+    let rollback = release.helm("rollback", &["1".into()]).await;
+    assert!(rollback.ok, "helm rollback: {}{}", rollback.stdout, rollback.stderr);
+    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(2));
+    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Fail"));
+    assert_eq!(token(&client, &release).await, first_token);
+    let status = release.helm("status", &["--output".into(), "json".into()]).await;
+    assert_eq!(revision(&status), 3);
+    assert_installed(&client, &release).await;
+
+    let uninstall = release.helm("uninstall", &["--wait".into()]).await;
+    assert!(uninstall.ok, "helm uninstall: {}{}", uninstall.stdout, uninstall.stderr);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.namespace);
+    wait_gone(&deployments, &release.controller(), "controller deployment gone").await;
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    wait_gone(&cluster_roles, &release.controller(), "cluster role gone").await;
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    wait_gone(&validating, &release.fullname, "webhook configuration gone").await;
+    // The session namespace (home claims) stays, and so do the CRDs.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let kept = namespaces.get(&release.sessions).await.expect("session namespace kept");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.get("sessions.stream.space").await.expect("CRD kept");
+    release.cleanup(&client).await;
+}
