@@ -16,10 +16,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-pub const USER_ROLES_YAML: &str =
-    include_str!("../dev/rbac/user-roles.yaml");
-pub const DEV_BINDINGS_YAML: &str =
-    include_str!("../dev/rbac/dev-bindings.yaml");
+pub const USER_ROLES_YAML: &str = include_str!("../dev/rbac/user-roles.yaml");
+pub const DEV_BINDINGS_YAML: &str = include_str!("../dev/rbac/dev-bindings.yaml");
 pub const API_YAML: &str = include_str!("../dev/rbac/api.yaml");
 
 /// Name of the API's ClusterRole in `api.yaml`.

@@ -6,9 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helm::{
-    chart_dir, container_args, documents, find, helm, set_args, template, tools,
-};
+use crate::helm::{chart_dir, container_args, documents, find, helm, set_args, template, tools};
 
 const RELEASE: &str = "ss";
 const NAMESPACE: &str = "streamspace";
@@ -24,7 +22,11 @@ struct Case {
 }
 
 fn controller(documents: &[Value]) -> &Value {
-    find(documents, "Deployment", "ss-streamspace-controller-controller")
+    find(
+        documents,
+        "Deployment",
+        "ss-streamspace-controller-controller",
+    )
 }
 
 fn api(documents: &[Value]) -> &Value {
@@ -63,7 +65,8 @@ fn cases() -> Vec<Case> {
             name: "cert-manager",
             sets: &[("certificates.mode", "certManager")],
             check: |docs| {
-                let certificate = find(docs, "Certificate", "ss-streamspace-controller-webhook-tls");
+                let certificate =
+                    find(docs, "Certificate", "ss-streamspace-controller-webhook-tls");
                 assert_eq!(
                     certificate["spec"]["dnsNames"][0],
                     "ss-streamspace-controller-webhook.streamspace.svc"
@@ -85,16 +88,22 @@ fn cases() -> Vec<Case> {
                 let text = serde_json::to_string(docs).expect("json");
                 assert!(!text.contains("validatingwebhookconfigurations"));
                 let self_role = find(docs, "Role", "ss-streamspace-controller-controller-self");
-                assert!(!serde_json::to_string(self_role)
-                    .expect("json")
-                    .contains("secrets"));
+                assert!(
+                    !serde_json::to_string(self_role)
+                        .expect("json")
+                        .contains("secrets")
+                );
             },
         },
         Case {
             name: "network-policy",
             sets: &[("networkPolicy.enabled", "true")],
             check: |docs| {
-                let policy = find(docs, "NetworkPolicy", "ss-streamspace-controller-controller");
+                let policy = find(
+                    docs,
+                    "NetworkPolicy",
+                    "ss-streamspace-controller-controller",
+                );
                 let ports: Vec<&Value> = policy["spec"]["ingress"]
                     .as_array()
                     .expect("ingress")
@@ -157,7 +166,10 @@ fn cases() -> Vec<Case> {
                     .filter(|r| r["resources"][0] == "secrets")
                     .collect();
                 assert_eq!(secrets.len(), 1);
-                assert_eq!(secrets[0]["resourceNames"], serde_json::json!(["git-credentials"]));
+                assert_eq!(
+                    secrets[0]["resourceNames"],
+                    serde_json::json!(["git-credentials"])
+                );
                 assert_eq!(secrets[0]["verbs"], serde_json::json!(["get"]));
                 assert!(
                     container_args(controller(docs))
@@ -206,7 +218,11 @@ fn chart_lints_renders_and_validates_for_every_option() {
         let mut lint = vec!["lint", chart, "--strict", "--namespace", NAMESPACE];
         lint.extend(sets.iter().map(String::as_str));
         let run = helm(&lint, None);
-        assert!(run.ok, "{}: helm lint: {}{}", case.name, run.stdout, run.stderr);
+        assert!(
+            run.ok,
+            "{}: helm lint: {}{}",
+            case.name, run.stdout, run.stderr
+        );
         let rendered = template(RELEASE, NAMESPACE, &sets);
         validate(&rendered, case.name);
         (case.check)(&documents(&rendered));
@@ -215,7 +231,11 @@ fn chart_lints_renders_and_validates_for_every_option() {
 
 #[test]
 fn kubernetes_1_20_gets_v1beta1_budgets_and_a_label_selector() {
-    let rendered = template(RELEASE, NAMESPACE, &["--kube-version".into(), "1.20.0".into()]);
+    let rendered = template(
+        RELEASE,
+        NAMESPACE,
+        &["--kube-version".into(), "1.20.0".into()],
+    );
     let docs = documents(&rendered);
     let pdbs: Vec<&Value> = docs
         .iter()
@@ -223,13 +243,21 @@ fn kubernetes_1_20_gets_v1beta1_budgets_and_a_label_selector() {
         .collect();
     assert_eq!(pdbs.len(), 2);
     assert!(pdbs.iter().all(|p| p["apiVersion"] == "policy/v1beta1"));
-    let config = find(&docs, "ValidatingWebhookConfiguration", "ss-streamspace-controller");
+    let config = find(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "ss-streamspace-controller",
+    );
     assert_eq!(
         config["webhooks"][0]["namespaceSelector"],
         serde_json::json!({"matchLabels": {"stream.space/sessions": "ss-streamspace-controller"}})
     );
     let modern = documents(&template(RELEASE, NAMESPACE, &[]));
-    let config = find(&modern, "ValidatingWebhookConfiguration", "ss-streamspace-controller");
+    let config = find(
+        &modern,
+        "ValidatingWebhookConfiguration",
+        "ss-streamspace-controller",
+    );
     assert_eq!(
         config["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
         serde_json::json!([NAMESPACE])
@@ -241,10 +269,16 @@ fn bad_values_fail_with_the_schema_message() {
     let chart = chart_dir();
     let chart = chart.to_str().expect("utf-8 path");
     let cases: [(&[&str], &str); 5] = [
-        (&["--set", "controller.replicas=two"], "/controller/replicas"),
+        (
+            &["--set", "controller.replicas=two"],
+            "/controller/replicas",
+        ),
         (&["--set-string", "api.replicas=2"], "/api/replicas"),
         (&["--set", "certificates.mode=vault"], "/certificates/mode"),
-        (&["--set", "webhook.failurePolicy=Never"], "/webhook/failurePolicy"),
+        (
+            &["--set", "webhook.failurePolicy=Never"],
+            "/webhook/failurePolicy",
+        ),
         (&["--set", "controller.replicaz=2"], "replicaz"),
     ];
     for (sets, path) in cases {
@@ -253,20 +287,31 @@ fn bad_values_fail_with_the_schema_message() {
         let run = helm(&args, None);
         assert!(!run.ok, "{sets:?} was accepted");
         assert!(
-            run.stderr.contains("values don't meet the specifications of the schema")
+            run.stderr
+                .contains("values don't meet the specifications of the schema")
                 && run.stderr.contains(path),
             "{sets:?}: unclear message: {}",
             run.stderr
         );
     }
-    let run = helm(&["template", "bad", chart, "--set", "controller.replicas=two"], None);
-    assert!(run.stderr.contains("got string, want integer"), "{}", run.stderr);
+    let run = helm(
+        &["template", "bad", chart, "--set", "controller.replicas=two"],
+        None,
+    );
+    assert!(
+        run.stderr.contains("got string, want integer"),
+        "{}",
+        run.stderr
+    );
 }
 
 fn security_context_is_hardened(deployment: &Value) {
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let container = &pod["containers"][0];
     let context = &container["securityContext"];
     assert_eq!(context["runAsUser"], 65532);
@@ -280,7 +325,11 @@ fn security_context_is_hardened(deployment: &Value) {
     assert!(container["resources"]["limits"]["memory"].is_string());
     let spread = pod["topologySpreadConstraints"].as_array().expect("spread");
     assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname");
-    assert!(pod["volumes"].as_array().is_some_and(|v| v.iter().all(|v| v["emptyDir"].is_object())));
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|v| v["emptyDir"].is_object()))
+    );
 }
 
 #[test]
@@ -303,29 +352,55 @@ fn default_deployments_are_hardened_and_follow_the_flag_contract() {
         "--validating-webhook-config=ss-streamspace-controller",
         "--webhook-secret=ss-streamspace-controller-webhook-tls",
     ] {
-        assert!(args.contains(&expected.to_string()), "{expected} not in {args:?}");
+        assert!(
+            args.contains(&expected.to_string()),
+            "{expected} not in {args:?}"
+        );
     }
     let mounts = &controller(&docs)["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
-    assert!(mounts.as_array().expect("mounts").iter().any(|m| m["mountPath"] == "/var/cache/streamspace/git"));
+    assert!(
+        mounts
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["mountPath"] == "/var/cache/streamspace/git")
+    );
     let env = &controller(&docs)["spec"]["template"]["spec"]["containers"][0]["env"][0];
     assert_eq!(env["name"], "POD_NAMESPACE");
-    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(
+        env["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
     let api_args = container_args(api(&docs));
     assert!(api_args.contains(&"--http-addr=0.0.0.0:8000".to_string()));
     assert!(api_args.contains(&"--auth=kubernetes".to_string()));
     // Each audience gets its own Service and port.
     let port = |service: &str| find(&docs, "Service", service)["spec"]["ports"][0].clone();
     let webhook = port("ss-streamspace-controller-webhook");
-    assert_eq!((webhook["port"].clone(), webhook["targetPort"].clone()), (443.into(), "webhook".into()));
+    assert_eq!(
+        (webhook["port"].clone(), webhook["targetPort"].clone()),
+        (443.into(), "webhook".into())
+    );
     assert_eq!(port("ss-streamspace-controller-hooks")["port"], 8081);
     assert_eq!(port("ss-streamspace-controller-controller")["port"], 8080);
     assert_eq!(port("ss-streamspace-controller-api")["port"], 80);
-    let webhook_config = find(&docs, "ValidatingWebhookConfiguration", "ss-streamspace-controller");
+    let webhook_config = find(
+        &docs,
+        "ValidatingWebhookConfiguration",
+        "ss-streamspace-controller",
+    );
     let hook = &webhook_config["webhooks"][0];
     assert_eq!(hook["clientConfig"]["service"]["path"], "/validate-session");
     assert_eq!(hook["failurePolicy"], "Fail");
-    let mutating = find(&docs, "MutatingWebhookConfiguration", "ss-streamspace-controller");
-    assert_eq!(mutating["webhooks"][0]["clientConfig"]["service"]["path"], "/mutate-session");
+    let mutating = find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "ss-streamspace-controller",
+    );
+    assert_eq!(
+        mutating["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/mutate-session"
+    );
 }
 
 /// Every rule of every Role and ClusterRole in the rendering.
@@ -334,7 +409,10 @@ fn rules(docs: &[Value]) -> Vec<(String, String, Value)> {
         .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
         .flat_map(|d| {
             let kind = d["kind"].as_str().unwrap_or_default().to_string();
-            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             d["rules"]
                 .as_array()
                 .cloned()
@@ -348,40 +426,71 @@ fn rules(docs: &[Value]) -> Vec<(String, String, Value)> {
 fn strings(value: &Value) -> Vec<String> {
     value
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 #[test]
 fn rbac_has_no_wildcards_and_keeps_namespaced_work_in_roles() {
-    let sets = set_args(&[("sessions.namespace", "sessions"), ("gitops.secretNames[0]", "git")]);
+    let sets = set_args(&[
+        ("sessions.namespace", "sessions"),
+        ("gitops.secretNames[0]", "git"),
+    ]);
     let docs = documents(&template(RELEASE, NAMESPACE, &sets));
-    let namespaced_writes = ["deployments", "services", "ingresses", "persistentvolumeclaims"];
+    let namespaced_writes = [
+        "deployments",
+        "services",
+        "ingresses",
+        "persistentvolumeclaims",
+    ];
     for (kind, name, rule) in rules(&docs) {
         for field in ["apiGroups", "resources", "verbs"] {
-            assert!(!strings(&rule[field]).iter().any(|s| s.contains('*')), "{kind} {name}: {rule}");
+            assert!(
+                !strings(&rule[field]).iter().any(|s| s.contains('*')),
+                "{kind} {name}: {rule}"
+            );
         }
         let resources = strings(&rule["resources"]);
         let verbs = strings(&rule["verbs"]);
-        let writes = verbs.iter().any(|v| v != "get" && v != "list" && v != "watch");
+        let writes = verbs
+            .iter()
+            .any(|v| v != "get" && v != "list" && v != "watch");
         let user_role = name.ends_with("-operator") || name.ends_with("-admin");
         if kind == "ClusterRole" && !user_role {
             // The components' cluster-wide rights never write session objects or read Secrets
             // (the user roles are for people, bound by the operator).
             assert!(
-                !(writes && resources.iter().any(|r| namespaced_writes.contains(&r.as_str()) || r == "sessions")),
+                !(writes
+                    && resources
+                        .iter()
+                        .any(|r| namespaced_writes.contains(&r.as_str()) || r == "sessions")),
                 "{name} writes namespaced objects cluster-wide: {rule}"
             );
             assert!(!resources.iter().any(|r| r == "secrets"), "{name}: {rule}");
         }
         if resources.iter().any(|r| r == "secrets") {
             // Secrets: create (the webhook certificate) or named ones only.
-            let named = rule["resourceNames"].as_array().is_some_and(|n| !n.is_empty());
-            assert!(named || verbs == ["create"], "{name}: unrestricted Secret access {rule}");
-            assert!(!verbs.iter().any(|v| v == "list" || v == "watch"), "{name}: {rule}");
+            let named = rule["resourceNames"]
+                .as_array()
+                .is_some_and(|n| !n.is_empty());
+            assert!(
+                named || verbs == ["create"],
+                "{name}: unrestricted Secret access {rule}"
+            );
+            assert!(
+                !verbs.iter().any(|v| v == "list" || v == "watch"),
+                "{name}: {rule}"
+            );
         }
         if resources.iter().any(|r| r == "persistentvolumeclaims") {
-            assert!(!verbs.iter().any(|v| v == "delete"), "home claims are never deleted: {rule}");
+            assert!(
+                !verbs.iter().any(|v| v == "delete"),
+                "home claims are never deleted: {rule}"
+            );
         }
     }
     let api_role = find(&docs, "Role", "ss-streamspace-controller-api");
@@ -424,6 +533,9 @@ fn chart_metadata_and_image_follow_the_contract() {
     let image = controller(&docs)["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(
         image,
-        format!("ghcr.io/streamspace/streamspace-controller:{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "ghcr.io/streamspace/streamspace-controller:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }

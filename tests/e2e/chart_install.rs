@@ -10,6 +10,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
 use kube::{Client, ResourceExt};
 
@@ -54,6 +55,22 @@ impl Release {
         ];
         args.extend(extra.iter().cloned());
         helm_async(args, Some(kubeconfig())).await
+    }
+
+    /// `helm get manifest`: what the release applied.
+    pub async fn manifest(&self) -> String {
+        let args = [
+            "get",
+            "manifest",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+        ]
+        .map(String::from)
+        .to_vec();
+        let run = helm_async(args, Some(kubeconfig())).await;
+        assert!(run.ok, "helm get manifest: {}", run.stderr);
+        run.stdout
     }
 
     /// `helm install` with the session namespace and `sets`; panics with helm's message.
@@ -132,7 +149,12 @@ async fn assert_installed(client: &Client, release: &Release) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     for name in [release.controller(), release.api()] {
         let deployment = deployments.get(&name).await.expect("deployment");
-        let pod = deployment.spec.expect("spec").template.spec.expect("pod spec");
+        let pod = deployment
+            .spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod spec");
         assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
     }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
@@ -157,7 +179,10 @@ async fn assert_installed(client: &Client, release: &Release) {
     }
     let session_roles: Api<Role> = Api::namespaced(client.clone(), &release.sessions);
     for name in [release.controller(), release.api()] {
-        session_roles.get(&name).await.expect("session namespace role");
+        session_roles
+            .get(&name)
+            .await
+            .expect("session namespace role");
     }
     let own_roles: Api<Role> = Api::namespaced(client.clone(), ns);
     own_roles
@@ -172,11 +197,17 @@ async fn assert_installed(client: &Client, release: &Release) {
         .expect("namespace selector");
     // The test cluster is Kubernetes 1.20: no kubernetes.io/metadata.name label yet.
     assert_eq!(
-        selector.match_labels.unwrap_or_default().get("stream.space/sessions"),
+        selector
+            .match_labels
+            .unwrap_or_default()
+            .get("stream.space/sessions"),
         Some(&release.fullname)
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let sessions = namespaces.get(&release.sessions).await.expect("session namespace");
+    let sessions = namespaces
+        .get(&release.sessions)
+        .await
+        .expect("session namespace");
     assert_eq!(
         sessions.labels().get("stream.space/sessions"),
         Some(&release.fullname)
@@ -192,62 +223,88 @@ async fn assert_installed(client: &Client, release: &Release) {
     }
 }
 
+/// What a revision of the release must have left: (controller replicas, quota webhook
+/// failurePolicy, helm revision), and the connection token unchanged.
+async fn assert_revision(
+    client: &Client,
+    release: &Release,
+    expected: (i32, &str, i64),
+    token_was: &[u8],
+) {
+    let (controller_replicas, policy, number) = expected;
+    assert_eq!(
+        replicas(client, release, &release.controller()).await,
+        Some(controller_replicas)
+    );
+    assert_eq!(
+        failure_policy(client, release).await.as_deref(),
+        Some(policy)
+    );
+    // The generated connection token survives upgrades (looked up, not re-generated).
+    assert_eq!(token(client, release).await, token_was);
+    let status = release
+        .helm("status", &["--output".into(), "json".into()])
+        .await;
+    assert_eq!(revision(&status), number);
+}
+
+fn succeeded(run: &Run, what: &str) {
+    assert!(run.ok, "helm {what}: {}{}", run.stdout, run.stderr);
+}
+
 #[tokio::test]
 async fn helm_install_upgrade_rollback_and_uninstall() {
     let client = client().await;
     let release = Release::unique("chart-install", None);
     let sets = vec!["--set".to_string(), "sessions.createNamespace=true".into()];
     let install = release.install(&sets).await;
-    assert!(install.stdout.contains("Next steps"), "NOTES: {}", install.stdout);
+    assert!(
+        install.stdout.contains("Next steps"),
+        "NOTES: {}",
+        install.stdout
+    );
     assert_installed(&client, &release).await;
-    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(2));
-    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Fail"));
     let first_token = token(&client, &release).await;
+    assert_revision(&client, &release, (2, "Fail", 1), &first_token).await;
 
-    let upgrade = release
-        .helm(
-            "upgrade",
-            &[
-                chart_dir().to_string_lossy().into_owned(),
-                "--reuse-values".into(),
-                "--set".into(),
-                "controller.replicas=3".into(),
-                "--set".into(),
-                "webhook.failurePolicy=Ignore".into(),
-            ],
-        )
-        .await;
-    assert!(upgrade.ok, "helm upgrade: {}{}", upgrade.stdout, upgrade.stderr);
-    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(3));
-    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Ignore"));
-    // The generated connection token survives upgrades (looked up, not re-generated).
-    assert_eq!(token(&client, &release).await, first_token);
-    let status = release.helm("status", &["--output".into(), "json".into()]).await;
-    assert_eq!(revision(&status), 2);
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let changes = ["controller.replicas=3", "webhook.failurePolicy=Ignore"];
+    let mut upgrade = vec![chart, "--reuse-values".into()];
+    upgrade.extend(
+        changes
+            .iter()
+            .flat_map(|c| ["--set".to_string(), c.to_string()]),
+    );
+    succeeded(&release.helm("upgrade", &upgrade).await, "upgrade");
+    assert_revision(&client, &release, (3, "Ignore", 2), &first_token).await;
 
-    let rollback = release.helm("rollback", &["1".into()]).await;
-    assert!(rollback.ok, "helm rollback: {}{}", rollback.stdout, rollback.stderr);
-    assert_eq!(replicas(&client, &release, &release.controller()).await, Some(2));
-    assert_eq!(failure_policy(&client, &release).await.as_deref(), Some("Fail"));
-    assert_eq!(token(&client, &release).await, first_token);
-    let status = release.helm("status", &["--output".into(), "json".into()]).await;
-    assert_eq!(revision(&status), 3);
+    succeeded(&release.helm("rollback", &["1".into()]).await, "rollback");
+    assert_revision(&client, &release, (2, "Fail", 3), &first_token).await;
     assert_installed(&client, &release).await;
 
-    let uninstall = release.helm("uninstall", &["--wait".into()]).await;
-    assert!(uninstall.ok, "helm uninstall: {}{}", uninstall.stdout, uninstall.stderr);
+    succeeded(
+        &release.helm("uninstall", &["--wait".into()]).await,
+        "uninstall",
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.namespace);
-    wait_gone(&deployments, &release.controller(), "controller deployment gone").await;
+    wait_gone(
+        &deployments,
+        &release.controller(),
+        "controller deployment gone",
+    )
+    .await;
     let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
     wait_gone(&cluster_roles, &release.controller(), "cluster role gone").await;
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     wait_gone(&validating, &release.fullname, "webhook configuration gone").await;
     // The session namespace (home claims) stays, and so do the CRDs.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let kept = namespaces.get(&release.sessions).await.expect("session namespace kept");
+    let kept = namespaces
+        .get(&release.sessions)
+        .await
+        .expect("session namespace kept");
     assert!(kept.metadata.deletion_timestamp.is_none());
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.get("sessions.stream.space").await.expect("CRD kept");
     release.cleanup(&client).await;
 }

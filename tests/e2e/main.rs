@@ -6,6 +6,7 @@ mod api_nodes;
 mod api_sessions;
 mod chart;
 mod chart_install;
+mod chart_rights;
 mod flags;
 mod gitops;
 mod helm;
