@@ -539,3 +539,50 @@ fn chart_metadata_and_image_follow_the_contract() {
         )
     );
 }
+
+/// Dotted keys of the leaf values of `values.yaml`, each with whether a `# --` comment
+/// describes it (the file's convention: two-space indentation, one value per line).
+fn documented_values(text: &str) -> Vec<(String, bool)> {
+    let mut path: Vec<String> = Vec::new();
+    let mut described = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() {
+            described = false;
+            continue;
+        }
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            described |= comment.trim_start().starts_with("-- ");
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        path.truncate((line.len() - trimmed.len()) / 2);
+        path.push(key.to_string());
+        if !value.trim().is_empty() {
+            out.push((path.join("."), described));
+        }
+        described = false;
+    }
+    out
+}
+
+#[test]
+fn every_value_is_commented_and_in_the_deployment_guide() {
+    let values = std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml");
+    let guide = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DEPLOYMENT_GUIDE.md"),
+    )
+    .expect("deployment guide");
+    let values = documented_values(&values);
+    assert!(values.len() > 50, "{values:?}");
+    for (key, described) in values {
+        assert!(described, "values.yaml: {key} has no `# --` comment");
+        assert!(
+            guide.contains(&format!("| `{key}` |")),
+            "docs/DEPLOYMENT_GUIDE.md: {key} is missing from the values table"
+        );
+    }
+}
