@@ -225,6 +225,8 @@ impl World {
             format!("flags.namePrefix={ns}-"),
             "sessions.ingress.domain=test.local".into(),
             "logJson=false".into(),
+            // The test's repositories are file:// URLs.
+            "gitops.allowInsecureTransports=true".into(),
         ]
         .into_iter()
         .flat_map(|s| ["--set".to_string(), s])
