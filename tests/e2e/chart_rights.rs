@@ -389,12 +389,12 @@ async fn session_lifecycle(world: &World) {
     );
     let path = format!("/api/v1/sessions/{name}");
     for (state, phase) in [("hibernated", "Hibernated"), ("running", "Running")] {
-        let (code, reply) = call_json(
-            world.api_http,
-            "PATCH",
-            &path,
-            Some(&alice),
-            &json!({"state": state}),
+        let body = json!({"state": state});
+        // A 409 asks the client to retry (the session changed under the API); a client does.
+        let (code, reply) = wait_for(
+            &format!("the API to accept {state}"),
+            || call_json(world.api_http, "PATCH", &path, Some(&alice), &body),
+            |(code, _)| *code != 409,
         )
         .await;
         assert_eq!(code, 202, "{state}: {reply}");
