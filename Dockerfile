@@ -20,7 +20,8 @@ COPY benches ./benches
 COPY examples ./examples
 COPY manifests-schema ./manifests-schema
 COPY dev/rbac ./dev/rbac
-COPY scripts/control-plane-binaries.sh ./scripts/control-plane-binaries.sh
+# Scripts the binary embeds (the local control plane of `dev`).
+COPY scripts ./scripts
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin streamspace-controller \

@@ -586,3 +586,53 @@ fn every_value_is_commented_and_in_the_deployment_guide() {
         );
     }
 }
+
+/// Top-level directories of the files the sources embed (`include_str!`/`include_bytes!`).
+fn embedded_directories(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(dir).expect("source directory").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            embedded_directories(&path, out);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for part in text.split(macro_name).skip(1) {
+                let relative = part.split('"').next().unwrap_or_default();
+                let parent = path.parent().expect("parent");
+                let target = parent.join(relative);
+                let target = std::fs::canonicalize(&target)
+                    .unwrap_or_else(|e| panic!("{}: {relative}: {e}", path.display()));
+                let inside = target.strip_prefix(root).expect("inside the crate");
+                if let Some(first) = inside.components().next() {
+                    out.insert(first.as_os_str().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_image_build_context_holds_every_embedded_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut directories = std::collections::BTreeSet::new();
+    embedded_directories(&root.join("src"), &mut directories);
+    assert!(directories.contains("scripts"), "{directories:?}");
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    for directory in directories {
+        assert!(
+            dockerfile.contains(&format!("COPY {directory}")),
+            "Dockerfile does not copy {directory}/, which the sources embed"
+        );
+        assert!(
+            !ignore
+                .lines()
+                .any(|l| l.trim_end_matches(['/', '*']) == directory),
+            ".dockerignore leaves out {directory}/, which the sources embed"
+        );
+    }
+}
