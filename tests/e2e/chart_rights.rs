@@ -297,7 +297,7 @@ impl World {
             Process::spawn(&controller_args, &env_vars("controller"), log("controller"));
         let mut api = Process::spawn(&api_args, &env_vars("api"), log("api"));
         wait_http_ok(&mut controller, "controller", controller_http, "/readyz").await;
-        wait_http_ok(&mut api, "api", api_http, "/healthz").await;
+        wait_http_ok(&mut api, "api", api_http, "/readyz").await;
         let client_of = |path: PathBuf| async move {
             streamspace_controller::dev::client_from(Some(&path))
                 .await
