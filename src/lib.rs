@@ -25,3 +25,4 @@ pub mod rbac;
 pub mod session;
 pub mod telemetry;
 pub mod template;
+pub mod version;
