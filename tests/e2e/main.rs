@@ -4,6 +4,7 @@ mod admission;
 mod api_auth;
 mod api_nodes;
 mod api_sessions;
+mod dev;
 mod flags;
 mod gitops;
 mod http_client;

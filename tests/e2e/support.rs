@@ -38,7 +38,7 @@ static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// Starts (once per process) the control plane and the simulator on a runtime of their own,
 /// which lives as long as the test process.
-fn kubeconfig() -> PathBuf {
+pub fn kubeconfig() -> PathBuf {
     let result = KUBECONFIG.get_or_init(|| {
         if let Some(path) = std::env::var_os("STREAMSPACE_TEST_KUBECONFIG") {
             return Ok(PathBuf::from(path));
