@@ -58,6 +58,10 @@ env -u CARGO_TARGET_DIR cargo tarpaulin \
   --output-dir "$REPORT_DIR" \
   -- --test-threads="${TEST_THREADS:-4}" "${test_args[@]}" || status=$?
 
+if [ "$status" -ne 0 ]; then
+  echo "coverage: tests failed; tarpaulin leaves out the coverage of a test binary that fails," >&2
+  echo "coverage: so the figures below undercount (rerun, or skip a flaky test after --)" >&2
+fi
 [ -s "$REPORT_DIR/lcov.info" ] || { echo "coverage: no $REPORT_DIR/lcov.info written" >&2; exit 1; }
 
 # Per file and per module figures from the lcov data: a line counts once, covered when any
