@@ -95,6 +95,8 @@ struct ApiArgs {
     /// example to match one controller's --node-operation-selector.
     #[arg(long, env = "NODE_OPERATION_LABELS", value_delimiter = ',')]
     node_operation_labels: Vec<String>,
+    #[command(flatten)]
+    exposure: api::settings::ExposureArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,21 +190,35 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             eviction_config: Some(kube_config),
             ..api::nodes::NodeSettings::default()
         },
+        streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(
             api::auth::KubernetesAuth::new(client.clone(), config.namespace.clone())
+                .with_audience(args.exposure.token_audience.clone())
                 .with_metrics(metrics.clone()),
         ),
         AuthMode::Static => {
+            anyhow::ensure!(
+                args.exposure.token_audience.is_none(),
+                "--token-audience applies to --auth kubernetes only"
+            );
             let token = args.api_token.unwrap_or_default();
             anyhow::ensure!(!token.is_empty(), "--api-token must not be empty");
             Arc::new(api::auth::StaticToken::new(token))
         }
     };
-    let service = api::build(client, config, auth, metrics)?;
+    let service = api::build(client, config, auth, metrics.clone())?;
     let background = tokio::spawn(service.background);
-    let result = http::serve(args.http_addr, service.router, shutdown_signal()).await;
+    let tls = args.exposure.tls();
+    let result = api::tls::serve(
+        args.http_addr,
+        service.router,
+        tls,
+        &metrics,
+        shutdown_signal(),
+    )
+    .await;
     background.abort();
     result.context("api server")
 }
