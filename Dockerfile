@@ -14,7 +14,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# Commit recorded in the binary (--version, build-info metric); the build context has no .git.
+ARG STREAMSPACE_COMMIT=unknown
+ENV STREAMSPACE_COMMIT=${STREAMSPACE_COMMIT}
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples

@@ -40,6 +40,7 @@ pub mod session;
 pub mod supervisor;
 pub mod telemetry;
 pub mod template;
+pub mod version;
 
 /// Field manager of every server-side apply the controller makes (its reconcilers' writes).
 pub const FIELD_MANAGER: &str = "streamspace-controller";

@@ -14,7 +14,7 @@ use streamspace_controller::supervisor::Supervisor;
 use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
 
 #[derive(Parser)]
-#[command(name = "streamspace-controller", version, about)]
+#[command(name = "streamspace-controller", version = streamspace_controller::version::LONG, about)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "LOG_JSON")]

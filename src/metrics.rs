@@ -591,8 +591,8 @@ impl ProcessMetrics {
         metrics
             .build_info
             .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-                commit: option_env!("STREAMSPACE_GIT_COMMIT").unwrap_or("unknown"),
+                version: crate::version::VERSION,
+                commit: crate::version::COMMIT,
             })
             .set(1);
         root.register(
