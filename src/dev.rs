@@ -160,6 +160,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .namespace
             .clone()
             .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
+        // The dev repository is a local directory: honour its GitSync and its file:// URL.
+        if let crate::gitops::trust::NamespacePolicy::Only(names) = &mut config.gitops.namespaces {
+            names.insert(namespace.clone());
+        }
+        config.gitops.allow_insecure_transports = true;
         sync_gitops_examples(&client, &repo, args.examples.as_deref(), &namespace).await?;
     }
 
@@ -436,6 +441,7 @@ mod tests {
             dir: cache.clone(),
             credentials: None,
             timeout: Duration::from_secs(30),
+            max_bytes: usize::MAX,
         })
         .await
         .expect("fetch");

@@ -64,6 +64,7 @@ pub fn controller_router(
     router(metrics.clone(), readiness, events)
         .merge(crate::gitops::webhook::router(
             client,
+            config.gitops.hooks.clone(),
             config.gitops.triggers.clone(),
             metrics,
         ))

@@ -79,7 +79,7 @@ impl Repo {
 static NODE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A node name (and selector value) no other test uses.
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!(
         "gs-{prefix}-{}-{}",
         std::process::id() % 100_000,
@@ -88,20 +88,25 @@ fn unique(prefix: &str) -> String {
 }
 
 /// Nodes a test created; deleted at the end of the test.
-struct TestNodes {
+pub(crate) struct TestNodes {
     api: Api<Node>,
     names: Vec<String>,
 }
 
 impl TestNodes {
-    fn new(env: &TestEnv) -> TestNodes {
+    pub(crate) fn new(env: &TestEnv) -> TestNodes {
         TestNodes {
             api: Api::all(env.client.clone()),
             names: Vec::new(),
         }
     }
 
-    async fn create(&mut self, name: &str, labels: serde_json::Value, taints: serde_json::Value) {
+    pub(crate) async fn create(
+        &mut self,
+        name: &str,
+        labels: serde_json::Value,
+        taints: serde_json::Value,
+    ) {
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
             "spec": {"taints": taints}
@@ -114,23 +119,23 @@ impl TestNodes {
         self.names.push(name.to_string());
     }
 
-    async fn get(&self, name: &str) -> Node {
+    pub(crate) async fn get(&self, name: &str) -> Node {
         self.api.get(name).await.expect("get node")
     }
 
-    async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         for name in &self.names {
             let _ = self.api.delete(name, &DeleteParams::default()).await;
         }
     }
 }
 
-fn labels(node: &Node) -> BTreeMap<String, String> {
+pub(crate) fn labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata.labels.clone().unwrap_or_default()
 }
 
 /// Taints as `key=value:Effect`, sorted.
-fn taints(node: &Node) -> Vec<String> {
+pub(crate) fn taints(node: &Node) -> Vec<String> {
     let mut out: Vec<String> = node
         .spec
         .as_ref()
@@ -150,7 +155,7 @@ fn taints(node: &Node) -> Vec<String> {
     out
 }
 
-fn node_config(
+pub(crate) fn node_config(
     name: &str,
     target: serde_json::Value,
     labels: serde_json::Value,
@@ -177,7 +182,7 @@ pub(crate) async fn create_gitsync(env: &TestEnv, name: &str, spec: serde_json::
     .await;
 }
 
-async fn sync_status(env: &TestEnv, name: &str) -> GitSyncStatus {
+pub(crate) async fn sync_status(env: &TestEnv, name: &str) -> GitSyncStatus {
     env.api::<GitSync>()
         .get(name)
         .await
@@ -201,7 +206,7 @@ pub(crate) async fn wait_applied(env: &TestEnv, name: &str, commit: &str) -> Git
     sync.status.unwrap_or_default()
 }
 
-fn ready(status: &GitSyncStatus) -> Option<(String, String)> {
+pub(crate) fn ready(status: &GitSyncStatus) -> Option<(String, String)> {
     status
         .conditions
         .iter()
@@ -209,7 +214,7 @@ fn ready(status: &GitSyncStatus) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-async fn wait_node(
+pub(crate) async fn wait_node(
     nodes: &TestNodes,
     name: &str,
     what: &str,
@@ -239,7 +244,9 @@ fn node_writes(env: &TestEnv) -> f64 {
 }
 
 /// Serves the controller's HTTP router with the webhook route on a free loopback port.
-async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+pub(crate) async fn serve_hooks(
+    env: &TestEnv,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -248,6 +255,7 @@ async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinH
     let router = streamspace_controller::http::router(metrics.clone(), Default::default(), None)
         .merge(streamspace_controller::gitops::webhook::router(
             env.client.clone(),
+            env.gitops.hooks.clone(),
             env.gitops.triggers.clone(),
             metrics,
         ));
@@ -257,7 +265,7 @@ async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinH
     (addr, server)
 }
 
-async fn webhook_secret(env: &TestEnv, secret: &str) {
+pub(crate) async fn webhook_secret(env: &TestEnv, secret: &str) {
     let _: Secret = env
         .create(json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
@@ -607,7 +615,7 @@ async fn gitops_manual_edit_of_a_managed_label_is_reverted_at_once() {
     env.cleanup().await;
 }
 
-fn sign(secret: &[u8], body: &[u8]) -> String {
+pub(crate) fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(body);
     mac.finalize()
@@ -618,7 +626,7 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// One HTTP/1.1 POST over a real socket; returns the status code.
-async fn post(
+pub(crate) async fn post(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, String)],
@@ -750,6 +758,7 @@ async fn gitops_signed_webhook_triggers_a_sync_and_a_bad_signature_does_not() {
         "webhook to applied took {took:?}"
     );
     eprintln!("webhook to labels applied: {took:?}");
+    // An unknown GitSync gets the same answer as a wrong signature.
     assert_eq!(
         post(
             addr,
@@ -758,7 +767,7 @@ async fn gitops_signed_webhook_triggers_a_sync_and_a_bad_signature_does_not() {
             body
         )
         .await,
-        404
+        401
     );
     server.abort();
     nodes.cleanup().await;
@@ -1034,7 +1043,7 @@ async fn gitops_unreachable_repository_is_reported_and_the_commit_in_force_still
 }
 
 /// A QuotaPolicy document (Default subject) with `maxSessions`.
-fn quota_policy(name: &str, max_sessions: i64) -> String {
+pub(crate) fn quota_policy(name: &str, max_sessions: i64) -> String {
     let document = json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
         "metadata": {"name": name},
@@ -1046,7 +1055,7 @@ fn quota_policy(name: &str, max_sessions: i64) -> String {
     )
 }
 
-fn max_sessions(policy: &QuotaPolicy) -> Option<i64> {
+pub(crate) fn max_sessions(policy: &QuotaPolicy) -> Option<i64> {
     serde_json::to_value(&policy.spec.limits)
         .ok()
         .and_then(|l| l.get("maxSessions").and_then(serde_json::Value::as_i64))

@@ -6,6 +6,8 @@ mod api_nodes;
 mod api_sessions;
 mod flags;
 mod gitops;
+mod gitops_limits;
+mod gitops_security;
 mod http_client;
 mod idle;
 mod nodeop;

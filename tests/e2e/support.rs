@@ -199,11 +199,19 @@ impl TestEnv {
             .create(&PostParams::default(), &body)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        // GitSyncs of this test's namespace are honoured; the tests' repositories are local.
+        let gitops = streamspace_controller::gitops::reconciler::GitopsSettings {
+            namespaces: streamspace_controller::gitops::trust::NamespacePolicy::Only(
+                [namespace.clone()].into(),
+            ),
+            allow_insecure_transports: true,
+            ..Default::default()
+        };
         TestEnv {
             client,
             namespace,
             controller: None,
-            gitops: Default::default(),
+            gitops,
         }
     }
 

@@ -1,0 +1,335 @@
+//! Reading a commit: which files hold documents, splitting them into YAML documents with their
+//! line numbers, and the whole load (documents -> overlay -> validation) under the commit
+//! [`Limits`] and a deadline.
+//!
+//! Every limit is checked before the work it bounds: file sizes before parsing, the YAML budget
+//! (aliases, depth, nodes) over each whole file before any document of it is built, documents
+//! as they are counted, overlay operations as they are applied.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::keys::KeyPolicy;
+use super::limits::{Limits, json_size};
+use super::manifest::{
+    API_VERSION, Desired, ManifestError, OVERLAYS_DIR, Origin, RawDocument, SourceFile,
+    parse_document,
+};
+use super::overlay;
+
+/// What a controller allows in a commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub limits: Limits,
+    pub keys: KeyPolicy,
+}
+
+/// Counts the documents and overlay operations of one load against the limits.
+pub(crate) struct Budget<'a> {
+    pub limits: &'a Limits,
+    pub deadline: Instant,
+    pub documents: usize,
+    pub operations: usize,
+}
+
+impl Budget<'_> {
+    pub fn check_deadline(&self) -> Result<(), ManifestError> {
+        if Instant::now() > self.deadline {
+            return Err(ManifestError::TooLarge {
+                origin: None,
+                reason: format!(
+                    "parsing and validating the commit took longer than {:?}",
+                    self.limits.parse_deadline
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Loads every document below `base` (a directory relative to the repository root, empty for
+/// the root), applies `overlay` and validates the result.
+pub fn load(
+    files: &[SourceFile],
+    base: &str,
+    overlay: Option<&str>,
+    rules: &Rules,
+) -> Result<Desired, Vec<ManifestError>> {
+    let base = base.trim_matches('/');
+    let prefix = if base.is_empty() {
+        String::new()
+    } else {
+        format!("{base}/")
+    };
+    let overlays_prefix = format!("{prefix}{OVERLAYS_DIR}/");
+    let sources: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| {
+            is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
+        })
+        .collect();
+    let overlay_dir = overlay.map(|name| format!("{overlays_prefix}{name}/"));
+    let patches: Vec<&SourceFile> = files
+        .iter()
+        .filter(|f| is_yaml(&f.path))
+        .filter(|f| overlay_dir.as_ref().is_some_and(|d| f.path.starts_with(d)))
+        .collect();
+    let sizes: Vec<(String, u64)> = sources
+        .iter()
+        .chain(&patches)
+        .map(|f| (f.path.clone(), f.content.len() as u64))
+        .collect();
+    rules.limits.check_files(&sizes).map_err(|reason| {
+        vec![ManifestError::TooLarge {
+            origin: None,
+            reason,
+        }]
+    })?;
+    let mut budget = Budget {
+        limits: &rules.limits,
+        deadline: Instant::now() + rules.limits.parse_deadline,
+        documents: 0,
+        operations: 0,
+    };
+    let mut errors = Vec::new();
+    if sources.is_empty() {
+        // A file with only comments is a deliberate "nothing"; no file at all is a wrong path.
+        errors.push(ManifestError::NoFiles {
+            dir: if base.is_empty() {
+                "/".into()
+            } else {
+                base.to_string()
+            },
+        });
+    }
+    let mut documents = Vec::new();
+    for file in sources {
+        budget.check_deadline().map_err(|e| vec![e])?;
+        let (found, mut problems) = read_documents(file, &mut budget)?;
+        documents.extend(found);
+        errors.append(&mut problems);
+    }
+    if let (Some(name), Some(dir)) = (overlay, overlay_dir) {
+        if patches.is_empty() {
+            errors.push(ManifestError::OverlayMissing {
+                name: name.to_string(),
+                dir,
+            });
+        }
+        for file in patches {
+            budget.check_deadline().map_err(|e| vec![e])?;
+            if let Err(mut found) = overlay::apply_file(file, &mut documents, &mut budget) {
+                errors.append(&mut found);
+            }
+        }
+    }
+    let desired = validate(documents, &rules.keys, &budget, &mut errors)?;
+    if errors.is_empty() {
+        Ok(desired)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Validates every document (a kind and name declared twice is an error).
+fn validate(
+    documents: Vec<RawDocument>,
+    keys: &KeyPolicy,
+    budget: &Budget,
+    errors: &mut Vec<ManifestError>,
+) -> Result<Desired, Vec<ManifestError>> {
+    let mut desired = Desired::default();
+    let mut seen: HashMap<(String, String), Origin> = HashMap::new();
+    for document in documents {
+        budget.check_deadline().map_err(|e| vec![e])?;
+        let key = (document.kind.clone(), document.name.clone());
+        if let Some(first) = seen.get(&key) {
+            errors.push(ManifestError::Duplicate {
+                origin: document.origin.clone(),
+                kind: document.kind.clone(),
+                name: document.name.clone(),
+                first: first.clone(),
+            });
+            continue;
+        }
+        seen.insert(key, document.origin.clone());
+        if let Err(error) = parse_document(document, &mut desired, keys) {
+            errors.push(error);
+        }
+    }
+    desired.node_configs.sort_by(|a, b| a.name.cmp(&b.name));
+    desired
+        .objects
+        .sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    Ok(desired)
+}
+
+fn is_yaml(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml")
+}
+
+/// Splits a file into its YAML documents, each with the line it starts on.
+pub fn split_documents(content: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (index, line) in content.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            out.push((start, std::mem::take(&mut current)));
+            start = index + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    out.push((start, current));
+    out.into_iter()
+        .filter(|(_, text)| {
+            text.lines().any(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with('#')
+            })
+        })
+        .map(|(start, text)| {
+            // Report the first line with content, not the comment block before it.
+            let skip = text
+                .lines()
+                .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
+                .count();
+            (start + skip, text)
+        })
+        .collect()
+}
+
+/// Whether a parser error is a budget breach (the file is too costly), not a syntax error.
+fn over_budget(error: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error as E;
+    matches!(
+        error,
+        E::Budget { .. }
+            | E::AliasReplayCounterOverflow { .. }
+            | E::AliasReplayLimitExceeded { .. }
+            | E::AliasExpansionLimitExceeded { .. }
+            | E::AliasReplayStackDepthExceeded { .. }
+    )
+}
+
+/// Parses every document of `file` into a [`RawDocument`], and lists the ones that are not.
+/// A file over the YAML budget, or documents past the commit's limit, fail the whole load.
+pub(crate) fn read_documents(
+    file: &SourceFile,
+    budget: &mut Budget,
+) -> Result<(Vec<RawDocument>, Vec<ManifestError>), Vec<ManifestError>> {
+    let limits = budget.limits;
+    let origin = |line: usize| Origin {
+        file: file.path.clone(),
+        line,
+    };
+    // The YAML budget counts over the whole file, so aliases and nodes cannot be spread over
+    // many small documents.
+    let whole: Result<Vec<serde::de::IgnoredAny>, _> =
+        serde_saphyr::from_multiple_with_options(&file.content, limits.yaml_options());
+    if let Err(error) = whole.as_ref().map_err(|e| (over_budget(e), e))
+        && error.0
+    {
+        let line = error.1.location().map_or(1, |l| l.line() as usize);
+        return Err(vec![ManifestError::TooLarge {
+            origin: Some(origin(line.max(1))),
+            reason: format!(
+                "the file exceeds the YAML limits (aliases {}, depth {}, nodes {}): {}",
+                limits.max_yaml_aliases, limits.max_yaml_depth, limits.max_yaml_nodes, error.1
+            ),
+        }]);
+    }
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for (line, text) in split_documents(&file.content) {
+        budget.documents += 1;
+        if budget.documents > limits.max_documents {
+            return Err(vec![ManifestError::TooLarge {
+                origin: Some(origin(line)),
+                reason: format!(
+                    "the commit holds more than {} documents (--gitsync-max-documents)",
+                    limits.max_documents
+                ),
+            }]);
+        }
+        let origin = origin(line);
+        let value: Value = match serde_saphyr::from_str_with_options(&text, limits.yaml_options()) {
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(ManifestError::Yaml {
+                    origin,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if json_size(&value, limits.max_document_bytes) > limits.max_document_bytes {
+            return Err(vec![ManifestError::TooLarge {
+                origin: Some(origin),
+                reason: format!(
+                    "the document is larger than {} bytes (--gitsync-max-document-bytes)",
+                    limits.max_document_bytes
+                ),
+            }]);
+        }
+        let kind = value.get("kind").and_then(Value::as_str);
+        let name = value.pointer("/metadata/name").and_then(Value::as_str);
+        let (Some(kind), Some(name)) = (kind, name) else {
+            errors.push(ManifestError::NotADocument { origin });
+            continue;
+        };
+        let api_version = value.get("apiVersion").and_then(Value::as_str);
+        if api_version != Some(API_VERSION) {
+            errors.push(ManifestError::ApiVersion {
+                origin,
+                found: api_version.unwrap_or_default().to_string(),
+            });
+            continue;
+        }
+        documents.push(RawDocument {
+            origin,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            value,
+        });
+    }
+    Ok((documents, errors))
+}
+
+/// Reads every YAML file below `dir` (for `validate` and `plan`), paths relative to `dir`.
+pub fn read_dir(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                if entry.file_name() != ".git" {
+                    pending.push(path);
+                }
+                continue;
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            if is_yaml(&relative) {
+                files.push(SourceFile {
+                    path: relative,
+                    content: std::fs::read_to_string(&path)?,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
