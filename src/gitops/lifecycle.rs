@@ -79,6 +79,14 @@ pub async fn gate(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Resul
     if ours.is_none() {
         add_finalizer(ctx, sync, namespace).await?;
     }
+    if sync.spec.suspend {
+        let current = sync.status.clone().unwrap_or_default();
+        let mut status = current.clone();
+        let suspended = "spec.suspend is true";
+        set_condition(&mut status, "Reconciling", false, "Suspended", suspended);
+        write_status(ctx, sync, namespace, &current, status).await?;
+        return Ok(Gate::Done(Action::await_change()));
+    }
     Ok(Gate::Proceed)
 }
 

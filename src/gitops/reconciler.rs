@@ -31,14 +31,13 @@ use super::lifecycle::{self, Gate};
 use super::manifest::{Desired, ManifestError, OWNER_LABEL, owner_value};
 use super::nodes::{self, apply, plan_against_cache};
 use super::objects::apply_objects;
-use super::plan::PlanError;
+use super::plan::{Plan, PlanError};
 use super::repo::{self, Credentials, FetchRequest, RepoError};
-use super::status::{publish, reject, remove_condition, set_condition, write_status};
+use super::status::{applied_status, publish, reject, set_condition, write_status};
 use super::trust::NamespacePolicy;
 use super::webhook::SyncTriggers;
 use crate::backoff::FailureBackoff;
 use crate::controller::FIELD_MANAGER;
-use crate::crd::gitsync::InventoryEntry;
 use crate::crd::{FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
 
@@ -345,20 +344,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     let interval =
         parse_interval(&sync.spec.interval).ok_or(Error::Interval(sync.spec.interval.clone()))?;
     let current = sync.status.clone().unwrap_or_default();
-    if sync.spec.suspend {
-        let mut status = current.clone();
-        set_condition(
-            &mut status,
-            "Reconciling",
-            false,
-            "Suspended",
-            "spec.suspend is true",
-        );
-        write_status(&ctx, &sync, &namespace, &current, status).await?;
-        return Ok(Action::await_change());
-    }
-    let started = Instant::now();
-    let remembered = memory(&ctx, &id);
+    let (started, remembered) = (Instant::now(), memory(&ctx, &id));
     let triggered = ctx.settings.triggers.take(&namespace, &sync.name_any());
     let generation = sync.meta().generation;
     let due = match &remembered {
@@ -367,8 +353,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     };
     let mut status = current.clone();
     status.observed_generation = generation;
-    // A failed fetch is reported and retried with backoff, but the commit in force is still
-    // applied, so drift is corrected while the repository is unreachable.
+    // A failed fetch is retried with backoff; the commit in force still corrects drift.
     let (mut memory, fetch_failure) = match (due, remembered) {
         (false, Some(m)) => (m, None),
         (_, remembered) => {
@@ -388,95 +373,25 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             None => Ok(Action::requeue(interval)),
         };
     };
-    let record = nodes::record(&current);
-    let plan = match plan_against_cache(&ctx, &id, &namespace, &desired, &record, sync.spec.prune) {
-        Ok(plan) => plan,
+    let applied = plan_and_apply(&ctx, &sync, &id, &namespace, &desired, &commit, &mut status);
+    let (plan, changed, objects_changed) = match applied.await {
+        Ok(done) => done,
         Err(error) => {
-            reject(
-                &ctx,
-                &sync,
-                &mut status,
-                &commit,
-                "",
-                &error.to_string(),
-                error.metric_label(),
-            )
-            .await;
-            remember(&ctx, &id, memory);
-            write_status(&ctx, &sync, &namespace, &current, status).await?;
-            return Err(error.into());
-        }
-    };
-    let mut changed = apply(&ctx, &id, &desired, &record, sync.spec.prune, &plan).await?;
-    let objects_changed = match apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await
-    {
-        Ok(count) => count,
-        Err(error) => {
-            // Say which object failed (an admission webhook may refuse it), then retry.
-            let reason = match error {
-                Error::NotOurs { .. } => "Conflict",
-                _ => "ApplyFailed",
-            };
-            set_condition(&mut status, "Ready", false, reason, &error.to_string());
             remember(&ctx, &id, memory);
             write_status(&ctx, &sync, &namespace, &current, status).await?;
             return Err(error);
         }
     };
-    changed += objects_changed;
-    let newly_applied = status.last_applied_commit.as_deref() != Some(commit.as_str());
-    if newly_applied {
-        status.last_applied_commit = Some(commit.clone());
-        status.last_applied_time = Some(Time(Timestamp::now()));
-        ctx.metrics
-            .gitops
-            .last_applied
-            .get_or_create(&super::metrics::SyncLabel {
-                gitsync: id.clone(),
-            })
-            .set(Timestamp::now().as_second());
-    }
-    if status.last_fetched_commit.as_deref() == Some(commit.as_str()) {
-        status.rejected = None;
-    }
-    status.inventory = plan
-        .managed
-        .iter()
-        .map(|m| InventoryEntry {
-            node: m.node.clone(),
-            labels: m.owned.labels.iter().cloned().collect(),
-            taints: m.owned.taints.iter().cloned().collect(),
-        })
-        .collect();
-    status.unmatched = plan.unmatched.clone();
-    let short = commit.get(..12).unwrap_or(&commit);
-    match (&memory.fetch_error, &status.rejected) {
-        (Some(error), _) => {
-            let message = format!("commit {short} in force; fetching failed: {error}");
-            set_condition(&mut status, "Ready", false, "FetchFailed", &message);
-        }
-        (None, Some(rejection)) => {
-            let message = format!(
-                "commit {short} in force; newer commit rejected: {}",
-                rejection.reason
-            );
-            set_condition(&mut status, "Ready", false, "CommitRejected", &message);
-            set_condition(&mut status, "Stalled", true, "CommitRejected", &message);
-        }
-        (None, None) => {
-            let message = format!("applied commit {short}");
-            set_condition(&mut status, "Ready", true, "Synced", &message);
-            remove_condition(&mut status, "Stalled");
-        }
-    }
-    set_condition(
+    let newly_applied = applied_status(
+        &ctx,
+        &id,
         &mut status,
-        "Reconciling",
-        false,
-        "Idle",
-        "waiting for the next change",
+        &commit,
+        &plan,
+        memory.fetch_error.as_deref(),
     );
     if changed > 0 || newly_applied {
+        let short = commit.get(..12).unwrap_or(&commit);
         let note = format!(
             "commit {short}: {} node(s) and {objects_changed} object(s) changed, {} unmatched NodeConfig(s)",
             changed - objects_changed,
@@ -500,6 +415,43 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             .saturating_sub(memory.fetched_at.elapsed())
             .max(Duration::from_secs(1)),
     ))
+}
+
+/// Plans the commit in force against the caches and applies it: node changes, then whole
+/// objects. Returns the plan and how many nodes and objects changed; on failure, `status` says
+/// why (a conflict in the plan rejects the commit; a refused object is `Ready=False`).
+async fn plan_and_apply(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    id: &str,
+    namespace: &str,
+    desired: &Desired,
+    commit: &str,
+    status: &mut GitSyncStatus,
+) -> Result<(Plan, usize, usize), Error> {
+    let record = nodes::record(&sync.status.clone().unwrap_or_default());
+    let prune = sync.spec.prune;
+    let plan = match plan_against_cache(ctx, id, namespace, desired, &record, prune) {
+        Ok(plan) => plan,
+        Err(error) => {
+            let reason = error.to_string();
+            reject(ctx, sync, status, commit, "", &reason, error.metric_label()).await;
+            return Err(error.into());
+        }
+    };
+    let nodes_changed = apply(ctx, id, desired, &record, prune, &plan).await?;
+    match apply_objects(ctx, id, namespace, desired, &plan.objects).await {
+        Ok(objects) => Ok((plan, nodes_changed + objects, objects)),
+        Err(error) => {
+            // Say which object failed (an admission webhook may refuse it), then retry.
+            let reason = match error {
+                Error::NotOurs { .. } => "Conflict",
+                _ => "ApplyFailed",
+            };
+            set_condition(status, "Ready", false, reason, &error.to_string());
+            Err(error)
+        }
+    }
 }
 
 pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) -> Action {

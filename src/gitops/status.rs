@@ -8,8 +8,9 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+use super::plan::Plan;
 use super::reconciler::{CONTROLLER, Error, GitopsContext, sync_id};
-use crate::crd::gitsync::Rejection;
+use crate::crd::gitsync::{InventoryEntry, Rejection};
 use crate::crd::{Condition, GitSync, GitSyncStatus};
 
 /// Reasons and messages longer than this are cut in status (the Events carry the same).
@@ -160,10 +161,75 @@ pub(crate) async fn publish(
     }
 }
 
+/// The status after a successful apply of `commit`: the commit in force, the inventory (the
+/// record of what this sync owns), the unmatched NodeConfigs and the conditions. Returns
+/// whether `commit` is newly applied.
+pub(crate) fn applied_status(
+    ctx: &GitopsContext,
+    id: &str,
+    status: &mut GitSyncStatus,
+    commit: &str,
+    plan: &Plan,
+    fetch_error: Option<&str>,
+) -> bool {
+    let newly_applied = status.last_applied_commit.as_deref() != Some(commit);
+    if newly_applied {
+        status.last_applied_commit = Some(commit.to_string());
+        status.last_applied_time = Some(Time(Timestamp::now()));
+        ctx.metrics
+            .gitops
+            .last_applied
+            .get_or_create(&super::metrics::SyncLabel {
+                gitsync: id.to_string(),
+            })
+            .set(Timestamp::now().as_second());
+    }
+    if status.last_fetched_commit.as_deref() == Some(commit) {
+        status.rejected = None;
+    }
+    status.inventory = plan
+        .managed
+        .iter()
+        .map(|m| InventoryEntry {
+            node: m.node.clone(),
+            labels: m.owned.labels.iter().cloned().collect(),
+            taints: m.owned.taints.iter().cloned().collect(),
+        })
+        .collect();
+    status.unmatched = plan.unmatched.clone();
+    let short = commit.get(..12).unwrap_or(commit);
+    match (fetch_error, &status.rejected) {
+        (Some(error), _) => {
+            let message = format!("commit {short} in force; fetching failed: {error}");
+            set_condition(status, "Ready", false, "FetchFailed", &message);
+        }
+        (None, Some(rejection)) => {
+            let message = format!(
+                "commit {short} in force; newer commit rejected: {}",
+                rejection.reason
+            );
+            set_condition(status, "Ready", false, "CommitRejected", &message);
+            set_condition(status, "Stalled", true, "CommitRejected", &message);
+        }
+        (None, None) => {
+            let message = format!("applied commit {short}");
+            set_condition(status, "Ready", true, "Synced", &message);
+            remove_condition(status, "Stalled");
+        }
+    }
+    set_condition(
+        status,
+        "Reconciling",
+        false,
+        "Idle",
+        "waiting for the next change",
+    );
+    newly_applied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::gitsync::InventoryEntry;
 
     #[test]
     fn empty_status_fields_are_removed_by_the_patch() {
