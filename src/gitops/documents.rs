@@ -36,7 +36,7 @@ pub(crate) struct Budget<'a> {
 
 impl Budget<'_> {
     pub fn check_deadline(&self) -> Result<(), ManifestError> {
-        if Instant::now() > self.deadline {
+        if Instant::now() >= self.deadline {
             return Err(ManifestError::TooLarge {
                 origin: None,
                 reason: format!(
@@ -217,6 +217,19 @@ fn over_budget(error: &serde_saphyr::Error) -> bool {
     )
 }
 
+fn too_costly(limits: &Limits, origin: Origin, error: &serde_saphyr::Error) -> ManifestError {
+    // The parser's message quotes the file; its first line names the limit.
+    let first = error.to_string();
+    let first = first.lines().next().unwrap_or_default().to_string();
+    ManifestError::TooLarge {
+        origin: Some(origin),
+        reason: format!(
+            "the file exceeds the YAML limits (--gitsync-max-yaml-aliases {}, --gitsync-max-yaml-depth {}, --gitsync-max-yaml-nodes {}): {first}",
+            limits.max_yaml_aliases, limits.max_yaml_depth, limits.max_yaml_nodes
+        ),
+    }
+}
+
 /// Parses every document of `file` into a [`RawDocument`], and lists the ones that are not.
 /// A file over the YAML budget, or documents past the commit's limit, fail the whole load.
 pub(crate) fn read_documents(
@@ -232,17 +245,11 @@ pub(crate) fn read_documents(
     // many small documents.
     let whole: Result<Vec<serde::de::IgnoredAny>, _> =
         serde_saphyr::from_multiple_with_options(&file.content, limits.yaml_options());
-    if let Err(error) = whole.as_ref().map_err(|e| (over_budget(e), e))
-        && error.0
+    if let Err(error) = &whole
+        && over_budget(error)
     {
-        let line = error.1.location().map_or(1, |l| l.line() as usize);
-        return Err(vec![ManifestError::TooLarge {
-            origin: Some(origin(line.max(1))),
-            reason: format!(
-                "the file exceeds the YAML limits (aliases {}, depth {}, nodes {}): {}",
-                limits.max_yaml_aliases, limits.max_yaml_depth, limits.max_yaml_nodes, error.1
-            ),
-        }]);
+        let line = error.location().map_or(1, |l| l.line() as usize);
+        return Err(vec![too_costly(limits, origin(line.max(1)), error)]);
     }
     let mut documents = Vec::new();
     let mut errors = Vec::new();
@@ -260,6 +267,8 @@ pub(crate) fn read_documents(
         let origin = origin(line);
         let value: Value = match serde_saphyr::from_str_with_options(&text, limits.yaml_options()) {
             Ok(value) => value,
+            // Alias expansion is counted per document: over it, the whole commit stops.
+            Err(e) if over_budget(&e) => return Err(vec![too_costly(limits, origin, &e)]),
             Err(e) => {
                 errors.push(ManifestError::Yaml {
                     origin,
@@ -332,4 +341,117 @@ pub fn read_dir(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gitops::limits::Limits;
+
+    fn file(path: &str, content: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            content: content.into(),
+        }
+    }
+
+    const NODE: &str = "apiVersion: stream.space/v1alpha1\nkind: NodeConfig\nmetadata: {name: x1}\nspec:\n  nodeName: node-1\n  labels: {tier: gold}\n";
+
+    fn small() -> Rules {
+        Rules {
+            limits: Limits {
+                max_files: 3,
+                max_file_bytes: 4096,
+                max_total_bytes: 8192,
+                max_documents: 4,
+                max_overlay_operations: 5,
+                max_document_bytes: 2048,
+                ..Limits::default()
+            },
+            keys: KeyPolicy::default(),
+        }
+    }
+
+    fn doubling(times: usize) -> String {
+        let mut text = String::from(
+            "target: {kind: NodeConfig, name: x1}\npatch:\n  - {op: add, path: /spec/x, value: [aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]}\n",
+        );
+        for _ in 0..times {
+            text.push_str("  - {op: copy, from: /spec/x, path: /spec/x/-}\n");
+        }
+        text
+    }
+
+    /// Row: files, overlay -> the error (its `file:line` prefix and a part of its reason).
+    #[test]
+    fn table_of_commits_over_a_limit() {
+        let many = vec![NODE; 5].join("---\n");
+        let hostname = NODE.replace("tier: gold", "kubernetes.io/hostname: x");
+        let no_execute = format!("{NODE}  taints: [{{key: gpu, effect: NoExecute}}]\n");
+        let cases: Vec<(Vec<SourceFile>, Option<&str>, &str)> = vec![
+            (
+                vec![file("a.yaml", NODE), file("b.yaml", NODE), file("c.yaml", NODE), file("d.yaml", NODE)],
+                None,
+                "4 YAML files",
+            ),
+            (vec![file("big.yaml", &"#".repeat(5000))], None, "big.yaml: 5000 bytes"),
+            (vec![file("many.yaml", &many)], None, "many.yaml:29: the commit holds more than 4 documents"),
+            (
+                vec![file("n.yaml", NODE), file("overlays/o/p.yaml", &doubling(2).replace("- {op: add", "- {op: test, path: /kind, value: NodeConfig}\n  - {op: test, path: /kind, value: NodeConfig}\n  - {op: test, path: /kind, value: NodeConfig}\n  - {op: add"))],
+                Some("o"),
+                "overlays/o/p.yaml:1: the overlay holds more than 5 operations",
+            ),
+            (
+                vec![file("n.yaml", NODE), file("overlays/o/p.yaml", &doubling(4))],
+                Some("o"),
+                "n.yaml:1: NodeConfig \"x1\" is invalid: /spec",
+            ),
+            (
+                vec![file("n.yaml", NODE)],
+                None,
+                "",
+            ),
+            (vec![file("h.yaml", &hostname)], None, "h.yaml:1: NodeConfig \"x1\" is invalid: /spec/labels: \"kubernetes.io/hostname\" is under the reserved prefix"),
+            (vec![file("x.yaml", &no_execute)], None, "x.yaml:1: NodeConfig \"x1\" is invalid: /spec/taints: taint gpu:NoExecute evicts running pods"),
+        ];
+        for (files, overlay, expected) in cases {
+            let result = load(&files, "", overlay, &small());
+            match result {
+                Ok(_) => assert_eq!(expected, "", "{files:?}"),
+                Err(errors) => {
+                    let text = errors[0].to_string();
+                    assert!(!expected.is_empty() && text.starts_with(expected), "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_copy_bomb_stops_at_the_document_size() {
+        let mut rules = small();
+        rules.limits.max_overlay_operations = 100;
+        let files = [
+            file("n.yaml", NODE),
+            file("overlays/o/p.yaml", &doubling(40)),
+        ];
+        let errors = load(&files, "", Some("o"), &rules).expect_err("too large");
+        assert_eq!(errors[0].metric_label(), "limit");
+        assert!(
+            errors[0].to_string().contains("larger than 2048 bytes"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn the_deadline_stops_a_load() {
+        let mut rules = small();
+        rules.limits.parse_deadline = std::time::Duration::ZERO;
+        let errors = load(&[file("n.yaml", NODE)], "", None, &rules).expect_err("deadline");
+        assert!(
+            errors[0].to_string().contains("took longer than"),
+            "{}",
+            errors[0]
+        );
+    }
 }

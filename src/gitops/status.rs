@@ -133,6 +133,11 @@ const STATUS_FIELDS: &[&str] = &[
 fn status_patch(status: &GitSyncStatus) -> serde_json::Value {
     let mut patch = serde_json::to_value(status).unwrap_or_default();
     if let Some(patch) = patch.as_object_mut() {
+        // A merge patch merges nested objects too: an empty `file` must be removed explicitly,
+        // or the file of an earlier rejection would stay next to a new reason.
+        if let Some(rejected) = patch.get_mut("rejected").and_then(|r| r.as_object_mut()) {
+            rejected.entry("file").or_insert(serde_json::Value::Null);
+        }
         for key in STATUS_FIELDS {
             patch
                 .entry((*key).to_string())
@@ -241,6 +246,17 @@ mod tests {
         assert_eq!(patch["lastAppliedCommit"], "c2");
         assert_eq!(patch["rejected"], serde_json::Value::Null);
         assert_eq!(patch["unmatched"], serde_json::Value::Null);
+        let without_file = GitSyncStatus {
+            rejected: Some(Rejection {
+                commit: "c3".into(),
+                file: String::new(),
+                reason: "too large".into(),
+            }),
+            ..GitSyncStatus::default()
+        };
+        let patch = status_patch(&without_file);
+        assert_eq!(patch["rejected"]["file"], serde_json::Value::Null);
+        assert_eq!(patch["rejected"]["reason"], "too large");
         // Every field the type writes is listed, so none can be left behind.
         let full = GitSyncStatus {
             last_fetched_commit: Some("c".into()),
