@@ -205,8 +205,12 @@ pub fn split_documents(content: &str) -> Vec<(usize, String)> {
 }
 
 /// Whether a parser error is a budget breach (the file is too costly), not a syntax error.
-fn over_budget(error: &serde_saphyr::Error) -> bool {
+fn over_budget(mut error: &serde_saphyr::Error) -> bool {
     use serde_saphyr::Error as E;
+    // Parser errors arrive wrapped with their source snippet or alias locations.
+    while let E::WithSnippet { error: inner, .. } | E::AliasError { error: inner, .. } = error {
+        error = inner;
+    }
     matches!(
         error,
         E::Budget { .. }
@@ -215,6 +219,21 @@ fn over_budget(error: &serde_saphyr::Error) -> bool {
             | E::AliasExpansionLimitExceeded { .. }
             | E::AliasReplayStackDepthExceeded { .. }
     )
+}
+
+#[cfg(test)]
+#[test]
+fn alias_bombs_are_over_budget_even_when_wrapped() {
+    let laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
+    let parsed: Result<Value, _> =
+        serde_saphyr::from_str_with_options(laughs, Limits::default().yaml_options());
+    assert!(parsed.as_ref().is_err_and(over_budget), "{parsed:?}");
+    let syntax: Result<Value, _> =
+        serde_saphyr::from_str_with_options("a: [", Limits::default().yaml_options());
+    assert!(
+        syntax.as_ref().is_err_and(|e| !over_budget(e)),
+        "{syntax:?}"
+    );
 }
 
 fn too_costly(limits: &Limits, origin: Origin, error: &serde_saphyr::Error) -> ManifestError {

@@ -64,7 +64,9 @@ impl Limits {
         budget.max_aliases = self.max_yaml_aliases;
         budget.max_nodes = self.max_yaml_nodes;
         budget.max_events = self.max_yaml_nodes.saturating_mul(2);
-        budget.max_documents = self.max_documents;
+        // Documents are counted over the whole commit by the loader (it names the one past the
+        // limit); empty ones are bounded by the file size.
+        budget.max_documents = usize::MAX;
         budget.max_total_scalar_bytes = usize::try_from(self.max_file_bytes).unwrap_or(usize::MAX);
         let mut options = serde_saphyr::Options::default();
         options.budget = Some(budget);
