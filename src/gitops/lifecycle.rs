@@ -41,11 +41,15 @@ pub async fn gate(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Resul
     let finalizers = sync.finalizers();
     let ours = finalizers.iter().position(|f| f == FINALIZER);
     if sync.meta().deletion_timestamp.is_some() {
+        // Everything is removed before the finalizer is: once the object is gone, so is all
+        // that it held.
         if let Some(index) = ours {
             cleanup(ctx, sync, namespace).await?;
+            forget(ctx, namespace, &sync.name_any(), Some(sync)).await;
             remove_finalizer(ctx, sync, namespace, index).await?;
+        } else {
+            forget(ctx, namespace, &sync.name_any(), Some(sync)).await;
         }
-        forget(ctx, namespace, &sync.name_any(), Some(sync)).await;
         return Ok(Gate::Done(Action::await_change()));
     }
     let refusal = if !ctx.settings.namespaces.allows(namespace) {

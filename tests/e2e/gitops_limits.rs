@@ -263,6 +263,11 @@ async fn gitops_limits_unauthenticated_hooks_make_no_api_calls_and_replays_are_r
 
     let secrets_before = apiserver_gets(&env.client, "secrets").await;
     let syncs_before = apiserver_gets(&env.client, "gitsyncs").await;
+    // The counters are read at all: the sync above read the GitSync and its webhook Secret.
+    assert!(
+        secrets_before > 0.0 && syncs_before > 0.0,
+        "{secrets_before} {syncs_before}"
+    );
     let ns = env.namespace.clone();
     let started = Instant::now();
     let mut workers = Vec::new();
