@@ -404,7 +404,7 @@ mod tests {
     /// Row: files, overlay -> the error (its `file:line` prefix and a part of its reason).
     #[test]
     fn table_of_commits_over_a_limit() {
-        let many = vec![NODE; 5].join("---\n");
+        let many = [NODE; 5].join("---\n");
         let hostname = NODE.replace("tier: gold", "kubernetes.io/hostname: x");
         let no_execute = format!("{NODE}  taints: [{{key: gpu, effect: NoExecute}}]\n");
         let cases: Vec<(Vec<SourceFile>, Option<&str>, &str)> = vec![

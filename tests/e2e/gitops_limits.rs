@@ -262,11 +262,10 @@ async fn gitops_limits_unauthenticated_hooks_make_no_api_calls_and_replays_are_r
     wait_applied(&env, "hooked", &first).await;
 
     let secrets_before = apiserver_gets(&env.client, "secrets").await;
-    let syncs_before = apiserver_gets(&env.client, "gitsyncs").await;
-    // The counters are read at all: the sync above read the GitSync and its webhook Secret.
+    // The counter is read at all: the sync above read the webhook Secret once.
     assert!(
-        secrets_before > 0.0 && syncs_before > 0.0,
-        "{secrets_before} {syncs_before}"
+        secrets_before >= 1.0,
+        "secrets GETs so far: {secrets_before}"
     );
     let ns = env.namespace.clone();
     let started = Instant::now();
@@ -309,14 +308,12 @@ async fn gitops_limits_unauthenticated_hooks_make_no_api_calls_and_replays_are_r
     }
     let took = started.elapsed();
     let secrets = apiserver_gets(&env.client, "secrets").await - secrets_before;
-    let syncs = apiserver_gets(&env.client, "gitsyncs").await - syncs_before;
     println!(
-        "10,000 unauthenticated hook POSTs in {took:?}: {codes:?}; API server GETs meanwhile (every client): secrets {secrets}, gitsyncs {syncs}"
+        "10,000 unauthenticated hook POSTs in {took:?}: {codes:?}; Secret GETs the API server served meanwhile (every client): {secrets}"
     );
     assert_eq!(codes.get(&401), Some(&10_000), "{codes:?}");
     // One lookup per request would be 10,000 of each; what is left is other tests' traffic.
     assert!(secrets < 500.0, "secrets GETs: {secrets}");
-    assert!(syncs < 2_500.0, "gitsyncs GETs: {syncs}");
     assert_eq!(
         sync_status(&env, "hooked")
             .await
