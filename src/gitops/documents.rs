@@ -35,6 +35,21 @@ pub(crate) struct Budget<'a> {
 }
 
 impl Budget<'_> {
+    /// Counts one more document of the commit (base or overlay), `origin` where it starts.
+    pub fn count_document(&mut self, origin: &Origin) -> Result<(), ManifestError> {
+        self.documents += 1;
+        if self.documents > self.limits.max_documents {
+            return Err(ManifestError::TooLarge {
+                origin: Some(origin.clone()),
+                reason: format!(
+                    "the commit holds more than {} documents (--gitsync-max-documents)",
+                    self.limits.max_documents
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub fn check_deadline(&self) -> Result<(), ManifestError> {
         if Instant::now() >= self.deadline {
             return Err(ManifestError::TooLarge {
@@ -273,17 +288,8 @@ pub(crate) fn read_documents(
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for (line, text) in split_documents(&file.content) {
-        budget.documents += 1;
-        if budget.documents > limits.max_documents {
-            return Err(vec![ManifestError::TooLarge {
-                origin: Some(origin(line)),
-                reason: format!(
-                    "the commit holds more than {} documents (--gitsync-max-documents)",
-                    limits.max_documents
-                ),
-            }]);
-        }
         let origin = origin(line);
+        budget.count_document(&origin).map_err(|e| vec![e])?;
         let value: Value = match serde_saphyr::from_str_with_options(&text, limits.yaml_options()) {
             Ok(value) => value,
             // Alias expansion is counted per document: over it, the whole commit stops.

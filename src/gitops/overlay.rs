@@ -44,16 +44,7 @@ pub(crate) fn apply_file(
             file: file.path.clone(),
             line,
         };
-        budget.documents += 1;
-        if budget.documents > budget.limits.max_documents {
-            return Err(vec![ManifestError::TooLarge {
-                origin: Some(origin),
-                reason: format!(
-                    "the commit holds more than {} documents (--gitsync-max-documents)",
-                    budget.limits.max_documents
-                ),
-            }]);
-        }
+        budget.count_document(&origin).map_err(|e| vec![e])?;
         match apply_one(&text, documents, budget) {
             Ok(()) => {}
             Err(Failure::Limit(reason)) => {
