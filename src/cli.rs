@@ -57,6 +57,8 @@ pub struct ControllerSettings {
     #[arg(long, env = "GIT_CACHE_DIR")]
     git_cache_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
+    pub gitsync: crate::gitops::flags::GitSyncArgs,
+    #[command(flatten)]
     pub flags: FlagArgs,
 }
 
@@ -128,11 +130,13 @@ impl ControllerSettings {
                 max_duration_action: self.max_duration_action,
             },
             connection_event_token: token,
-            gitops: crate::gitops::reconciler::GitopsSettings {
-                cache_dir: self.git_cache_dir.clone().unwrap_or_else(|| {
-                    crate::gitops::reconciler::GitopsSettings::default().cache_dir
-                }),
-                ..Default::default()
+            gitops: {
+                let mut gitops = crate::gitops::reconciler::GitopsSettings::default();
+                if let Some(dir) = &self.git_cache_dir {
+                    gitops.cache_dir = dir.clone();
+                }
+                self.gitsync.apply(&mut gitops);
+                gitops
             },
             flags: self.flags.index(),
             leader_election: None,

@@ -162,6 +162,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .namespace
             .clone()
             .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
+        // The dev repository is a local directory: honour its GitSync and its file:// URL.
+        if let crate::gitops::trust::NamespacePolicy::Only(names) = &mut config.gitops.namespaces {
+            names.insert(namespace.clone());
+        }
+        config.gitops.allow_insecure_transports = true;
         sync_gitops_examples(&client, &repo, args.examples.as_deref(), &namespace).await?;
     }
 
@@ -179,8 +184,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     )
     .await?;
     // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
-    let router = crate::http::controller_endpoints(&client, &config, metrics.clone(), readiness)
-        .merge(crate::http::hooks_router(client.clone(), metrics));
+    let router =
+        crate::http::controller_endpoints(&client, &config, metrics.clone(), readiness).merge(
+            crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics),
+        );
     crate::http::serve_supervised(&tasks, "http server", listener, router);
     let refresh = Duration::from_secs(args.refresh.max(1));
     let printer = client.clone();
@@ -428,6 +435,7 @@ mod tests {
             dir: cache.clone(),
             credentials: None,
             timeout: Duration::from_secs(30),
+            max_bytes: usize::MAX,
         })
         .await
         .expect("fetch");

@@ -81,8 +81,12 @@ pub fn controller_endpoints(
 }
 
 /// What the hooks listener serves: the Git push hooks (`/hooks/...`) and nothing else.
-pub fn hooks_router(client: kube::Client, metrics: SharedMetrics) -> Router {
-    crate::gitops::webhook::router(client, metrics)
+pub fn hooks_router(
+    client: kube::Client,
+    guard: crate::gitops::hook_guard::HookGuard,
+    metrics: SharedMetrics,
+) -> Router {
+    crate::gitops::webhook::router(client, guard, metrics)
 }
 
 /// `GET /flags`: the ownership flags as this process decides with them right now (read-only,

@@ -160,8 +160,19 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     .await?;
     let router = http::controller_endpoints(&client, &config, metrics.clone(), readiness);
     http::serve_supervised(&tasks, "http server", http_listener, router);
-    let hooks = http::hooks_router(client.clone(), metrics.clone());
+    let hooks = http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone());
     http::serve_supervised(&tasks, "push hook server", hooks_listener, hooks);
+    // Every replica verifies hooks, so every replica keeps the hook secrets loaded.
+    let keys = gitops::hook_keys::keep_loaded(
+        client.clone(),
+        config.namespace.clone(),
+        config.gitops.namespaces.clone(),
+        config.gitops.hooks.clone(),
+    );
+    tasks.spawn("push hook secrets", async move {
+        keys.await;
+        Ok(())
+    });
     if let (Some(webhook_config), Some(listener)) = (webhook_config, webhook_listener) {
         let shared = admission::SharedCaches {
             sessions: caches.sessions.store(),

@@ -99,7 +99,13 @@ pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
         }
         None => (Vec::new(), Vec::new()),
     };
-    match plan::plan(&args.gitsync, &desired.node_configs, &nodes, !args.no_prune) {
+    match plan::plan(
+        &args.gitsync,
+        &desired.node_configs,
+        &nodes,
+        &None,
+        !args.no_prune,
+    ) {
         Ok(mut plan) => {
             match plan::plan_objects(
                 &desired.objects,

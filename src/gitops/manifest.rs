@@ -5,15 +5,18 @@
 //! either from a directory (`validate`, `plan`) or from the tree of one commit (the sync).
 //! [`load`] reads every `*.yaml`/`*.yml` below the sync path except `overlays/`, applies the
 //! chosen overlay (`overlay`), validates and returns the [`Desired`] state, or every problem
-//! found with its file and line. Adding a kind is one arm in [`parse_document`] plus its schema.
+//! found with its file and line (`documents` holds the reading, under the commit limits).
+//! Adding a kind is one arm in [`parse_document`] plus its schema.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::overlay;
+use super::documents::{self};
+pub use super::documents::{Rules, read_dir, split_documents};
+use super::keys::KeyPolicy;
 use super::schema::Schema;
 
 /// API version every document must carry.
@@ -72,6 +75,12 @@ pub enum ManifestError {
     OverlayMissing { name: String, dir: String },
     #[error("{origin}: {reason}")]
     Overlay { origin: Origin, reason: String },
+    /// Over a commit limit (`Limits`) or the parse deadline.
+    #[error("{}{reason}", origin.as_ref().map(|o| format!("{o}: ")).unwrap_or_default())]
+    TooLarge {
+        origin: Option<Origin>,
+        reason: String,
+    },
 }
 
 impl ManifestError {
@@ -86,6 +95,7 @@ impl ManifestError {
             ManifestError::OverlayMissing { .. } => "overlay_missing",
             ManifestError::NoFiles { .. } => "no_files",
             ManifestError::Overlay { .. } => "overlay",
+            ManifestError::TooLarge { .. } => "limit",
         }
     }
 
@@ -99,6 +109,7 @@ impl ManifestError {
             | ManifestError::Invalid { origin, .. }
             | ManifestError::Duplicate { origin, .. }
             | ManifestError::Overlay { origin, .. } => Some(origin),
+            ManifestError::TooLarge { origin, .. } => origin.as_ref(),
             ManifestError::OverlayMissing { .. } | ManifestError::NoFiles { .. } => None,
         }
     }
@@ -285,98 +296,24 @@ pub struct RawDocument {
 }
 
 /// Loads every document below `base` (a directory relative to the repository root, empty for
-/// the root), applies `overlay` and validates the result.
+/// the root), applies `overlay` and validates the result, under the default [`Rules`].
 pub fn load(
     files: &[SourceFile],
     base: &str,
     overlay: Option<&str>,
 ) -> Result<Desired, Vec<ManifestError>> {
-    let base = base.trim_matches('/');
-    let prefix = if base.is_empty() {
-        String::new()
-    } else {
-        format!("{base}/")
-    };
-    let overlays_prefix = format!("{prefix}{OVERLAYS_DIR}/");
-    let mut errors = Vec::new();
-    let mut documents = Vec::new();
-    let sources: Vec<&SourceFile> = files
-        .iter()
-        .filter(|f| {
-            is_yaml(&f.path) && f.path.starts_with(&prefix) && !f.path.starts_with(&overlays_prefix)
-        })
-        .collect();
-    if sources.is_empty() {
-        // A file with only comments is a deliberate "nothing"; no file at all is a wrong path.
-        errors.push(ManifestError::NoFiles {
-            dir: if base.is_empty() {
-                "/".into()
-            } else {
-                base.to_string()
-            },
-        });
-    }
-    for file in sources {
-        let (found, mut problems) = read_documents(file);
-        documents.extend(found);
-        errors.append(&mut problems);
-    }
-    if let Some(name) = overlay {
-        let dir = format!("{overlays_prefix}{name}/");
-        let patches: Vec<&SourceFile> = files
-            .iter()
-            .filter(|f| is_yaml(&f.path) && f.path.starts_with(&dir))
-            .collect();
-        if patches.is_empty() {
-            errors.push(ManifestError::OverlayMissing {
-                name: name.to_string(),
-                dir,
-            });
-        }
-        for file in patches {
-            if let Err(mut found) = overlay::apply_file(file, &mut documents) {
-                errors.append(&mut found);
-            }
-        }
-    }
-    let mut desired = Desired::default();
-    let mut seen: HashMap<(String, String), Origin> = HashMap::new();
-    for document in documents {
-        let key = (document.kind.clone(), document.name.clone());
-        if let Some(first) = seen.get(&key) {
-            errors.push(ManifestError::Duplicate {
-                origin: document.origin.clone(),
-                kind: document.kind.clone(),
-                name: document.name.clone(),
-                first: first.clone(),
-            });
-            continue;
-        }
-        seen.insert(key, document.origin.clone());
-        if let Err(error) = parse_document(document, &mut desired) {
-            errors.push(error);
-        }
-    }
-    if errors.is_empty() {
-        desired.node_configs.sort_by(|a, b| a.name.cmp(&b.name));
-        desired
-            .objects
-            .sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-        Ok(desired)
-    } else {
-        Err(errors)
-    }
-}
-
-fn is_yaml(path: &str) -> bool {
-    path.ends_with(".yaml") || path.ends_with(".yml")
+    documents::load(files, base, overlay, &Rules::default())
 }
 
 /// Validates one document against its kind's schema and adds it to `desired`.
-fn parse_document(document: RawDocument, desired: &mut Desired) -> Result<(), ManifestError> {
+pub(crate) fn parse_document(
+    document: RawDocument,
+    desired: &mut Desired,
+    keys: &KeyPolicy,
+) -> Result<(), ManifestError> {
     match document.kind.as_str() {
         NODE_CONFIG => {
-            let config = parse_node_config(&document)?;
+            let config = parse_node_config(&document, keys)?;
             desired.node_configs.push(config);
             Ok(())
         }
@@ -538,7 +475,10 @@ where
     })
 }
 
-fn parse_node_config(document: &RawDocument) -> Result<NodeConfig, ManifestError> {
+fn parse_node_config(
+    document: &RawDocument,
+    keys: &KeyPolicy,
+) -> Result<NodeConfig, ManifestError> {
     let schema = NODE_CONFIG_SCHEMA
         .as_ref()
         .map_err(|e| invalid(document, format!("the NodeConfig schema is broken: {e}")))?;
@@ -569,6 +509,14 @@ fn parse_node_config(document: &RawDocument) -> Result<NodeConfig, ManifestError
         (None, Some(selector)) => NodeTarget::Selector(selector.match_labels),
         _ => return Err(invalid(document, "needs nodeName or nodeSelector".into())),
     };
+    for key in spec.labels.keys() {
+        keys.check_key(key)
+            .map_err(|reason| invalid(document, format!("/spec/labels: {reason}")))?;
+    }
+    for taint in &spec.taints {
+        keys.check_taint(&taint.key, &taint.effect)
+            .map_err(|reason| invalid(document, format!("/spec/taints: {reason}")))?;
+    }
     let mut ids = std::collections::BTreeSet::new();
     for taint in &spec.taints {
         if !ids.insert(taint.id()) {
@@ -585,116 +533,6 @@ fn parse_node_config(document: &RawDocument) -> Result<NodeConfig, ManifestError
         labels: spec.labels,
         taints: spec.taints,
     })
-}
-
-/// Splits a file into its YAML documents, each with the line it starts on.
-pub fn split_documents(content: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut start = 1;
-    for (index, line) in content.lines().enumerate() {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
-            out.push((start, std::mem::take(&mut current)));
-            start = index + 2;
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-    }
-    out.push((start, current));
-    out.into_iter()
-        .filter(|(_, text)| {
-            text.lines().any(|l| {
-                let l = l.trim();
-                !l.is_empty() && !l.starts_with('#')
-            })
-        })
-        .map(|(start, text)| {
-            // Report the first line with content, not the comment block before it.
-            let skip = text
-                .lines()
-                .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
-                .count();
-            (start + skip, text)
-        })
-        .collect()
-}
-
-/// Parses every document of `file` into a [`RawDocument`], and lists the ones that are not.
-pub fn read_documents(file: &SourceFile) -> (Vec<RawDocument>, Vec<ManifestError>) {
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for (line, text) in split_documents(&file.content) {
-        let origin = Origin {
-            file: file.path.clone(),
-            line,
-        };
-        let value: Value = match serde_saphyr::from_str(&text) {
-            Ok(value) => value,
-            Err(e) => {
-                errors.push(ManifestError::Yaml {
-                    origin,
-                    message: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let kind = value.get("kind").and_then(Value::as_str);
-        let name = value.pointer("/metadata/name").and_then(Value::as_str);
-        let (Some(kind), Some(name)) = (kind, name) else {
-            errors.push(ManifestError::NotADocument { origin });
-            continue;
-        };
-        let api_version = value.get("apiVersion").and_then(Value::as_str);
-        if api_version != Some(API_VERSION) {
-            errors.push(ManifestError::ApiVersion {
-                origin,
-                found: api_version.unwrap_or_default().to_string(),
-            });
-            continue;
-        }
-        documents.push(RawDocument {
-            origin,
-            kind: kind.to_string(),
-            name: name.to_string(),
-            value,
-        });
-    }
-    (documents, errors)
-}
-
-/// Reads every YAML file below `dir` (for `validate` and `plan`), paths relative to `dir`.
-pub fn read_dir(dir: &std::path::Path) -> std::io::Result<Vec<SourceFile>> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in std::fs::read_dir(&current)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                if entry.file_name() != ".git" {
-                    pending.push(path);
-                }
-                continue;
-            }
-            let relative = path
-                .strip_prefix(dir)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            if is_yaml(&relative) {
-                files.push(SourceFile {
-                    path: relative,
-                    content: std::fs::read_to_string(&path)?,
-                });
-            }
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
 }
 
 #[cfg(test)]

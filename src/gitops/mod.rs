@@ -8,12 +8,26 @@
 //! [`sync_request`] carries their request to the leader; [`cli`] holds `validate` and `plan`.
 
 pub mod cli;
+pub mod documents;
+pub mod flags;
+#[cfg(test)]
+mod fuzz;
+pub mod hook_guard;
+pub mod hook_keys;
+pub mod inventory;
+pub mod keys;
+pub mod lifecycle;
+pub mod limits;
 pub mod manifest;
 pub mod metrics;
+pub mod nodes;
+pub mod objects;
 pub mod overlay;
 pub mod plan;
 pub mod reconciler;
 pub mod repo;
 pub mod schema;
+pub mod status;
 pub mod sync_request;
+pub mod trust;
 pub mod webhook;

@@ -13,6 +13,8 @@
 
 use serde::Deserialize;
 
+use super::documents::Budget;
+use super::limits::json_size;
 use super::manifest::{ManifestError, Origin, RawDocument, SourceFile, split_documents};
 
 #[derive(Deserialize)]
@@ -29,10 +31,12 @@ struct Target {
     name: String,
 }
 
-/// Applies every patch document of `file` to `documents`, in order.
-pub fn apply_file(
+/// Applies every patch document of `file` to `documents`, in order, counting its operations
+/// against the commit's budget.
+pub(crate) fn apply_file(
     file: &SourceFile,
     documents: &mut [RawDocument],
+    budget: &mut Budget,
 ) -> Result<(), Vec<ManifestError>> {
     let mut errors = Vec::new();
     for (line, text) in split_documents(&file.content) {
@@ -40,8 +44,16 @@ pub fn apply_file(
             file: file.path.clone(),
             line,
         };
-        if let Err(reason) = apply_one(&text, documents) {
-            errors.push(ManifestError::Overlay { origin, reason });
+        budget.count_document(&origin).map_err(|e| vec![e])?;
+        match apply_one(&text, documents, budget) {
+            Ok(()) => {}
+            Err(Failure::Limit(reason)) => {
+                return Err(vec![ManifestError::TooLarge {
+                    origin: Some(origin),
+                    reason,
+                }]);
+            }
+            Err(Failure::Invalid(reason)) => errors.push(ManifestError::Overlay { origin, reason }),
         }
     }
     if errors.is_empty() {
@@ -51,23 +63,58 @@ pub fn apply_file(
     }
 }
 
-fn apply_one(text: &str, documents: &mut [RawDocument]) -> Result<(), String> {
-    let overlay: OverlayDocument = serde_saphyr::from_str(text)
-        .map_err(|e| format!("not an overlay document (target + patch): {e}"))?;
+enum Failure {
+    /// Over a limit: the whole commit stops here.
+    Limit(String),
+    Invalid(String),
+}
+
+fn apply_one(
+    text: &str,
+    documents: &mut [RawDocument],
+    budget: &mut Budget,
+) -> Result<(), Failure> {
+    let limits = budget.limits;
+    let overlay: OverlayDocument = serde_saphyr::from_str_with_options(text, limits.yaml_options())
+        .map_err(|e| Failure::Invalid(format!("not an overlay document (target + patch): {e}")))?;
+    budget.operations += overlay.patch.0.len();
+    if budget.operations > limits.max_overlay_operations {
+        return Err(Failure::Limit(format!(
+            "the overlay holds more than {} operations (--gitsync-max-overlay-operations)",
+            limits.max_overlay_operations
+        )));
+    }
     let Target { kind, name } = &overlay.target;
     let document = documents
         .iter_mut()
         .find(|d| &d.kind == kind && &d.name == name)
-        .ok_or_else(|| format!("patch target {kind} {name:?} does not exist"))?;
+        .ok_or_else(|| Failure::Invalid(format!("patch target {kind} {name:?} does not exist")))?;
     let mut patched = document.value.clone();
-    json_patch::patch(&mut patched, &overlay.patch.0)
-        .map_err(|e| format!("patch of {kind} {name:?} ({}) failed: {e}", document.origin))?;
+    // One operation at a time, measuring the document after each: `copy` doubles a value, so
+    // a few dozen operations could otherwise build a document of terabytes.
+    for operation in &overlay.patch.0 {
+        budget
+            .check_deadline()
+            .map_err(|e| Failure::Limit(e.to_string()))?;
+        json_patch::patch(&mut patched, std::slice::from_ref(operation)).map_err(|e| {
+            Failure::Invalid(format!(
+                "patch of {kind} {name:?} ({}) failed: {e}",
+                document.origin
+            ))
+        })?;
+        if json_size(&patched, limits.max_document_bytes) > limits.max_document_bytes {
+            return Err(Failure::Limit(format!(
+                "patch of {kind} {name:?} makes it larger than {} bytes (--gitsync-max-document-bytes)",
+                limits.max_document_bytes
+            )));
+        }
+    }
     if patched.pointer("/metadata/name").and_then(|v| v.as_str()) != Some(name.as_str())
         || patched.get("kind").and_then(|v| v.as_str()) != Some(kind.as_str())
     {
-        return Err(format!(
+        return Err(Failure::Invalid(format!(
             "patch of {kind} {name:?} may not change its kind or name"
-        ));
+        )));
     }
     document.value = patched;
     Ok(())

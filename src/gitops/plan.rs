@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Taint as KubeTaint;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::inventory;
 use super::manifest::{ManagedObject, NodeConfig, OWNER_LABEL, ObjectKind, taint_id};
 
 /// Annotation on each managed node: `{"<namespace>/<gitsync>": {"labels": [...], "taints": [...]}}`.
@@ -254,11 +255,16 @@ fn kube_taint(taint: &super::manifest::Taint) -> KubeTaint {
     }
 }
 
+/// What a GitSync recorded as its own, by node (its `status.inventory`); `None` trusts the
+/// nodes' annotations (only for the offline `plan`).
+pub type Record = Option<BTreeMap<String, Owned>>;
+
 /// Computes the changes that make `nodes` match `configs` for the sync `sync_id`.
 pub fn plan(
     sync_id: &str,
     configs: &[NodeConfig],
     nodes: &[LiveNode],
+    record: &Record,
     prune: bool,
 ) -> Result<Plan, PlanError> {
     let mut out = Plan::default();
@@ -272,11 +278,17 @@ pub fn plan(
         matched.extend(mine.iter().map(|c| c.name.as_str()));
         let (wanted_labels, wanted_taints) = wanted(&node.name, &mine)?;
         let mut inventory = node.inventory();
-        let previous = inventory.get(sync_id).cloned().unwrap_or_default();
-        let owned = Owned {
-            labels: wanted_labels.keys().cloned().collect(),
-            taints: wanted_taints.keys().cloned().collect(),
-        };
+        let previous = inventory::verified(
+            inventory.get(sync_id),
+            record.as_ref().map(|r| r.get(&node.name)),
+        );
+        let owned = inventory::claim(
+            &wanted_labels,
+            &wanted_taints,
+            &live_labels,
+            node.taints.as_deref().unwrap_or_default(),
+            &previous,
+        );
         let labels = label_changes(node, &wanted_labels, &previous, prune);
         let (taints, added, removed) = taint_changes(node, &wanted_taints, &previous, prune);
         if owned.is_empty() {

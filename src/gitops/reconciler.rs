@@ -16,30 +16,32 @@ use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::manifest::{self, Desired, ManifestError, OWNER_LABEL, ObjectKind, owner_value};
-use super::plan::{self, LiveNode, LiveObject, ObjectAction, ObjectChange, Plan, PlanError};
+use super::documents::{self, Rules};
+use super::hook_guard::HookGuard;
+use super::lifecycle::{self, Gate};
+use super::manifest::{Desired, ManifestError, OWNER_LABEL, owner_value};
+use super::nodes::{self, apply, plan_against_cache};
+use super::objects::apply_objects;
+use super::plan::{Plan, PlanError};
 use super::repo::{self, Credentials, FetchRequest, RepoError};
+use super::status::{applied_status, publish, reject, set_condition, write_status};
+use super::trust::NamespacePolicy;
 use crate::FIELD_MANAGER;
 use crate::backoff::FailureBackoff;
 use crate::caches::Shared;
-use crate::crd::gitsync::{InventoryEntry, Rejection};
-use crate::crd::{Condition, FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
+use crate::crd::{FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
 
 pub const CONTROLLER: &str = "gitsync";
-/// Attempts of one node patch when someone else wrote the node in between.
-const NODE_PATCH_ATTEMPTS: u32 = 5;
-/// Reasons and messages longer than this are cut in status (the Events carry the same).
-const MAX_REASON: usize = 2000;
 
 /// GitOps settings of the controller.
 #[derive(Clone, Debug)]
@@ -47,6 +49,14 @@ pub struct GitopsSettings {
     /// Where the bare clones are kept.
     pub cache_dir: PathBuf,
     pub fetch_timeout: Duration,
+    /// Namespaces whose GitSyncs are honoured (`--gitsync-namespaces`).
+    pub namespaces: NamespacePolicy,
+    /// `http://`, `git://` and `file://` URLs (`--gitsync-allow-insecure-transports`).
+    pub allow_insecure_transports: bool,
+    /// Commit limits and key rules.
+    pub rules: Rules,
+    /// Push-hook secrets (filled here), replay and rate memory; the hook listener holds a clone.
+    pub hooks: HookGuard,
 }
 
 impl Default for GitopsSettings {
@@ -54,6 +64,10 @@ impl Default for GitopsSettings {
         GitopsSettings {
             cache_dir: std::env::temp_dir().join("streamspace-gitops"),
             fetch_timeout: repo::FETCH_TIMEOUT,
+            namespaces: NamespacePolicy::default(),
+            allow_insecure_transports: false,
+            rules: Rules::default(),
+            hooks: HookGuard::default(),
         }
     }
 }
@@ -84,6 +98,14 @@ pub enum Error {
     NoNamespace,
     #[error("the node watch closed (the controller is shutting down)")]
     CacheClosed,
+    /// An object the repository declares exists and was not created by this GitSync.
+    #[error("{object} exists and was not created by this GitSync ({}); it is left alone, not taken over", owner.as_ref().map_or("no stream.space/gitsync label".to_string(), |o| format!("label stream.space/gitsync={o}")))]
+    NotOurs {
+        object: String,
+        owner: Option<String>,
+    },
+    #[error("parsing the commit did not finish within {0:?}")]
+    ParseDeadline(Duration),
 }
 
 impl Error {
@@ -99,18 +121,22 @@ impl Error {
             Error::Plan(e) => e.metric_label(),
             Error::NoNamespace => "no_namespace",
             Error::CacheClosed => "cache_closed",
+            Error::NotOurs { .. } => "not_ours",
+            Error::ParseDeadline(_) => "deadline",
         }
     }
 }
 
-fn is_stale_write(error: &kube::Error) -> bool {
+pub(crate) fn is_stale_write(error: &kube::Error) -> bool {
     // 409: resourceVersion conflict; 422: our JSON Patch `test` of the resourceVersion failed.
     matches!(error, kube::Error::Api(status) if status.code == 409 || status.code == 422)
 }
 
 /// What a sync remembers between reconciles (rebuilt after a restart).
 #[derive(Clone)]
-struct Memory {
+pub(crate) struct Memory {
+    /// Directory of the clone (it changes with the URL; the old one is removed).
+    pub dir: PathBuf,
     generation: Option<i64>,
     fetched_at: Instant,
     /// Why the last fetch failed; cleared by the next successful fetch.
@@ -122,19 +148,20 @@ struct Memory {
 }
 
 pub struct GitopsContext {
-    client: Client,
-    recorder: Recorder,
-    metrics: SharedMetrics,
-    settings: GitopsSettings,
-    nodes: Store<Node>,
+    pub(crate) client: Client,
+    pub(crate) recorder: Recorder,
+    pub(crate) metrics: SharedMetrics,
+    pub(crate) settings: GitopsSettings,
+    pub(crate) nodes: Store<Node>,
     /// QuotaPolicies and NodeOperations carrying the ownership label (of any GitSync).
-    quotas: Store<QuotaPolicy>,
-    operations: Store<NodeOperation>,
-    flags: Store<FeatureFlag>,
+    pub(crate) quotas: Store<QuotaPolicy>,
+    pub(crate) operations: Store<NodeOperation>,
+    pub(crate) flags: Store<FeatureFlag>,
     /// True once the node and the owned-object caches have loaded.
     nodes_loaded: watch::Receiver<bool>,
-    memory: Mutex<HashMap<String, Memory>>,
-    backoff: FailureBackoff,
+    /// One entry per GitSync, removed when it is deleted.
+    pub(crate) memory: Mutex<HashMap<String, Memory>>,
+    pub(crate) backoff: FailureBackoff,
 }
 
 /// Parses `30s`, `5m`, `1h`.
@@ -270,7 +297,7 @@ pub fn controller(
     (run, ready)
 }
 
-fn sync_id(sync: &GitSync) -> String {
+pub(crate) fn sync_id(sync: &GitSync) -> String {
     format!(
         "{}/{}",
         sync.namespace().unwrap_or_default(),
@@ -296,26 +323,17 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             source,
         })?;
     let Some(sync) = fresh.map(Arc::new) else {
+        lifecycle::forget(&ctx, &namespace, &sync.name_any(), None).await;
         return Ok(Action::await_change());
     };
+    if let Gate::Done(action) = lifecycle::gate(&ctx, &sync, &namespace).await? {
+        return Ok(action);
+    }
     let id = sync_id(&sync);
     let interval =
         parse_interval(&sync.spec.interval).ok_or(Error::Interval(sync.spec.interval.clone()))?;
     let current = sync.status.clone().unwrap_or_default();
-    if sync.spec.suspend {
-        let mut status = current.clone();
-        set_condition(
-            &mut status,
-            "Reconciling",
-            false,
-            "Suspended",
-            "spec.suspend is true",
-        );
-        write_status(&ctx, &sync, &namespace, &current, status).await?;
-        return Ok(Action::await_change());
-    }
-    let started = Instant::now();
-    let remembered = memory(&ctx, &id);
+    let (started, remembered) = (Instant::now(), memory(&ctx, &id));
     let request = super::sync_request::requested(&sync).map(str::to_string);
     let triggered = super::sync_request::is_new(
         request.as_deref(),
@@ -330,8 +348,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     };
     let mut status = current.clone();
     status.observed_generation = generation;
-    // A failed fetch is reported and retried with backoff, but the commit in force is still
-    // applied, so drift is corrected while the repository is unreachable.
+    // A failed fetch is retried with backoff; the commit in force still corrects drift.
     let (mut memory, fetch_failure) = match (due, remembered) {
         (false, Some(m)) => (m, None),
         (_, remembered) => {
@@ -352,96 +369,25 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
             None => Ok(Action::requeue(interval)),
         };
     };
-    let plan = match plan_against_cache(&ctx, &id, &namespace, &desired, sync.spec.prune) {
-        Ok(plan) => plan,
+    let applied = plan_and_apply(&ctx, &sync, &id, &namespace, &desired, &commit, &mut status);
+    let (plan, changed, objects_changed) = match applied.await {
+        Ok(done) => done,
         Err(error) => {
-            reject(
-                &ctx,
-                &sync,
-                &mut status,
-                &commit,
-                "",
-                &error.to_string(),
-                error.metric_label(),
-            )
-            .await;
-            remember(&ctx, &id, memory);
-            write_status(&ctx, &sync, &namespace, &current, status).await?;
-            return Err(error.into());
-        }
-    };
-    let mut changed = apply(&ctx, &id, &desired, sync.spec.prune, &plan).await?;
-    let objects_changed = match apply_objects(&ctx, &id, &namespace, &desired, &plan.objects).await
-    {
-        Ok(count) => count,
-        Err(error) => {
-            // Say which object failed (an admission webhook may refuse it), then retry.
-            set_condition(
-                &mut status,
-                "Ready",
-                false,
-                "ApplyFailed",
-                &error.to_string(),
-            );
             remember(&ctx, &id, memory);
             write_status(&ctx, &sync, &namespace, &current, status).await?;
             return Err(error);
         }
     };
-    changed += objects_changed;
-    let newly_applied = status.last_applied_commit.as_deref() != Some(commit.as_str());
-    if newly_applied {
-        status.last_applied_commit = Some(commit.clone());
-        status.last_applied_time = Some(Time(Timestamp::now()));
-        ctx.metrics
-            .gitops
-            .last_applied
-            .get_or_create(&super::metrics::SyncLabel {
-                gitsync: id.clone(),
-            })
-            .set(Timestamp::now().as_second());
-    }
-    if status.last_fetched_commit.as_deref() == Some(commit.as_str()) {
-        status.rejected = None;
-    }
-    status.inventory = plan
-        .managed
-        .iter()
-        .map(|m| InventoryEntry {
-            node: m.node.clone(),
-            labels: m.owned.labels.iter().cloned().collect(),
-            taints: m.owned.taints.iter().cloned().collect(),
-        })
-        .collect();
-    status.unmatched = plan.unmatched.clone();
-    let short = commit.get(..12).unwrap_or(&commit);
-    match (&memory.fetch_error, &status.rejected) {
-        (Some(error), _) => {
-            let message = format!("commit {short} in force; fetching failed: {error}");
-            set_condition(&mut status, "Ready", false, "FetchFailed", &message);
-        }
-        (None, Some(rejection)) => {
-            let message = format!(
-                "commit {short} in force; newer commit rejected: {}",
-                rejection.reason
-            );
-            set_condition(&mut status, "Ready", false, "CommitRejected", &message);
-            set_condition(&mut status, "Stalled", true, "CommitRejected", &message);
-        }
-        (None, None) => {
-            let message = format!("applied commit {short}");
-            set_condition(&mut status, "Ready", true, "Synced", &message);
-            remove_condition(&mut status, "Stalled");
-        }
-    }
-    set_condition(
+    let newly_applied = applied_status(
+        &ctx,
+        &id,
         &mut status,
-        "Reconciling",
-        false,
-        "Idle",
-        "waiting for the next change",
+        &commit,
+        &plan,
+        memory.fetch_error.as_deref(),
     );
     if changed > 0 || newly_applied {
+        let short = commit.get(..12).unwrap_or(&commit);
         let note = format!(
             "commit {short}: {} node(s) and {objects_changed} object(s) changed, {} unmatched NodeConfig(s)",
             changed - objects_changed,
@@ -467,6 +413,43 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     ))
 }
 
+/// Plans the commit in force against the caches and applies it: node changes, then whole
+/// objects. Returns the plan and how many nodes and objects changed; on failure, `status` says
+/// why (a conflict in the plan rejects the commit; a refused object is `Ready=False`).
+async fn plan_and_apply(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    id: &str,
+    namespace: &str,
+    desired: &Desired,
+    commit: &str,
+    status: &mut GitSyncStatus,
+) -> Result<(Plan, usize, usize), Error> {
+    let record = nodes::record(&sync.status.clone().unwrap_or_default());
+    let prune = sync.spec.prune;
+    let plan = match plan_against_cache(ctx, id, namespace, desired, &record, prune) {
+        Ok(plan) => plan,
+        Err(error) => {
+            let reason = error.to_string();
+            reject(ctx, sync, status, commit, "", &reason, error.metric_label()).await;
+            return Err(error.into());
+        }
+    };
+    let nodes_changed = apply(ctx, id, desired, &record, prune, &plan).await?;
+    match apply_objects(ctx, id, namespace, desired, &plan.objects).await {
+        Ok(objects) => Ok((plan, nodes_changed + objects, objects)),
+        Err(error) => {
+            // Say which object failed (an admission webhook may refuse it), then retry.
+            let reason = match error {
+                Error::NotOurs { .. } => "Conflict",
+                _ => "ApplyFailed",
+            };
+            set_condition(status, "Ready", false, reason, &error.to_string());
+            Err(error)
+        }
+    }
+}
+
 pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) -> Action {
     ctx.metrics
         .reconcilers
@@ -478,12 +461,12 @@ pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) 
     Action::requeue(delay)
 }
 
-fn memory(ctx: &GitopsContext, id: &str) -> Option<Memory> {
+pub(crate) fn memory(ctx: &GitopsContext, id: &str) -> Option<Memory> {
     let memory = ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
     memory.get(id).cloned()
 }
 
-fn remember(ctx: &GitopsContext, id: &str, value: Memory) {
+pub(crate) fn remember(ctx: &GitopsContext, id: &str, value: Memory) {
     let mut memory = ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
     memory.insert(id.to_string(), value);
 }
@@ -498,6 +481,11 @@ async fn fetch_and_load(
     status: &mut GitSyncStatus,
 ) -> Result<(Memory, Option<Error>), Error> {
     let dir = repo::cache_dir(&ctx.settings.cache_dir, id, &sync.spec.url);
+    if let Some(old) = remembered.as_ref().map(|m| &m.dir).filter(|d| **d != dir) {
+        // The URL changed: the old clone is of no use any more.
+        lifecycle::remove_clone(old.clone()).await;
+    }
+    lifecycle::load_hook_key(ctx, sync, namespace).await;
     let fetched = match credentials(ctx, sync, namespace).await {
         Ok(credentials) => repo::fetch(FetchRequest {
             url: sync.spec.url.clone(),
@@ -505,6 +493,7 @@ async fn fetch_and_load(
             dir: dir.clone(),
             credentials,
             timeout: ctx.settings.fetch_timeout,
+            max_bytes: ctx.settings.rules.limits.max_fetch_bytes,
         })
         .await
         .map_err(Error::from),
@@ -516,11 +505,12 @@ async fn fetch_and_load(
             let mut good = remembered.and_then(|m| m.good);
             if good.is_none()
                 && let Some(previous) = status.last_applied_commit.clone()
-                && let Ok(Ok(desired)) = load(&dir, &previous, sync).await
+                && let Ok(Ok(desired)) = load(ctx, &dir, &previous, sync).await
             {
                 good = Some((previous, Arc::new(desired)));
             }
             let memory = Memory {
+                dir,
                 generation: sync.meta().generation,
                 fetched_at: Instant::now(),
                 fetch_error: Some(error.to_string()),
@@ -543,12 +533,12 @@ async fn fetch_and_load(
         && previous != commit
     {
         // After a restart (or a spec change) the commit in force is read again from the cache.
-        if let Ok(Ok(desired)) = load(&dir, &previous, sync).await {
+        if let Ok(Ok(desired)) = load(ctx, &dir, &previous, sync).await {
             good = Some((previous, Arc::new(desired)));
         }
     }
     if good.as_ref().map(|(c, _)| c) != Some(&commit) {
-        match load(&dir, &commit, sync).await? {
+        match load(ctx, &dir, &commit, sync).await? {
             Ok(desired) => good = Some((commit.clone(), Arc::new(desired))),
             Err(errors) => {
                 let first = errors.first();
@@ -572,6 +562,7 @@ async fn fetch_and_load(
         }
     }
     let memory = Memory {
+        dir,
         generation: sync.meta().generation,
         fetched_at: Instant::now(),
         fetch_error: None,
@@ -581,54 +572,42 @@ async fn fetch_and_load(
     Ok((memory, None))
 }
 
+/// Reads and validates one commit under the commit limits, off the async runtime and under
+/// the parse deadline, so a hostile commit cannot stall the webhooks served by this process.
 async fn load(
+    ctx: &GitopsContext,
     dir: &std::path::Path,
     commit: &str,
     sync: &GitSync,
 ) -> Result<Result<Desired, Vec<ManifestError>>, Error> {
-    let files = repo::read_commit(dir.to_path_buf(), commit.to_string()).await?;
-    Ok(manifest::load(
-        &files,
-        sync.spec.path.as_deref().unwrap_or_default(),
-        sync.spec.overlay.as_deref(),
-    ))
-}
-
-/// Records a rejected commit in status, with an Event and a metric the first time.
-async fn reject(
-    ctx: &GitopsContext,
-    sync: &GitSync,
-    status: &mut GitSyncStatus,
-    commit: &str,
-    file: &str,
-    reason: &str,
-    label: &'static str,
-) {
-    let mut reason = reason.to_string();
-    if reason.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
+    let rules = ctx.settings.rules.clone();
+    let base = sync.spec.path.clone().unwrap_or_default();
+    let overlay = sync.spec.overlay.clone();
+    let read = repo::read_commit_below(
+        dir.to_path_buf(),
+        commit.to_string(),
+        base.clone(),
+        rules.limits.clone(),
+    )
+    .await;
+    let files = match read {
+        Err(RepoError::Limit(reason)) => {
+            return Ok(Err(vec![ManifestError::TooLarge {
+                origin: None,
+                reason,
+            }]));
         }
-        reason.truncate(cut);
-        reason.push_str(" ...");
-    }
-    let rejection = Rejection {
-        commit: commit.to_string(),
-        file: file.to_string(),
-        reason: reason.clone(),
+        other => other?,
     };
-    if status.rejected.as_ref() == Some(&rejection) {
-        return;
+    let deadline = rules.limits.parse_deadline;
+    let task = tokio::task::spawn_blocking(move || {
+        documents::load(&files, &base, overlay.as_deref(), &rules)
+    });
+    match tokio::time::timeout(deadline + Duration::from_secs(1), task).await {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(join)) => Err(Error::Repo(RepoError::Task(join.to_string()))),
+        Err(_) => Err(Error::ParseDeadline(deadline)),
     }
-    ctx.metrics.gitops.failure(label);
-    warn!(gitsync = %sync_id(sync), %commit, %reason, "commit rejected; nothing applied");
-    let short = commit.get(..12).unwrap_or(commit);
-    let note = format!("commit {short} rejected: {reason}");
-    publish(ctx, sync, EventType::Warning, "Rejected", note).await;
-    set_condition(status, "Ready", false, "CommitRejected", &reason);
-    set_condition(status, "Stalled", true, "CommitRejected", &reason);
-    status.rejected = Some(rejection);
 }
 
 async fn credentials(
@@ -660,464 +639,9 @@ async fn credentials(
     }))
 }
 
-fn live_node(node: &Node) -> LiveNode {
-    LiveNode {
-        name: node.name_any(),
-        resource_version: node.resource_version(),
-        labels: node.metadata.labels.clone(),
-        annotations: node.metadata.annotations.clone(),
-        taints: node.spec.as_ref().and_then(|s| s.taints.clone()),
-    }
-}
-
-fn plan_against_cache(
-    ctx: &GitopsContext,
-    id: &str,
-    namespace: &str,
-    desired: &Desired,
-    prune: bool,
-) -> Result<Plan, PlanError> {
-    let mut nodes: Vec<LiveNode> = ctx.nodes.state().iter().map(|n| live_node(n)).collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut plan = plan::plan(id, &desired.node_configs, &nodes, prune)?;
-    plan.objects = plan::plan_objects(
-        &desired.objects,
-        &labelled_objects(ctx, namespace),
-        &owner_value(id),
-        prune,
-    )?;
-    Ok(plan)
-}
-
-/// Applies every node change (one patch per node, concurrently); returns how many changed.
-async fn apply(
-    ctx: &GitopsContext,
-    id: &str,
-    desired: &Desired,
-    prune: bool,
-    plan: &Plan,
-) -> Result<usize, Error> {
-    let cached: HashMap<String, LiveNode> = ctx
-        .nodes
-        .state()
-        .iter()
-        .map(|n| (n.name_any(), live_node(n)))
-        .collect();
-    let mut writes = Vec::with_capacity(plan.changes.len());
-    for change in &plan.changes {
-        let live = cached.get(&change.node).cloned().unwrap_or_default();
-        writes.push(patch_node(ctx, id, desired, prune, change.clone(), live));
-    }
-    let results = future::join_all(writes).await;
-    let mut changed = 0;
-    for result in results {
-        changed += usize::from(result?);
-    }
-    Ok(changed)
-}
-
-/// One JSON Patch guarded by a `test` of the resourceVersion; on a conflict the node is read
-/// again and its change planned again. Returns whether the node was written.
-async fn patch_node(
-    ctx: &GitopsContext,
-    id: &str,
-    desired: &Desired,
-    prune: bool,
-    mut change: plan::NodeChange,
-    mut live: LiveNode,
-) -> Result<bool, Error> {
-    let api: Api<Node> = Api::all(ctx.client.clone());
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let patch: json_patch::Patch = serde_json::from_value(plan::json_patch(&change, &live))
-            .map_err(|e| Error::Api {
-                action: "building a node patch",
-                source: kube::Error::SerdeError(e),
-            })?;
-        ctx.metrics.reconcilers.write(CONTROLLER, "node");
-        let params = PatchParams::apply(FIELD_MANAGER);
-        let params = PatchParams {
-            force: false,
-            ..params
-        };
-        match api
-            .patch(&change.node, &params, &Patch::Json::<()>(patch))
-            .await
-        {
-            Ok(_) => {
-                ctx.metrics.gitops.node_writes.inc();
-                return Ok(true);
-            }
-            Err(source) if is_stale_write(&source) && attempt < NODE_PATCH_ATTEMPTS => {
-                ctx.metrics.gitops.node_conflicts.inc();
-                let Some(fresh) = api
-                    .get_opt(&change.node)
-                    .await
-                    .map_err(|source| Error::Api {
-                        action: "reading a node after a conflict",
-                        source,
-                    })?
-                else {
-                    return Ok(false);
-                };
-                live = live_node(&fresh);
-                let replanned = plan::plan(
-                    id,
-                    &desired.node_configs,
-                    std::slice::from_ref(&live),
-                    prune,
-                )?;
-                match replanned.changes.into_iter().next() {
-                    Some(next) => change = next,
-                    None => return Ok(false),
-                }
-            }
-            Err(source) => {
-                return Err(Error::Api {
-                    action: "patching a node",
-                    source,
-                });
-            }
-        }
-    }
-}
-
-/// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
-/// label, from the watch caches; objects being deleted are left out (their finalizer is still
-/// running).
-fn labelled_objects(ctx: &GitopsContext, namespace: &str) -> Vec<LiveObject> {
-    let ours = |labels: &Option<std::collections::BTreeMap<String, String>>| {
-        labels.as_ref().is_some_and(|l| l.contains_key(OWNER_LABEL))
-    };
-    let mut out = Vec::new();
-    for quota in ctx.quotas.state() {
-        if ours(&quota.metadata.labels)
-            && quota.namespace().as_deref() == Some(namespace)
-            && quota.metadata.deletion_timestamp.is_none()
-        {
-            out.push(LiveObject {
-                kind: ObjectKind::QuotaPolicy,
-                name: quota.name_any(),
-                labels: quota.labels().clone(),
-                spec: serde_json::to_value(&quota.spec).unwrap_or_default(),
-            });
-        }
-    }
-    for operation in ctx.operations.state() {
-        if ours(&operation.metadata.labels) && operation.metadata.deletion_timestamp.is_none() {
-            out.push(LiveObject {
-                kind: ObjectKind::NodeOperation,
-                name: operation.name_any(),
-                labels: operation.labels().clone(),
-                spec: serde_json::to_value(&operation.spec).unwrap_or_default(),
-            });
-        }
-    }
-    for flag in ctx.flags.state() {
-        if ours(&flag.metadata.labels) && flag.metadata.deletion_timestamp.is_none() {
-            let spec = serde_json::to_value(&flag.spec).unwrap_or_default();
-            out.push(LiveObject {
-                kind: ObjectKind::FeatureFlag,
-                name: flag.name_any(),
-                labels: flag.labels().clone(),
-                spec: manifest::git_managed_spec(ObjectKind::FeatureFlag, &spec),
-            });
-        }
-    }
-    out
-}
-
-fn object_failed(action: &str, change: &ObjectChange, source: kube::Error) -> Error {
-    Error::Object {
-        action: format!("{action} {}/{}", change.kind, change.name),
-        source,
-    }
-}
-
-/// Applies one owned object; when the stored spec still differs afterwards (server-side apply
-/// cannot remove a field another manager set), replaces the part Git manages.
-async fn apply_object<K>(
-    api: &Api<K>,
-    change: &ObjectChange,
-    spec: &serde_json::Value,
-    body: &serde_json::Value,
-    replace: json_patch::Patch,
-) -> Result<(), Error>
-where
-    K: Resource
-        + kube::core::object::HasSpec
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::Spec: serde::Serialize,
-{
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let stored = api
-        .patch(&change.name, &params, &Patch::Apply(body))
-        .await
-        .map_err(|e| object_failed("applying", change, e))?;
-    let stored = serde_json::to_value(stored.spec())
-        .ok()
-        .map(|s| manifest::git_managed_spec(change.kind, &s));
-    if stored.as_ref() != Some(spec) {
-        api.patch(
-            &change.name,
-            &PatchParams::default(),
-            &Patch::Json::<()>(replace),
-        )
-        .await
-        .map_err(|e| object_failed("replacing the spec of", change, e))?;
-    }
-    Ok(())
-}
-
-/// Creates or updates (server-side apply, forced, with our field manager) and deletes the
-/// owned objects of the plan; returns how many were written.
-async fn apply_objects(
-    ctx: &GitopsContext,
-    id: &str,
-    namespace: &str,
-    desired: &Desired,
-    changes: &[ObjectChange],
-) -> Result<usize, Error> {
-    let quotas: Api<QuotaPolicy> = Api::namespaced(ctx.client.clone(), namespace);
-    let operations: Api<NodeOperation> = Api::all(ctx.client.clone());
-    let flags: Api<FeatureFlag> = Api::all(ctx.client.clone());
-    let failed = |action: &'static str| move |source| Error::Api { action, source };
-    for change in changes {
-        ctx.metrics
-            .reconcilers
-            .write(CONTROLLER, change.kind.as_str());
-        if change.action == ObjectAction::Delete {
-            let result = match change.kind {
-                ObjectKind::QuotaPolicy => quotas
-                    .delete(&change.name, &Default::default())
-                    .await
-                    .map(|_| ()),
-                ObjectKind::NodeOperation => operations
-                    .delete(&change.name, &Default::default())
-                    .await
-                    .map(|_| ()),
-                ObjectKind::FeatureFlag => {
-                    // Deleting the object would take an active override with it: keep the
-                    // flag until the override ends (the next sync after that prunes it).
-                    let live = ctx
-                        .flags
-                        .state()
-                        .into_iter()
-                        .find(|f| f.name_any() == change.name);
-                    let overridden = live.is_some_and(|f| {
-                        crate::ownership::effective(&f.spec, Timestamp::now()).source
-                            == crate::ownership::Source::Override
-                    });
-                    if overridden {
-                        info!(gitsync = %id, name = %change.name, "flag removed from Git keeps its active override; pruning after it ends");
-                        continue;
-                    }
-                    flags
-                        .delete(&change.name, &Default::default())
-                        .await
-                        .map(|_| ())
-                }
-            };
-            match result {
-                Ok(()) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(object_failed("deleting", change, source)),
-            }
-            info!(gitsync = %id, kind = %change.kind, name = %change.name, "pruned");
-            continue;
-        }
-        let Some(object) = desired
-            .objects
-            .iter()
-            .find(|o| o.kind == change.kind && o.name == change.name)
-        else {
-            continue;
-        };
-        let mut labels = object.labels.clone();
-        labels.insert(OWNER_LABEL.to_string(), owner_value(id));
-        let mut metadata = serde_json::json!({"name": object.name, "labels": labels});
-        if object.kind == ObjectKind::QuotaPolicy {
-            metadata["namespace"] = namespace.into();
-        }
-        let body = serde_json::json!({
-            "apiVersion": manifest::API_VERSION,
-            "kind": object.kind.as_str(),
-            "metadata": metadata,
-            "spec": object.spec,
-        });
-        let replace = match object.kind {
-            // Only the baseline: the override belongs to the API.
-            ObjectKind::FeatureFlag => serde_json::json!([
-                {"op": "replace", "path": "/spec/mode", "value": object.spec.get("mode")},
-                {"op": "replace", "path": "/spec/percent", "value": object.spec.get("percent")},
-            ]),
-            _ => serde_json::json!([{"op": "replace", "path": "/spec", "value": object.spec}]),
-        };
-        let replace: json_patch::Patch = serde_json::from_value(replace)
-            .map_err(|e| failed("building an object patch")(kube::Error::SerdeError(e)))?;
-        match object.kind {
-            ObjectKind::QuotaPolicy => {
-                apply_object(&quotas, change, &object.spec, &body, replace).await?
-            }
-            ObjectKind::NodeOperation => {
-                apply_object(&operations, change, &object.spec, &body, replace).await?
-            }
-            ObjectKind::FeatureFlag => {
-                apply_object(&flags, change, &object.spec, &body, replace).await?
-            }
-        }
-        info!(gitsync = %id, kind = %change.kind, name = %change.name, "applied");
-    }
-    Ok(changes.len())
-}
-
-fn set_condition(
-    status: &mut GitSyncStatus,
-    type_: &str,
-    value: bool,
-    reason: &str,
-    message: &str,
-) {
-    let value = if value { "True" } else { "False" };
-    let existing = status.conditions.iter_mut().find(|c| c.type_ == type_);
-    match existing {
-        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-        Some(c) => {
-            if c.status != value {
-                c.last_transition_time = Some(Time(Timestamp::now()));
-            }
-            c.status = value.into();
-            c.reason = reason.into();
-            c.message = message.into();
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.into(),
-            status: value.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: Some(Time(Timestamp::now())),
-            observed_generation: None,
-        }),
-    }
-}
-
-fn remove_condition(status: &mut GitSyncStatus, type_: &str) {
-    status.conditions.retain(|c| c.type_ != type_);
-}
-
-/// Writes status only when it differs from what the object carries.
-async fn write_status(
-    ctx: &GitopsContext,
-    sync: &GitSync,
-    namespace: &str,
-    current: &GitSyncStatus,
-    status: GitSyncStatus,
-) -> Result<(), Error> {
-    if &status == current {
-        return Ok(());
-    }
-    ctx.metrics.reconcilers.write(CONTROLLER, "gitsync_status");
-    let api: Api<GitSync> = Api::namespaced(ctx.client.clone(), namespace);
-    let patch = serde_json::json!({"status": status_patch(&status)});
-    api.patch_status(
-        &sync.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        action: "writing GitSync status",
-        source,
-    })?;
-    Ok(())
-}
-
-/// Every field of `GitSyncStatus` as written; absent ones are patched to `null`.
-const STATUS_FIELDS: &[&str] = &[
-    "lastFetchedCommit",
-    "lastFetchTime",
-    "lastAppliedCommit",
-    "lastAppliedTime",
-    "rejected",
-    "inventory",
-    "unmatched",
-    "conditions",
-    "observedGeneration",
-];
-
-/// A merge patch that sets the whole status: fields that are empty are set to `null`, since a
-/// merge patch that merely omits them would leave them in place (and the cached object we
-/// compared with may be older than the stored one).
-fn status_patch(status: &GitSyncStatus) -> serde_json::Value {
-    let mut patch = serde_json::to_value(status).unwrap_or_default();
-    if let Some(patch) = patch.as_object_mut() {
-        for key in STATUS_FIELDS {
-            patch
-                .entry((*key).to_string())
-                .or_insert(serde_json::Value::Null);
-        }
-    }
-    patch
-}
-
-async fn publish(
-    ctx: &GitopsContext,
-    sync: &GitSync,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sync".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &sync.object_ref(&())).await {
-        warn!(%error, "could not publish gitsync event");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn empty_status_fields_are_removed_by_the_patch() {
-        let next = GitSyncStatus {
-            last_applied_commit: Some("c2".into()),
-            ..GitSyncStatus::default()
-        };
-        let patch = status_patch(&next);
-        assert_eq!(patch["lastAppliedCommit"], "c2");
-        assert_eq!(patch["rejected"], serde_json::Value::Null);
-        assert_eq!(patch["unmatched"], serde_json::Value::Null);
-        // Every field the type writes is listed, so none can be left behind.
-        let full = GitSyncStatus {
-            last_fetched_commit: Some("c".into()),
-            last_fetch_time: Some(Time(Timestamp::now())),
-            last_applied_commit: Some("c".into()),
-            last_applied_time: Some(Time(Timestamp::now())),
-            rejected: Some(Rejection::default()),
-            inventory: vec![InventoryEntry::default()],
-            unmatched: vec!["u".into()],
-            conditions: vec![Condition::default()],
-            observed_generation: Some(1),
-        };
-        let written = serde_json::to_value(&full).unwrap_or_default();
-        let mut keys: Vec<&str> = written
-            .as_object()
-            .map(|o| o.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        keys.sort_unstable();
-        let mut listed = STATUS_FIELDS.to_vec();
-        listed.sort_unstable();
-        assert_eq!(keys, listed);
-    }
 
     #[test]
     fn intervals() {

@@ -14,6 +14,7 @@ use git2::{
 };
 use sha2::{Digest, Sha256};
 
+use super::limits::Limits;
 use super::manifest::SourceFile;
 
 /// Longest a fetch may take before it is abandoned.
@@ -26,7 +27,8 @@ const CREDENTIAL_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("git {action} failed: {source}")]
+    /// Shown in status and Events: a fixed description, never text from the server.
+    #[error("git {action} failed: {}", public_reason(source))]
     Git {
         action: &'static str,
         #[source]
@@ -40,6 +42,30 @@ pub enum RepoError {
     NotText(String),
     #[error("git task failed: {0}")]
     Task(String),
+    /// The commit is over a limit of the controller: a rejection, not a fetch failure.
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// A fixed description of a libgit2 error. libgit2 passes on text the remote sends (`ERR`
+/// lines, HTTP error pages), so the message itself is only logged, never put in status.
+pub fn public_reason(error: &git2::Error) -> &'static str {
+    use git2::{ErrorClass as C, ErrorCode as E};
+    match (error.code(), error.class()) {
+        (E::Auth, _) => "authentication failed (check the credentials Secret)",
+        (E::Certificate, _) => "the server's TLS certificate was refused",
+        (E::NotFound, _) => "the repository or reference was not found",
+        (E::User, _) => "aborted (deadline or transfer size exceeded)",
+        (_, C::Ssh) => "SSH error (host key, key or connection)",
+        (_, C::Http) => "HTTP error from the server",
+        (_, C::Net) => "network error (connection, name resolution or TLS)",
+        (_, C::Ssl) => "TLS error",
+        (_, C::Os) => "operating system error (disk or network)",
+        (_, C::Odb | C::Object | C::Reference | C::Repository | C::Index) => {
+            "the local clone is unreadable"
+        }
+        _ => "git error",
+    }
 }
 
 impl RepoError {
@@ -52,6 +78,7 @@ impl RepoError {
             RepoError::BranchMissing(_) => "git_branch_missing",
             RepoError::NotText(_) => "git_not_text",
             RepoError::Task(_) => "git_task",
+            RepoError::Limit(_) => "limit",
         }
     }
 }
@@ -90,6 +117,8 @@ pub struct FetchRequest {
     pub dir: PathBuf,
     pub credentials: Option<Credentials>,
     pub timeout: Duration,
+    /// Bytes the transfer may take before it is aborted.
+    pub max_bytes: usize,
 }
 
 /// The cache directory of one GitSync's clone: a new URL means a new clone.
@@ -132,8 +161,17 @@ fn fetch_blocking(request: &FetchRequest) -> Result<String, RepoError> {
         }
     };
     let deadline = Instant::now() + request.timeout;
+    let max_bytes = request.max_bytes;
+    let oversized = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.transfer_progress(move |_| Instant::now() < deadline);
+    let flag = oversized.clone();
+    callbacks.transfer_progress(move |progress| {
+        if progress.received_bytes() > max_bytes {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        Instant::now() < deadline
+    });
     callbacks.sideband_progress(move |_| Instant::now() < deadline);
     if let Some(credentials) = request.credentials.clone() {
         let mut attempts = 0;
@@ -156,6 +194,11 @@ fn fetch_blocking(request: &FetchRequest) -> Result<String, RepoError> {
     let mut remote = repo.remote_anonymous(&request.url).map_err(git("remote"))?;
     let fetched = remote.fetch(&[refspec.as_str()], Some(&mut options), None);
     if let Err(source) = fetched {
+        if oversized.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RepoError::Limit(format!(
+                "the fetch transferred more than {max_bytes} bytes (--gitsync-max-fetch-bytes)"
+            )));
+        }
         if Instant::now() >= deadline {
             return Err(RepoError::Timeout(request.timeout));
         }
@@ -219,29 +262,73 @@ fn credential(
 
 /// Reads every YAML file of `commit` in the clone at `dir`.
 pub async fn read_commit(dir: PathBuf, commit: String) -> Result<Vec<SourceFile>, RepoError> {
-    tokio::task::spawn_blocking(move || read_commit_blocking(&dir, &commit))
+    read_commit_below(dir, commit, String::new(), Limits::default()).await
+}
+
+/// Reads the YAML files of `commit` below `prefix` (a directory, empty for the root), checking
+/// their number and sizes against `limits` from the blob headers before any is read.
+pub async fn read_commit_below(
+    dir: PathBuf,
+    commit: String,
+    prefix: String,
+    limits: Limits,
+) -> Result<Vec<SourceFile>, RepoError> {
+    tokio::task::spawn_blocking(move || read_commit_blocking(&dir, &commit, &prefix, &limits))
         .await
         .map_err(|e| RepoError::Task(e.to_string()))?
 }
 
-fn read_commit_blocking(dir: &Path, commit: &str) -> Result<Vec<SourceFile>, RepoError> {
+fn read_commit_blocking(
+    dir: &Path,
+    commit: &str,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<Vec<SourceFile>, RepoError> {
     let repo = Repository::open_bare(dir).map_err(git("open"))?;
     let oid = git2::Oid::from_str(commit).map_err(git("parse commit id"))?;
     let tree = repo
         .find_commit(oid)
         .and_then(|c| c.tree())
         .map_err(git("read commit"))?;
+    let prefix = match prefix.trim_matches('/') {
+        "" => String::new(),
+        dir => format!("{dir}/"),
+    };
     let mut entries = Vec::new();
     tree.walk(TreeWalkMode::PreOrder, |parent, entry| {
         let name = entry.name().unwrap_or_default();
+        let path = format!("{parent}{name}");
+        if entry.kind() == Some(git2::ObjectType::Tree) {
+            // Only directories on the way to the prefix, or below it, are walked.
+            let dir = format!("{path}/");
+            return match dir.starts_with(&prefix) || prefix.starts_with(&dir) {
+                true => TreeWalkResult::Ok,
+                false => TreeWalkResult::Skip,
+            };
+        }
         if entry.kind() == Some(git2::ObjectType::Blob)
+            && path.starts_with(&prefix)
             && (name.ends_with(".yaml") || name.ends_with(".yml"))
         {
-            entries.push((format!("{parent}{name}"), entry.id()));
+            entries.push((path, entry.id()));
+            if entries.len() > limits.max_files {
+                return TreeWalkResult::Abort;
+            }
         }
         TreeWalkResult::Ok
     })
+    .or_else(|e| match entries.len() > limits.max_files {
+        true => Ok(()),
+        false => Err(e),
+    })
     .map_err(git("walk tree"))?;
+    let odb = repo.odb().map_err(git("open the object database"))?;
+    let mut sizes = Vec::with_capacity(entries.len());
+    for (path, id) in &entries {
+        let (size, _) = odb.read_header(*id).map_err(git("read blob header"))?;
+        sizes.push((path.clone(), size as u64));
+    }
+    limits.check_files(&sizes).map_err(RepoError::Limit)?;
     let mut files = Vec::new();
     for (path, id) in entries {
         let blob = repo.find_blob(id).map_err(git("read blob"))?;
@@ -361,6 +448,7 @@ mod tests {
             dir: cache_dir(cache.path(), "ns/sync", "u"),
             credentials: None,
             timeout: FETCH_TIMEOUT,
+            max_bytes: usize::MAX,
         };
         let mut fetched = None;
         for _ in 0..50 {
@@ -398,6 +486,7 @@ mod tests {
             dir: cache_dir(cache.path(), "ns/sync", "u"),
             credentials: None,
             timeout: FETCH_TIMEOUT,
+            max_bytes: usize::MAX,
         };
         assert_eq!(fetch(request.clone()).await.expect("fetch"), first);
         let second = commit(
@@ -443,6 +532,7 @@ mod tests {
             dir: cache.path().join("x"),
             credentials: None,
             timeout: Duration::from_millis(500),
+            max_bytes: usize::MAX,
         })
         .await
         .expect_err("no answer");
@@ -468,6 +558,7 @@ mod tests {
             dir: cache.path().join("x"),
             credentials: None,
             timeout: FETCH_TIMEOUT,
+            max_bytes: usize::MAX,
         };
         let error = fetch(request.clone()).await.expect_err("no such branch");
         assert!(

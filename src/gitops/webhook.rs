@@ -7,7 +7,11 @@
 //! - Gitea: `X-Gitea-Signature: <hex HMAC-SHA256>`;
 //! - GitLab: `X-Gitlab-Token: <secret>` (a shared token, no HMAC).
 //!
-//! Every comparison is constant-time; a missing or wrong signature is a 401 and no sync.
+//! Every comparison is constant-time. The checks before a request may do anything (names, the
+//! secret from memory, signature, replay, rate) are in `hook_guard`; an unknown GitSync, one
+//! without a secret and a wrong signature all get the same 401.
+
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,13 +19,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use hmac::{Hmac, KeyInit, Mac};
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::Client;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::crd::GitSync;
+use super::hook_guard::HookGuard;
+
 use crate::metrics::SharedMetrics;
 
 /// Largest accepted payload; push payloads are a few KiB, and we never read them anyway.
@@ -107,16 +111,24 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, 
 
 #[derive(Clone)]
 struct HookState {
+    /// Only for what a verified request does (the sync-request mark); nothing before
+    /// verification calls the API.
     client: Client,
+    guard: HookGuard,
     metrics: SharedMetrics,
 }
 
-/// The webhook route, served on the controller's hooks listener only.
-pub fn router(client: Client, metrics: SharedMetrics) -> Router {
+/// The webhook route, served on the controller's hooks listener only. `guard` holds the
+/// secrets (the same one as in `GitopsSettings::hooks`).
+pub fn router(client: Client, guard: HookGuard, metrics: SharedMetrics) -> Router {
     Router::new()
         .route("/hooks/git/{namespace}/{name}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(HookState { client, metrics })
+        .with_state(HookState {
+            client,
+            guard,
+            metrics,
+        })
 }
 
 async fn receive(
@@ -133,18 +145,11 @@ async fn receive(
             .get_or_create(&super::metrics::ReasonLabel { reason })
             .inc();
     };
-    let secret = match webhook_secret(&state.client, &namespace, &name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            outcome("no_secret");
-            return (StatusCode::UNAUTHORIZED, "no webhook secret configured\n");
-        }
-        Err(status) => {
-            outcome("lookup_failed");
-            return (status, "GitSync or its webhook secret not found\n");
-        }
-    };
-    match verify(&headers, &body, &secret) {
+    // Everything up to here is answered from memory: no API call for an unverified request.
+    match state
+        .guard
+        .check(&namespace, &name, &headers, &body, Instant::now())
+    {
         Ok(forge) => {
             if let Err(error) = super::sync_request::mark(&state.client, &namespace, &name).await {
                 outcome("request_failed");
@@ -158,37 +163,12 @@ async fn receive(
             info!(%namespace, %name, ?forge, "verified push webhook; sync requested");
             (StatusCode::ACCEPTED, "sync requested\n")
         }
-        Err(error) => {
-            outcome(error.metric_label());
-            warn!(%namespace, %name, %error, "rejected push webhook");
-            (StatusCode::UNAUTHORIZED, "invalid signature\n")
+        Err(refusal) => {
+            outcome(refusal.metric_label());
+            debug!(reason = refusal.metric_label(), "refused push webhook");
+            (refusal.status(), refusal.message())
         }
     }
-}
-
-/// The shared secret of a GitSync's webhook, `None` when it has no webhook secret.
-async fn webhook_secret(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Vec<u8>>, StatusCode> {
-    let sync = Api::<GitSync>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-        .ok_or(StatusCode::NOT_FOUND)?;
-    let Some(reference) = sync.spec.webhook_secret_ref else {
-        return Ok(None);
-    };
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(&reference.name)
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-        .ok_or(StatusCode::NOT_FOUND)?;
-    Ok(secret
-        .data
-        .and_then(|mut data| data.remove(SECRET_KEY))
-        .map(|value| value.0))
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ mod dev;
 mod flags;
 mod fuzz_bodies;
 mod gitops;
+mod gitops_limits;
+mod gitops_security;
 mod ha;
 mod helm;
 mod http_client;

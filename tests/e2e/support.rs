@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::devcluster::{
@@ -204,11 +204,19 @@ impl TestEnv {
             .create(&PostParams::default(), &body)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+        // GitSyncs of this test's namespace are honoured; the tests' repositories are local.
+        let gitops = streamspace_controller::gitops::reconciler::GitopsSettings {
+            namespaces: streamspace_controller::gitops::trust::NamespacePolicy::Only(
+                [namespace.clone()].into(),
+            ),
+            allow_insecure_transports: true,
+            ..Default::default()
+        };
         TestEnv {
             client,
             namespace,
             controller: None,
-            gitops: Default::default(),
+            gitops,
         }
     }
 
@@ -341,6 +349,23 @@ impl TestEnv {
     pub async fn cleanup(mut self) {
         if let Some(controller) = self.controller.take() {
             controller.stop().await;
+        }
+        // With the controller gone nothing would finalize the GitSyncs: drop their finalizers
+        // so the namespace can go.
+        let syncs = self.api::<streamspace_controller::crd::GitSync>();
+        for sync in syncs
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let _ = syncs
+                .patch(
+                    &sync.name_any(),
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
         }
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let _ = namespaces

@@ -220,7 +220,7 @@ fn table_of_plans() {
         ),
     ];
     for (what, configs, live, prune, expected) in cases {
-        let plan = plan(ID, &configs, std::slice::from_ref(&live), prune).expect(what);
+        let plan = plan(ID, &configs, std::slice::from_ref(&live), &None, prune).expect(what);
         assert_eq!(render(&plan), expected, "{what}");
     }
 }
@@ -240,7 +240,7 @@ fn the_patch_tests_the_version_and_keeps_foreign_taints() {
         annotations: None,
         taints: Some(vec![kt("node.kubernetes.io/unreachable:NoExecute")]),
     };
-    let plan = plan(ID, &configs, std::slice::from_ref(&live), true).expect("plan");
+    let plan = plan(ID, &configs, std::slice::from_ref(&live), &None, true).expect("plan");
     let patch = json_patch(&plan.changes[0], &live);
     assert_eq!(
         patch,
@@ -266,7 +266,7 @@ fn the_inventory_of_other_syncs_is_kept() {
         INVENTORY_ANNOTATION.to_string(),
         r#"{"other/sync":{"labels":["team"]},"ns/sync":{"labels":["zone"]}}"#.to_string(),
     )]));
-    let plan = plan(ID, &[], std::slice::from_ref(&live), true).expect("plan");
+    let plan = plan(ID, &[], std::slice::from_ref(&live), &None, true).expect("plan");
     assert_eq!(
         plan.changes[0].inventory,
         Some(Some(r#"{"other/sync":{"labels":["team"]}}"#.to_string()))
@@ -275,12 +275,73 @@ fn the_inventory_of_other_syncs_is_kept() {
 }
 
 #[test]
+fn keys_set_by_someone_else_are_never_adopted_nor_pruned() {
+    let hostname = [("kubernetes.io/hostname", "n"), ("team", "ops")];
+    let configs = [config(
+        "c",
+        by_name("n"),
+        &[("team", "gitops")],
+        &["node-role.kubernetes.io/control-plane:NoSchedule"],
+    )];
+    let live = node(
+        "n",
+        &hostname,
+        &["node-role.kubernetes.io/control-plane:NoSchedule"],
+        None,
+    );
+    let record = Some(BTreeMap::new());
+    let first = plan(ID, &configs, std::slice::from_ref(&live), &record, true).expect("plan");
+    assert_eq!(render(&first), "node/n\n  ~ label team=ops -> gitops\n");
+    assert!(first.managed.is_empty(), "{:?}", first.managed);
+    assert_eq!(first.changes[0].inventory, None);
+    // Git drops them: nothing is removed.
+    let dropped = plan(ID, &[], std::slice::from_ref(&live), &record, true).expect("plan");
+    assert_eq!(render(&dropped), "no changes\n");
+}
+
+#[test]
+fn a_forged_inventory_entry_does_not_make_a_prune_remove_foreign_keys() {
+    let forged = owned(
+        &["zone", "team"],
+        &["dedicated:NoSchedule", "gpu:NoSchedule"],
+    );
+    let live = node(
+        "n",
+        &[("zone", "a"), ("team", "ops")],
+        &["dedicated:NoSchedule", "gpu:NoSchedule"],
+        forged,
+    );
+    let ours = owned(&["zone"], &["gpu:NoSchedule"]).unwrap_or_default();
+    let record = Some(BTreeMap::from([("n".to_string(), ours)]));
+    let plan = plan(ID, &[], std::slice::from_ref(&live), &record, true).expect("plan");
+    assert_eq!(
+        render(&plan),
+        "node/n\n  - label zone=a\n  - taint gpu:NoSchedule\n"
+    );
+    // With no record of the node at all, nothing is believed.
+    let none = plan_without_record(&live);
+    assert_eq!(render(&none), "node/n\n");
+}
+
+fn plan_without_record(live: &LiveNode) -> Plan {
+    plan(
+        ID,
+        &[],
+        std::slice::from_ref(live),
+        &Some(BTreeMap::new()),
+        true,
+    )
+    .expect("plan")
+}
+
+#[test]
 fn conflicting_values_are_an_error() {
     let configs = [
         config("a", by_name("n"), &[("zone", "a")], &[]),
         config("b", by_name("n"), &[("zone", "b")], &[]),
     ];
-    let error = plan(ID, &configs, &[node("n", &[], &[], None)], true).expect_err("conflict");
+    let error =
+        plan(ID, &configs, &[node("n", &[], &[], None)], &None, true).expect_err("conflict");
     assert_eq!(error.metric_label(), "conflict");
     assert!(error.to_string().contains("label zone"), "{error}");
 }

@@ -1,0 +1,282 @@
+//! GitSync status and Events: conditions, the rejection of a commit, and one merge patch that
+//! writes the whole status only when it changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use tracing::warn;
+
+use super::plan::Plan;
+use super::reconciler::{CONTROLLER, Error, GitopsContext, sync_id};
+use crate::crd::gitsync::{InventoryEntry, Rejection};
+use crate::crd::{Condition, GitSync, GitSyncStatus};
+
+/// Reasons and messages longer than this are cut in status (the Events carry the same).
+const MAX_REASON: usize = 2000;
+
+/// Records a rejected commit in status, with an Event and a metric the first time.
+pub(crate) async fn reject(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    status: &mut GitSyncStatus,
+    commit: &str,
+    file: &str,
+    reason: &str,
+    label: &'static str,
+) {
+    let mut reason = reason.to_string();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(" ...");
+    }
+    let rejection = Rejection {
+        commit: commit.to_string(),
+        file: file.to_string(),
+        reason: reason.clone(),
+    };
+    if status.rejected.as_ref() == Some(&rejection) {
+        return;
+    }
+    ctx.metrics.gitops.failure(label);
+    warn!(gitsync = %sync_id(sync), %commit, %reason, "commit rejected; nothing applied");
+    let short = commit.get(..12).unwrap_or(commit);
+    let note = format!("commit {short} rejected: {reason}");
+    publish(ctx, sync, EventType::Warning, "Rejected", note).await;
+    set_condition(status, "Ready", false, "CommitRejected", &reason);
+    set_condition(status, "Stalled", true, "CommitRejected", &reason);
+    status.rejected = Some(rejection);
+}
+
+pub(crate) fn set_condition(
+    status: &mut GitSyncStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+) {
+    let value = if value { "True" } else { "False" };
+    let existing = status.conditions.iter_mut().find(|c| c.type_ == type_);
+    match existing {
+        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
+        Some(c) => {
+            if c.status != value {
+                c.last_transition_time = Some(Time(Timestamp::now()));
+            }
+            c.status = value.into();
+            c.reason = reason.into();
+            c.message = message.into();
+        }
+        None => status.conditions.push(Condition {
+            type_: type_.into(),
+            status: value.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Some(Time(Timestamp::now())),
+            observed_generation: None,
+        }),
+    }
+}
+
+pub(crate) fn remove_condition(status: &mut GitSyncStatus, type_: &str) {
+    status.conditions.retain(|c| c.type_ != type_);
+}
+
+/// Writes status only when it differs from what the object carries.
+pub(crate) async fn write_status(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    namespace: &str,
+    current: &GitSyncStatus,
+    status: GitSyncStatus,
+) -> Result<(), Error> {
+    if &status == current {
+        return Ok(());
+    }
+    ctx.metrics.reconcilers.write(CONTROLLER, "gitsync_status");
+    let api: Api<GitSync> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = serde_json::json!({"status": status_patch(&status)});
+    api.patch_status(
+        &sync.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        action: "writing GitSync status",
+        source,
+    })?;
+    Ok(())
+}
+
+/// Every field of `GitSyncStatus` as written; absent ones are patched to `null`.
+const STATUS_FIELDS: &[&str] = &[
+    "lastFetchedCommit",
+    "lastFetchTime",
+    "lastAppliedCommit",
+    "lastAppliedTime",
+    "rejected",
+    "inventory",
+    "unmatched",
+    "conditions",
+    "observedGeneration",
+];
+
+/// A merge patch that sets the whole status: fields that are empty are set to `null`, since a
+/// merge patch that merely omits them would leave them in place (and the cached object we
+/// compared with may be older than the stored one).
+fn status_patch(status: &GitSyncStatus) -> serde_json::Value {
+    let mut patch = serde_json::to_value(status).unwrap_or_default();
+    if let Some(patch) = patch.as_object_mut() {
+        // A merge patch merges nested objects too: an empty `file` must be removed explicitly,
+        // or the file of an earlier rejection would stay next to a new reason.
+        if let Some(rejected) = patch.get_mut("rejected").and_then(|r| r.as_object_mut()) {
+            rejected.entry("file").or_insert(serde_json::Value::Null);
+        }
+        for key in STATUS_FIELDS {
+            patch
+                .entry((*key).to_string())
+                .or_insert(serde_json::Value::Null);
+        }
+    }
+    patch
+}
+
+pub(crate) async fn publish(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &sync.object_ref(&())).await {
+        warn!(%error, "could not publish gitsync event");
+    }
+}
+
+/// The status after a successful apply of `commit`: the commit in force, the inventory (the
+/// record of what this sync owns), the unmatched NodeConfigs and the conditions. Returns
+/// whether `commit` is newly applied.
+pub(crate) fn applied_status(
+    ctx: &GitopsContext,
+    id: &str,
+    status: &mut GitSyncStatus,
+    commit: &str,
+    plan: &Plan,
+    fetch_error: Option<&str>,
+) -> bool {
+    let newly_applied = status.last_applied_commit.as_deref() != Some(commit);
+    if newly_applied {
+        status.last_applied_commit = Some(commit.to_string());
+        status.last_applied_time = Some(Time(Timestamp::now()));
+        ctx.metrics
+            .gitops
+            .last_applied
+            .get_or_create(&super::metrics::SyncLabel {
+                gitsync: id.to_string(),
+            })
+            .set(Timestamp::now().as_second());
+    }
+    if status.last_fetched_commit.as_deref() == Some(commit) {
+        status.rejected = None;
+    }
+    status.inventory = plan
+        .managed
+        .iter()
+        .map(|m| InventoryEntry {
+            node: m.node.clone(),
+            labels: m.owned.labels.iter().cloned().collect(),
+            taints: m.owned.taints.iter().cloned().collect(),
+        })
+        .collect();
+    status.unmatched = plan.unmatched.clone();
+    let short = commit.get(..12).unwrap_or(commit);
+    match (fetch_error, &status.rejected) {
+        (Some(error), _) => {
+            let message = format!("commit {short} in force; fetching failed: {error}");
+            set_condition(status, "Ready", false, "FetchFailed", &message);
+        }
+        (None, Some(rejection)) => {
+            let message = format!(
+                "commit {short} in force; newer commit rejected: {}",
+                rejection.reason
+            );
+            set_condition(status, "Ready", false, "CommitRejected", &message);
+            set_condition(status, "Stalled", true, "CommitRejected", &message);
+        }
+        (None, None) => {
+            let message = format!("applied commit {short}");
+            set_condition(status, "Ready", true, "Synced", &message);
+            remove_condition(status, "Stalled");
+        }
+    }
+    set_condition(
+        status,
+        "Reconciling",
+        false,
+        "Idle",
+        "waiting for the next change",
+    );
+    newly_applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_status_fields_are_removed_by_the_patch() {
+        let next = GitSyncStatus {
+            last_applied_commit: Some("c2".into()),
+            ..GitSyncStatus::default()
+        };
+        let patch = status_patch(&next);
+        assert_eq!(patch["lastAppliedCommit"], "c2");
+        assert_eq!(patch["rejected"], serde_json::Value::Null);
+        assert_eq!(patch["unmatched"], serde_json::Value::Null);
+        let without_file = GitSyncStatus {
+            rejected: Some(Rejection {
+                commit: "c3".into(),
+                file: String::new(),
+                reason: "too large".into(),
+            }),
+            ..GitSyncStatus::default()
+        };
+        let patch = status_patch(&without_file);
+        assert_eq!(patch["rejected"]["file"], serde_json::Value::Null);
+        assert_eq!(patch["rejected"]["reason"], "too large");
+        // Every field the type writes is listed, so none can be left behind.
+        let full = GitSyncStatus {
+            last_fetched_commit: Some("c".into()),
+            last_fetch_time: Some(Time(Timestamp::now())),
+            last_applied_commit: Some("c".into()),
+            last_applied_time: Some(Time(Timestamp::now())),
+            rejected: Some(Rejection::default()),
+            inventory: vec![InventoryEntry::default()],
+            unmatched: vec!["u".into()],
+            conditions: vec![Condition::default()],
+            observed_generation: Some(1),
+        };
+        let written = serde_json::to_value(&full).unwrap_or_default();
+        let mut keys: Vec<&str> = written
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        let mut listed = STATUS_FIELDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
+    }
+}
