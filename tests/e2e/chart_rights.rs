@@ -26,7 +26,10 @@ use streamspace_controller::devcluster::ADOPTED_NODE_LABEL;
 use crate::api_sessions::template;
 use crate::chart_install::Release;
 use crate::gitops::{Repo, create_gitsync, wait_applied};
-use crate::helm::{container_args, documents, find};
+use crate::helm::{container_args, container_env, documents, find};
+
+/// A rendered container: its arguments and its literal environment variables.
+type Rendered = (Vec<String>, Vec<(String, String)>);
 use crate::http_client::{call, call_json};
 use crate::support::{
     TEST_ENV_LABEL, TestEnv, WAIT, dev_token, kubeconfig, wait_for, wait_gone, wait_object,
@@ -39,7 +42,7 @@ struct Process {
 }
 
 impl Process {
-    fn spawn(args: &[String], env: &[(&str, String)], log: PathBuf) -> Process {
+    fn spawn(args: &[String], env: &[(String, String)], log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("log file");
         let mut command =
             tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"));
@@ -206,8 +209,9 @@ async fn wait_http_ok(process: &mut Process, what: &str, addr: SocketAddr, path:
 
 impl World {
     /// Installs a release whose session namespace is a fresh test namespace, with the test's
-    /// node-operation label and flag prefix; returns the rendered Deployments' arguments.
-    async fn install(env: &TestEnv, release: &Release) -> (Vec<String>, Vec<String>) {
+    /// node-operation label and flag prefix; returns the rendered Deployments' arguments and
+    /// literal environment variables.
+    async fn install(env: &TestEnv, release: &Release) -> (Rendered, Rendered) {
         // Kubernetes 1.20 has no kubernetes.io/metadata.name label: label as NOTES.txt says.
         let label = json!({"metadata": {"labels": {"stream.space/sessions": release.fullname}}});
         Api::<Namespace>::all(env.client.clone())
@@ -233,17 +237,19 @@ impl World {
         .collect();
         release.install(&sets).await;
         let docs = documents(&release.manifest().await);
-        (
-            container_args(find(&docs, "Deployment", &release.controller())),
-            container_args(find(&docs, "Deployment", &release.api())),
-        )
+        let rendered = |name: &str| {
+            let deployment = find(&docs, "Deployment", name);
+            (container_args(deployment), container_env(deployment))
+        };
+        (rendered(&release.controller()), rendered(&release.api()))
     }
 
     async fn start() -> World {
         let env = TestEnv::without_controller("chart-rights").await;
         let release = Release::unique("chart-rights", Some(env.namespace.clone()));
         let installed_at = Instant::now();
-        let (controller_args, api_args) = World::install(&env, &release).await;
+        let ((controller_args, controller_env), (api_args, api_env)) =
+            World::install(&env, &release).await;
         let client = env.client.clone();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = |name: &str| dir.path().join(format!("{name}.kubeconfig"));
@@ -284,18 +290,25 @@ impl World {
         ];
         let api_config = config(&release.api());
         let api_args = local_args(&api_args, &release.namespace, &local, &api_config);
-        let env_vars = |name: &str| {
-            vec![
-                ("POD_NAMESPACE", release.namespace.clone()),
-                ("POD_NAME", format!("{name}-local")),
-                ("CONNECTION_EVENT_TOKEN", event_token.clone()),
-                ("RUST_LOG", "info,kube=warn".into()),
-            ]
+        // The Deployments' literal variables, then what the pod would get from the downward API
+        // and the Secret.
+        let env_vars = |name: &str, rendered: &[(String, String)]| {
+            let mut vars: Vec<(String, String)> = rendered.to_vec();
+            vars.extend([
+                ("POD_NAMESPACE".to_string(), release.namespace.clone()),
+                ("POD_NAME".to_string(), format!("{name}-local")),
+                ("CONNECTION_EVENT_TOKEN".to_string(), event_token.clone()),
+                ("RUST_LOG".to_string(), "info,kube=warn".into()),
+            ]);
+            vars
         };
         let log = |name: &str| dir.path().join(format!("{name}.log"));
-        let mut controller =
-            Process::spawn(&controller_args, &env_vars("controller"), log("controller"));
-        let mut api = Process::spawn(&api_args, &env_vars("api"), log("api"));
+        let mut controller = Process::spawn(
+            &controller_args,
+            &env_vars("controller", &controller_env),
+            log("controller"),
+        );
+        let mut api = Process::spawn(&api_args, &env_vars("api", &api_env), log("api"));
         wait_http_ok(&mut controller, "controller", controller_http, "/readyz").await;
         wait_http_ok(&mut api, "api", api_http, "/readyz").await;
         let client_of = |path: PathBuf| async move {

@@ -66,6 +66,10 @@ impl Process {
             LEASE_DURATION,
             "--lease-renew-deadline",
             RENEW_DEADLINE,
+            // The test's GitSyncs live in its namespace and follow file:// repositories.
+            "--gitsync-namespaces",
+            ns,
+            "--gitsync-allow-insecure-transports",
         ]
         .iter()
         .map(|s| s.to_string())

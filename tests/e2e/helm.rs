@@ -140,6 +140,18 @@ pub fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 /// The container arguments of a rendered Deployment.
+/// The literal environment (`value`, not `valueFrom`) of a Deployment's first container.
+pub fn container_env(deployment: &Value) -> Vec<(String, String)> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn container_args(deployment: &Value) -> Vec<String> {
     deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
