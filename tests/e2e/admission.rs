@@ -26,6 +26,7 @@ use streamspace_controller::ownership::index::FlagIndex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::quota::RoundRobin;
 use crate::support::{TestEnv, wait_for};
 
 /// Label that selects a test's namespace in its webhook configurations.
@@ -68,7 +69,11 @@ pub(crate) struct WebhookEnv {
     /// The webhook's ownership flags.
     pub(crate) flags: std::sync::Arc<FlagIndex>,
     pub(crate) webhook: Webhook,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Further replicas (same certificate Secret, own caches and metrics) and the round-robin
+    /// proxy the API server calls in front of all of them.
+    pub(crate) replicas: Vec<(Webhook, Arc<Metrics>)>,
+    _proxy: Option<RoundRobin>,
     config_name: String,
     _stop: watch::Sender<bool>,
 }
@@ -79,7 +84,7 @@ pub(crate) enum Certs {
     Files(CertFiles, String),
 }
 
-fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option<&str>) -> Value {
+pub(crate) fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option<&str>) -> Value {
     let mut client_config = json!({"url": url});
     if let Some(ca) = ca {
         client_config["caBundle"] = json!(base64(ca.as_bytes()));
@@ -127,6 +132,17 @@ impl WebhookEnv {
 
     /// A webhook whose `quota` flag has `mode` (a FeatureFlag object of this test's prefix).
     pub(crate) async fn with_quota_flag(test: &str, certs: Certs, mode: FlagMode) -> WebhookEnv {
+        Self::with_replicas(test, certs, mode, 1).await
+    }
+
+    /// `replicas` webhook servers; with more than one, the API server calls a TCP round-robin
+    /// proxy that alternates connections between them.
+    pub(crate) async fn with_replicas(
+        test: &str,
+        certs: Certs,
+        mode: FlagMode,
+        replicas: usize,
+    ) -> WebhookEnv {
         let env = TestEnv::without_controller(test).await;
         let ns = env.namespace.clone();
         let flags = FlagIndex::new(env.flag_settings());
@@ -142,8 +158,7 @@ impl WebhookEnv {
             .await
             .expect("label namespace");
         let config_name = format!("admission-test-{ns}");
-        let metrics = Arc::new(Metrics::default());
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let (cert_source, ca) = match certs {
             Certs::SelfManaged => (
                 CertSource::SelfManaged(SelfManagedConfig {
@@ -163,19 +178,39 @@ impl WebhookEnv {
             flags: flags.clone(),
             policy_namespace: Some(ns.clone()),
             session_namespace: Some(ns.clone()),
+            ledger_namespace: ns.clone(),
+            client_ca: None,
+            allow_disabled_timers: false,
         };
-        let webhook = admission::start(
-            env.client.clone(),
-            config,
-            metrics.admission.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
-        .await
-        .expect("webhook starts");
-        assert!(webhook.ready().await, "webhook caches load");
-        let port = webhook.addr.port();
+        let mut started = Vec::new();
+        for _ in 0..replicas.max(1) {
+            let mut stopped = stopped.clone();
+            let metrics = Arc::new(Metrics::default());
+            let webhook = admission::start(
+                env.client.clone(),
+                config.clone(),
+                metrics.admission.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )
+            .await
+            .expect("webhook starts");
+            assert!(webhook.ready().await, "webhook caches load");
+            started.push((webhook, metrics));
+        }
+        let (webhook, metrics) = started.remove(0);
+        let proxy = match started.is_empty() {
+            true => None,
+            false => {
+                let mut upstreams = vec![webhook.addr];
+                upstreams.extend(started.iter().map(|(w, _)| w.addr));
+                Some(RoundRobin::start(upstreams).await)
+            }
+        };
+        let port = proxy
+            .as_ref()
+            .map_or(webhook.addr.port(), |p| p.addr.port());
         let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
             "metadata": {"name": config_name},
             "webhooks": [webhook_entry(
@@ -215,6 +250,8 @@ impl WebhookEnv {
             flags,
             webhook,
             metrics,
+            replicas: started,
+            _proxy: proxy,
             config_name,
             _stop: stop,
         };
@@ -292,6 +329,7 @@ impl WebhookEnv {
             .delete(&self.config_name, &DeleteParams::default())
             .await;
         drop(self.webhook);
+        drop(self.replicas);
         self.env.cleanup().await;
     }
 
@@ -313,19 +351,23 @@ impl WebhookEnv {
         // The webhook reads policies from its watch cache: wait until it has this version.
         let stored = api.get(name).await.expect("policy stored");
         let version = stored.metadata.resource_version.clone();
-        let store = self.webhook.state.policies().clone();
-        wait_for(
-            "the webhook to see the policy",
-            || async {
-                store
-                    .get(
-                        &kube::runtime::reflector::ObjectRef::new(name).within(&self.env.namespace),
-                    )
-                    .and_then(|p| p.metadata.resource_version.clone())
-            },
-            |seen| *seen == version,
-        )
-        .await;
+        let webhooks = std::iter::once(&self.webhook).chain(self.replicas.iter().map(|(w, _)| w));
+        for webhook in webhooks {
+            let store = webhook.state.policies().clone();
+            wait_for(
+                "the webhook to see the policy",
+                || async {
+                    store
+                        .get(
+                            &kube::runtime::reflector::ObjectRef::new(name)
+                                .within(&self.env.namespace),
+                        )
+                        .and_then(|p| p.metadata.resource_version.clone())
+                },
+                |seen| *seen == version,
+            )
+            .await;
+        }
     }
 
     pub(crate) async fn create_session(

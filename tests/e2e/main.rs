@@ -10,5 +10,6 @@ mod http_client;
 mod idle;
 mod nodeop;
 mod ownership;
+mod quota;
 mod session_lifecycle;
 mod support;
