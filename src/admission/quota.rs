@@ -201,6 +201,15 @@ pub fn effective_limits<'a>(user: &str, policies: impl IntoIterator<Item = &'a P
         .fold(base, |limits, group| limits.tightened_by(&group.limits))
 }
 
+/// The limits of `user` under the stored `policies` (each parsed; unusable limits ignored).
+pub fn limits_for<'a>(user: &str, policies: impl IntoIterator<Item = &'a QuotaPolicy>) -> Limits {
+    let parsed: Vec<Policy> = policies
+        .into_iter()
+        .map(|p| Policy::from_object(p).0)
+        .collect();
+    effective_limits(user, &parsed)
+}
+
 /// What one session requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Request {

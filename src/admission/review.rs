@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::quota::ledger::{self, Reservation, SessionKey, SessionView};
 use super::quota::store::Admission;
-use super::quota::{self, Decision, Limits, Policy, Request, Usage};
+use super::quota::{self, Decision, Limits, Request, Usage};
 use super::{AdmissionState, CACHE_WAIT, defaults};
 use crate::crd::{SessionSpec, SessionState};
 use crate::ownership::{ResourceType, Side};
@@ -159,13 +159,7 @@ impl AdmissionState {
 
     /// The limits in force for `user` from the QuotaPolicy cache.
     fn limits(&self, user: &str) -> Limits {
-        let policies: Vec<Policy> = self
-            .policies
-            .state()
-            .iter()
-            .map(|p| Policy::from_object(p).0)
-            .collect();
-        quota::effective_limits(user, &policies)
+        quota::limits_for(user, self.policies.state().iter().map(AsRef::as_ref))
     }
 
     /// What `user` uses besides the session `key`: the Session cache combined with the live

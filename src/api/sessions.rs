@@ -5,7 +5,7 @@
 //! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
 //! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
 //! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server) |
-//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202) |
+//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202); waking over quota 403 |
 //! | DELETE | `/api/v1/sessions/{id}` | 202 |
 //!
 //! Dispatch: [`FlagIndex::owner`](crate::ownership::index::FlagIndex::owner) of the session

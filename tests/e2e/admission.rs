@@ -98,7 +98,7 @@ pub(crate) fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option
         }],
         "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: namespace}},
         "failurePolicy": "Fail",
-        "sideEffects": "None",
+        "sideEffects": "NoneOnDryRun",
         "timeoutSeconds": 10,
         "admissionReviewVersions": ["v1"]
     })
@@ -264,35 +264,8 @@ impl WebhookEnv {
     /// webhooks are called.
     async fn wait_until_webhooks_are_called(&self, enforcing: bool) {
         let api = self.env.api::<Session>();
-        let probe: Session = serde_json::from_value(json!({
-            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-            "metadata": {"name": "probe"},
-            "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
-        }))
-        .expect("probe session");
         if enforcing {
-            let _ = wait_for(
-                "the API server to call the webhooks",
-                || async {
-                    api.create(
-                        &PostParams {
-                            dry_run: true,
-                            ..PostParams::default()
-                        },
-                        &probe,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-                },
-                |result| {
-                    result
-                        .as_ref()
-                        .err()
-                        .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
-                },
-            )
-            .await;
+            wait_until_quota_webhook_is_called(&api).await;
         }
         // The mutating webhook is registered at the same time; make sure it is active too.
         let labelled: Session = serde_json::from_value(json!({
@@ -397,6 +370,60 @@ impl WebhookEnv {
             )
             .await
     }
+}
+
+/// The API server picks up a new configuration asynchronously: dry-runs an out-of-bounds
+/// create in `api`'s namespace until the quota webhook's denial comes back.
+pub(crate) async fn wait_until_quota_webhook_is_called(api: &Api<Session>) {
+    let probe: Session = serde_json::from_value(json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+        "metadata": {"name": "probe"},
+        "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
+    }))
+    .expect("probe session");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let _ = wait_for(
+        "the API server to call the quota webhook",
+        || async {
+            api.create(&dry, &probe)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        |result| {
+            result
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
+        },
+    )
+    .await;
+}
+
+/// `n` creates of running sessions for alice at once; how many were admitted (every denial
+/// must contain `denial`).
+pub(crate) async fn race_creates(w: &Arc<WebhookEnv>, n: usize, denial: &str) -> usize {
+    let attempts: Vec<_> = (0..n)
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(e) => assert!(e.contains(denial), "{e}"),
+        }
+    }
+    admitted
 }
 
 pub(crate) fn running(user: &str, cpu: &str, memory: &str) -> Value {
@@ -987,23 +1014,7 @@ async fn admission_concurrent_creates_never_overshoot() {
         json!({"maxSessions": 3, "maxCpu": "64", "maxMemory": "64Gi"}),
     )
     .await;
-    let attempts: Vec<_> = (0..12)
-        .map(|i| {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for attempt in attempts {
-        match attempt.await.expect("task") {
-            Ok(_) => admitted += 1,
-            Err(e) => assert!(e.contains("session quota exceeded: 3/3"), "{e}"),
-        }
-    }
+    let admitted = race_creates(&w, 12, "session quota exceeded: 3/3").await;
     assert_eq!(admitted, 3, "exactly the quota is admitted");
     match Arc::try_unwrap(w) {
         Ok(w) => w.cleanup().await,

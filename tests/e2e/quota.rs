@@ -27,7 +27,9 @@ use streamspace_controller::ownership::index::{FlagIndex, FlagSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use crate::admission::{Certs, WebhookEnv, running, webhook_entry};
+use crate::admission::{
+    Certs, WebhookEnv, race_creates, running, wait_until_quota_webhook_is_called, webhook_entry,
+};
 use crate::http_client::{API_TOKEN, Http, RunningApi};
 use crate::support::{TestEnv, wait_for};
 
@@ -107,26 +109,7 @@ async fn quota_two_webhook_replicas_admit_exactly_the_limit() {
         .chain(w.replicas.iter().map(|(_, m)| m))
         .map(|m| validations(m))
         .collect();
-    let attempts: Vec<_> = (0..12)
-        .map(|i| {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for attempt in attempts {
-        match attempt.await.expect("task") {
-            Ok(_) => admitted += 1,
-            Err(e) => assert!(
-                e.contains("session quota exceeded: 3/3 sessions active"),
-                "{e}"
-            ),
-        }
-    }
+    let admitted = race_creates(&w, 12, "session quota exceeded: 3/3 sessions active").await;
     assert_eq!(
         admitted, 3,
         "exactly the quota is admitted across both replicas"
@@ -234,6 +217,12 @@ async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -
         .await
 }
 
+/// `PATCH /api/v1/sessions/{name}` with `{"state": state}`.
+async fn set_state(addr: SocketAddr, name: &str, state: &str) -> (u16, Value) {
+    let path = format!("/api/v1/sessions/{name}");
+    call(addr, "PATCH", &path, Some(json!({"state": state}))).await
+}
+
 fn desktop(user: &str) -> Value {
     json!({"user": user, "template": "desktop", "resources": {"cpu": "500m", "memory": "1Gi"}})
 }
@@ -291,14 +280,7 @@ async fn quota_legacy_wake_over_the_limit_is_refused() {
         assert_eq!(code, 202, "{reply}");
         names.push(reply["name"].as_str().expect("name").to_string());
     }
-    let path = |name: &str| format!("/api/v1/sessions/{name}");
-    let (code, reply) = call(
-        addr,
-        "PATCH",
-        &path(&names[0]),
-        Some(json!({"state": "hibernated"})),
-    )
-    .await;
+    let (code, reply) = set_state(addr, &names[0], "hibernated").await;
     assert_eq!(code, 202, "{reply}");
     let (code, reply) = call(addr, "POST", "/api/v1/sessions", Some(desktop("alice"))).await;
     assert_eq!(code, 202, "a hibernated session frees its slot: {reply}");
@@ -307,13 +289,7 @@ async fn quota_legacy_wake_over_the_limit_is_refused() {
     let before = sessions.get(&names[0]).await.expect("hibernated session");
 
     // Waking the hibernated one would make three running: refused, nothing written.
-    let (code, reply) = call(
-        addr,
-        "PATCH",
-        &path(&names[0]),
-        Some(json!({"state": "running"})),
-    )
-    .await;
+    let (code, reply) = set_state(addr, &names[0], "running").await;
     assert_eq!(code, 403, "{reply}");
     assert_eq!(reply["error"], "Quota exceeded");
     assert_eq!(
@@ -338,21 +314,9 @@ async fn quota_legacy_wake_over_the_limit_is_refused() {
     );
 
     // Within the limit again, the same wake is admitted.
-    let (code, reply) = call(
-        addr,
-        "PATCH",
-        &path(&third),
-        Some(json!({"state": "hibernated"})),
-    )
-    .await;
+    let (code, reply) = set_state(addr, &third, "hibernated").await;
     assert_eq!(code, 202, "{reply}");
-    let (code, reply) = call(
-        addr,
-        "PATCH",
-        &path(&names[0]),
-        Some(json!({"state": "running"})),
-    )
-    .await;
+    let (code, reply) = set_state(addr, &names[0], "running").await;
     assert_eq!(code, 202, "{reply}");
     delete_flags(&env).await;
     drop(apis);
@@ -626,56 +590,13 @@ async fn quota_webhook_refuses_clients_without_the_api_servers_certificate() {
     .await
     .expect("webhook with a client CA");
     assert!(webhook.ready().await, "caches load");
-    let url = |path: &str| format!("https://127.0.0.1:{}{path}", webhook.addr.port());
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "mtls"},
-                "webhooks": [webhook_entry("quota.stream.space", url(VALIDATE_PATH), ns, None)]}))
-            .expect("validating configuration"),
-        )
-        .await
-        .expect("validating configuration");
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "mtls"},
-                "webhooks": [webhook_entry("defaults.stream.space", url(MUTATE_PATH), ns, None)]}))
-            .expect("mutating configuration"),
-        )
-        .await
-        .expect("mutating configuration");
+    register(&client, ns, webhook.addr.port()).await;
     if let Some(manager) = &webhook.self_managed {
         manager.refresh(false).await.expect("caBundle written");
     }
     // The API server, presenting its client certificate, gets decisions.
     let sessions: Api<Session> = Api::namespaced(client.clone(), ns);
-    let probe: Session = serde_json::from_value(json!({
-        "apiVersion": "stream.space/v1alpha1", "kind": "Session", "metadata": {"name": "probe"},
-        "spec": {"user": "probe", "template": "t", "resources": {"cpu": "1m"}}
-    }))
-    .expect("probe");
-    let _ = wait_for(
-        "the API server's calls to reach the webhook",
-        || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            sessions
-                .create(&dry, &probe)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-        |result| {
-            result
-                .as_ref()
-                .err()
-                .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
-        },
-    )
-    .await;
+    wait_until_quota_webhook_is_called(&sessions).await;
     sessions
         .create(&PostParams::default(), &serde_json::from_value(json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session", "metadata": {"name": "real"},
@@ -750,6 +671,28 @@ async fn quota_webhook_refuses_clients_without_the_api_servers_certificate() {
     );
     drop(webhook);
     plane.stop().await;
+}
+
+/// Webhook configurations named `mtls` calling the webhook on `port` for namespace `ns`.
+async fn register(client: &kube::Client, ns: &str, port: u16) {
+    let entry = |name: &str, path: &str| {
+        json!({"metadata": {"name": "mtls"}, "webhooks": [
+            webhook_entry(name, format!("https://127.0.0.1:{port}{path}"), ns, None)
+        ]})
+    };
+    let validating: ValidatingWebhookConfiguration =
+        serde_json::from_value(entry("quota.stream.space", VALIDATE_PATH)).expect("validating");
+    let mutating: MutatingWebhookConfiguration =
+        serde_json::from_value(entry("defaults.stream.space", MUTATE_PATH)).expect("mutating");
+    let params = PostParams::default();
+    Api::all(client.clone())
+        .create(&params, &validating)
+        .await
+        .expect("validating configuration");
+    Api::all(client.clone())
+        .create(&params, &mutating)
+        .await
+        .expect("mutating configuration");
 }
 
 fn handshakes_failed(metrics: &Metrics) -> u64 {

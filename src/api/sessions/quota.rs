@@ -14,7 +14,7 @@ use kube::Client;
 use super::{Result, SessionsError};
 use crate::admission::quota::ledger::{self, SessionKey, SessionView};
 use crate::admission::quota::store::{Admission, LedgerStore};
-use crate::admission::quota::{self, Decision, Policy, Request};
+use crate::admission::quota::{self, Decision, Request};
 use crate::api::ApiState;
 use crate::crd::{Session, SessionState};
 use crate::ownership::{ResourceType, Side};
@@ -85,12 +85,7 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let policies: Vec<Policy> = shared
-        .policies
-        .state()
-        .iter()
-        .map(|p| Policy::from_object(p).0)
-        .collect();
+    let policies = shared.policies.state();
     let key = SessionKey::new(&state.namespace, wanted.name);
     let admission = Admission {
         user: wanted.user,
@@ -98,7 +93,7 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         uid: wanted.uid.clone(),
         generation: wanted.generation,
         request: wanted.request,
-        limits: quota::effective_limits(wanted.user, &policies),
+        limits: quota::limits_for(wanted.user, policies.iter().map(AsRef::as_ref)),
         reserve: true,
     };
     let decided = shared
