@@ -9,7 +9,11 @@
 //! - as seen by a client: `BENCH_CREATES` sequential Session creates (default 300) through the
 //!   API server, in a namespace the webhooks select and, as the baseline, in one they do not.
 //!
+//! Every latency is printed beside the API server's one-write latency measured just before.
+//!
 //! Run with `cargo bench --bench admission`.
+
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,9 @@ use streamspace_controller::crd::{QuotaPolicy, Session, Template};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::ownership::index::{FlagIndex, FlagSettings};
+use support::floor::{self, ms};
+use support::results::Results;
+use support::{percentile, size};
 use tower::ServiceExt;
 
 const NAMESPACE: &str = "bench-admission";
@@ -39,22 +46,18 @@ const CONFIG: &str = "bench-admission";
 const USERS: usize = 2000;
 const IN_FLIGHT: usize = 16;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let existing = env_usize("BENCH_EXISTING", 10_000);
-    let calls = env_usize("BENCH_CALLS", 2_000);
-    let creates = env_usize("BENCH_CREATES", 300);
+    let existing = size("BENCH_EXISTING", 10_000, 20);
+    let calls = size("BENCH_CALLS", 2_000, 5);
+    let creates = size("BENCH_CREATES", 300, 3);
+    let results = Results::new("admission")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
+    let floor = floor::measure(&client, 1).await?;
+    let write_p50 = ms(floor.write_p50);
     for (name, labelled) in [(NAMESPACE, true), (BASELINE_NAMESPACE, false)] {
         let labels = if labelled {
             json!({"bench": "admission"})
@@ -153,7 +156,12 @@ async fn main() -> anyhow::Result<()> {
                 String::from_utf8_lossy(&bytes)
             );
         }
-        report(&format!("at the webhook: {name}"), &mut samples);
+        report(
+            &results,
+            &format!("at the webhook: {name}"),
+            &samples,
+            write_p50,
+        )?;
     }
 
     register(&client, &webhook).await?;
@@ -171,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
             api.create(&PostParams::default(), &session).await?;
             samples.push(t.elapsed());
         }
-        report(label, &mut samples);
+        report(&results, label, &samples, write_p50)?;
     }
     let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
         .delete(CONFIG, &Default::default())
@@ -307,17 +315,30 @@ async fn wait_active(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-fn report(label: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(index).copied().unwrap_or_default()
-    };
-    println!(
-        "{label:<30} n={} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-        samples.len(),
-        at(0.5).as_secs_f64() * 1000.0,
-        at(0.99).as_secs_f64() * 1000.0,
-        at(1.0).as_secs_f64() * 1000.0
-    );
+/// Records p50, p99 and max of `samples`, p50 and p99 beside the API server's write latency.
+fn report(
+    results: &Results,
+    label: &str,
+    samples: &[Duration],
+    write_p50: f64,
+) -> anyhow::Result<()> {
+    println!("{label}: n={}", samples.len());
+    results.record(
+        &format!("{label} p50"),
+        ms(percentile(samples, 50.0)),
+        "ms",
+        Some(write_p50),
+    )?;
+    results.record(
+        &format!("{label} p99"),
+        ms(percentile(samples, 99.0)),
+        "ms",
+        Some(write_p50),
+    )?;
+    results.record(
+        &format!("{label} max"),
+        ms(percentile(samples, 100.0)),
+        "ms",
+        None,
+    )
 }

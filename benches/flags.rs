@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
-use support::{free_port, http_request, percentile, wait_http_ok};
+use support::floor::{self, ms};
+use support::results::Results;
+use support::{free_port, http_request, percentile, size, spawn_api, wait_http_ok};
 
 const TOKEN: &str = "bench-token";
 const POLL: Duration = Duration::from_millis(1);
@@ -25,13 +27,12 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let flips: usize = std::env::var("BENCH_FLIPS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
+    let flips = size("BENCH_FLIPS", 100, 2);
+    let results = Results::new("flags")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
+    let floor = floor::measure(&client, 1).await?;
     let kubeconfig = plane.kubeconfig_path();
     let binary = env!("CARGO_BIN_EXE_streamspace-controller");
 
@@ -49,25 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let mut apis = Vec::new();
     for _ in 0..2 {
         let port = free_port()?;
-        apis.push(
-            tokio::process::Command::new(binary)
-                .args([
-                    "api",
-                    "--namespace",
-                    "bench",
-                    "--auth",
-                    "static",
-                    "--http-addr",
-                ])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--kubeconfig")
-                .arg(kubeconfig)
-                .env("API_TOKEN", TOKEN)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
+        apis.push(spawn_api(kubeconfig, "bench", port, TOKEN)?);
         api_ports.push(port);
     }
     wait_http_ok(controller_port, "/readyz").await?;
@@ -123,25 +106,23 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("flag flips: {flips} (override PUT through api-a; 2 API replicas + 1 controller)");
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "  PUT latency             p50 {:>7.1} ms  p99 {:>7.1} ms",
-        ms(percentile(&put_latency, 50.0)),
-        ms(percentile(&put_latency, 99.0))
-    );
+    let write_p50 = Some(ms(floor.write_p50));
+    let mut series = vec![("PUT latency".to_string(), &put_latency)];
     for ((name, _, _), samples) in observers.iter().zip(&per_process) {
-        println!(
-            "  seen by {name:<15} p50 {:>7.1} ms  p99 {:>7.1} ms",
-            ms(percentile(samples, 50.0)),
-            ms(percentile(samples, 99.0))
-        );
+        series.push((format!("seen by {name}"), samples));
     }
-    println!(
-        "  seen by all             p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
-        ms(percentile(&all, 50.0)),
-        ms(percentile(&all, 99.0)),
-        ms(all.iter().max().copied().unwrap_or_default())
-    );
+    series.push(("seen by all".to_string(), &all));
+    for (name, samples) in series {
+        for p in [50.0, 99.0] {
+            results.record(
+                &format!("{name} p{p}"),
+                ms(percentile(samples, p)),
+                "ms",
+                write_p50,
+            )?;
+        }
+    }
+    results.record("seen by all max", ms(percentile(&all, 100.0)), "ms", None)?;
     Ok(())
 }
 

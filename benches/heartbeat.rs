@@ -1,164 +1,97 @@
 //! Heartbeat endpoint under load, from a second process on loopback.
 //!
-//! Starts the local control plane, creates N Sessions (default 1,000, `BENCH_SESSIONS`), runs
+//! Starts the local control plane, creates N Sessions (default 10,000, `BENCH_SESSIONS`), runs
 //! the real `streamspace-controller api` binary as a separate process, and drives
 //! `POST /api/v1/sessions/{id}/heartbeat` round-robin over every session from C keep-alive
-//! connections (default 64, `BENCH_CONNECTIONS`) for D seconds (default 30, `BENCH_SECONDS`).
-//! Prints requests per second, p50/p99/max latency, status writes per session per minute, and
-//! the API process's CPU time and peak RSS.
+//! connections (default 64, `BENCH_CONNECTIONS`) at R requests per second in all (default
+//! 2,000, `BENCH_RATE`; 0 = as fast as possible) for D seconds (default 30, `BENCH_SECONDS`).
+//! Prints requests per second, p50/p99/max latency beside the API server's one-write latency,
+//! status writes per session per flush interval, and the API process's CPU time and peak RSS.
+//! Any failed request fails the run.
 //!
 //! Run with `cargo bench --bench heartbeat`.
 
 mod support;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::Session;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
-use support::{cpu_seconds, http_get, peak_rss_kib};
+use support::floor::{self, ms};
+use support::results::Results;
+use support::{
+    Connection, cpu_seconds, free_port, http_get, peak_rss_kib, percentile, size, spawn_api,
+    wait_http_ok,
+};
 
 const TOKEN: &str = "bench-token";
 const NAMESPACE: &str = "bench-heartbeat";
+/// The API's default `--flush-interval`.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Latencies and failures of one connection's requests.
+struct Worker {
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sessions = env_or("BENCH_SESSIONS", 1000);
-    let connections = env_or("BENCH_CONNECTIONS", 64);
-    let seconds = env_or("BENCH_SECONDS", 30) as u64;
+    let sessions = size("BENCH_SESSIONS", 10_000, 20);
+    let connections = size("BENCH_CONNECTIONS", 64, 2);
+    let rate = size("BENCH_RATE", 2_000, 50);
+    let seconds = size("BENCH_SECONDS", 30, 2) as u64;
+    let results = Results::new("heartbeat")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
-        )
-        .await?;
-    let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
-    let names: Vec<String> = (0..sessions).map(|i| format!("s-{i}")).collect();
-    stream::iter(names.clone())
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                let session: Session = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-                    "metadata": {"name": name},
-                    "spec": {"user": "bench", "template": "desktop", "state": "running"}
-                }))?;
-                api.create(&PostParams::default(), &session).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .for_each(|r| {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-            futures::future::ready(())
-        })
-        .await;
+    let floor = floor::measure(&client, connections).await?;
+    create_sessions(&client, sessions).await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
-        .args(["api", "--namespace", NAMESPACE, "--api-token", TOKEN])
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let port = free_port()?;
+    let mut server = spawn_api(plane.kubeconfig_path(), NAMESPACE, port, TOKEN)?;
     let pid = server.id().unwrap_or_default();
-    // Wait until it answers (and its session cache has had time to load).
-    for _ in 0..300 {
-        if http_get(port, "/healthz").await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_http_ok(port, "/healthz").await?;
+    // Let its session cache load before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_before = cpu_seconds(pid)?;
 
-    let names = Arc::new(names);
+    let names: Arc<Vec<String>> = Arc::new((0..sessions).map(session_name).collect());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
+    // Each connection sends its share of the rate on a fixed schedule (open loop).
+    let period = (rate > 0).then(|| Duration::from_secs_f64(connections as f64 / rate as f64));
     let workers = (0..connections).map(|_| {
         let names = names.clone();
         let next = next.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                return (latencies, 1);
-            };
-            let _ = stream.set_nodelay(true);
-            let Ok((mut sender, connection)) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-            else {
-                return (latencies, 1);
-            };
-            tokio::spawn(connection);
-            while Instant::now() < until {
-                let i = next.fetch_add(1, Ordering::Relaxed) % names.len();
-                let request =
-                    hyper::Request::post(format!("/api/v1/sessions/{}/heartbeat", names[i]))
-                        .header("host", "localhost")
-                        .header("authorization", format!("Bearer {TOKEN}"))
-                        .body(Full::new(Bytes::new()));
-                let Ok(request) = request else {
-                    errors += 1;
-                    continue;
-                };
-                let sent = Instant::now();
-                match sender.send_request(request).await {
-                    Ok(response) => {
-                        let ok = response.status().is_success();
-                        let _ = response.into_body().collect().await;
-                        latencies.push(sent.elapsed());
-                        if !ok {
-                            errors += 1;
-                        }
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        break;
-                    }
-                }
-            }
-            (latencies, errors)
-        })
+        tokio::spawn(async move { drive(port, &names, &next, until, period).await })
     });
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut failures = Vec::new();
     for worker in futures::future::join_all(workers).await {
-        let (l, e) = worker?;
-        latencies.extend(l);
-        errors += e;
+        let worker = worker?;
+        latencies.extend(worker.latencies);
+        failures.extend(worker.failures);
     }
     let elapsed = started.elapsed();
+    if let Some(first) = failures.first() {
+        anyhow::bail!(
+            "{} of {} heartbeats failed; first: {first}",
+            failures.len(),
+            latencies.len() + failures.len()
+        );
+    }
+    anyhow::ensure!(!latencies.is_empty(), "no heartbeat was sent");
     // Let the trailing flushes of the last interval land before counting writes.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    tokio::time::sleep(FLUSH_INTERVAL + Duration::from_secs(1)).await;
     let cpu = cpu_seconds(pid)? - cpu_before;
     let metrics = http_get(port, "/metrics").await?;
     let written: f64 = metrics
@@ -166,40 +99,131 @@ async fn main() -> anyhow::Result<()> {
         .filter(|l| l.starts_with("streamspace_api_activity_writes_total") && l.contains("written"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    let minutes = (elapsed.as_secs_f64() + 16.0) / 60.0;
+    // Flushes run on a fixed tick, so a run spans one interval more than its length holds.
+    let intervals = elapsed.as_secs_f64() / FLUSH_INTERVAL.as_secs_f64() + 1.0;
+
     println!(
-        "heartbeat: {} sessions, {connections} connections, {:.1} s",
-        sessions,
+        "heartbeat: {sessions} sessions, {connections} connections, target {rate} req/s, {:.1} s",
         elapsed.as_secs_f64()
     );
-    println!(
-        "  {} requests ({errors} errors), {:.0} req/s",
-        latencies.len(),
-        latencies.len() as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "  latency p50 {:?}, p99 {:?}, max {:?}",
-        pct(0.50),
-        pct(0.99),
-        latencies.last().copied().unwrap_or_default()
-    );
-    println!(
-        "  lastActivity writes: {written} ({:.2} per session per minute; flush interval 15 s)",
-        written / sessions as f64 / minutes
-    );
-    println!(
-        "  api process: {:.1} s CPU ({:.0}% of one core), peak RSS {} MiB",
-        cpu,
+    results.record(
+        "requests per second",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        "req/s",
+        None,
+    )?;
+    let write_p50 = Some(ms(floor.write_p50));
+    results.record(
+        "latency p50",
+        ms(percentile(&latencies, 50.0)),
+        "ms",
+        write_p50,
+    )?;
+    results.record(
+        "latency p99",
+        ms(percentile(&latencies, 99.0)),
+        "ms",
+        write_p50,
+    )?;
+    results.record("latency max", ms(percentile(&latencies, 100.0)), "ms", None)?;
+    results.record(
+        "lastActivity writes per session per flush interval",
+        written / sessions as f64 / intervals,
+        "writes",
+        None,
+    )?;
+    results.record(
+        "api process CPU",
         100.0 * cpu / elapsed.as_secs_f64(),
-        peak_rss_kib(pid)? / 1024
-    );
+        "% core",
+        None,
+    )?;
+    results.record(
+        "api process peak RSS",
+        peak_rss_kib(pid)? as f64 / 1024.0,
+        "MiB",
+        None,
+    )?;
     let _ = server.kill().await;
+    plane.stop().await;
     Ok(())
+}
+
+fn session_name(i: usize) -> String {
+    format!("s-{i}")
+}
+
+async fn create_sessions(client: &kube::Client, sessions: usize) -> anyhow::Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
+        )
+        .await?;
+    let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
+    let failures = stream::iter(0..sessions)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let session: Session = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+                    "metadata": {"name": session_name(i)},
+                    "spec": {"user": "bench", "template": "desktop", "state": "running"}
+                }))?;
+                api.create(&PostParams::default(), &session).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failures == 0, "{failures} session creates failed");
+    Ok(())
+}
+
+/// One connection's loop: heartbeats round-robin over every session until `until`, one every
+/// `period` when paced.
+async fn drive(
+    port: u16,
+    names: &[String],
+    next: &AtomicUsize,
+    until: Instant,
+    period: Option<Duration>,
+) -> Worker {
+    let mut worker = Worker {
+        latencies: Vec::new(),
+        failures: Vec::new(),
+    };
+    let mut connection = match Connection::open(port).await {
+        Ok(connection) => connection,
+        Err(e) => {
+            worker.failures.push(format!("connect: {e}"));
+            return worker;
+        }
+    };
+    let mut ticks = period.map(|p| {
+        let mut interval = tokio::time::interval(p);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    while Instant::now() < until {
+        if let Some(ticks) = ticks.as_mut() {
+            ticks.tick().await;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed) % names.len();
+        let path = format!("/api/v1/sessions/{}/heartbeat", names[i]);
+        match connection.send(hyper::Method::POST, &path, TOKEN).await {
+            Ok((status, _, latency)) if status.is_success() => worker.latencies.push(latency),
+            Ok((status, body, _)) => worker.failures.push(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+            Err(e) => {
+                worker.failures.push(e.to_string());
+                break;
+            }
+        }
+    }
+    worker
 }

@@ -7,6 +7,8 @@
 //! only waits for and acts on deadlines), its peak RSS, and the sessions hibernated by the end.
 //! No Template exists, so no pods are involved: this measures the idle machinery.
 //!
+//! Any failed create, or a session not hibernated by the end, fails the run.
+//!
 //! Run with `cargo bench --bench idle_deadlines`.
 
 mod support;
@@ -20,17 +22,18 @@ use kube::api::{Api, ListParams, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionState};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
-use support::{cpu_seconds, peak_rss_kib};
+use support::results::Results;
+use support::{cpu_seconds, free_port, peak_rss_kib, size, smoke, wait_http_ok};
 
 const NAMESPACE: &str = "bench-idle";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sessions: usize = std::env::var("BENCH_SESSIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5000);
+    let sessions = size("BENCH_SESSIONS", 5000, 10);
+    // Deadlines fall `spread` seconds apart from `first` on (a smoke run keeps them short).
+    let (first, spread): (u64, u64) = if smoke() { (5, 2) } else { (60, 60) };
+    let results = Results::new("idle_deadlines")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
@@ -41,9 +44,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
         .args([
             "controller",
@@ -60,12 +61,12 @@ async fn main() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let pid = controller.id().unwrap_or_default();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_http_ok(port, "/readyz").await?;
 
     let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
     let cpu_start = cpu_seconds(pid)?;
     let created_at = Instant::now();
-    stream::iter(0..sessions)
+    let failures = stream::iter(0..sessions)
         .map(|i| {
             let api = api.clone();
             async move {
@@ -74,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
                     "metadata": {"name": format!("s-{i}")},
                     "spec": {
                         "user": "bench", "template": "none", "state": "running",
-                        "idleTimeout": format!("{}s", 60 + i % 60),
+                        "idleTimeout": format!("{}s", first + i as u64 % spread),
                         "maxSessionDuration": "8h"
                     }
                 }))?;
@@ -83,13 +84,10 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .buffer_unordered(16)
-        .for_each(|r| {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-            futures::future::ready(())
-        })
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
         .await;
+    anyhow::ensure!(failures == 0, "{failures} session creates failed");
     let create_time = created_at.elapsed();
     // Until every clock is initialised (the controller's work for new sessions).
     loop {
@@ -99,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .filter(|s| s.status.as_ref().is_some_and(|st| st.started_at.is_some()))
             .count();
-        if initialised >= sessions || created_at.elapsed() > Duration::from_secs(55) {
+        if initialised >= sessions || created_at.elapsed() > Duration::from_secs(first - 1) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -107,10 +105,10 @@ async fn main() -> anyhow::Result<()> {
     let setup = created_at.elapsed();
     let cpu_setup = cpu_seconds(pid)? - cpu_start;
 
-    // Quiet phase: nothing but deadlines until the first one (60 s after creation began).
+    // Quiet phase: nothing but deadlines until the first one falls due.
     let quiet_from = Instant::now();
     let cpu_quiet_start = cpu_seconds(pid)?;
-    let first_deadline = Duration::from_secs(60).saturating_sub(created_at.elapsed());
+    let first_deadline = Duration::from_secs(first).saturating_sub(created_at.elapsed());
     tokio::time::sleep(first_deadline).await;
     let quiet = quiet_from.elapsed();
     let cpu_quiet = cpu_seconds(pid)? - cpu_quiet_start;
@@ -119,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu_deadlines_start = cpu_seconds(pid)?;
     let deadlines_from = Instant::now();
     let mut hibernated = 0;
-    while deadlines_from.elapsed() < Duration::from_secs(120) {
+    while deadlines_from.elapsed() < Duration::from_secs(2 * spread) {
         let list = api.list(&ListParams::default()).await?;
         hibernated = list
             .items
@@ -134,26 +132,39 @@ async fn main() -> anyhow::Result<()> {
     let deadlines = deadlines_from.elapsed();
     let cpu_deadlines = cpu_seconds(pid)? - cpu_deadlines_start;
 
-    println!("idle deadlines: {sessions} sessions, deadlines spread over 60 s");
-    println!(
-        "  setup: created in {:.1} s, clocks initialised after {:.1} s; controller CPU {:.1} s",
-        create_time.as_secs_f64(),
-        setup.as_secs_f64(),
-        cpu_setup
+    anyhow::ensure!(
+        hibernated >= sessions,
+        "only {hibernated} of {sessions} sessions hibernated {:.0} s after their deadlines began",
+        deadlines.as_secs_f64()
     );
-    println!(
-        "  waiting (no deadline due) {:.1} s: controller CPU {:.2} s ({:.1}% of one core)",
-        quiet.as_secs_f64(),
-        cpu_quiet,
-        100.0 * cpu_quiet / quiet.as_secs_f64().max(0.001)
-    );
-    println!(
-        "  deadline minute: {hibernated}/{sessions} hibernated after {:.1} s; controller CPU {:.1} s ({:.0}% of one core)",
+    println!("idle deadlines: {sessions} sessions, deadlines spread over {spread} s");
+    results.record("sessions created", create_time.as_secs_f64(), "s", None)?;
+    results.record("clocks initialised", setup.as_secs_f64(), "s", None)?;
+    results.record("controller CPU during setup", cpu_setup, "s", None)?;
+    results.record(
+        "controller CPU while no deadline is due",
+        100.0 * cpu_quiet / quiet.as_secs_f64().max(0.001),
+        "% core",
+        None,
+    )?;
+    results.record(
+        "all hibernated after deadlines began",
         deadlines.as_secs_f64(),
-        cpu_deadlines,
-        100.0 * cpu_deadlines / deadlines.as_secs_f64().max(0.001)
-    );
-    println!("  controller peak RSS {} MiB", peak_rss_kib(pid)? / 1024);
+        "s",
+        None,
+    )?;
+    results.record(
+        "controller CPU while deadlines pass",
+        100.0 * cpu_deadlines / deadlines.as_secs_f64().max(0.001),
+        "% core",
+        None,
+    )?;
+    results.record(
+        "controller peak RSS",
+        peak_rss_kib(pid)? as f64 / 1024.0,
+        "MiB",
+        None,
+    )?;
     let _ = controller.kill().await;
     Ok(())
 }

@@ -3,8 +3,11 @@
 //! Creates N Sessions at once (default 500, `BENCH_SESSIONS` to change) in a fresh namespace,
 //! with the real `streamspace-controller controller` binary running as a separate process, and
 //! prints: time until every Deployment exists, time until every Session is Running, the
-//! controller's peak RSS, and its API writes per Session, with the time compared to the floor
-//! the API server allows (N sessions x 4 writes at about 850 writes/s).
+//! controller's peak RSS, and its API writes per Session. The floor is measured in the same
+//! run: every write the API server served until all were Running (the controller's, the
+//! controller manager's, the node simulator's and the creates themselves, from the server's
+//! own metrics) divided by the create throughput it showed just before with the same number
+//! of requests in flight.
 //!
 //! Run with `cargo bench --bench sessions`; `BENCH_CONCURRENCY` sets the controller's
 //! `--concurrency` (default 16, the controller's own default).
@@ -26,22 +29,18 @@ use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::devcluster::{
     ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
 };
-use support::{free_port, http_get, peak_rss_kib, wait_http_ok};
+use support::floor;
+use support::results::Results;
+use support::{free_port, http_get, peak_rss_kib, size, wait_http_ok};
 
-/// Writes per session the floor assumes (Deployment, Service, claim, status).
-const FLOOR_WRITES_PER_SESSION: f64 = 4.0;
-/// Creates per second the local API server sustains with 16 requests in flight.
-const FLOOR_WRITES_PER_SECOND: f64 = 850.0;
 const IN_FLIGHT: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sessions: usize = std::env::var("BENCH_SESSIONS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
+    let sessions = size("BENCH_SESSIONS", 500, 5);
+    let results = Results::new("sessions")?;
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
@@ -96,8 +95,10 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
     wait_http_ok(http_port, "/readyz").await?;
 
+    let floor = floor::measure(&client, IN_FLIGHT).await?;
     let api: Api<Session> = Api::namespaced(client.clone(), namespace);
     let observer = observe(&client, namespace);
+    let writes_before = floor::apiserver_writes(&client).await?;
     let started = Instant::now();
     let created: Vec<kube::Result<Session>> = stream::iter(0..sessions)
         .map(|i| {
@@ -125,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let running_after = observer
         .wait_until(started, |c| c.running >= sessions)
         .await?;
+    let run_writes = floor::apiserver_writes(&client).await? - writes_before;
     let peak_rss_kib = peak_rss_kib(pid)?;
     let metrics = http_get(http_port, "/metrics").await?;
     let writes = metric_sum(&metrics, "streamspace_controller_api_writes_total");
@@ -137,38 +139,53 @@ async fn main() -> anyhow::Result<()> {
         "streamspace_controller_reconcile_duration_seconds_sum{controller=\"session\"}",
     );
 
-    let floor = sessions as f64 * FLOOR_WRITES_PER_SESSION / FLOOR_WRITES_PER_SECOND;
-    println!("sessions                      {sessions}");
+    let floor_seconds = floor.seconds_for(run_writes);
     println!(
-        "all created (client side)     {:.2} s",
-        created_after.as_secs_f64()
+        "sessions: {sessions}; the API server served {run_writes:.0} writes until all were Running ({:.1} per session)",
+        run_writes / sessions as f64
     );
-    println!(
-        "all Deployments exist         {:.2} s",
-        deployments_after.as_secs_f64()
-    );
-    println!(
-        "all Sessions Running          {:.2} s",
-        running_after.as_secs_f64()
-    );
-    println!("floor ({FLOOR_WRITES_PER_SESSION} writes/session)    {floor:.2} s");
-    println!(
-        "Running / floor               {:.2}x",
-        running_after.as_secs_f64() / floor
-    );
-    println!(
-        "controller peak RSS           {:.1} MiB",
-        peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "controller API writes         {writes:.0} ({:.2} per session)",
-        writes / sessions as f64
-    );
-    println!(
-        "session reconciles            {reconciles:.0} ({:.2} per session, mean {:.1} ms)",
+    results.record(
+        "all created (client side)",
+        created_after.as_secs_f64(),
+        "s",
+        None,
+    )?;
+    results.record(
+        "all Deployments exist",
+        deployments_after.as_secs_f64(),
+        "s",
+        None,
+    )?;
+    results.record(
+        "all Sessions Running",
+        running_after.as_secs_f64(),
+        "s",
+        Some(floor_seconds),
+    )?;
+    results.record(
+        "controller peak RSS",
+        peak_rss_kib as f64 / 1024.0,
+        "MiB",
+        None,
+    )?;
+    results.record(
+        "controller API writes per session",
+        writes / sessions as f64,
+        "writes",
+        None,
+    )?;
+    results.record(
+        "session reconciles per session",
         reconciles / sessions as f64,
-        1000.0 * duration_sum / reconciles.max(1.0)
-    );
+        "count",
+        None,
+    )?;
+    results.record(
+        "mean session reconcile",
+        1000.0 * duration_sum / reconciles.max(1.0),
+        "ms",
+        None,
+    )?;
 
     let _ = controller.kill().await;
     simulator.stop().await;

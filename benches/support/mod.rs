@@ -1,5 +1,91 @@
 //! Measurement helpers shared by the benchmark binaries (each uses a subset).
+//!
+//! Every benchmark runs in two modes: the real measurement under `cargo bench` (which passes
+//! `--bench`), and a smoke run with tiny sizes when `cargo test` runs it, so a benchmark that
+//! no longer works fails the test suite instead of printing figures of failed requests.
 #![allow(dead_code)]
+
+pub mod floor;
+pub mod results;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+/// True when run by `cargo test` (no `--bench` argument): tiny sizes, same code paths.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// A size from the environment variable `name`, else `full` under `cargo bench` and `tiny` in a
+/// smoke run.
+pub fn size(name: &str, full: usize, tiny: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke() { tiny } else { full })
+}
+
+/// Starts the real `api` binary on `port` with one static admin token (`--auth static`).
+pub fn spawn_api(
+    kubeconfig: &Path,
+    namespace: &str,
+    port: u16,
+    token: &str,
+) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+        .args(["api", "--namespace", namespace, "--auth", "static"])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("API_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// One keep-alive HTTP/1.1 connection on loopback, for latency loops.
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    pub async fn open(port: u16) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Connection { sender })
+    }
+
+    /// Sends one request with a bearer token and an empty body; the status, the body and the
+    /// time from sending to the whole body read.
+    pub async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        token: &str,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes, Duration)> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let sent = Instant::now();
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body, sent.elapsed()))
+    }
+}
 
 /// A plain HTTP/1.0 GET on loopback; the whole response, headers included.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {

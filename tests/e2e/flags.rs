@@ -193,8 +193,9 @@ async fn flags_a_git_sync_of_the_baseline_never_clears_an_active_override() {
         .expect("override survives the sync");
     assert_eq!(over.mode.as_str(), "legacy");
     assert_eq!(over.reason.as_deref(), Some("drain storm"));
-    // Several more polls change nothing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more syncs change nothing.
+    let (_, finished) = env.reconciles("gitsync");
+    env.wait_reconciled("gitsync", finished + 2.0).await;
     let again = flags.get(&name).await.expect("flag");
     assert!(
         again.spec.override_.is_some(),
@@ -206,14 +207,14 @@ async fn flags_a_git_sync_of_the_baseline_never_clears_an_active_override() {
     );
 
     // Removing the flag from Git keeps it while the override is active...
-    repo.commit(
+    let dropped = repo.commit(
         &[
             ("flags.yaml", None),
             ("quota.yaml", Some(&quota_document())),
         ],
         "drop the flag",
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_applied(&env, "flags", &dropped).await;
     assert!(
         flags.get_opt(&name).await.expect("get").is_some(),
         "a flag with an active override is not pruned"

@@ -495,7 +495,9 @@ async fn wake_racing_with_a_user_ends_in_the_last_writers_intent() {
         !s.annotations().contains_key(WAKE_ANNOTATION)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The reconcile that dropped the mark decided not to wake: once it has finished (none in
+    // flight), the session must still be hibernated.
+    env.wait_reconciled("idle", 0.0).await;
     assert_eq!(state(&get(&env, "stale").await), SessionState::Hibernated);
 
     // Truly concurrent: connect and a user's hibernate at once, from both starting states.
@@ -745,7 +747,9 @@ async fn bad_input_is_refused_without_writes() {
     env.create::<Session>(session("s1", "hibernated", "30m", "8h"))
         .await;
     wait_phase(&env, "s1", SessionPhase::Hibernated).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The controller's own writes are done before the snapshot.
+    env.wait_reconciled("session", 0.0).await;
+    env.wait_reconciled("idle", 0.0).await;
     let before = get(&env, "s1").await;
 
     let cases: Vec<(&str, String, Option<&str>, u16)> = vec![

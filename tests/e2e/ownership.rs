@@ -36,8 +36,6 @@ use crate::support::{TEST_ENV_LABEL, TestEnv, wait_for, wait_object};
 
 /// Field manager of the objects the tests build as the legacy API would.
 const LEGACY: &str = "streamspace-api-legacy";
-/// How long "nothing happens" is watched.
-const QUIET: Duration = Duration::from_secs(4);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -119,18 +117,29 @@ async fn events(env: &TestEnv, object: &str, reason: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Value of the samples of `name` whose labels contain `label`, summed.
-fn metric(env: &TestEnv, name: &str, label: &str) -> f64 {
-    let Some(controller) = &env.controller else {
-        return 0.0;
-    };
-    controller
-        .metrics
-        .encode()
-        .lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Evidence before asserting that nothing happened: waits until `controller` has decided
+/// `owner` for `resource_type` at least `decisions` times in all, has finished at least
+/// `finished` reconciles, and has none in flight. An absence checked afterwards is the
+/// controller's choice, not a controller that has not looked yet.
+async fn wait_decided(
+    env: &TestEnv,
+    controller: &str,
+    resource_type: &str,
+    owner: &str,
+    decisions: f64,
+    finished: f64,
+) {
+    let label = format!("resource_type=\"{resource_type}\",owner=\"{owner}\"");
+    wait_for(
+        &format!("{controller} reconciles deciding {owner} for {resource_type}"),
+        || async {
+            let decided = env.metric("streamspace_ownership_decisions_total", &label);
+            let (started, done) = env.reconciles(controller);
+            (decided, started, done)
+        },
+        |(decided, started, done)| *decided >= decisions && *done >= finished && started == done,
+    )
+    .await;
 }
 
 async fn deployments_of(env: &TestEnv, session: &str) -> Vec<Deployment> {
@@ -238,7 +247,7 @@ async fn ownership_sessions_legacy_are_left_alone_until_the_flag_flips() {
     env.create::<Template>(template()).await;
     create_session(&env, "s1", BTreeMap::new()).await;
 
-    tokio::time::sleep(QUIET).await;
+    wait_decided(&env, "session", "sessions", "legacy", 1.0, 1.0).await;
     let untouched = get(&env, "s1").await;
     assert!(untouched.status.is_none(), "{:?}", untouched.status);
     assert!(deployments_of(&env, "s1").await.is_empty());
@@ -268,13 +277,7 @@ async fn ownership_sessions_legacy_are_left_alone_until_the_flag_flips() {
     );
     // No record: never touched by legacy, so acted on without a claim.
     assert_eq!(acted_by(&running), None);
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_decisions_total",
-            "owner=\"legacy\""
-        ) >= 1.0
-    );
+    assert!(env.metric("streamspace_ownership_decisions_total", "owner=\"legacy\"") >= 1.0);
     delete_flags(&env).await;
     env.cleanup().await;
 }
@@ -328,7 +331,15 @@ async fn ownership_percent_splits_sessions_by_the_ownership_function() {
         )
         .await;
     }
-    tokio::time::sleep(QUIET).await;
+    wait_decided(
+        &env,
+        "session",
+        "sessions",
+        "legacy",
+        theirs.len() as f64,
+        names.len() as f64,
+    )
+    .await;
     for n in &theirs {
         let s = get(&env, n).await;
         assert!(s.status.is_none(), "{n} is legacy-owned: {:?}", s.status);
@@ -388,31 +399,44 @@ async fn ownership_shadow_reports_differences_and_changes_nothing() {
         assert!(reported[0].contains(expected), "{expected}: {reported:?}");
     }
     assert!(
-        metric(
-            &env,
+        env.metric(
             "streamspace_shadow_differences_total",
             "resource_type=\"sessions\""
         ) >= 3.0
     );
     assert!(
-        metric(
-            &env,
+        env.metric(
             "streamspace_shadow_objects_differing",
             "resource_type=\"sessions\""
         ) >= 1.0
     );
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_decisions_total",
-            "owner=\"shadow\""
-        ) >= 2.0
-    );
+    assert!(env.metric("streamspace_ownership_decisions_total", "owner=\"shadow\"") >= 2.0);
 
-    // Nothing written: resourceVersions stay, over several seconds, while the controller keeps
-    // reconciling (the legacy deployment settled above, so nobody else writes either).
+    // Nothing written: resourceVersions stay while the controller reconciles both sessions again
+    // (the legacy deployment settled above, so nobody else writes either).
     let before = (versions(&env, "s1").await, versions(&env, "s2").await);
-    tokio::time::sleep(QUIET).await;
+    let shadow_label = "resource_type=\"sessions\",owner=\"shadow\"";
+    let decided = env.metric("streamspace_ownership_decisions_total", shadow_label);
+    let (_, finished) = env.reconciles("session");
+    // A change of their Template makes the controller look at both sessions again; the
+    // Template is not among the versions compared.
+    env.api::<Template>()
+        .patch(
+            "firefox",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .expect("poke the template");
+    wait_decided(
+        &env,
+        "session",
+        "sessions",
+        "shadow",
+        decided + 2.0,
+        finished + 2.0,
+    )
+    .await;
     let after = (versions(&env, "s1").await, versions(&env, "s2").await);
     assert_eq!(before, after, "shadow mode wrote something");
     for name in ["s1", "s2"] {
@@ -450,7 +474,8 @@ async fn ownership_handoff_waits_for_legacy_then_claims_and_adopts() {
     let created = get(&env, "s1").await;
     build_as_legacy(&env, &created).await;
 
-    tokio::time::sleep(QUIET).await;
+    // The controller owns sessions here: it looks, sees the legacy operation and waits.
+    wait_decided(&env, "session", "sessions", "controller", 1.0, 1.0).await;
     let waiting = get(&env, "s1").await;
     assert_eq!(acted_by(&waiting).as_deref(), Some("legacy"));
     assert!(waiting.status.is_none(), "{:?}", waiting.status);
@@ -472,13 +497,7 @@ async fn ownership_handoff_waits_for_legacy_then_claims_and_adopts() {
         .await
         .expect("services");
     assert_eq!(services.items.len(), 1, "duplicate services");
-    assert!(
-        metric(
-            &env,
-            "streamspace_ownership_claims_total",
-            "result=\"claimed\""
-        ) >= 1.0
-    );
+    assert!(env.metric("streamspace_ownership_claims_total", "result=\"claimed\"") >= 1.0);
 
     // The adopted deployment is the controller's now: hibernating scales it down.
     env.api::<Session>()
@@ -517,7 +536,8 @@ async fn ownership_idle_legacy_never_hibernates_until_the_flag_flips() {
     env.create::<Template>(template()).await;
     env.create::<Session>(session("s1", "running", "1s", "8h"))
         .await;
-    tokio::time::sleep(QUIET).await;
+    // The idle reconciler decides for s1 and leaves it to legacy: no deadline is armed.
+    wait_decided(&env, "idle", "idle", "legacy", 1.0, 1.0).await;
     let still = get(&env, "s1").await;
     assert_eq!(still.spec.desired_state(), SessionState::Running);
 
@@ -578,13 +598,16 @@ async fn ownership_legacy_autostart_wakes_through_the_api_directly() {
         .expect("hibernate");
     let hibernated = get(&env, "s1").await;
     let generation = hibernated.metadata.generation.unwrap_or_default();
+    let (_, finished) = env.reconciles("idle");
     merge_annotations(
         &env,
         "s1",
         json!({streamspace_controller::idle::WAKE_ANNOTATION: generation.to_string()}),
     )
     .await;
-    tokio::time::sleep(QUIET).await;
+    // The idle reconciler hands the mark to the waker inside its reconcile: one finished after
+    // the mark, with none in flight, is the waker having declined.
+    env.wait_reconciled("idle", finished + 1.0).await;
     let left = get(&env, "s1").await;
     assert_eq!(left.spec.desired_state(), SessionState::Hibernated);
     // Flip to controller: the waker acts on the mark now.
@@ -648,8 +671,9 @@ async fn ownership_nodes_legacy_keeps_the_operation_pending_and_the_node_untouch
             .iter()
             .any(|c| c.type_ == "Complete" && c.reason == "LegacyOwned")
     );
-    // Written once: nothing changes afterwards, and the node is not touched.
-    tokio::time::sleep(QUIET).await;
+    // Written once: the status write brings the operation back to the reconciler, which
+    // decides again and writes nothing; the node is not touched.
+    wait_decided(&env, "nodeoperation", "nodes", "legacy", 2.0, 2.0).await;
     let later = ops.get(&op_name).await.expect("operation");
     assert_eq!(later.resource_version(), pending.resource_version());
     assert!(later.finalizers().is_empty(), "{:?}", later.finalizers());

@@ -530,8 +530,26 @@ async fn steady_state_reconcile_writes_nothing() {
         is_phase(SessionPhase::Running),
     )
     .await;
-    // Let the last watch events settle before taking the snapshot.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Before the snapshot: the Deployment's status settled (the controller manager has nothing
+    // left to write) and no session reconcile in flight.
+    wait_object(
+        &env.api::<Deployment>(),
+        "ss-ida-1",
+        "the Deployment's status to settle",
+        |d| {
+            let generation = d.metadata.generation;
+            d.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && s.replicas == Some(1)
+                    && s.updated_replicas == Some(1)
+                    && s.ready_replicas == Some(1)
+                    && s.available_replicas == Some(1)
+            })
+        },
+    )
+    .await;
+    let (_, finished) = env.reconciles("session");
+    env.wait_reconciled("session", finished).await;
 
     let versions = |env: &TestEnv| {
         let (s, d, svc, i) = (
@@ -553,20 +571,10 @@ async fn steady_state_reconcile_writes_nothing() {
     // A restarted controller reconciles every session once, from its initial list.
     env.controller.take().expect("controller").stop().await;
     env.start_controller().await;
+    // Evidence first: it finished a reconcile of the session (its initial list) and has none
+    // in flight; only then is the absence of writes meaningful.
+    env.wait_reconciled("session", 1.0).await;
     let controller = env.controller.as_ref().expect("controller");
-    wait_for(
-        "the restarted controller to reconcile",
-        || async { controller.metrics.encode() },
-        |text| {
-            text.lines().any(|l| {
-                l.starts_with(
-                    "streamspace_controller_reconciliations_total{controller=\"session\"}",
-                ) && !l.ends_with(" 0")
-            })
-        },
-    )
-    .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(
         controller.writes(),
         "",

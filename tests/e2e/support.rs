@@ -391,3 +391,48 @@ where
     )
     .await;
 }
+
+/// Evidence that this test's controller has looked at a change, read from its own metrics, for
+/// checks that something did not happen: first prove the component saw the change, then
+/// assert the absence.
+impl TestEnv {
+    /// Sum of the samples of `name` whose line contains `label`, from this test's controller
+    /// (0 without one).
+    pub fn metric(&self, name: &str, label: &str) -> f64 {
+        let Some(controller) = &self.controller else {
+            return 0.0;
+        };
+        controller
+            .metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with(name) && line.contains(label))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Reconciles of `controller` (`session`, `idle`, `nodeoperation`, `gitsync`, ...) started
+    /// and finished so far: the reconcile counter counts at the start, the duration histogram at
+    /// the end.
+    pub fn reconciles(&self, controller: &str) -> (f64, f64) {
+        let label = format!("controller=\"{controller}\"");
+        (
+            self.metric("streamspace_controller_reconciliations_total", &label),
+            self.metric(
+                "streamspace_controller_reconcile_duration_seconds_count",
+                &label,
+            ),
+        )
+    }
+
+    /// Waits until `controller` has finished at least `finished` reconciles in all and has none
+    /// in flight.
+    pub async fn wait_reconciled(&self, controller: &str, finished: f64) {
+        wait_for(
+            &format!("{controller} to finish {finished} reconciles"),
+            || async { self.reconciles(controller) },
+            |(started, done)| *done >= finished && started == done,
+        )
+        .await;
+    }
+}
