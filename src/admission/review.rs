@@ -175,7 +175,11 @@ impl AdmissionState {
         ledger::usage(
             user,
             key,
-            sessions.iter().map(|s| SessionView::of(s)),
+            // Only the user's sessions are parsed: this runs on every check.
+            sessions
+                .iter()
+                .filter(|s| s.spec.user == user)
+                .map(|s| SessionView::of(s)),
             reservations,
             now,
         )

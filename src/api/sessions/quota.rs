@@ -101,7 +101,10 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         .ledger
         .admit(admission, |reservations, now| {
             let sessions = state.sessions.state();
-            let views = sessions.iter().map(|s| SessionView::of(s));
+            let views = sessions
+                .iter()
+                .filter(|s| s.spec.user == wanted.user)
+                .map(|s| SessionView::of(s));
             ledger::usage(wanted.user, &key, views, reservations, now)
         })
         .await;
