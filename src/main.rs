@@ -98,6 +98,8 @@ struct ApiArgs {
     /// Let new sessions switch their idle or maximum-duration timer off with `0s`.
     #[arg(long, env = "ALLOW_DISABLED_TIMERS")]
     allow_disabled_timers: bool,
+    #[command(flatten)]
+    exposure: api::settings::ExposureArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,21 +194,35 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             ..api::nodes::NodeSettings::default()
         },
         allow_disabled_timers: args.allow_disabled_timers,
+        streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(
             api::auth::KubernetesAuth::new(client.clone(), config.namespace.clone())
+                .with_audience(args.exposure.token_audience.clone())
                 .with_metrics(metrics.clone()),
         ),
         AuthMode::Static => {
+            anyhow::ensure!(
+                args.exposure.token_audience.is_none(),
+                "--token-audience applies to --auth kubernetes only"
+            );
             let token = args.api_token.unwrap_or_default();
             anyhow::ensure!(!token.is_empty(), "--api-token must not be empty");
             Arc::new(api::auth::StaticToken::new(token))
         }
     };
-    let service = api::build(client, config, auth, metrics)?;
+    let service = api::build(client, config, auth, metrics.clone())?;
     let background = tokio::spawn(service.background);
-    let result = http::serve(args.http_addr, service.router, shutdown_signal()).await;
+    let tls = args.exposure.tls();
+    let result = api::tls::serve(
+        args.http_addr,
+        service.router,
+        tls,
+        &metrics,
+        shutdown_signal(),
+    )
+    .await;
     background.abort();
     result.context("api server")
 }

@@ -323,6 +323,10 @@ pub struct ApiMetrics {
     /// TokenReview and SubjectAccessReview answers, by kind and outcome (`cached` when
     /// answered from the cache).
     pub auth_reviews: Family<ReviewLabels, Counter>,
+    /// Reloads of the listener's certificate files (with `--tls-cert`), by result.
+    pub cert_reloads: Family<CertLabels, Counter>,
+    /// TLS handshakes on the listener (with `--tls-cert`), by result.
+    pub tls_handshakes: Family<ResultLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,6 +357,8 @@ impl ApiMetrics {
             activity_writes: Family::default(),
             connection_events: Family::default(),
             auth_reviews: Family::default(),
+            cert_reloads: Family::default(),
+            tls_handshakes: Family::default(),
         };
         registry.register(
             "requests",
@@ -378,6 +384,16 @@ impl ApiMetrics {
             "auth_reviews",
             "Authentication and authorisation answers, by kind and outcome",
             metrics.auth_reviews.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Reloads of the listener's certificate files, by result",
+            metrics.cert_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the listener, by result",
+            metrics.tls_handshakes.clone(),
         );
         metrics
     }

@@ -243,7 +243,7 @@ pub async fn start(
         Some(path) => Some(server::client_roots(path).map_err(client_ca_error)?),
         None => None,
     };
-    let tls = server::tls_config(resolver.clone(), client_ca)
+    let tls = server::tls_config_for_clients(resolver.clone(), client_ca)
         .map_err(|e| client_ca_error(e.to_string()))?;
     let state = Arc::new(AdmissionState {
         policies,

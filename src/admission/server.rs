@@ -31,9 +31,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Completed handshakes waiting for the HTTP server to pick them up.
 const ACCEPT_QUEUE: usize = 128;
 
-/// The TLS configuration of the webhook listener (HTTP/1.1: axum is built without HTTP/2);
-/// with `client_ca`, a client certificate signed by it is required.
-pub fn tls_config(
+/// The TLS configuration of a listener that accepts any client (HTTP/1.1: axum is built
+/// without HTTP/2).
+pub fn tls_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
+    tls_config_for_clients(resolver, None)
+        .unwrap_or_else(|_| unreachable!("no client verifier to build"))
+}
+
+/// The TLS configuration of the webhook listener; with `client_ca`, a client certificate
+/// signed by it is required.
+pub fn tls_config_for_clients(
     resolver: Arc<CertResolver>,
     client_ca: Option<Arc<RootCertStore>>,
 ) -> Result<rustls::ServerConfig, VerifierBuilderError> {

@@ -52,6 +52,11 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    /// Refused while the API accepts only tokens issued for one audience (`--token-audience`).
+    #[error(
+        "invalid bearer token: this API accepts only tokens issued for the audience {0:?} (kubectl create token <service-account> --audience {0})"
+    )]
+    NotForAudience(String),
     /// The authenticator could not decide (for example the API server did not answer).
     #[error("authentication unavailable: {0}")]
     Unavailable(String),
@@ -61,7 +66,7 @@ impl AuthError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
-            AuthError::Invalid => "invalid",
+            AuthError::Invalid | AuthError::NotForAudience(_) => "invalid",
             AuthError::Unavailable(_) => "auth_unavailable",
         }
     }

@@ -1,6 +1,8 @@
 //! Request handlers. Each checks the token (401), then the id (400), then that the session
-//! exists (404) and belongs to the caller or the caller may operate on sessions (403), and
-//! records activity before answering; none writes anything for a refused request.
+//! belongs to the caller or the caller may operate on sessions (403), and only then that it
+//! exists (404), so a caller without the right cannot tell another user's session from a
+//! missing one. Activity is recorded before answering; nothing is written for a refused
+//! request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,8 +40,50 @@ pub enum ApiError {
     /// Anything else that does not exist; the message says what.
     #[error("{0}")]
     Missing(String),
+    /// 429: a per-user or per-replica limit is reached.
+    #[error("{0}")]
+    TooMany(String),
+    /// Logged in full; the caller gets [`kube_failure`]'s message of our own, never the API
+    /// server's text (it names objects, service accounts and rules the caller need not see).
     #[error("Kubernetes API request failed: {0}")]
     Kube(#[from] kube::Error),
+}
+
+/// What a caller is told when a Kubernetes request of the API failed: a status and a message
+/// of our own for each kind of failure. The detail goes to the log.
+pub fn kube_failure(error: &kube::Error) -> (StatusCode, &'static str) {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            401 | 403 => (
+                StatusCode::BAD_GATEWAY,
+                "the API is not allowed to do this in Kubernetes; ask an administrator to check its RBAC",
+            ),
+            404 => (
+                StatusCode::NOT_FOUND,
+                "an object this request needs does not exist (any more)",
+            ),
+            409 => (
+                StatusCode::CONFLICT,
+                "the object was changed at the same time; retry",
+            ),
+            400 | 422 => (
+                StatusCode::BAD_GATEWAY,
+                "Kubernetes refused the change as invalid; the API's log has the detail",
+            ),
+            429 => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the Kubernetes API server is busy; retry shortly",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                "the Kubernetes API server failed the request; retry, the API's log has the detail",
+            ),
+        },
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Kubernetes API server did not answer; retry shortly",
+        ),
+    }
 }
 
 impl ApiError {
@@ -52,7 +96,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
-            ApiError::Kube(_) => StatusCode::BAD_GATEWAY,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Kube(error) => kube_failure(error).0,
         }
     }
 
@@ -62,6 +107,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
+            ApiError::TooMany(_) => "too_many",
             ApiError::Kube(_) => "kube",
         }
     }
@@ -70,11 +116,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (
-            status,
-            Json(json!({"success": false, "error": self.to_string()})),
-        )
-            .into_response()
+        let message = match &self {
+            ApiError::Kube(error) => kube_failure(error).1.to_string(),
+            other => other.to_string(),
+        };
+        (status, Json(json!({"success": false, "error": message}))).into_response()
     }
 }
 
@@ -124,10 +170,9 @@ pub(super) async fn heartbeat(
     let started = Instant::now();
     let reply = async {
         let principal = check(&state, &headers, &id).await?;
-        let owner = state.session_user(&id).await?;
-        let owner = owner.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+        let owner = state.session_user(&id, &principal, "update").await?;
         state
-            .require_session_access(&principal, &owner, "update")
+            .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;
         state.activity.record(&id, Timestamp::now());
         Ok(Json(json!({
@@ -164,14 +209,12 @@ async fn connect_inner(
     user: Option<String>,
 ) -> Reply {
     let principal = check(state, headers, id).await?;
-    let session = state
-        .sessions()
-        .get_opt(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    let session = state.sessions().get_opt(id).await?;
+    let owner = session.as_ref().map(|s| s.spec.user.as_str());
     state
-        .require_session_access(&principal, &session.spec.user, "update")
+        .require_session_access(&principal, owner, id, "update")
         .await?;
+    let session = session.ok_or_else(|| ApiError::NotFound(id.to_string()))?;
     // Waking is a move to running: the quota admits it first (when the API checks it).
     let reserved = if session.spec.desired_state() == SessionState::Hibernated {
         let _ = tokio::time::timeout(FLAGS_WAIT, state.flags().wait_loaded()).await;
@@ -186,11 +229,7 @@ async fn connect_inner(
     let connection_id = new_connection_id(state, id);
     state
         .connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(id.to_string())
-        .or_default()
-        .insert(connection_id.clone());
+        .open(id, connection_id.clone(), Instant::now());
     let mut desired = session.spec.desired_state();
     let mut message = None;
     if desired == SessionState::Hibernated {
@@ -317,22 +356,12 @@ pub(super) async fn disconnect(
             .connection_id
             .filter(|c| !c.is_empty() && c.len() <= 128)
             .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
-        let owner = state.session_user(&id).await?;
-        let owner = owner.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+        let owner = state.session_user(&id, &principal, "update").await?;
         state
-            .require_session_access(&principal, &owner, "update")
+            .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;
         state.activity.record(&id, Timestamp::now());
-        let active = {
-            let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());
-            let open = connections.entry(id.clone()).or_default();
-            open.remove(&connection_id);
-            let active = open.len();
-            if active == 0 {
-                connections.remove(&id);
-            }
-            active
-        };
+        let active = state.connections.close(&id, &connection_id);
         Ok(Json(json!({
             "message": "Disconnected",
             "connectionId": connection_id,
@@ -368,4 +397,55 @@ fn new_connection_id(state: &ApiState, session: &str) -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Reason")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn kubernetes_failures_are_answered_in_our_own_words() {
+        let secret = r#"sessions.stream.space "x" is forbidden: User "system:serviceaccount:ns:api" cannot get resource"#;
+        let rows = [
+            (401, StatusCode::BAD_GATEWAY, "not allowed"),
+            (403, StatusCode::BAD_GATEWAY, "not allowed"),
+            (404, StatusCode::NOT_FOUND, "does not exist"),
+            (409, StatusCode::CONFLICT, "changed at the same time"),
+            (
+                422,
+                StatusCode::BAD_GATEWAY,
+                "refused the change as invalid",
+            ),
+            (429, StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            (500, StatusCode::BAD_GATEWAY, "failed the request"),
+        ];
+        for (code, status, words) in rows {
+            let error = api_error(code, secret);
+            let (got, message) = kube_failure(&error);
+            assert_eq!(got, status, "{code}");
+            assert!(message.contains(words), "{code}: {message}");
+            let api_error = ApiError::Kube(error);
+            assert_eq!(api_error.status(), status);
+            assert!(
+                api_error.to_string().contains("forbidden"),
+                "the log keeps the detail"
+            );
+        }
+        let unreachable = kube::Error::Service("connection refused".into());
+        assert_eq!(
+            kube_failure(&unreachable),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the Kubernetes API server did not answer; retry shortly"
+            )
+        );
+    }
 }

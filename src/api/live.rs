@@ -7,6 +7,11 @@
 //!   (coalesced over [`DEBOUNCE`]) that changes what the client sees. A user sees their own
 //!   sessions; a caller with `OperateSessions("list")` sees all of them. Browsers cannot set
 //!   headers on a WebSocket, so the token may also come as a `token` query parameter.
+//!
+//! Streams are bounded ([`StreamSettings`]): a few per user and a total per replica (429
+//! beyond), incoming messages of a few KiB at most (clients have nothing to send), and the
+//! token and rights are checked again every [`StreamSettings::reauth_interval`]: a revoked
+//! token or right ends the stream with close code 1008 and the reason.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -28,7 +33,8 @@ use serde_json::{Value, json};
 use tracing::{debug, info};
 
 use super::ApiState;
-use super::auth::{Permission, Principal};
+use super::auth::{AuthError, Permission, Principal};
+use super::connections::StreamSlot;
 use super::handlers::ApiError;
 use crate::crd::Session;
 use crate::quantity::{self, Milli};
@@ -36,6 +42,30 @@ use crate::quantity::{self, Milli};
 /// How long a burst of session changes is gathered into one message: a create or a wake
 /// touches a session several times within a few hundred milliseconds.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Limits of the sessions WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Streams one user may have open through this replica (a few browser tabs).
+    pub max_per_user: usize,
+    /// Streams this replica serves in total.
+    pub max_total: usize,
+    /// How often an open stream's token and rights are checked again.
+    pub reauth_interval: Duration,
+    /// Largest message or frame accepted from a client; larger ones close the stream.
+    pub max_message_bytes: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_per_user: 8,
+            max_total: 4096,
+            reauth_interval: Duration::from_secs(30),
+            max_message_bytes: 4096,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Cluster statistics (pure)
@@ -260,10 +290,23 @@ pub(super) async fn sessions_ws(
     let response = match (reply, upgrade) {
         (Err(error), _) => error.into_response(),
         (Ok(_), Err(rejection)) => rejection.into_response(),
-        (Ok((principal, see_all)), Ok(upgrade)) => {
-            let state = state.clone();
-            upgrade.on_upgrade(move |socket| stream_sessions(state, socket, principal, see_all))
-        }
+        (Ok((principal, see_all)), Ok(upgrade)) => match state.streams.acquire(&principal.name) {
+            Err(refused) => ApiError::TooMany(refused.to_string()).into_response(),
+            Ok(slot) => {
+                let limit = state.stream_settings.max_message_bytes;
+                let stream = Stream {
+                    state: state.clone(),
+                    principal,
+                    see_all,
+                    credentials: credentials(&headers),
+                    _slot: slot,
+                };
+                upgrade
+                    .max_message_size(limit)
+                    .max_frame_size(limit)
+                    .on_upgrade(move |socket| stream.run(socket))
+            }
+        },
     };
     state
         .metrics
@@ -283,49 +326,120 @@ fn add_query_token(headers: &mut HeaderMap, token: Option<&str>) {
     }
 }
 
-/// Sends the visible sessions now and after every change that alters them, until the client
-/// goes away.
-async fn stream_sessions(
+/// Only the credentials of a request, kept for the stream's re-authorisation.
+fn credentials(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        kept.insert(AUTHORIZATION, value.clone());
+    }
+    kept
+}
+
+/// What a periodic check decides for an open stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Recheck {
+    Keep,
+    /// Close with code 1008 and this reason.
+    End(&'static str),
+}
+
+/// One open stream of the visible sessions.
+struct Stream {
     state: Arc<ApiState>,
-    mut socket: WebSocket,
     principal: Principal,
     see_all: bool,
-) {
-    info!(user = %principal.name, see_all, "session stream opened");
-    let mut changes = state.session_changes.subscribe();
-    let mut last_sent: Option<Vec<Value>> = None;
-    'send: loop {
-        if state.sessions_loaded.load(Ordering::Relaxed) {
-            let sessions = visible_sessions(&state.sessions.state(), &principal, see_all, |s| {
-                state.active_connections(s)
-            });
-            if last_sent.as_ref() != Some(&sessions) {
-                let message = sessions_update(&sessions, Timestamp::now()).to_string();
-                if socket.send(Message::Text(message.into())).await.is_err() {
-                    break;
-                }
-                last_sent = Some(sessions);
-            }
-        }
-        loop {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        break 'send;
+    credentials: HeaderMap,
+    /// Held while the stream is open.
+    _slot: StreamSlot,
+}
+
+impl Stream {
+    /// Sends the visible sessions now and after every change that alters them, until the
+    /// client goes away or its token or right is revoked.
+    async fn run(self, mut socket: WebSocket) {
+        let state = &self.state;
+        info!(user = %self.principal.name, see_all = self.see_all, "session stream opened");
+        let mut changes = state.session_changes.subscribe();
+        let mut reauth = tokio::time::interval(state.stream_settings.reauth_interval);
+        reauth.reset();
+        let mut last_sent: Option<Vec<Value>> = None;
+        let close = 'send: loop {
+            if state.sessions_loaded.load(Ordering::Relaxed) {
+                let sessions = visible_sessions(
+                    &state.sessions.state(),
+                    &self.principal,
+                    self.see_all,
+                    |s| state.active_connections(s),
+                );
+                if last_sent.as_ref() != Some(&sessions) {
+                    let message = sessions_update(&sessions, Timestamp::now()).to_string();
+                    if socket.send(Message::Text(message.into())).await.is_err() {
+                        break None;
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    changes.borrow_and_update();
-                    continue 'send;
+                    last_sent = Some(sessions);
                 }
-                incoming = socket.recv() => match incoming {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break 'send,
-                    // Pings are answered by the WebSocket layer; clients have nothing to say.
-                    Some(Ok(_)) => {}
-                },
+            }
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break 'send None;
+                        }
+                        tokio::time::sleep(DEBOUNCE).await;
+                        changes.borrow_and_update();
+                        continue 'send;
+                    }
+                    _ = reauth.tick() => {
+                        if let Recheck::End(reason) = self.recheck().await {
+                            info!(user = %self.principal.name, reason, "session stream ended");
+                            break 'send Some((close_code::POLICY, reason.to_string()));
+                        }
+                    }
+                    incoming = socket.recv() => match incoming {
+                        None | Some(Ok(Message::Close(_))) => break 'send None,
+                        // The only error a healthy client can cause is a message over the cap.
+                        Some(Err(error)) => {
+                            debug!(user = %self.principal.name, %error, "session stream read failed");
+                            let reason = format!(
+                                "messages to this stream are limited to {} bytes",
+                                state.stream_settings.max_message_bytes
+                            );
+                            break 'send Some((close_code::SIZE, reason));
+                        }
+                        // Pings are answered by the WebSocket layer; clients have nothing to say.
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        };
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+        }
+        debug!(user = %self.principal.name, "session stream closed");
+    }
+
+    /// Checks the token and, for a stream of every session, the right to list them. An API
+    /// server that cannot answer keeps the stream (the next check tries again).
+    async fn recheck(&self) -> Recheck {
+        let auth = &self.state.auth;
+        match auth.authenticate(&self.credentials).await {
+            Ok(principal) if principal.name == self.principal.name => {}
+            Ok(_) => return Recheck::End("the token now belongs to another user"),
+            Err(AuthError::Unavailable(_)) => return Recheck::Keep,
+            Err(_) => return Recheck::End("the token is no longer valid"),
+        }
+        if self.see_all {
+            let permission = Permission::OperateSessions("list");
+            if let Ok(false) = auth.authorize(&self.principal, permission).await {
+                return Recheck::End("the right to see every session was withdrawn");
             }
         }
+        Recheck::Keep
     }
-    debug!(user = %principal.name, "session stream closed");
 }
 
 #[cfg(test)]

@@ -21,16 +21,18 @@
 pub mod activity;
 pub mod auth;
 pub mod autostart;
+pub mod connections;
 pub mod events;
 pub mod flags;
 mod handlers;
 pub mod live;
 pub mod nodes;
 pub mod sessions;
+pub mod settings;
+pub mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -71,6 +73,8 @@ pub struct ApiConfig {
     pub session: SessionSettings,
     /// Whether a new session may switch its idle or duration timer off with `0s`.
     pub allow_disabled_timers: bool,
+    /// Limits of the sessions WebSocket.
+    pub streams: live::StreamSettings,
 }
 
 impl Default for ApiConfig {
@@ -84,6 +88,7 @@ impl Default for ApiConfig {
             nodes: nodes::NodeSettings::default(),
             session: SessionSettings::default(),
             allow_disabled_timers: false,
+            streams: live::StreamSettings::default(),
         }
     }
 }
@@ -111,7 +116,10 @@ pub(crate) struct ApiState {
     events: Option<EventSender>,
     metrics: SharedMetrics,
     /// Open connections by session, as this replica saw them.
-    connections: Mutex<HashMap<String, HashSet<String>>>,
+    connections: connections::ConnectionTracker,
+    /// Open session streams per user.
+    streams: Arc<connections::StreamSlots>,
+    stream_settings: live::StreamSettings,
     connection_counter: AtomicU64,
     flags: Arc<FlagIndex>,
     /// Node caches and legacy drains.
@@ -148,28 +156,38 @@ impl ApiState {
         }
     }
 
-    /// 403 unless the session belongs to `principal` or they may operate on all sessions
-    /// with `verb`.
+    /// Whether `principal` may act with `verb` on session `id`, whose `spec.user` is `owner`
+    /// (`None`: it does not exist). Its owner may; anyone else needs the operator right
+    /// (`OperateSessions(verb)`). Refusal comes before existence: without the right the answer
+    /// is the same 403 whether the session is someone else's or missing, so ids cannot be
+    /// probed; with it, a missing session is a 404.
     pub(crate) async fn require_session_access(
         &self,
         principal: &auth::Principal,
-        session_user: &str,
+        owner: Option<&str>,
+        id: &str,
         verb: &'static str,
     ) -> Result<(), handlers::ApiError> {
-        if principal.name == session_user {
+        if owner == Some(principal.name.as_str()) {
             return Ok(());
         }
-        self.require(principal, auth::Permission::OperateSessions(verb))
-            .await
+        let permission = auth::Permission::OperateSessions(verb);
+        if !self.auth.authorize(principal, permission).await? {
+            return Err(handlers::ApiError::Forbidden(session_refusal(
+                &principal.name,
+                verb,
+                id,
+            )));
+        }
+        match owner {
+            Some(_) => Ok(()),
+            None => Err(handlers::ApiError::NotFound(id.to_string())),
+        }
     }
 
     /// Open connections to a session through this replica.
     fn active_connections(&self, session: &str) -> usize {
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(session)
-            .map_or(0, HashSet::len)
+        self.connections.count(session)
     }
 
     /// Ownership flags of this process.
@@ -181,18 +199,47 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The `spec.user` of a session, `None` if it does not exist: the watch cache first, the
-    /// API server when the cache does not have it (not loaded yet, or a session created a
-    /// moment ago).
-    async fn session_user(&self, name: &str) -> Result<Option<String>, kube::Error> {
-        if self.sessions_loaded.load(Ordering::Relaxed)
-            && let Some(session) = self
-                .sessions
-                .get(&ObjectRef::new(name).within(&self.namespace))
-        {
-            return Ok(Some(session.spec.user.clone()));
+    /// Session `name` for `principal` acting with `verb`, `None` if it does not exist: from
+    /// the watch cache when it is theirs or they may act on every session, else from the API
+    /// server (as when the cache does not have it: not loaded yet, or created a moment ago).
+    /// For a caller without the right, another user's session thus costs the same read as a
+    /// missing one, so the time of the (same) 403 does not tell them apart.
+    async fn session_for(
+        &self,
+        name: &str,
+        principal: &auth::Principal,
+        verb: &'static str,
+    ) -> Result<Option<Session>, handlers::ApiError> {
+        let cached = self
+            .sessions_loaded
+            .load(Ordering::Relaxed)
+            .then(|| {
+                self.sessions
+                    .get(&ObjectRef::new(name).within(&self.namespace))
+            })
+            .flatten();
+        if let Some(session) = cached {
+            let permission = auth::Permission::OperateSessions(verb);
+            if session.spec.user == principal.name
+                || self.auth.authorize(principal, permission).await?
+            {
+                return Ok(Some(Session::clone(&session)));
+            }
         }
-        Ok(self.sessions().get_opt(name).await?.map(|s| s.spec.user))
+        Ok(self.sessions().get_opt(name).await?)
+    }
+
+    /// The `spec.user` of a session, `None` if it does not exist (see [`Self::session_for`]).
+    async fn session_user(
+        &self,
+        name: &str,
+        principal: &auth::Principal,
+        verb: &'static str,
+    ) -> Result<Option<String>, handlers::ApiError> {
+        Ok(self
+            .session_for(name, principal, verb)
+            .await?
+            .map(|s| s.spec.user))
     }
 }
 
@@ -249,7 +296,12 @@ pub fn build(
         sessions_loaded: AtomicBool::new(false),
         events,
         metrics: metrics.clone(),
-        connections: Mutex::new(HashMap::new()),
+        connections: connections::ConnectionTracker::default(),
+        streams: connections::StreamSlots::new(
+            config.streams.max_per_user,
+            config.streams.max_total,
+        ),
+        stream_settings: config.streams.clone(),
         connection_counter: AtomicU64::new(0),
         flags: config.flags.clone(),
         nodes: node_state,
@@ -286,7 +338,7 @@ pub fn build(
                 }
             };
             let sessions_api = sessions::background(state.clone(), session_watches);
-            let caches = futures::future::join(node_watch, sessions_api);
+            let caches = futures::future::join3(node_watch, sessions_api, sweep(state.clone()));
             futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
         }
         .boxed()
@@ -295,6 +347,24 @@ pub fn build(
         router: router(state),
         background,
     })
+}
+
+/// Forgets connections of sessions that are gone, and expired ones, once the session cache
+/// can tell which exist.
+async fn sweep(state: Arc<ApiState>) {
+    let mut ticker = tokio::time::interval(connections::SWEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        if state.sessions_loaded.load(Ordering::Relaxed) {
+            let namespace = &state.namespace;
+            state.connections.sweep(std::time::Instant::now(), |name| {
+                state
+                    .sessions
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some()
+            });
+        }
+    }
 }
 
 fn notify_session_change(state: &ApiState) {
@@ -344,6 +414,11 @@ fn router(state: Arc<ApiState>) -> Router {
                 }
             }),
         )
+}
+
+/// The one refusal of a session a caller may not act on, whether it exists or not.
+pub fn session_refusal(user: &str, verb: &str, id: &str) -> String {
+    format!("{user} may not {verb} session {id:?}: only its owner or an operator may")
 }
 
 /// A Kubernetes object name (DNS-1123 subdomain): what a session id or namespace must be.

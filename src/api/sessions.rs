@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
 //! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
-//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server) |
+//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server; see `ApiState::session_for`) |
 //! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202); waking over quota 403 |
 //! | DELETE | `/api/v1/sessions/{id}` | 202 |
 //!
@@ -40,7 +40,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
@@ -233,29 +233,9 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// The session from the cache, else the API server.
-    async fn cached_session(&self, name: &str) -> Result<Session> {
-        if self.sessions_loaded.load(Ordering::Relaxed)
-            && let Some(session) = self
-                .sessions
-                .get(&ObjectRef::new(name).within(&self.namespace))
-        {
-            return Ok(Session::clone(&session));
-        }
-        self.sessions()
-            .get_opt(name)
-            .await?
-            .ok_or_else(|| SessionsError::not_found(name))
-    }
-
     /// Open connections of every session through this replica (one lock for a whole list).
     fn connection_counts(&self) -> std::collections::HashMap<String, usize> {
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(session, open)| (session.clone(), open.len()))
-            .collect()
+        self.connections.counts()
     }
 }
 
@@ -375,7 +355,7 @@ fn create_error(error: kube::Error) -> SessionsError {
     }
     match &error {
         kube::Error::Api(status) if status.is_already_exists() => {
-            SessionsError::Conflict(format!("session already exists: {}", status.message))
+            SessionsError::Conflict("a session with this name already exists; retry".into())
         }
         _ => SessionsError::from(error),
     }
@@ -519,10 +499,12 @@ pub(crate) async fn get_one(
     let reply = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
-        let session = state.cached_session(&id).await?;
+        let session = state.session_for(&id, &principal, "get").await?;
+        let owner = session.as_ref().map(|s| s.spec.user.as_str());
         state
-            .require_session_access(&principal, &session.spec.user, "get")
+            .require_session_access(&principal, owner, &id, "get")
             .await?;
+        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
         let active = state.active_connections(&id);
         Ok(Json(request::session_item(&session, active)).into_response())
     }
@@ -545,17 +527,15 @@ pub(crate) async fn patch(
         let settle_deadline = Instant::now() + CONTROLLER_SETTLE_WAIT;
         let mut attempt = 0;
         while attempt < MAX_ATTEMPTS {
-            let session = state
-                .sessions()
-                .get_opt(&id)
-                .await?
-                .ok_or_else(|| SessionsError::not_found(&id))?;
+            let session = state.sessions().get_opt(&id).await?;
             if !checked {
+                let owner = session.as_ref().map(|s| s.spec.user.as_str());
                 state
-                    .require_session_access(&principal, &session.spec.user, "update")
+                    .require_session_access(&principal, owner, &id, "update")
                     .await?;
                 checked = true;
             }
+            let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
             let owner = state
                 .flags()
                 .owner(ResourceType::Sessions, &state.namespace, &id);
@@ -607,17 +587,15 @@ pub(crate) async fn delete(
         check_id(&id)?;
         let mut checked = false;
         for attempt in 0..MAX_ATTEMPTS {
-            let session = state
-                .sessions()
-                .get_opt(&id)
-                .await?
-                .ok_or_else(|| SessionsError::not_found(&id))?;
+            let session = state.sessions().get_opt(&id).await?;
             if !checked {
+                let owner = session.as_ref().map(|s| s.spec.user.as_str());
                 state
-                    .require_session_access(&principal, &session.spec.user, "delete")
+                    .require_session_access(&principal, owner, &id, "delete")
                     .await?;
                 checked = true;
             }
+            let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
             let owner = state
                 .flags()
                 .owner(ResourceType::Sessions, &state.namespace, &id);

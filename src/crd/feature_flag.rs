@@ -8,7 +8,8 @@
 //! [`crate::ownership::owner`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::core::{Message, Rule};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +31,24 @@ fn default_percent() -> u8 {
     100
 }
 
+/// The names a FeatureFlag may have: one per resource type the ownership flags switch.
+pub const FLAG_NAMES: [&str; 5] = ["sessions", "idle", "autostart", "nodes", "quota"];
+
+/// Longest `spec.override.reason` (the flags endpoint refuses longer ones too).
+pub const MAX_OVERRIDE_REASON: usize = 1024;
+
+/// CEL: the object is named after a resource type.
+fn flag_name_rule() -> Rule {
+    let names = FLAG_NAMES.map(|n| format!("'{n}'")).join(", ");
+    Rule::new(format!("self.metadata.name in [{names}]")).message(Message::Message(format!(
+        "metadata.name must be a resource type: {}",
+        FLAG_NAMES.join(", ")
+    )))
+}
+
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    validation = flag_name_rule(),
     group = "stream.space",
     version = "v1alpha1",
     kind = "FeatureFlag",
@@ -61,8 +78,11 @@ pub struct FeatureFlagSpec {
     pub override_: Option<FlagOverride>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(r"has(self.reason) && self.reason.matches('\\S')")
+    .message("spec.override.reason is required: say why the override is needed")
+    .field_path(".reason"))]
 pub struct FlagOverride {
     #[schemars(schema_with = "plain::<FlagMode>")]
     pub mode: FlagMode,
@@ -77,6 +97,7 @@ pub struct FlagOverride {
     )]
     pub expires_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_OVERRIDE_REASON))]
     pub reason: Option<String>,
     /// Who set it (the authenticated user of the flags endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! Custom resource types of group `stream.space`, version `v1alpha1`.
 
+pub mod cel;
 pub mod common;
 pub mod feature_flag;
 pub mod gitsync;
@@ -48,14 +49,16 @@ pub fn to_yaml(crds: &[CustomResourceDefinition]) -> Result<String, serde_saphyr
 }
 
 /// A standalone JSON Schema of one kind, for editors (`# yaml-language-server: $schema=...`)
-/// and offline validation: the CRD's structural schema plus the object envelope.
+/// and offline validation: the CRD's structural schema plus the object envelope. CEL rules are
+/// left out: they are not JSON Schema (the API server checks them when the object is applied).
 pub fn json_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
     let version = crd.spec.versions.first();
-    let body = version
+    let mut body = version
         .and_then(|v| v.schema.as_ref())
         .and_then(|s| s.open_api_v3_schema.as_ref())
         .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or_default();
+    install::strip_cel_rules(&mut body);
     let api_version = format!(
         "{}/{}",
         crd.spec.group,

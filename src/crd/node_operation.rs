@@ -10,11 +10,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cel::{LABEL_VALUE, QUALIFIED_NAME, all_keys_match, all_values_match, matches};
 use super::common::{Condition, conditions_schema, lenient_string_enum, lenient_time, plain};
+
+/// Most label keys or taints one operation may edit (bounds the cost of the CEL rules).
+pub const MAX_EDITS: usize = 64;
+
+/// CEL: the operation asks for something (the controller fails an empty one as `InvalidSpec`).
+const SOMETHING_TO_DO: &str = "(has(self.cordon) && self.cordon) || has(self.drain) \
+    || (has(self.labels) && ((has(self.labels.add) && size(self.labels.add) > 0) \
+        || (has(self.labels.remove) && size(self.labels.remove) > 0))) \
+    || (has(self.taints) && ((has(self.taints.add) && size(self.taints.add) > 0) \
+        || (has(self.taints.remove) && size(self.taints.remove) > 0)))";
 
 /// Evictions in flight at once when the drain does not say.
 pub const DEFAULT_DRAIN_CONCURRENCY: u32 = 5;
@@ -45,7 +56,7 @@ lenient_string_enum! {
     }
 }
 
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "stream.space",
     version = "v1alpha1",
@@ -60,6 +71,13 @@ lenient_string_enum! {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(SOMETHING_TO_DO)
+        .message("spec has nothing to do: set cordon, drain, labels or taints"),
+    validation = Rule::new("!has(self.drain) || !has(self.cordon) || self.cordon")
+        .message("spec.cordon must not be false when spec.drain is set: a drain always cordons")
+        .field_path(".cordon")
+)]
 pub struct NodeOperationSpec {
     /// The node to operate on.
     #[schemars(length(min = 1, max = 253))]
@@ -133,13 +151,26 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 pub struct LabelEdits {
     /// Labels set to these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = MAX_EDITS,
+        "additionalProperties" = {"type": "string", "maxLength": 63}
+    ))]
+    #[x_kube(
+        validation = Rule::new(all_keys_match(QUALIFIED_NAME))
+            .message("spec.labels.add: every key must be a label key such as example.com/tier"),
+        validation = Rule::new(all_values_match(LABEL_VALUE))
+            .message("spec.labels.add: every value must be a label value (at most 63 letters, digits, -, _ or .)")
+    )]
     pub add: BTreeMap<String, String>,
     /// Label keys removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EDITS), inner(length(max = 317)))]
+    #[x_kube(validation = Rule::new(all_keys_match(QUALIFIED_NAME))
+        .message("spec.labels.remove: every entry must be a label key such as example.com/tier"))]
     pub remove: Vec<String>,
 }
 
@@ -153,9 +184,11 @@ impl LabelEdits {
 pub struct TaintEdits {
     /// Taints added, or updated (value) when one with the same key and effect exists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EDITS))]
     pub add: Vec<NodeTaint>,
     /// Taints removed: by key and effect, or every effect of the key when no effect is given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EDITS))]
     pub remove: Vec<TaintSelector>,
 }
 
@@ -165,19 +198,26 @@ impl TaintEdits {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 pub struct NodeTaint {
     #[schemars(length(min = 1, max = 316))]
+    #[x_kube(validation = Rule::new(matches("self", QUALIFIED_NAME))
+        .message("taint key must be a qualified name such as example.com/maintenance"))]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(matches("self", LABEL_VALUE))
+        .message("taint value must be at most 63 letters, digits, -, _ or ., starting and ending alphanumeric"))]
     pub value: Option<String>,
     #[schemars(schema_with = "plain::<TaintEffect>")]
     pub effect: TaintEffect,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 pub struct TaintSelector {
     #[schemars(length(min = 1, max = 316))]
+    #[x_kube(validation = Rule::new(matches("self", QUALIFIED_NAME))
+        .message("taint key must be a qualified name such as example.com/maintenance"))]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "plain::<TaintEffect>")]

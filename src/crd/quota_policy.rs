@@ -7,7 +7,7 @@
 //! `User` policies, and does not tighten anything for `Group` policies.
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +44,22 @@ pub struct QuotaPolicySpec {
 }
 
 /// `{kind: Default}`, `{kind: Group, members: [...]}` or `{kind: User, name: ...}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.kind != 'User' || (has(self.name) && size(self.name) > 0)")
+        .message("spec.subject.name is required when spec.subject.kind is User")
+        .field_path(".name"),
+    validation = Rule::new("self.kind == 'User' || !has(self.name)")
+        .message("spec.subject.name is only allowed when spec.subject.kind is User")
+        .field_path(".name"),
+    validation = Rule::new("self.kind != 'Group' || (has(self.members) && size(self.members) > 0)")
+        .message("spec.subject.members must name at least one user when spec.subject.kind is Group")
+        .field_path(".members"),
+    validation = Rule::new("self.kind == 'Group' || !has(self.members) || size(self.members) == 0")
+        .message("spec.subject.members is only allowed when spec.subject.kind is Group")
+        .field_path(".members")
+)]
 pub struct QuotaSubject {
     #[schemars(schema_with = "plain::<SubjectKind>")]
     pub kind: SubjectKind,

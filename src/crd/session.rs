@@ -5,7 +5,7 @@
 //! StreamSpace already stores, so existing Sessions keep working unchanged.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,13 @@ lenient_string_enum! {
     }
 }
 
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// CEL: a duration of the `<number><s|m|h>` shape is at most a year (the pattern itself is
+/// checked by the schema on every server; an overlong value would overflow the controller's
+/// timers and silently fall back to the default).
+const AT_MOST_A_YEAR: &str =
+    "!self.matches('^[0-9]+(s|m|h)$') || duration(self) <= duration('8760h')";
+
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "stream.space",
     version = "v1alpha1",
@@ -82,10 +88,14 @@ pub struct SessionSpec {
     /// Idle time before hibernation, such as `30m`.
     #[serde(default = "default_idle_timeout")]
     #[schemars(length(min = 2, max = 10), regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    #[x_kube(validation = Rule::new(AT_MOST_A_YEAR)
+        .message("spec.idleTimeout must be a duration of at most 8760h, such as 30m"))]
     pub idle_timeout: String,
     /// Longest time the session may run, such as `8h`.
     #[serde(default = "default_max_session_duration")]
     #[schemars(length(min = 2, max = 10), regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    #[x_kube(validation = Rule::new(AT_MOST_A_YEAR)
+        .message("spec.maxSessionDuration must be a duration of at most 8760h, such as 8h"))]
     pub max_session_duration: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,

@@ -28,16 +28,16 @@ pub async fn resolve_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, Error> 
         Some(dir) => dir.to_path_buf(),
         None => match std::env::var_os(BIN_DIR_ENV) {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => run_script().await?,
+            _ => run_script("control-plane-binaries.sh", SCRIPT).await?,
         },
     };
-    check_bin_dir(&dir)?;
+    check_bin_dir(&dir, &REQUIRED_BINARIES)?;
     Ok(dir)
 }
 
-/// Fails unless `dir` contains every required binary.
-fn check_bin_dir(dir: &Path) -> Result<(), Error> {
-    let missing: Vec<&str> = REQUIRED_BINARIES
+/// Fails unless `dir` contains every binary of `required`.
+pub(crate) fn check_bin_dir(dir: &Path, required: &[&str]) -> Result<(), Error> {
+    let missing: Vec<&str> = required
         .iter()
         .copied()
         .filter(|name| !dir.join(name).is_file())
@@ -53,15 +53,15 @@ fn check_bin_dir(dir: &Path) -> Result<(), Error> {
     }
 }
 
-/// Writes the embedded script to a temporary file, runs it with `bash` and returns the directory
-/// it printed last.
-async fn run_script() -> Result<PathBuf, Error> {
+/// Writes an embedded script (`name`, text `script`) to a temporary file, runs it with `bash`
+/// and returns the directory it printed last.
+pub(crate) async fn run_script(name: &str, script: &str) -> Result<PathBuf, Error> {
     let mut file = tempfile::Builder::new()
         .prefix("streamspace-cp-binaries-")
         .suffix(".sh")
         .tempfile()
         .map_err(|e| Error::io("creating a temporary file for the binaries script", e))?;
-    file.write_all(SCRIPT.as_bytes())
+    file.write_all(script.as_bytes())
         .map_err(|e| Error::io("writing the binaries script", e))?;
     let output = tokio::process::Command::new("bash")
         .arg(file.path())
@@ -73,13 +73,13 @@ async fn run_script() -> Result<PathBuf, Error> {
         .map_err(|e| Error::io("running bash with the binaries script", e))?;
     if !output.status.success() {
         return Err(Error::Binaries(format!(
-            "control-plane-binaries.sh failed ({}); see its output above",
+            "{name} failed ({}); see its output above",
             output.status
         )));
     }
     last_line(&output.stdout)
         .map(PathBuf::from)
-        .ok_or_else(|| Error::Binaries("control-plane-binaries.sh printed no directory".into()))
+        .ok_or_else(|| Error::Binaries(format!("{name} printed no directory")))
 }
 
 /// The last non-empty line of `stdout`, trimmed.
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn check_bin_dir_names_missing_binaries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let message = check_bin_dir(dir.path())
+        let message = check_bin_dir(dir.path(), &REQUIRED_BINARIES)
             .expect_err("an empty directory must be rejected")
             .to_string();
         assert!(message.contains("kube-apiserver"), "{message}");

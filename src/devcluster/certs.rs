@@ -50,6 +50,11 @@ pub(crate) struct Pki {
     pub admin_token: String,
     /// The development users, also in the token file.
     pub dev_users: Vec<DevUser>,
+    /// PEM of a client certificate of user `admin` in group `system:masters`, for servers
+    /// that authenticate by certificate only (the CRD server).
+    pub admin_client_cert_pem: String,
+    /// PEM of the key of [`Pki::admin_client_cert_pem`].
+    pub admin_client_key_pem: String,
 }
 
 /// Generates all credentials into `dir` (created if missing).
@@ -63,6 +68,11 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
     let serving_cert = cert_error(
         "the serving certificate",
         serving_params()?.signed_by(&serving_key, &issuer),
+    )?;
+    let client_key = cert_error("the admin client key", KeyPair::generate())?;
+    let client_cert = cert_error(
+        "the admin client certificate",
+        admin_client_params().signed_by(&client_key, &issuer),
     )?;
     let sa_key = cert_error("the service-account key", KeyPair::generate())?;
     let admin_token = random_token()?;
@@ -78,6 +88,8 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, Error> {
         token_file: dir.join("tokens.csv"),
         admin_token,
         dev_users,
+        admin_client_cert_pem: client_cert.pem(),
+        admin_client_key_pem: client_key.serialize_pem(),
     };
     write_file(&pki.ca_cert, &pki.ca_pem, false)?;
     write_file(&pki.serving_cert, &serving_cert.pem(), false)?;
@@ -120,6 +132,21 @@ fn serving_params() -> Result<CertificateParams, Error> {
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params);
     Ok(params)
+}
+
+/// Parameters of the client certificate of `admin` (`O=system:masters`).
+fn admin_client_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "admin");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params);
+    params
 }
 
 /// A validity window comfortably around "now" that needs no clock arithmetic.

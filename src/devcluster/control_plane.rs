@@ -3,7 +3,6 @@
 //! There is no scheduler and no kubelet: pair it with the
 //! [`NodeSimulator`](super::NodeSimulator) to get pods bound and running.
 
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,9 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Api;
 
 use super::certs::{self, Pki};
+use super::components::{Components, etcd_args, free_ports, is_port_conflict};
 use super::data_dir::DataDir;
 use super::dev_users::{self, DevUser};
-use super::process::{ManagedProcess, log_tail};
 use super::readyz::ReadyzProbe;
 use super::{Error, binaries, kubeconfig};
 
@@ -28,17 +27,8 @@ pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc";
 const CONTROLLERS: &str = "*,-nodeipam,-nodelifecycle,-service,-route,-cloud-node-lifecycle,\
                            -attachdetach,-ttl,-bootstrapsigner,-tokencleaner,-csrsigning";
 
-/// How often start-up probes are repeated.
-const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Upper bound of a single start-up probe request.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Start attempts when a chosen port was taken by someone else meanwhile.
 const START_ATTEMPTS: u32 = 3;
-
-/// How long stopped components get between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Options of [`ControlPlane::start`].
 #[derive(Debug, Clone)]
@@ -75,7 +65,7 @@ impl Default for ControlPlaneOptions {
 #[derive(Debug)]
 pub struct ControlPlane {
     /// etcd, kube-apiserver, kube-controller-manager (in start order).
-    processes: Vec<ManagedProcess>,
+    components: Components,
     kubeconfig_path: PathBuf,
     server_url: String,
     admin_token: String,
@@ -129,7 +119,7 @@ impl ControlPlane {
         let data_dir = DataDir::create(options.data_dir.as_deref())?;
         let layout = Layout::new(bin_dir.to_path_buf(), data_dir.path())?;
         let mut plane = Self {
-            processes: Vec::with_capacity(3),
+            components: Components::default(),
             kubeconfig_path: layout.kubeconfig.clone(),
             server_url: format!("https://127.0.0.1:{}", layout.apiserver_port),
             admin_token: layout.pki.admin_token.clone(),
@@ -196,9 +186,7 @@ impl ControlPlane {
 
     /// Fails with [`Error::ProcessExited`] if a component has died.
     pub fn check_running(&mut self) -> Result<(), Error> {
-        self.processes
-            .iter_mut()
-            .try_for_each(ManagedProcess::ensure_running)
+        self.components.check_running()
     }
 
     /// Terminates the components (SIGTERM, then SIGKILL after a grace period) and removes a
@@ -213,101 +201,43 @@ impl ControlPlane {
     /// Starts the components one after the other, each once its dependency is ready.
     async fn boot(&mut self, layout: &Layout, options: &ControlPlaneOptions) -> Result<(), Error> {
         let timeout = options.startup_timeout;
-        self.spawn("etcd", layout, layout.etcd_args()).await?;
-        let etcd_port = layout.etcd_client_port;
-        self.wait_for("etcd to accept connections", timeout, async || {
-            tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, etcd_port))
-                .await
-                .is_ok()
-        })
-        .await?;
+        let (bin, logs) = (layout.bin_dir.as_path(), layout.data_dir.as_path());
+        let components = &mut self.components;
+        components
+            .spawn("etcd", bin, logs, layout.etcd_args())
+            .await?;
+        components
+            .wait_for_port(
+                "etcd to accept connections",
+                layout.etcd_client_port,
+                timeout,
+            )
+            .await?;
 
         let mut args = layout.apiserver_args();
         args.extend(options.extra_apiserver_args.iter().cloned());
-        self.spawn("kube-apiserver", layout, args).await?;
+        components.spawn("kube-apiserver", bin, logs, args).await?;
         let readyz =
             ReadyzProbe::new(&layout.pki.ca_pem, layout.apiserver_port, &self.admin_token)?;
-        self.wait_for("kube-apiserver /readyz", timeout, async || {
-            readyz.is_ready().await
-        })
-        .await?;
-        let client = self.client().await?;
+        components
+            .wait_for("kube-apiserver /readyz", timeout, async || {
+                readyz.is_ready().await
+            })
+            .await?;
+        let client = kubeconfig::client(&self.kubeconfig_path).await?;
 
         let mut args = layout.controller_manager_args();
         args.extend(options.extra_controller_manager_args.iter().cloned());
-        self.spawn("kube-controller-manager", layout, args).await?;
-        self.wait_for(
-            "the default namespace and service account (kube-controller-manager)",
-            timeout,
-            async || has_default_service_account(&client).await,
-        )
-        .await
-    }
-
-    /// Starts one component with its log in `<data dir>/<name>.log`.
-    async fn spawn(
-        &mut self,
-        name: &'static str,
-        layout: &Layout,
-        args: Vec<String>,
-    ) -> Result<(), Error> {
-        let program = layout.bin_dir.join(name);
-        let log = layout.data_dir.join(format!("{name}.log"));
-        let process = ManagedProcess::spawn(name, &program, &args, log).await?;
-        self.processes.push(process);
-        Ok(())
-    }
-
-    /// Repeats `probe` until it succeeds, a component dies, or `timeout` passes. A timeout is
-    /// blamed on the most recently started component.
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut probe: impl AsyncFnMut() -> bool,
-    ) -> Result<(), Error> {
-        let started = Instant::now();
-        loop {
-            self.check_running()?;
-            let ok = tokio::time::timeout(PROBE_TIMEOUT, probe()).await;
-            if matches!(ok, Ok(true)) {
-                tracing::debug!(what, elapsed = ?started.elapsed(), "start-up step done");
-                return Ok(());
-            }
-            if started.elapsed() >= timeout {
-                return Err(self.timeout_error(what, timeout));
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
-    }
-
-    /// An [`Error::Timeout`] with the log tail of the latest component.
-    fn timeout_error(&self, what: &str, timeout: Duration) -> Error {
-        let log = self
-            .processes
-            .last()
-            .map(|p| p.log().to_path_buf())
-            .unwrap_or_default();
-        Error::Timeout {
-            what: what.to_owned(),
-            timeout,
-            tail: log_tail(&log, 40),
-            log,
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        for process in self.processes.iter_mut().rev() {
-            process.signal_terminate();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for process in self.processes.iter_mut().rev() {
-            process.wait_or_kill(deadline);
-            tracing::debug!(name = process.name(), "stopped");
-        }
-        self.processes.clear();
+        components
+            .spawn("kube-controller-manager", bin, logs, args)
+            .await?;
+        components
+            .wait_for(
+                "the default namespace and service account (kube-controller-manager)",
+                timeout,
+                async || has_default_service_account(&client).await,
+            )
+            .await
     }
 }
 
@@ -328,19 +258,7 @@ impl Layout {
     }
 
     fn etcd_args(&self) -> Vec<String> {
-        let client = format!("http://127.0.0.1:{}", self.etcd_client_port);
-        let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
-        vec![
-            "--name=default".into(),
-            format!("--data-dir={}", self.data_dir.join("etcd").display()),
-            format!("--listen-client-urls={client}"),
-            format!("--advertise-client-urls={client}"),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=default={peer}"),
-            "--logger=zap".into(),
-            "--log-level=warn".into(),
-        ]
+        etcd_args(&self.data_dir, self.etcd_client_port, self.etcd_peer_port)
     }
 
     fn apiserver_args(&self) -> Vec<String> {
@@ -404,28 +322,6 @@ impl Layout {
     }
 }
 
-/// Three distinct free loopback ports (all listeners are held until every port is chosen).
-fn free_ports() -> Result<[u16; 3], Error> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| Error::io("reserving a free loopback port", e))
-    };
-    let listeners = [bind()?, bind()?, bind()?];
-    let mut ports = [0u16; 3];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(|e| Error::io("reading a reserved port", e))?
-            .port();
-    }
-    Ok(ports)
-}
-
-/// Whether a component died because its port was taken.
-fn is_port_conflict(error: &Error) -> bool {
-    matches!(error, Error::ProcessExited { tail, .. } if tail.contains("address already in use"))
-}
-
 /// Whether the `default` namespace and its `default` service account exist.
 async fn has_default_service_account(client: &kube::Client) -> bool {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -437,29 +333,6 @@ async fn has_default_service_account(client: &kube::Client) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_ports_are_distinct() {
-        let [a, b, c] = free_ports().expect("ports");
-        assert!(a != b && b != c && a != c);
-    }
-
-    #[test]
-    fn port_conflicts_are_recognised() {
-        let exited = |tail: &str| Error::ProcessExited {
-            name: "etcd",
-            status: "exit code 1".into(),
-            log: PathBuf::from("etcd.log"),
-            tail: tail.into(),
-        };
-        assert!(is_port_conflict(&exited(
-            "listen tcp 127.0.0.1:40565: bind: address already in use"
-        )));
-        assert!(!is_port_conflict(&exited("permission denied")));
-        assert!(!is_port_conflict(&Error::Binaries(
-            "address already in use".into()
-        )));
-    }
 
     #[tokio::test]
     async fn missing_binaries_are_reported() {

@@ -20,6 +20,10 @@
 //! # }
 //! ```
 //!
+//! [`CrdServer`] is a second, CRD-only test bed: the standalone `apiextensions-apiserver` of a
+//! current Kubernetes release on its own etcd, to check CEL validation rules and server-side
+//! apply list-map merging, which Kubernetes 1.20 does not have.
+//!
 //! The binaries come from `scripts/control-plane-binaries.sh` (embedded; a cold build takes
 //! several minutes, later calls are instant) unless `STREAMSPACE_CP_BIN_DIR` names a directory
 //! that already holds them. Linux only: child processes are tied to this process with
@@ -27,7 +31,9 @@
 
 mod binaries;
 mod certs;
+mod components;
 mod control_plane;
+mod crd_server;
 mod data_dir;
 pub mod dev_users;
 mod error;
@@ -39,6 +45,9 @@ pub mod simulator;
 pub use binaries::{BIN_DIR_ENV, REQUIRED_BINARIES, resolve_bin_dir};
 pub use control_plane::{
     ControlPlane, ControlPlaneOptions, SERVICE_ACCOUNT_ISSUER, SERVICE_CLUSTER_IP_RANGE,
+};
+pub use crd_server::{
+    CRD_SERVER_BIN_DIR_ENV, CRD_SERVER_BINARIES, CrdServer, CrdServerOptions, VERSIONS_FILE,
 };
 pub use dev_users::{DevUser, read_dev_users};
 pub use error::Error;

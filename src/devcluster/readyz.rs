@@ -23,7 +23,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) struct ReadyzProbe {
     tls: Arc<ClientConfig>,
     port: u16,
-    token: String,
+    /// Bearer token; none for an anonymous probe.
+    token: Option<String>,
+    path: &'static str,
 }
 
 impl ReadyzProbe {
@@ -45,7 +47,18 @@ impl ReadyzProbe {
         Ok(Self {
             tls: Arc::new(tls),
             port,
-            token: token.to_owned(),
+            token: Some(token.to_owned()),
+            path: "/readyz",
+        })
+    }
+
+    /// Prepares an anonymous probe of `path` (a `/readyz` with query parameters, say).
+    pub(crate) fn anonymous(ca_pem: &str, port: u16, path: &'static str) -> Result<Self, Error> {
+        let probe = Self::new(ca_pem, port, "")?;
+        Ok(Self {
+            token: None,
+            path,
+            ..probe
         })
     }
 
@@ -71,10 +84,14 @@ impl ReadyzProbe {
         let name = ServerName::IpAddress(IpAddr::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST)));
         let tls = ClientConnection::new(self.tls.clone(), name).map_err(std::io::Error::other)?;
         let mut stream = StreamOwned::new(tls, tcp);
+        let authorization = self
+            .token
+            .as_ref()
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
         let request = format!(
-            "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
-             Connection: close\r\n\r\n",
-            self.port, self.token
+            "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{authorization}Connection: close\r\n\r\n",
+            self.path, self.port
         );
         stream.write_all(request.as_bytes())?;
         let head = read_status_line(&mut stream)?;

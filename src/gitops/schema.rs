@@ -7,7 +7,8 @@
 //! other keyword**: a keyword added to a schema file can never be silently ignored.
 //!
 //! Supported: `type`, `const`, `enum`, `required`, `properties`, `additionalProperties`
-//! (boolean or schema), `propertyNames`, `minProperties`, `items`, `minLength`, `maxLength`,
+//! (boolean or schema), `propertyNames`, `minProperties`, `maxProperties`, `items`,
+//! `maxItems`, `minLength`, `maxLength`,
 //! `pattern`, `oneOf`; `$schema`, `title`, `description` are annotations.
 
 use regex::Regex;
@@ -40,7 +41,9 @@ pub struct Schema {
     additional: Additional,
     property_names: Option<Box<Schema>>,
     min_properties: Option<usize>,
+    max_properties: Option<usize>,
     items: Option<Box<Schema>>,
+    max_items: Option<usize>,
     min_length: Option<usize>,
     max_length: Option<usize>,
     pattern: Option<Regex>,
@@ -138,11 +141,16 @@ impl Schema {
         if let Value::String(text) = value {
             self.check_string(text, &at, out);
         }
-        if let Value::Array(items) = value
-            && let Some(schema) = &self.items
-        {
-            for (index, item) in items.iter().enumerate() {
-                schema.check(item, &format!("{path}/{index}"), out);
+        if let Value::Array(items) = value {
+            if let Some(max) = self.max_items
+                && items.len() > max
+            {
+                out.push(at(format!("has more than {max} items")));
+            }
+            if let Some(schema) = &self.items {
+                for (index, item) in items.iter().enumerate() {
+                    schema.check(item, &format!("{path}/{index}"), out);
+                }
             }
         }
         if let Value::Object(map) = value {
@@ -210,6 +218,11 @@ impl Schema {
             && map.len() < min
         {
             out.push(at(format!("needs at least {min} entries")));
+        }
+        if let Some(max) = self.max_properties
+            && map.len() > max
+        {
+            out.push(at(format!("has more than {max} entries")));
         }
         for (key, value) in map {
             let child = format!("{path}/{}", escape_pointer(key));
@@ -288,7 +301,9 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
         additional: Additional::Allowed,
         property_names: None,
         min_properties: None,
+        max_properties: None,
         items: None,
+        max_items: None,
         min_length: None,
         max_length: None,
         pattern: None,
@@ -340,6 +355,8 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
             "propertyNames" => out.property_names = Some(Box::new(compile_at(value, &here)?)),
             "items" => out.items = Some(Box::new(compile_at(value, &here)?)),
             "minProperties" => out.min_properties = Some(count(value, &here)?),
+            "maxProperties" => out.max_properties = Some(count(value, &here)?),
+            "maxItems" => out.max_items = Some(count(value, &here)?),
             "minLength" => out.min_length = Some(count(value, &here)?),
             "maxLength" => out.max_length = Some(count(value, &here)?),
             "pattern" => {
@@ -494,7 +511,9 @@ mod tests {
                 "n": {"type": "integer", "nullable": true, "minimum": 0, "maximum": 10,
                       "format": "int64", "default": 1},
                 "q": {"x-kubernetes-int-or-string": true, "nullable": true},
-                "s": {"type": "string"}
+                "s": {"type": "string"},
+                "m": {"type": "object", "maxProperties": 1},
+                "l": {"type": "array", "maxItems": 1}
             }
         }))
         .expect("compiles");
@@ -517,6 +536,12 @@ mod tests {
                 vec!["/q: expected integer or string, found boolean"],
             ),
             (json!({"s": null}), vec!["/s: expected string, found null"]),
+            (json!({"m": {"a": 1}, "l": [1]}), vec![]),
+            (
+                json!({"m": {"a": 1, "b": 2}}),
+                vec!["/m: has more than 1 entries"],
+            ),
+            (json!({"l": [1, 2]}), vec!["/l: has more than 1 items"]),
         ];
         for (document, expected) in cases {
             let found: Vec<String> = schema

@@ -2,9 +2,12 @@
 
 mod admission;
 mod api_auth;
+mod api_exposure;
 mod api_nodes;
 mod api_sessions;
+mod api_tls;
 mod flags;
+mod fuzz_bodies;
 mod gitops;
 mod http_client;
 mod idle;

@@ -55,12 +55,62 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         self.entries.insert(key, (value, now + self.ttl));
     }
 
+    pub fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Yes/no answers kept in two bounded caches, one per answer: a flood of keys that are refused
+/// (random tokens cost an attacker nothing) can only push out other refusals, never an
+/// accepted answer, so legitimate callers keep hitting the cache during the flood.
+#[derive(Debug)]
+pub struct SplitCache<K, V> {
+    accepted: TtlCache<K, V>,
+    rejected: TtlCache<K, ()>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> SplitCache<K, V> {
+    /// `capacity` entries of each answer, each kept for `ttl`.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        SplitCache {
+            accepted: TtlCache::new(ttl, capacity),
+            rejected: TtlCache::new(ttl, capacity),
+        }
+    }
+
+    /// `Some(Some(value))` accepted, `Some(None)` refused, `None` unknown or expired.
+    pub fn get(&mut self, key: &K, now: Instant) -> Option<Option<V>> {
+        if let Some(value) = self.accepted.get(key, now) {
+            return Some(Some(value));
+        }
+        self.rejected.get(key, now).map(|()| None)
+    }
+
+    /// Records the answer for `key` (`None`: refused), replacing any earlier one.
+    pub fn insert(&mut self, key: K, answer: Option<V>, now: Instant) {
+        match answer {
+            Some(value) => {
+                self.rejected.remove(&key);
+                self.accepted.insert(key, value, now);
+            }
+            None => {
+                self.accepted.remove(&key);
+                self.rejected.insert(key, (), now);
+            }
+        }
+    }
+
+    /// Entries held: (accepted, refused).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.accepted.len(), self.rejected.len())
     }
 }
 
@@ -124,5 +174,43 @@ mod tests {
         cache.insert("b", 4, now);
         assert_eq!(cache.get(&"c", now), Some(3));
         assert_eq!(cache.get(&"b", now), Some(4));
+    }
+
+    #[test]
+    fn refusals_never_evict_accepted_answers() {
+        let start = Instant::now();
+        let mut cache = SplitCache::new(TTL, 4);
+        for user in 0..4 {
+            cache.insert(format!("good-{user}"), Some(user), start);
+        }
+        // Ten thousand distinct refused keys, one a microsecond, as from a flood of random
+        // tokens.
+        for n in 0..10_000 {
+            cache.insert(format!("bad-{n}"), None, start + Duration::from_micros(n));
+        }
+        let now = start + Duration::from_millis(10);
+        assert_eq!(cache.sizes(), (4, 4));
+        for user in 0..4 {
+            assert_eq!(cache.get(&format!("good-{user}"), now), Some(Some(user)));
+        }
+        assert_eq!(cache.get(&"bad-9999".to_string(), now), Some(None));
+        assert_eq!(
+            cache.get(&"bad-0".to_string(), now),
+            None,
+            "the oldest went first"
+        );
+    }
+
+    #[test]
+    fn a_new_answer_replaces_the_other_kind() {
+        let start = Instant::now();
+        let mut cache = SplitCache::new(TTL, 4);
+        cache.insert("a", Some(1), start);
+        cache.insert("a", None, start);
+        assert_eq!(cache.get(&"a", start), Some(None));
+        cache.insert("a", Some(2), start);
+        assert_eq!(cache.get(&"a", start), Some(Some(2)));
+        assert_eq!(cache.sizes(), (1, 0));
+        assert_eq!(cache.get(&"a", start + TTL), None);
     }
 }

@@ -10,7 +10,13 @@
 //! | `OperateSessions(verb)` | `verb` | `sessions` (`stream.space`) | the API's namespace |
 //!
 //! Answers are cached for a few seconds ([`DEFAULT_TTL`]), keyed by the SHA-256 of the token
-//! (the token itself is never kept) and by principal and permission.
+//! (the token itself is never kept) and by principal and permission. Accepted and refused
+//! answers live in separate bounded caches ([`SplitCache`]), so a flood of random tokens cannot
+//! push accepted ones out.
+//!
+//! With an audience ([`KubernetesAuth::with_audience`]) the TokenReview asks for it and the
+//! answer must confirm it: only tokens issued for this API (`kubectl create token --audience`)
+//! are accepted, not a user's general Kubernetes credential.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +33,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
-use super::cache::TtlCache;
+use super::cache::SplitCache;
 use super::{AuthError, Authenticator, Permission, Principal, bearer_token};
 use crate::metrics::SharedMetrics;
 
@@ -46,9 +52,12 @@ pub struct KubernetesAuth {
     client: Client,
     /// Namespace of the sessions (where `OperateSessions` is checked).
     namespace: String,
-    /// SHA-256 of a token -> its principal (`None`: the API server rejected it).
-    tokens: Mutex<TtlCache<[u8; 32], Option<Principal>>>,
-    decisions: Mutex<TtlCache<(Principal, Permission), bool>>,
+    /// Audience a token must be issued for; `None` accepts any token the cluster accepts.
+    audience: Option<String>,
+    /// SHA-256 of a token -> its principal (refused: the API server rejected it).
+    tokens: Mutex<SplitCache<[u8; 32], Principal>>,
+    /// Accepted: allowed; refused: denied.
+    decisions: Mutex<SplitCache<(Principal, Permission), ()>>,
     token_reviews: AtomicU64,
     access_reviews: AtomicU64,
     metrics: Option<SharedMetrics>,
@@ -60,15 +69,38 @@ impl KubernetesAuth {
     }
 
     pub fn with_ttl(client: Client, namespace: impl Into<String>, ttl: Duration) -> Self {
+        Self::with_limits(client, namespace, ttl, DEFAULT_CAPACITY)
+    }
+
+    /// Answers kept for `ttl`, at most `capacity` of each kind (accepted, refused) per cache.
+    pub fn with_limits(
+        client: Client,
+        namespace: impl Into<String>,
+        ttl: Duration,
+        capacity: usize,
+    ) -> Self {
         KubernetesAuth {
             client,
             namespace: namespace.into(),
-            tokens: Mutex::new(TtlCache::new(ttl, DEFAULT_CAPACITY)),
-            decisions: Mutex::new(TtlCache::new(ttl, DEFAULT_CAPACITY)),
+            audience: None,
+            tokens: Mutex::new(SplitCache::new(ttl, capacity)),
+            decisions: Mutex::new(SplitCache::new(ttl, capacity)),
             token_reviews: AtomicU64::new(0),
             access_reviews: AtomicU64::new(0),
             metrics: None,
         }
+    }
+
+    /// Accepts only tokens issued for `audience` (`None`, the default: any token the cluster
+    /// accepts).
+    pub fn with_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience.filter(|a| !a.is_empty());
+        self
+    }
+
+    /// Cached token answers: (accepted, refused).
+    pub fn cached_tokens(&self) -> (usize, usize) {
+        lock(&self.tokens).sizes()
     }
 
     /// Counts answers in `streamspace_api_auth_reviews_total{kind, outcome}`.
@@ -103,7 +135,7 @@ impl KubernetesAuth {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: self.audience.clone().map(|a| vec![a]),
             },
             ..TokenReview::default()
         };
@@ -112,9 +144,13 @@ impl KubernetesAuth {
             .await
             .map_err(|e| {
                 self.count("token", "failed");
-                AuthError::Unavailable(format!("TokenReview failed: {e}"))
+                // The detail stays in the log: callers learn only that it failed.
+                tracing::warn!(error = %e, "TokenReview failed");
+                AuthError::Unavailable(
+                    "the Kubernetes API server did not answer the TokenReview".into(),
+                )
             })?;
-        let principal = principal_of(answer.status.as_ref());
+        let principal = principal_of(answer.status.as_ref(), self.audience.as_deref());
         self.count(
             "token",
             if principal.is_some() {
@@ -135,7 +171,7 @@ impl KubernetesAuth {
         let key = (principal.clone(), permission);
         if let Some(allowed) = lock(&self.decisions).get(&key, Instant::now()) {
             self.count("access", "cached");
-            return Ok(allowed);
+            return Ok(allowed.is_some());
         }
         self.access_reviews.fetch_add(1, Ordering::Relaxed);
         let review = SubjectAccessReview {
@@ -152,11 +188,15 @@ impl KubernetesAuth {
             .await
             .map_err(|e| {
                 self.count("access", "failed");
-                AuthError::Unavailable(format!("SubjectAccessReview failed: {e}"))
+                // The detail stays in the log: callers learn only that it failed.
+                tracing::warn!(error = %e, "SubjectAccessReview failed");
+                AuthError::Unavailable(
+                    "the Kubernetes API server did not answer the SubjectAccessReview".into(),
+                )
             })?;
         let allowed = answer.status.is_some_and(|s| s.allowed);
         self.count("access", if allowed { "allowed" } else { "denied" });
-        lock(&self.decisions).insert(key, allowed, Instant::now());
+        lock(&self.decisions).insert(key, allowed.then_some(()), Instant::now());
         Ok(allowed)
     }
 }
@@ -168,7 +208,12 @@ impl Authenticator for KubernetesAuth {
     ) -> BoxFuture<'a, Result<Principal, AuthError>> {
         async move {
             let token = bearer_token(headers)?;
-            self.review_token(token).await?.ok_or(AuthError::Invalid)
+            self.review_token(token)
+                .await?
+                .ok_or_else(|| match &self.audience {
+                    Some(audience) => AuthError::NotForAudience(audience.clone()),
+                    None => AuthError::Invalid,
+                })
         }
         .boxed()
     }
@@ -182,11 +227,19 @@ impl Authenticator for KubernetesAuth {
     }
 }
 
-/// The principal of an answered TokenReview; `None` unless authenticated with a user name.
-fn principal_of(status: Option<&TokenReviewStatus>) -> Option<Principal> {
+/// The principal of an answered TokenReview; `None` unless authenticated with a user name
+/// and, when an audience is required, confirmed for it (an API server that ignores the
+/// requested audiences answers without them: refused, never accepted by default).
+fn principal_of(status: Option<&TokenReviewStatus>, audience: Option<&str>) -> Option<Principal> {
     let status = status?;
     if status.authenticated != Some(true) {
         return None;
+    }
+    if let Some(audience) = audience {
+        let confirmed = status.audiences.iter().flatten().any(|a| a == audience);
+        if !confirmed {
+            return None;
+        }
     }
     let user = status.user.as_ref()?;
     let name = user.username.clone().filter(|n| !n.is_empty())?;
@@ -269,6 +322,7 @@ mod tests {
     fn status(authenticated: Option<bool>, username: Option<&str>) -> TokenReviewStatus {
         TokenReviewStatus {
             authenticated,
+            audiences: Some(vec!["streamspace-api".into()]),
             user: Some(UserInfo {
                 username: username.map(str::to_string),
                 groups: Some(vec!["streamspace:users".into()]),
@@ -280,20 +334,45 @@ mod tests {
 
     #[test]
     fn only_authenticated_reviews_with_a_user_name_give_a_principal() {
-        assert_eq!(
-            principal_of(Some(&status(Some(true), Some("alice")))),
-            Some(Principal {
-                name: "alice".into(),
-                groups: vec!["streamspace:users".into()],
-            })
-        );
-        assert_eq!(
-            principal_of(Some(&status(Some(false), Some("alice")))),
-            None
-        );
-        assert_eq!(principal_of(Some(&status(None, Some("alice")))), None);
-        assert_eq!(principal_of(Some(&status(Some(true), Some("")))), None);
-        assert_eq!(principal_of(Some(&status(Some(true), None))), None);
-        assert_eq!(principal_of(None), None);
+        let alice = Some(Principal {
+            name: "alice".into(),
+            groups: vec!["streamspace:users".into()],
+        });
+        let rows: [(TokenReviewStatus, Option<&str>, bool); 9] = [
+            (status(Some(true), Some("alice")), None, true),
+            (status(Some(false), Some("alice")), None, false),
+            (status(None, Some("alice")), None, false),
+            (status(Some(true), Some("")), None, false),
+            (status(Some(true), None), None, false),
+            // With an audience required, the answer must name it.
+            (
+                status(Some(true), Some("alice")),
+                Some("streamspace-api"),
+                true,
+            ),
+            (status(Some(true), Some("alice")), Some("other-api"), false),
+            (
+                TokenReviewStatus {
+                    audiences: None,
+                    ..status(Some(true), Some("alice"))
+                },
+                Some("streamspace-api"),
+                false,
+            ),
+            (
+                status(Some(false), Some("alice")),
+                Some("streamspace-api"),
+                false,
+            ),
+        ];
+        for (answer, audience, accepted) in rows {
+            let expected = if accepted { alice.clone() } else { None };
+            assert_eq!(
+                principal_of(Some(&answer), audience),
+                expected,
+                "{answer:?} {audience:?}"
+            );
+        }
+        assert_eq!(principal_of(None, None), None);
     }
 }

@@ -10,6 +10,9 @@ use serde_json::json;
 use super::request::Invalid;
 use crate::api::handlers::ApiError;
 
+/// The 409 of a write that lost a race.
+pub const CHANGED_CONCURRENTLY: &str = "the session was changed at the same time; retry";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionsError {
     /// 401, 403, 400, 404 and 502 as every endpoint answers them.
@@ -38,8 +41,9 @@ impl From<Invalid> for SessionsError {
 impl From<kube::Error> for SessionsError {
     fn from(error: kube::Error) -> Self {
         match &error {
+            // The API server's text names fields and versions; callers get our own words.
             kube::Error::Api(status) if status.code == 409 || status.is_conflict() => {
-                SessionsError::Conflict(status.message.clone())
+                SessionsError::Conflict(CHANGED_CONCURRENTLY.into())
             }
             _ => SessionsError::Api(ApiError::Kube(error)),
         }
