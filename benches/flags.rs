@@ -40,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
     let _controller = tokio::process::Command::new(binary)
         .args(["controller", "--watch-namespace", "bench", "--http-addr"])
         .arg(format!("127.0.0.1:{controller_port}"))
+        .arg("--hooks-addr")
+        .arg(format!("127.0.0.1:{}", free_port()?))
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .env("RUST_LOG", "warn")

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             "0s",
         ])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
         .arg("--kubeconfig")
         .arg(plane.kubeconfig_path())
         .env("RUST_LOG", "warn")

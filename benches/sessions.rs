@@ -84,6 +84,8 @@ async fn main() -> anyhow::Result<()> {
         .arg(std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into()))
         .arg("--http-addr")
         .arg(format!("127.0.0.1:{http_port}"))
+        .arg("--hooks-addr")
+        .arg(format!("127.0.0.1:{}", free_port()?))
         .arg("--kubeconfig")
         .arg(plane.kubeconfig_path())
         .env("RUST_LOG", "warn")

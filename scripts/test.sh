@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 echo "== control plane binaries"
 scripts/control-plane-binaries.sh >/dev/null
 
+echo "== chart tooling (helm, kubernetes-validate)"
+scripts/helm.sh >/dev/null
+
 echo "== cargo fmt --check"
 cargo fmt --check
 

@@ -135,6 +135,7 @@ impl ControllerSettings {
                 ..Default::default()
             },
             flags: self.flags.index(),
+            leader_election: None,
         })
     }
 }
@@ -170,5 +171,181 @@ impl SessionObjectArgs {
             home_size: Quantity(self.home_size.clone()),
             home_storage_class: self.home_storage_class.clone(),
         })
+    }
+}
+
+/// Leader election of the `controller` process.
+#[derive(Args, Clone, Debug)]
+pub struct LeaderArgs {
+    /// Run the reconcilers only while holding the Lease (every replica still serves webhooks,
+    /// connection events, push hooks and metrics).
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = crate::leader::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else the namespace of the in-cluster
+    /// configuration, else `default`).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the lease stays valid after its last renewal: the longest a crashed leader's
+    /// work waits for another replica (whole seconds).
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// Longest time the leader goes on without a stored renewal before it stops and exits;
+    /// shorter than --lease-duration so it stops before another replica may take over.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "10s")]
+    pub lease_renew_deadline: String,
+}
+
+impl LeaderArgs {
+    /// The election settings, `None` without --leader-elect. `config_namespace` is the
+    /// namespace of the client configuration (in a pod: the service account's).
+    pub fn to_settings(
+        &self,
+        config_namespace: &str,
+    ) -> anyhow::Result<Option<crate::leader::LeaderSettings>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let duration = |flag: &str, text: &str| {
+            parse_duration(text)
+                .with_context(|| format!("{flag} {text:?}: expected whole seconds such as 15s"))
+        };
+        let lease_namespace = self
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| config_namespace.to_string());
+        let settings = crate::leader::LeaderSettings {
+            lease_name: self.lease_name.clone(),
+            lease_namespace,
+            identity: crate::leader::default_identity(),
+            lease_duration: duration("--lease-duration", &self.lease_duration)?,
+            renew_deadline: duration("--lease-renew-deadline", &self.lease_renew_deadline)?,
+        };
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    /// The controller's flags, as `controller` and `dev` flatten them.
+    #[derive(Parser)]
+    struct Controller {
+        #[command(flatten)]
+        settings: ControllerSettings,
+    }
+
+    /// The API's session-object flags, as `api` flattens them.
+    #[derive(Parser)]
+    struct Api {
+        #[command(flatten)]
+        objects: SessionObjectArgs,
+    }
+
+    fn parse<T: Parser>(args: &[&str]) -> T {
+        T::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn controller(args: &[&str]) -> ControllerSettings {
+        parse::<Controller>(args).settings
+    }
+
+    #[test]
+    fn controller_settings_become_the_controller_config() {
+        let config = controller(&[
+            "--watch-namespace=ns",
+            "--no-ingress",
+            "--home-size=10Gi",
+            "--idle-grace=90s",
+            "--max-duration-action=terminate",
+            "--connection-event-token=",
+            "--no-node-operations",
+            "--node-operation-concurrency=0",
+            "--git-cache-dir=/var/cache/git",
+        ])
+        .to_config()
+        .expect("valid settings");
+        assert_eq!(config.namespace.as_deref(), Some("ns"));
+        assert_eq!(config.session.ingress_class, None, "--no-ingress");
+        assert_eq!(config.session.home_size.0, "10Gi");
+        assert_eq!(config.idle.grace, Duration::from_secs(90));
+        assert_eq!(
+            config.idle.max_duration_action,
+            MaxDurationAction::Terminate
+        );
+        assert_eq!(
+            config.connection_event_token, None,
+            "an empty token is none"
+        );
+        assert!(!config.node_operations.enabled);
+        assert_eq!(config.node_operations.concurrency, 1, "at least one");
+        assert_eq!(
+            config.gitops.cache_dir,
+            std::path::PathBuf::from("/var/cache/git")
+        );
+
+        let defaults = controller(&[]).to_config().expect("defaults");
+        assert_eq!(defaults.namespace, None);
+        assert_eq!(defaults.session.ingress_class.as_deref(), Some("traefik"));
+        assert_eq!(defaults.idle.grace, Duration::from_secs(300));
+        assert!(defaults.node_operations.enabled);
+    }
+
+    #[test]
+    fn bad_controller_settings_name_the_flag() {
+        let cases = [
+            (&["--home-size=lots"][..], "--home-size"),
+            (&["--concurrency=0"][..], "--concurrency"),
+            (&["--idle-grace=5 minutes"][..], "--idle-grace"),
+            (&["--idle-grace=5d"][..], "--idle-grace"),
+        ];
+        for (args, flag) in cases {
+            let error = controller(args).to_config().expect_err("refused");
+            assert!(format!("{error:#}").contains(flag), "{args:?}: {error:#}");
+        }
+    }
+
+    #[test]
+    fn session_object_args_match_the_controller_settings() {
+        let args = ["--ingress-domain=example.org", "--home-storage-class=fast"];
+        let api = parse::<Api>(&args).objects.to_settings().expect("valid");
+        let from_controller = controller(&args).to_config().expect("valid").session;
+        assert_eq!(api.ingress_domain, "example.org");
+        assert_eq!(api.home_storage_class.as_deref(), Some("fast"));
+        assert_eq!(api.ingress_domain, from_controller.ingress_domain);
+        assert_eq!(api.ingress_class, from_controller.ingress_class);
+        assert_eq!(api.home_size, from_controller.home_size);
+        assert_eq!(api.home_storage_class, from_controller.home_storage_class);
+
+        let bad = parse::<Api>(&["--home-size=x"]).objects.to_settings();
+        assert!(format!("{:#}", bad.expect_err("refused")).contains("--home-size"));
+    }
+
+    #[test]
+    fn flag_args_choose_the_default_mode_and_prefix() {
+        for (mode, expected) in [
+            ("legacy", FlagMode::Legacy),
+            ("shadow", FlagMode::Shadow),
+            ("controller", FlagMode::Controller),
+        ] {
+            let settings = controller(&["--flag-default-mode", mode, "--flag-name-prefix=a-"])
+                .flags
+                .index()
+                .settings()
+                .clone();
+            assert_eq!(settings.default_mode, expected, "{mode}");
+            assert_eq!(settings.name_prefix, "a-");
+        }
     }
 }

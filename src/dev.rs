@@ -14,12 +14,14 @@ use kube::core::GroupVersionKind;
 use kube::discovery::Discovery;
 use kube::{Client, ResourceExt};
 
+use crate::FIELD_MANAGER;
 use crate::cli::ControllerSettings;
-use crate::controller::{self, FIELD_MANAGER, Readiness};
+use crate::controller::{self, Readiness};
 use crate::crd::{self, Session};
 use crate::devcluster::simulator::{NodeSimulator, SimulatorConfig};
 use crate::devcluster::{ControlPlane, ControlPlaneOptions};
 use crate::metrics::Metrics;
+use crate::supervisor::Supervisor;
 
 /// The GitOps example repository compiled into the binary (`examples/gitops/`), used when the
 /// `--examples` directory has no `gitops/` sub-directory.
@@ -165,53 +167,43 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let events = crate::http::ConnectionEvents {
-        waker: crate::idle::wake::Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
-        token: config.connection_event_token.clone(),
-        namespace: config.namespace.clone(),
-    };
-    let router = crate::http::controller_router(
+    let listener = crate::http::bind("--http-addr", args.http_addr).await?;
+    let supervisor = Supervisor::new();
+    let tasks = supervisor.handle();
+    controller::start(
+        &tasks,
         client.clone(),
-        &config,
+        config.clone(),
         metrics.clone(),
         readiness.clone(),
-        Some(events),
-    );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = tokio::spawn(crate::http::serve(
-        args.http_addr,
-        router,
-        stopped(stop_rx.clone()),
-    ));
-    let controller = tokio::spawn(controller::run(
-        client.clone(),
-        config,
-        metrics,
-        readiness,
-        stopped(stop_rx),
-    ));
-
-    let mut ticker = tokio::time::interval(Duration::from_secs(args.refresh.max(1)));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = ticker.tick() => print_sessions(&client).await,
+    )
+    .await?;
+    // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
+    let router = crate::http::controller_endpoints(&client, &config, metrics.clone(), readiness)
+        .merge(crate::http::hooks_router(client.clone(), metrics));
+    crate::http::serve_supervised(&tasks, "http server", listener, router);
+    let refresh = Duration::from_secs(args.refresh.max(1));
+    let printer = client.clone();
+    tasks.spawn("session printer", async move {
+        let mut ticker = tokio::time::interval(refresh);
+        loop {
+            ticker.tick().await;
+            print_sessions(&printer).await;
         }
-    }
-    eprintln!("stopping...");
-    let _ = stop_tx.send(true);
-    let _ = controller.await;
-    let _ = server.await;
+    });
+    let result = supervisor
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("stopping...");
+        })
+        .await;
     if let Some(simulator) = simulator {
         simulator.stop().await;
     }
     if let Some(control_plane) = control_plane {
         control_plane.stop().await;
     }
-    Ok(())
+    result.map_err(anyhow::Error::from)
 }
 
 /// Turns the GitOps examples into a local Git repository (unless `repo` already is one) and

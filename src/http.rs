@@ -1,5 +1,7 @@
-//! The controller's HTTP surface: `/healthz`, `/readyz`, `/metrics`, and the authenticated
-//! `POST /events/connection` through which the API asks for a wake.
+//! The controller's HTTP surface: `/healthz`, `/readyz`, `/metrics`, the authenticated
+//! `POST /events/connection` through which the API asks for a wake, and `GET /flags`; the Git
+//! push hooks are served on a listener of their own ([`hooks_router`]), so exposing them to a
+//! forge does not expose the rest.
 
 use std::net::SocketAddr;
 
@@ -14,7 +16,7 @@ use tracing::warn;
 
 use crate::api::auth::check_bearer;
 use crate::api::events::{ConnectionEvent, EventReply};
-use crate::controller::Readiness;
+use crate::context::Readiness;
 use crate::idle::wake::{Source, Waker};
 use crate::metrics::SharedMetrics;
 
@@ -53,21 +55,34 @@ pub fn router(
 }
 
 /// Everything the `controller` process serves on its HTTP port: health, metrics, connection
-/// events, Git push webhooks and the flags it decides with.
+/// events and the flags it decides with.
 pub fn controller_router(
-    client: kube::Client,
-    config: &crate::controller::Config,
+    config: &crate::context::Config,
     metrics: SharedMetrics,
     readiness: Readiness,
     events: Option<ConnectionEvents>,
 ) -> Router {
-    router(metrics.clone(), readiness, events)
-        .merge(crate::gitops::webhook::router(
-            client,
-            config.gitops.triggers.clone(),
-            metrics,
-        ))
-        .merge(flags_router(config.flags.clone()))
+    router(metrics, readiness, events).merge(flags_router(config.flags.clone()))
+}
+
+/// [`controller_router`] with the connection events of `config` (waker, token, namespace).
+pub fn controller_endpoints(
+    client: &kube::Client,
+    config: &crate::context::Config,
+    metrics: SharedMetrics,
+    readiness: Readiness,
+) -> Router {
+    let events = ConnectionEvents {
+        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
+        token: config.connection_event_token.clone(),
+        namespace: config.namespace.clone(),
+    };
+    controller_router(config, metrics, readiness, Some(events))
+}
+
+/// What the hooks listener serves: the Git push hooks (`/hooks/...`) and nothing else.
+pub fn hooks_router(client: kube::Client, metrics: SharedMetrics) -> Router {
+    crate::gitops::webhook::router(client, metrics)
 }
 
 /// `GET /flags`: the ownership flags as this process decides with them right now (read-only,
@@ -196,14 +211,50 @@ fn reply(outcome: &str, session_state: &str) -> Response {
     .into_response()
 }
 
+/// A listener that could not be bound, naming what it was for and the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    pub what: &'static str,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr` for `what` (`--http-addr`, ...). Processes bind every listener before they
+/// start anything, so a taken port fails at once with the address in the message.
+pub async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
+}
+
 /// Serves the router on `addr` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = bind("http", addr).await.map_err(std::io::Error::other)?;
     serve_on(listener, router, shutdown).await
+}
+
+/// Serves `router` on `listener` as a supervised task that finishes open requests on shutdown.
+pub fn serve_supervised(
+    tasks: &crate::supervisor::SupervisorHandle,
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+) {
+    let stopping = tasks.stopping();
+    tasks.spawn_graceful(name, async move {
+        serve_on(listener, router, stopping)
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))
+    });
 }
 
 /// Serves the router on a bound listener (tests bind `127.0.0.1:0` first).

@@ -9,12 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use streamspace_controller::cli::ControllerSettings;
 use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
-use streamspace_controller::idle::wake::Waker;
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::supervisor::Supervisor;
 use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
 
 #[derive(Parser)]
-#[command(name = "streamspace-controller", version, about)]
+#[command(name = "streamspace-controller", version = streamspace_controller::version::LONG, about)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "LOG_JSON")]
@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the reconcilers and the controller's HTTP endpoints.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Serve the session API (sessions, heartbeat, connect, disconnect).
     Api(ApiArgs),
     /// Print the YAML of every CRD.
@@ -46,9 +46,15 @@ struct ControllerArgs {
     kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     settings: ControllerSettings,
-    /// Address of /healthz, /readyz and /metrics.
+    /// Address of /healthz, /readyz, /metrics, POST /events/connection and GET /flags.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+    /// Address of the Git push hooks (`/hooks/git/...`), and of nothing else, so it can be
+    /// exposed to a forge without exposing /metrics or /flags.
+    #[arg(long, env = "HOOKS_ADDR", default_value = "0.0.0.0:8081")]
+    hooks_addr: SocketAddr,
+    #[command(flatten)]
+    leader: streamspace_controller::cli::LeaderArgs,
     #[command(flatten)]
     webhooks: streamspace_controller::admission::WebhookSettings,
 }
@@ -61,7 +67,7 @@ struct ApiArgs {
     /// Namespace of the sessions.
     #[arg(long, env = "NAMESPACE", default_value = api::DEFAULT_NAMESPACE)]
     namespace: String,
-    /// Address of the API, /healthz and /metrics.
+    /// Address of the API, /healthz, /readyz and /metrics.
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8000")]
     http_addr: SocketAddr,
     /// How bearer tokens on /api/v1 are checked: `kubernetes` (TokenReview and
@@ -115,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_json);
     match cli.command {
-        Command::Controller(args) => run_controller(args).await,
+        Command::Controller(args) => run_controller(*args).await,
         Command::Api(args) => run_api(args).await,
         Command::Crds => {
             print!("{}", crd::to_yaml(&crd::all())?);
@@ -130,43 +136,58 @@ async fn main() -> anyhow::Result<()> {
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut config = args.settings.to_config()?;
     let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
+    config.leader_election = args.leader.to_settings(&kube_config.default_namespace)?;
     config.node_operations.kube_config = Some(kube_config.clone());
+    let webhook_config = args
+        .webhooks
+        .to_config(config.namespace.clone(), config.flags.clone());
+    // Every port first: one that is taken fails here, naming its address, before anything runs.
+    let http_listener = http::bind("--http-addr", args.http_addr).await?;
+    let hooks_listener = http::bind("--hooks-addr", args.hooks_addr).await?;
+    let webhook_listener = match &webhook_config {
+        Some(webhook) => Some(http::bind("--webhook-addr", webhook.addr).await?),
+        None => None,
+    };
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let events = http::ConnectionEvents {
-        waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
-        token: config.connection_event_token.clone(),
-        namespace: config.namespace.clone(),
-    };
-    let router = http::controller_router(
+    let supervisor = Supervisor::new();
+    let tasks = supervisor.handle();
+    let caches = controller::start(
+        &tasks,
         client.clone(),
-        &config,
+        config.clone(),
         metrics.clone(),
         readiness.clone(),
-        Some(events),
-    );
-    let server = tokio::spawn(http::serve(args.http_addr, router, shutdown_signal()));
-    let webhook = match args
-        .webhooks
-        .to_config(config.namespace.clone(), config.flags.clone())
-    {
-        Some(webhook_config) => Some(
-            admission::start(
-                client.clone(),
-                webhook_config,
-                metrics.admission.clone(),
-                shutdown_signal(),
-            )
-            .await
-            .context("starting the admission webhooks")?,
-        ),
-        None => None,
-    };
-    controller::run(client, config, metrics, readiness, shutdown_signal()).await?;
-    server.await.context("http server task")??;
-    if let Some(webhook) = webhook {
-        webhook.wait().await.context("webhook server")?;
+    )
+    .await?;
+    let router = http::controller_endpoints(&client, &config, metrics.clone(), readiness);
+    http::serve_supervised(&tasks, "http server", http_listener, router);
+    let hooks = http::hooks_router(client.clone(), metrics.clone());
+    http::serve_supervised(&tasks, "push hook server", hooks_listener, hooks);
+    if let (Some(webhook_config), Some(listener)) = (webhook_config, webhook_listener) {
+        let shared = admission::SharedCaches {
+            sessions: caches.sessions.store(),
+            templates: caches.templates.store(),
+        };
+        let webhook = admission::start_on(
+            client.clone(),
+            webhook_config,
+            listener,
+            Some(shared),
+            metrics.admission.clone(),
+            tasks.stopping(),
+        )
+        .await
+        .context("starting the admission webhooks")?;
+        tasks.spawn_graceful("admission webhook server", async move {
+            webhook.wait().await.context("admission webhook server")
+        });
+    }
+    if let Err(failure) = supervisor.run(shutdown_signal()).await {
+        // Exit at once, without waiting for blocking work (a Git fetch) to finish.
+        eprintln!("Error: {failure}");
+        std::process::exit(1);
     }
     Ok(())
 }
@@ -177,6 +198,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let operation_labels = api::nodes::parse_labels(&args.node_operation_labels)
         .map_err(anyhow::Error::msg)
         .context("--node-operation-labels")?;
+    let listener = http::bind("--http-addr", args.http_addr).await?;
     let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
     let client =
         kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
@@ -213,18 +235,24 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         }
     };
     let service = api::build(client, config, auth, metrics.clone())?;
-    let background = tokio::spawn(service.background);
+    let supervisor = Supervisor::new();
+    let tasks = supervisor.handle();
+    tasks.spawn("api caches and flusher", async move {
+        service.background.await;
+        anyhow::bail!("the API's background work ended")
+    });
     let tls = args.exposure.tls();
-    let result = api::tls::serve(
-        args.http_addr,
-        service.router,
-        tls,
-        &metrics,
-        shutdown_signal(),
-    )
-    .await;
-    background.abort();
-    result.context("api server")
+    let stopping = tasks.stopping();
+    tasks.spawn_graceful("api server", async move {
+        api::tls::serve_on(listener, service.router, tls, &metrics, stopping)
+            .await
+            .context("api server failed")
+    });
+    if let Err(failure) = supervisor.run(shutdown_signal()).await {
+        eprintln!("Error: {failure}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -506,6 +506,7 @@ impl OwnershipMetrics {
 /// The process's metrics registry and the handles every subsystem records into.
 pub struct Metrics {
     pub registry: Registry,
+    pub process: ProcessMetrics,
     pub reconcilers: ReconcilerMetrics,
     pub node_operations: NodeOperationMetrics,
     pub admission: AdmissionMetrics,
@@ -517,7 +518,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("streamspace");
+        // Root without a prefix, so `process_start_time_seconds` keeps its standard name.
+        let mut root = Registry::default();
+        let process = ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("streamspace");
         let reconcilers =
             ReconcilerMetrics::register(registry.sub_registry_with_prefix("controller"));
         let node_operations =
@@ -528,9 +532,10 @@ impl Default for Metrics {
         let gitops = crate::gitops::metrics::GitopsMetrics::register(
             registry.sub_registry_with_prefix("gitops"),
         );
-        let ownership = OwnershipMetrics::register(&mut registry);
+        let ownership = OwnershipMetrics::register(registry);
         Metrics {
-            registry,
+            registry: root,
+            process,
             reconcilers,
             node_operations,
             admission,
@@ -553,3 +558,59 @@ impl Metrics {
 }
 
 pub type SharedMetrics = Arc<Metrics>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    /// Git commit the binary was built from, `unknown` when the build did not record it.
+    pub commit: &'static str,
+}
+
+/// Process-wide facts: uptime, leadership and what is running.
+#[derive(Clone)]
+pub struct ProcessMetrics {
+    /// 1 while this replica holds the leader lease (or runs without leader election).
+    pub leader: Gauge,
+    /// Unix time the process started, the standard name dashboards compute uptime from.
+    pub start_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub build_info: Family<BuildLabels, Gauge>,
+}
+
+impl ProcessMetrics {
+    fn register(root: &mut Registry) -> Self {
+        let metrics = ProcessMetrics {
+            leader: Gauge::default(),
+            start_time: Gauge::default(),
+            build_info: Family::default(),
+        };
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        metrics.start_time.set(started);
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: crate::version::VERSION,
+                commit: crate::version::COMMIT,
+            })
+            .set(1);
+        root.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch",
+            metrics.start_time.clone(),
+        );
+        let ours = root.sub_registry_with_prefix("streamspace");
+        ours.register(
+            "leader",
+            "1 while this replica holds the leader lease and runs the reconcilers",
+            metrics.leader.clone(),
+        );
+        ours.register(
+            "build_info",
+            "Version and commit of the running binary (always 1)",
+            metrics.build_info.clone(),
+        );
+        metrics
+    }
+}

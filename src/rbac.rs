@@ -1,22 +1,24 @@
-//! The RBAC of the API, kept once as YAML in `charts/streamspace-controller/rbac/` and embedded
-//! here so `dev` and the tests apply exactly what an operator installs.
+//! Development RBAC, kept as YAML in `dev/rbac/` and embedded here so `dev` and the tests apply
+//! it. An installation gets its RBAC from the Helm chart's templates instead
+//! (`charts/streamspace-controller/templates/rbac-*.yaml`); the chart's user roles have the same
+//! rules as `user-roles.yaml` (checked by the chart tests).
 //!
 //! - `user-roles.yaml`: ClusterRoles `streamspace-operator` and `streamspace-admin` (what the
 //!   API's SubjectAccessReviews check, see `api::auth::kubernetes`).
 //! - `dev-bindings.yaml`: binds the development groups (`streamspace:operators`,
 //!   `streamspace:admins`) to them.
-//! - `api.yaml`: the API's ServiceAccount, ClusterRole and binding.
+//! - `api.yaml`: a ServiceAccount, ClusterRole and binding for running the API alone against a
+//!   development cluster (the chart splits the same rights into a namespaced Role and a
+//!   ClusterRole).
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-pub const USER_ROLES_YAML: &str =
-    include_str!("../charts/streamspace-controller/rbac/user-roles.yaml");
-pub const DEV_BINDINGS_YAML: &str =
-    include_str!("../charts/streamspace-controller/rbac/dev-bindings.yaml");
-pub const API_YAML: &str = include_str!("../charts/streamspace-controller/rbac/api.yaml");
+pub const USER_ROLES_YAML: &str = include_str!("../dev/rbac/user-roles.yaml");
+pub const DEV_BINDINGS_YAML: &str = include_str!("../dev/rbac/dev-bindings.yaml");
+pub const API_YAML: &str = include_str!("../dev/rbac/api.yaml");
 
 /// Name of the API's ClusterRole in `api.yaml`.
 pub const API_CLUSTER_ROLE: &str = "streamspace-api";

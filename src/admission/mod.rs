@@ -156,16 +156,6 @@ impl Drop for Webhook {
     }
 }
 
-fn watched<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// A reflector whose stream runs in its own task; malformed objects are skipped by the
 /// watcher's lenient types, errors are retried with backoff.
 fn cache<K>(
@@ -181,7 +171,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, stream) = crate::controller::reflect(api, watcher::Config::default());
+    let (store, stream) = crate::caches::reflect(api, watcher::Config::default());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -194,11 +184,34 @@ where
     (store, task)
 }
 
+/// Session and Template caches of the rest of the process (the controller's shared caches),
+/// read instead of watches of the webhooks' own; the caller also feeds the flag index.
+pub struct SharedCaches {
+    pub sessions: Store<crate::crd::Session>,
+    pub templates: Store<Template>,
+}
+
 /// Starts the watches, the certificate machinery and the HTTPS server; the server stops when
 /// `shutdown` resolves.
 pub async fn start(
     client: Client,
     config: AdmissionConfig,
+    metrics: AdmissionMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Webhook, AdmissionError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(AdmissionError::Bind)?;
+    start_on(client, config, listener, None, metrics, shutdown).await
+}
+
+/// Like [`start`], on a listener the caller bound (processes bind every port before starting
+/// anything) and, with `shared`, reading the caller's caches.
+pub async fn start_on(
+    client: Client,
+    config: AdmissionConfig,
+    listener: tokio::net::TcpListener,
+    shared: Option<SharedCaches>,
     metrics: AdmissionMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Webhook, AdmissionError> {
@@ -219,7 +232,7 @@ pub async fn start(
         }
     };
     let (policies, task) = cache::<QuotaPolicy>(
-        watched(&client, config.policy_namespace.as_deref()),
+        crate::caches::scoped(&client, config.policy_namespace.as_deref()),
         |policy| {
             let (_, invalid) = Policy::from_object(policy);
             if !invalid.is_empty() {
@@ -228,13 +241,19 @@ pub async fn start(
         },
     );
     tasks.push(task);
-    let ns = config.session_namespace.as_deref();
-    let (sessions, task) = cache(watched(&client, ns), |_| {});
-    tasks.push(task);
-    let (templates, task) = cache(watched(&client, ns), |_| {});
-    tasks.push(task);
-    // Returns at once when the controller in this process already watches the flags.
-    tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
+    let (sessions, templates) = match shared {
+        Some(shared) => (shared.sessions, shared.templates),
+        None => {
+            let ns = config.session_namespace.as_deref();
+            let (sessions, task) = cache(crate::caches::scoped(&client, ns), |_| {});
+            tasks.push(task);
+            let (templates, task) = cache(crate::caches::scoped(&client, ns), |_| {});
+            tasks.push(task);
+            // Returns at once when another component of this process watches the flags.
+            tasks.push(tokio::spawn(config.flags.clone().run(client.clone())));
+            (sessions, templates)
+        }
+    };
     let client_ca_error = |reason: String| AdmissionError::ClientCa {
         path: config.client_ca.clone().unwrap_or_default(),
         reason,
@@ -254,9 +273,6 @@ pub async fn start(
         allow_disabled_timers: config.allow_disabled_timers,
         metrics,
     });
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(AdmissionError::Bind)?;
     let addr = listener.local_addr().map_err(AdmissionError::Bind)?;
     let server = tokio::spawn(server::serve(
         listener,

@@ -12,7 +12,7 @@
 //! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
 //! | POST, GET | `/api/v1/sessions` | create, list ([`sessions`]) |
 //! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
-//! | GET | `/healthz`, `/metrics` | unauthenticated |
+//! | GET | `/healthz`, `/readyz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
 //! configuration (default `streamspace`). The process is stateless apart from coalesced
@@ -373,8 +373,40 @@ fn notify_session_change(state: &ApiState) {
         .send_modify(|n| *n = n.wrapping_add(1));
 }
 
+impl ApiState {
+    /// The first cache still loading, `None` once every cache a request reads has loaded.
+    fn loading(&self) -> Option<&'static str> {
+        if !self.sessions_loaded.load(Ordering::Relaxed) {
+            Some("sessions")
+        } else if !self.flags.loaded() {
+            Some("feature flags")
+        } else if !self.nodes.cache_loaded() {
+            Some("nodes and pods")
+        } else {
+            None
+        }
+    }
+}
+
+/// `GET /readyz`: 200 once the watch caches have loaded, so a new replica gets traffic only
+/// when it can answer from them.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState>>,
+) -> (axum::http::StatusCode, String) {
+    match state.loading() {
+        None => (axum::http::StatusCode::OK, "ready".into()),
+        Some(what) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("the {what} cache is still loading"),
+        ),
+    }
+}
+
 fn router(state: Arc<ApiState>) -> Router {
     let metrics = state.metrics.clone();
+    let ready = Router::new()
+        .route("/readyz", get(readyz))
+        .with_state(state.clone());
     let v1 = Router::new()
         .route("/sessions", post(sessions::create).get(sessions::list))
         .route(
@@ -399,6 +431,7 @@ fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(|| async { "ok" }))
+        .merge(ready)
         .route(
             "/metrics",
             get(move || {

@@ -102,15 +102,15 @@ impl SessionsShared {
         allow_disabled_timers: bool,
     ) -> (SessionsShared, Watches) {
         let session_objects = watcher::Config::default().labels(&format!("app={APP_SESSION}"));
-        let (policies, policy_stream) = crate::controller::reflect(
+        let (policies, policy_stream) = crate::caches::reflect(
             Api::<QuotaPolicy>::namespaced(client.clone(), namespace),
             watcher::Config::default(),
         );
-        let (deployments, deployment_stream) = crate::controller::reflect(
+        let (deployments, deployment_stream) = crate::caches::reflect(
             Api::<Deployment>::namespaced(client.clone(), namespace),
             session_objects.clone(),
         );
-        let (pods, pod_stream) = crate::controller::reflect(
+        let (pods, pod_stream) = crate::caches::reflect(
             Api::<Pod>::namespaced(client.clone(), namespace),
             session_objects,
         );

@@ -4,7 +4,8 @@
 //! exact commit; [`manifest`] parses and validates the documents against their JSON Schemas
 //! ([`schema`]); [`overlay`] applies the environment's JSON Patches; [`plan`] (pure) compares
 //! desired with live nodes and the inventory; [`reconciler`] applies the plan and writes
-//! status. [`webhook`] verifies push webhooks; [`cli`] holds `validate` and `plan`.
+//! status. [`webhook`] verifies push webhooks and
+//! [`sync_request`] carries their request to the leader; [`cli`] holds `validate` and `plan`.
 
 pub mod cli;
 pub mod manifest;
@@ -14,4 +15,5 @@ pub mod plan;
 pub mod reconciler;
 pub mod repo;
 pub mod schema;
+pub mod sync_request;
 pub mod webhook;

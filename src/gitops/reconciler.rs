@@ -28,9 +28,9 @@ use tracing::{info, warn};
 use super::manifest::{self, Desired, ManifestError, OWNER_LABEL, ObjectKind, owner_value};
 use super::plan::{self, LiveNode, LiveObject, ObjectAction, ObjectChange, Plan, PlanError};
 use super::repo::{self, Credentials, FetchRequest, RepoError};
-use super::webhook::SyncTriggers;
+use crate::FIELD_MANAGER;
 use crate::backoff::FailureBackoff;
-use crate::controller::FIELD_MANAGER;
+use crate::caches::Shared;
 use crate::crd::gitsync::{InventoryEntry, Rejection};
 use crate::crd::{Condition, FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
@@ -47,8 +47,6 @@ pub struct GitopsSettings {
     /// Where the bare clones are kept.
     pub cache_dir: PathBuf,
     pub fetch_timeout: Duration,
-    /// Webhook-triggered fetches; the HTTP server holds a clone.
-    pub triggers: SyncTriggers,
 }
 
 impl Default for GitopsSettings {
@@ -56,7 +54,6 @@ impl Default for GitopsSettings {
         GitopsSettings {
             cache_dir: std::env::temp_dir().join("streamspace-gitops"),
             fetch_timeout: repo::FETCH_TIMEOUT,
-            triggers: SyncTriggers::default(),
         }
     }
 }
@@ -120,6 +117,8 @@ struct Memory {
     fetch_error: Option<String>,
     /// The commit in force and its documents.
     good: Option<(String, Arc<Desired>)>,
+    /// The last sync request (annotation value) acted on.
+    handled_request: Option<String>,
 }
 
 pub struct GitopsContext {
@@ -150,27 +149,22 @@ pub fn parse_interval(text: &str) -> Option<Duration> {
     (number > 0).then(|| Duration::from_secs(number.saturating_mul(unit)))
 }
 
-/// The GitSync controller and a future that resolves once its node cache has loaded.
+/// The GitSync controller and a future that resolves once its caches have loaded. Nodes and
+/// FeatureFlags come from the process's shared caches.
 pub fn controller(
     client: Client,
     namespace: Option<&str>,
     settings: GitopsSettings,
     metrics: SharedMetrics,
+    shared: (&Shared<Node>, &Shared<FeatureFlag>),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     impl Future<Output = ()> + Send,
     impl Future<Output = bool> + Send,
 ) {
-    let (nodes, writer) = reflector::store();
-    let node_stream = reflector::reflector(
-        writer,
-        watcher(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (shared_nodes, shared_flags) = shared;
+    let nodes = shared_nodes.store();
+    let node_stream = shared_nodes.subscribe();
     // Owned objects are watched too, so a hand edit or deletion is corrected at once.
     let owned = watcher::Config::default()
         .any_semantic()
@@ -190,24 +184,21 @@ pub fn controller(
     )
     .default_backoff()
     .touched_objects();
-    let (flags, flag_writer) = reflector::store();
-    let flag_stream = reflector::reflector(
-        flag_writer,
-        watcher(Api::<FeatureFlag>::all(client.clone()), owned),
-    )
-    .default_backoff()
-    .touched_objects();
+    let flags = shared_flags.store();
+    let flag_stream = shared_flags.subscribe();
     let (loaded_tx, nodes_loaded) = watch::channel(false);
     let ready = {
-        let nodes = nodes.clone();
+        let mut nodes_loaded = shared_nodes.loaded();
+        let mut flags_loaded = shared_flags.loaded();
         let quotas = quotas.clone();
         let operations = operations.clone();
-        let flags = flags.clone();
         async move {
-            let loaded = nodes.wait_until_ready().await.is_ok()
+            // Shared stores are awaited through their `loaded` channels (a store wakes one
+            // waiter only); the two private ones have no other waiter.
+            let loaded = nodes_loaded.wait_for(|l| *l).await.is_ok()
+                && flags_loaded.wait_for(|l| *l).await.is_ok()
                 && quotas.wait_until_ready().await.is_ok()
-                && operations.wait_until_ready().await.is_ok()
-                && flags.wait_until_ready().await.is_ok();
+                && operations.wait_until_ready().await.is_ok();
             let _ = loaded_tx.send(loaded);
             loaded
         }
@@ -223,7 +214,6 @@ pub fn controller(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    let triggers = settings.triggers.stream();
     let ctx = Arc::new(GitopsContext {
         client: client.clone(),
         recorder,
@@ -242,7 +232,7 @@ pub fn controller(
     // Every node change may concern every GitSync: drift, or a node a selector now matches.
     let all_syncs = {
         let sync_store = sync_store.clone();
-        move |_: Node| {
+        move |_: Arc<Node>| {
             sync_store
                 .state()
                 .iter()
@@ -268,13 +258,12 @@ pub fn controller(
         let owner = owner.clone();
         move |o: NodeOperation| owner(o.metadata.labels.as_ref())
     };
-    let flag_owner = move |f: FeatureFlag| owner(f.metadata.labels.as_ref());
+    let flag_owner = move |f: Arc<FeatureFlag>| owner(f.metadata.labels.as_ref());
     let run = sync_controller
-        .watches_stream(node_stream, all_syncs)
+        .watches_shared_stream(node_stream, all_syncs)
         .watches_stream(quota_stream, quota_owner)
         .watches_stream(operation_stream, operation_owner)
-        .watches_stream(flag_stream, flag_owner)
-        .reconcile_on(triggers)
+        .watches_shared_stream(flag_stream, flag_owner)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| future::ready(()));
@@ -327,7 +316,13 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
     }
     let started = Instant::now();
     let remembered = memory(&ctx, &id);
-    let triggered = ctx.settings.triggers.take(&namespace, &sync.name_any());
+    let request = super::sync_request::requested(&sync).map(str::to_string);
+    let triggered = super::sync_request::is_new(
+        request.as_deref(),
+        remembered
+            .as_ref()
+            .and_then(|m| m.handled_request.as_deref()),
+    );
     let generation = sync.meta().generation;
     let due = match &remembered {
         None => true,
@@ -344,6 +339,7 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         }
     };
     memory.generation = generation;
+    memory.handled_request = request;
     let Some((commit, desired)) = memory.good.clone() else {
         // Nothing valid yet: the rejection or the fetch error is in status.
         if let Some(message) = &memory.fetch_error {
@@ -529,6 +525,7 @@ async fn fetch_and_load(
                 fetched_at: Instant::now(),
                 fetch_error: Some(error.to_string()),
                 good,
+                handled_request: None,
             };
             return Ok((memory, Some(error)));
         }
@@ -579,6 +576,7 @@ async fn fetch_and_load(
         fetched_at: Instant::now(),
         fetch_error: None,
         good,
+        handled_request: None,
     };
     Ok((memory, None))
 }

@@ -1,15 +1,13 @@
 //! Push webhooks: `POST /hooks/git/{namespace}/{name}` verifies the forge's signature against
-//! the `token` key of the GitSync's `webhookSecretRef` Secret and then only *triggers a fetch*:
-//! the payload is never read as content.
+//! the `token` key of the GitSync's `webhookSecretRef` Secret and then only *requests a sync*
+//! (the annotation of [`super::sync_request`], acted on by the leader): the payload is never
+//! read as content.
 //!
 //! - GitHub (and Gitea/Forgejo, which send it too): `X-Hub-Signature-256: sha256=<hex HMAC>`;
 //! - Gitea: `X-Gitea-Signature: <hex HMAC-SHA256>`;
 //! - GitLab: `X-Gitlab-Token: <secret>` (a shared token, no HMAC).
 //!
 //! Every comparison is constant-time; a missing or wrong signature is a 401 and no sync.
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,11 +16,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::crd::GitSync;
@@ -109,82 +105,18 @@ pub fn verify(headers: &HeaderMap, body: &[u8], secret: &[u8]) -> Result<Forge, 
     Err(SignatureError::Missing)
 }
 
-/// Requests for an immediate fetch, shared by the webhook receiver and the reconciler.
-#[derive(Clone, Default)]
-pub struct SyncTriggers {
-    pending: Arc<Mutex<HashSet<(String, String)>>>,
-    /// Wakes the running controller; `None` until one runs.
-    sender: Arc<Mutex<Option<mpsc::UnboundedSender<ObjectRef<GitSync>>>>>,
-}
-
-impl std::fmt::Debug for SyncTriggers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SyncTriggers")
-    }
-}
-
-impl SyncTriggers {
-    /// Marks the GitSync for a fetch and wakes its reconciler.
-    pub fn request(&self, namespace: &str, name: &str) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.insert((namespace.to_string(), name.to_string()));
-        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = sender.as_ref() {
-            let _ = sender.send(ObjectRef::new(name).within(namespace));
-        }
-    }
-
-    /// Whether a fetch was requested since the last call (and forgets the request).
-    pub fn take(&self, namespace: &str, name: &str) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.remove(&(namespace.to_string(), name.to_string()))
-    }
-
-    /// The stream of requests for a (re)starting controller; earlier streams end.
-    pub fn stream(&self) -> tokio_stream_shim::Receiver {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        *self.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
-        tokio_stream_shim::Receiver(receiver)
-    }
-}
-
-/// A `Stream` over an unbounded receiver (what `tokio-stream` would provide).
-pub mod tokio_stream_shim {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use kube::runtime::reflector::ObjectRef;
-
-    use crate::crd::GitSync;
-
-    pub struct Receiver(pub tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GitSync>>);
-
-    impl futures::Stream for Receiver {
-        type Item = ObjectRef<GitSync>;
-
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            self.0.poll_recv(cx)
-        }
-    }
-}
-
 #[derive(Clone)]
 struct HookState {
     client: Client,
-    triggers: SyncTriggers,
     metrics: SharedMetrics,
 }
 
-/// The webhook route, to merge into the controller's HTTP router.
-pub fn router(client: Client, triggers: SyncTriggers, metrics: SharedMetrics) -> Router {
+/// The webhook route, served on the controller's hooks listener only.
+pub fn router(client: Client, metrics: SharedMetrics) -> Router {
     Router::new()
         .route("/hooks/git/{namespace}/{name}", post(receive))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(HookState {
-            client,
-            triggers,
-            metrics,
-        })
+        .with_state(HookState { client, metrics })
 }
 
 async fn receive(
@@ -214,9 +146,16 @@ async fn receive(
     };
     match verify(&headers, &body, &secret) {
         Ok(forge) => {
+            if let Err(error) = super::sync_request::mark(&state.client, &namespace, &name).await {
+                outcome("request_failed");
+                warn!(%namespace, %name, %error, "could not mark the GitSync for a sync");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "could not request a sync\n",
+                );
+            }
             outcome("accepted");
-            info!(%namespace, %name, ?forge, "verified push webhook; fetching");
-            state.triggers.request(&namespace, &name);
+            info!(%namespace, %name, ?forge, "verified push webhook; sync requested");
             (StatusCode::ACCEPTED, "sync requested\n")
         }
         Err(error) => {
@@ -352,28 +291,6 @@ mod tests {
         assert_eq!(
             verify(&headers, b"body!", b"k"),
             Err(SignatureError::Mismatch)
-        );
-    }
-
-    #[test]
-    fn triggers_are_taken_once() {
-        let triggers = SyncTriggers::default();
-        assert!(!triggers.take("ns", "a"));
-        triggers.request("ns", "a");
-        assert!(triggers.take("ns", "a"));
-        assert!(!triggers.take("ns", "a"));
-        let mut first = triggers.stream();
-        triggers.request("ns", "b");
-        assert_eq!(
-            first.0.try_recv().ok(),
-            Some(ObjectRef::new("b").within("ns"))
-        );
-        let mut second = triggers.stream();
-        triggers.request("ns", "c");
-        assert!(first.0.try_recv().is_err(), "a replaced stream ends");
-        assert_eq!(
-            second.0.try_recv().ok(),
-            Some(ObjectRef::new("c").within("ns"))
         );
     }
 }

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result, WAKE_ANNOTATION};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::crd::{Session, SessionState};
 use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
 use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};

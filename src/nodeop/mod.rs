@@ -11,6 +11,7 @@ pub mod plan;
 pub mod policy;
 pub mod reconciler;
 pub mod shadow;
+pub mod shared;
 pub mod state;
 
 /// Errors of the node operation reconciler; each has a fixed label for metrics.

@@ -171,20 +171,60 @@ impl FlagIndex {
         self.snapshot.subscribe()
     }
 
+    /// Keeps the index up to date from the process's shared FeatureFlag cache, until the cache
+    /// closes. Like [`FlagIndex::run`], only the first caller feeds the index.
+    pub async fn follow(self: Arc<Self>, cache: crate::caches::Shared<FeatureFlag>) {
+        let Some(_running) = self.claim() else {
+            return;
+        };
+        let store = cache.store();
+        let mut changes = std::pin::pin!(cache.subscribe());
+        if cache.loaded().wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        info!(flags = store.len(), "feature flags loaded");
+        loop {
+            // The store already holds every change (deletions included): rebuild from it.
+            let specs: BTreeMap<ResourceType, FeatureFlagSpec> = store
+                .state()
+                .iter()
+                .filter_map(|f| Some((self.resource_of(&f.name_any())?, f.spec.clone())))
+                .collect();
+            self.publish(specs);
+            if changes.next().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Replaces every spec at once (a full list); notifies only when something changed.
+    fn publish(&self, specs: BTreeMap<ResourceType, FeatureFlagSpec>) {
+        self.snapshot.send_if_modified(|snapshot| {
+            let next = FlagSnapshot {
+                specs,
+                loaded: true,
+            };
+            let changed = *snapshot != next;
+            *snapshot = next;
+            changed
+        });
+    }
+
+    /// Marks the index as fed; `None` when another task already feeds it. The guard clears the
+    /// mark however the feeding ends, so a restart can feed it again.
+    fn claim(&self) -> Option<Running<'_>> {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(Running(&self.running))
+    }
+
     /// Keeps the index up to date until dropped. Only the first call watches; later calls
     /// (another component sharing the index) return at once.
     pub async fn run(self: Arc<Self>, client: Client) {
-        if self.running.swap(true, Ordering::SeqCst) {
+        let Some(_running) = self.claim() else {
             return;
-        }
-        // Cleared however this ends (including being dropped), so a restart can watch again.
-        struct Running<'a>(&'a AtomicBool);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::SeqCst);
-            }
-        }
-        let _running = Running(&self.running);
+        };
         let api: Api<FeatureFlag> = Api::all(client);
         let mut buffer: Option<BTreeMap<ResourceType, FeatureFlagSpec>> = None;
         let mut events = watcher(api, watcher::Config::default()).boxed();
@@ -201,15 +241,7 @@ impl FlagIndex {
                 Ok(watcher::Event::InitDone) => {
                     let specs = buffer.take().unwrap_or_default();
                     info!(flags = specs.len(), "feature flags loaded");
-                    self.snapshot.send_if_modified(|snapshot| {
-                        let next = FlagSnapshot {
-                            specs,
-                            loaded: true,
-                        };
-                        let changed = *snapshot != next;
-                        *snapshot = next;
-                        changed
-                    });
+                    self.publish(specs);
                 }
                 Ok(watcher::Event::Apply(flag)) => {
                     if let Some(resource) = self.resource_of(&flag.name_any()) {
@@ -233,6 +265,15 @@ impl FlagIndex {
                 }
             }
         }
+    }
+}
+
+/// Clears [`FlagIndex`]'s `running` mark when dropped.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 

@@ -15,7 +15,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -125,13 +124,14 @@ pub enum Error {
     },
 }
 
-/// The FeatureFlag status controller; runs until `shutdown` resolves.
+/// The FeatureFlag status controller, fed by the process's shared FeatureFlag cache; runs
+/// until `shutdown` resolves.
 pub fn controller(
     ctx: Arc<FlagStatusContext>,
+    flags: &crate::caches::Shared<FeatureFlag>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let api: Api<FeatureFlag> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default().any_semantic())
+    Controller::for_shared_stream(flags.subscribe(), flags.store())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

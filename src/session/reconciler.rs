@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,8 +19,8 @@ use tracing::{info, warn};
 use super::objects::SessionContext;
 use super::state::{self, DeploymentChange, Observed};
 use super::{Error, Result, names, shadow};
-use crate::controller::{Context, FIELD_MANAGER};
-use crate::crd::{Session, SessionPhase, Template};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::crd::{Session, SessionPhase};
 use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
 use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
 use crate::ownership::{Owner, ResourceType, Side};
@@ -32,31 +31,7 @@ pub const CONTROLLER: &str = "session";
 const HANDOFF_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Watch caches the session reconciler reads instead of the API server.
-#[derive(Clone)]
-pub struct SessionStores {
-    pub templates: Store<Template>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub ingresses: Store<Ingress>,
-    pub pods: Store<Pod>,
-    pub claims: Store<PersistentVolumeClaim>,
-}
-
-impl SessionStores {
-    /// Resolves once every cache has its initial list.
-    ///
-    /// A store wakes only one waiter, so exactly one task may call this; everyone else waits
-    /// on [`Context::caches_loaded`].
-    pub async fn wait_until_ready(&self) -> Result<()> {
-        let closed = |_| Error::CacheClosed;
-        self.templates.wait_until_ready().await.map_err(closed)?;
-        self.deployments.wait_until_ready().await.map_err(closed)?;
-        self.services.wait_until_ready().await.map_err(closed)?;
-        self.ingresses.wait_until_ready().await.map_err(closed)?;
-        self.pods.wait_until_ready().await.map_err(closed)?;
-        self.claims.wait_until_ready().await.map_err(closed)
-    }
-}
+pub use crate::caches::SessionStores;
 
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);

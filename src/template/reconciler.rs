@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use tracing::warn;
 
 use super::{VALID_MESSAGE, validate};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::crd::{Template, TemplateStatus};
 
 pub const CONTROLLER: &str = "template";

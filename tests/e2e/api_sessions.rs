@@ -75,7 +75,7 @@ async fn delete_flags(env: &TestEnv) {
 // ---------------------------------------------------------------------------------------------
 // Objects and requests
 
-async fn template(env: &TestEnv, name: &str) {
+pub(crate) async fn template(env: &TestEnv, name: &str) {
     env.create::<Template>(json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "Template",
         "metadata": {"name": name},

@@ -238,26 +238,22 @@ fn node_writes(env: &TestEnv) -> f64 {
     metric(env, "streamspace_gitops_node_writes_total")
 }
 
-/// Serves the controller's HTTP router with the webhook route on a free loopback port.
+/// Serves the controller's hooks listener (`--hooks-addr`: the push hooks only) on a free
+/// loopback port.
 async fn serve_hooks(env: &TestEnv) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let metrics = env.controller.as_ref().expect("controller").metrics.clone();
-    let router = streamspace_controller::http::router(metrics.clone(), Default::default(), None)
-        .merge(streamspace_controller::gitops::webhook::router(
-            env.client.clone(),
-            env.gitops.triggers.clone(),
-            metrics,
-        ));
+    let router = streamspace_controller::http::hooks_router(env.client.clone(), metrics);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
     (addr, server)
 }
 
-async fn webhook_secret(env: &TestEnv, secret: &str) {
+pub(crate) async fn webhook_secret(env: &TestEnv, secret: &str) {
     let _: Secret = env
         .create(json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
@@ -607,7 +603,7 @@ async fn gitops_manual_edit_of_a_managed_label_is_reverted_at_once() {
     env.cleanup().await;
 }
 
-fn sign(secret: &[u8], body: &[u8]) -> String {
+pub(crate) fn sign(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(body);
     mac.finalize()
@@ -618,7 +614,7 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// One HTTP/1.1 POST over a real socket; returns the status code.
-async fn post(
+pub(crate) async fn post(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, String)],
@@ -1034,7 +1030,7 @@ async fn gitops_unreachable_repository_is_reported_and_the_commit_in_force_still
 }
 
 /// A QuotaPolicy document (Default subject) with `maxSessions`.
-fn quota_policy(name: &str, max_sessions: i64) -> String {
+pub(crate) fn quota_policy(name: &str, max_sessions: i64) -> String {
     let document = json!({
         "apiVersion": "stream.space/v1alpha1", "kind": "QuotaPolicy",
         "metadata": {"name": name},
@@ -1046,7 +1042,7 @@ fn quota_policy(name: &str, max_sessions: i64) -> String {
     )
 }
 
-fn max_sessions(policy: &QuotaPolicy) -> Option<i64> {
+pub(crate) fn max_sessions(policy: &QuotaPolicy) -> Option<i64> {
     serde_json::to_value(&policy.spec.limits)
         .ok()
         .and_then(|l| l.get("maxSessions").and_then(serde_json::Value::as_i64))

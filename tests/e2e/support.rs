@@ -38,7 +38,7 @@ static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// Starts (once per process) the control plane and the simulator on a runtime of their own,
 /// which lives as long as the test process.
-fn kubeconfig() -> PathBuf {
+pub fn kubeconfig() -> PathBuf {
     let result = KUBECONFIG.get_or_init(|| {
         if let Some(path) = std::env::var_os("STREAMSPACE_TEST_KUBECONFIG") {
             return Ok(PathBuf::from(path));
@@ -93,6 +93,11 @@ async fn start_cluster() -> Result<(ControlPlane, NodeSimulator), String> {
     Ok((plane, simulator))
 }
 
+/// Path of the test cluster's admin kubeconfig (for processes the tests start).
+pub fn kubeconfig_path() -> PathBuf {
+    kubeconfig()
+}
+
 /// Bearer token of a development user of the test cluster (`alice`, `bob`, `operator`,
 /// `streamspace-admin`), from the `dev-users.json` next to its kubeconfig.
 pub fn dev_token(user: &str) -> String {
@@ -136,7 +141,7 @@ pub struct TestEnv {
     pub client: Client,
     pub namespace: String,
     pub controller: Option<RunningController>,
-    /// GitOps settings of the controllers this env starts (triggers shared across restarts).
+    /// GitOps settings of the controllers this env starts.
     pub gitops: streamspace_controller::gitops::reconciler::GitopsSettings,
 }
 
