@@ -4,7 +4,8 @@
 //! for 2,000 users before any webhook is registered, then starts the webhooks in-process
 //! (self-managed certificate) and measures:
 //! - at the webhook: the handler (JSON in, decision, JSON out) called through the router,
-//!   `BENCH_CALLS` times (default 2,000) for each webhook;
+//!   `BENCH_CALLS` times (default 2,000) for each webhook: the quota webhook once with dry-run
+//!   reviews (reads the user's ledger) and once with real ones (reads and writes it);
 //! - as seen by a client: `BENCH_CREATES` sequential Session creates (default 300) through the
 //!   API server, in a namespace the webhooks select and, as the baseline, in one they do not.
 //!
@@ -119,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
             }),
             policy_namespace: Some(NAMESPACE.into()),
             session_namespace: Some(NAMESPACE.into()),
+            ledger_namespace: NAMESPACE.into(),
+            client_ca: None,
+            allow_disabled_timers: false,
         },
         metrics.admission.clone(),
         std::future::pending(),
@@ -130,10 +134,15 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let router = admission::router(webhook.state.clone());
-    for (name, path) in [("validate", VALIDATE_PATH), ("mutate", MUTATE_PATH)] {
+    let passes = [
+        ("validate (dry run)", VALIDATE_PATH, true),
+        ("validate (reserving)", VALIDATE_PATH, false),
+        ("mutate", MUTATE_PATH, true),
+    ];
+    for (name, path, dry_run) in passes {
         let mut samples = Vec::with_capacity(calls);
         for i in 0..calls {
-            let body = review(i);
+            let body = review(i, dry_run);
             let request = axum::http::Request::post(path)
                 .header("content-type", "application/json")
                 .body(Body::from(body))?;
@@ -225,8 +234,9 @@ async fn create_many(client: &Client, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An AdmissionReview for creating a session of an existing user (5 running sessions each).
-fn review(i: usize) -> Vec<u8> {
+/// An AdmissionReview for creating a session of an existing user (5 running sessions each);
+/// a real one (not `dry_run`) writes a reservation into the user's ledger.
+fn review(i: usize, dry_run: bool) -> Vec<u8> {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {
@@ -234,7 +244,7 @@ fn review(i: usize) -> Vec<u8> {
             "kind": {"group": "stream.space", "version": "v1alpha1", "kind": "Session"},
             "resource": {"group": "stream.space", "version": "v1alpha1", "resource": "sessions"},
             "operation": "CREATE", "namespace": NAMESPACE, "name": format!("new-{i}"),
-            "userInfo": {"username": "bench"}, "dryRun": true,
+            "userInfo": {"username": "bench"}, "dryRun": dry_run,
             "object": {
                 "apiVersion": "stream.space/v1alpha1", "kind": "Session",
                 "metadata": {"name": format!("new-{i}"), "namespace": NAMESPACE},
@@ -257,7 +267,7 @@ async fn register(client: &Client, webhook: &admission::Webhook) -> anyhow::Resu
             "rules": [{"apiGroups": ["stream.space"], "apiVersions": ["v1alpha1"],
                        "operations": ["CREATE", "UPDATE"], "resources": ["sessions"]}],
             "namespaceSelector": {"matchLabels": {"bench": "admission"}},
-            "failurePolicy": "Fail", "sideEffects": "None", "timeoutSeconds": 5,
+            "failurePolicy": "Fail", "sideEffects": "NoneOnDryRun", "timeoutSeconds": 5,
             "admissionReviewVersions": ["v1"]
         })
     };

@@ -101,6 +101,9 @@ struct ApiArgs {
     /// example to match one controller's --node-operation-selector.
     #[arg(long, env = "NODE_OPERATION_LABELS", value_delimiter = ',')]
     node_operation_labels: Vec<String>,
+    /// Let new sessions switch their idle or maximum-duration timer off with `0s`.
+    #[arg(long, env = "ALLOW_DISABLED_TIMERS")]
+    allow_disabled_timers: bool,
     #[command(flatten)]
     exposure: api::settings::ExposureArgs,
 }
@@ -223,6 +226,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
             eviction_config: Some(kube_config),
             ..api::nodes::NodeSettings::default()
         },
+        allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {

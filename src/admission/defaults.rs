@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::crd::TemplateSpec;
 use crate::crd::session::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSION_DURATION};
+use crate::idle::deadline::parse_duration;
 use crate::session::names::label_value;
 
 fn pointer(tokens: &[&str]) -> PointerBuf {
@@ -55,6 +56,48 @@ pub fn defaults_patch(session: &Value, template: Option<&TemplateSpec>, stage: S
     };
     operations.extend(label_operations(session, spec));
     Patch(operations)
+}
+
+/// The timers a `0s` switches off, with what the message calls them.
+const TIMERS: [(&str, &str); 2] = [
+    ("idleTimeout", "idle hibernation"),
+    ("maxSessionDuration", "the maximum session duration"),
+];
+
+/// The refusal of `field` = `value` when the value is zero (`0s`, `0m`, `0h`), which would
+/// switch that timer off; `None` for any other value.
+pub fn zero_timer(field: &str, value: &str) -> Option<String> {
+    let what = TIMERS
+        .iter()
+        .find(|(name, _)| *name == field)
+        .map_or("this timer", |(_, what)| what);
+    parse_duration(value).filter(|d| d.is_zero()).map(|_| {
+        format!(
+            "{field} {value:?} would switch {what} off, which this installation does not allow \
+             (the operator can allow it with --allow-disabled-timers); use a positive duration \
+             such as 30m"
+        )
+    })
+}
+
+/// The refusal of a Session (raw JSON) that sets a timer to zero, unless `old` (the stored
+/// Session of an update) already had it at zero: a Session stored before the rule keeps what
+/// it has, but nothing new switches a timer off.
+pub fn disabled_timer(session: &Value, old: Option<&Value>) -> Option<String> {
+    TIMERS.iter().find_map(|(field, _)| {
+        let text = |v: &Value| {
+            v.get("spec")
+                .and_then(|s| s.get(*field))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let value = text(session)?;
+        let refusal = zero_timer(field, &value)?;
+        let was_zero = old
+            .and_then(text)
+            .is_some_and(|old| zero_timer(field, &old).is_some());
+        (!was_zero).then_some(refusal)
+    })
 }
 
 /// Fills the missing spec fields.
@@ -286,5 +329,54 @@ mod tests {
             defaults_patch(&json!("not an object"), None, Stage::Create),
             Patch(vec![])
         );
+    }
+
+    #[test]
+    fn zero_timers_are_refused_unless_already_stored() {
+        // (new spec, old spec, refused field)
+        let rows: &[(Value, Option<Value>, Option<&str>)] = &[
+            (json!({"idleTimeout": "0s"}), None, Some("idleTimeout")),
+            (
+                json!({"maxSessionDuration": "0m"}),
+                None,
+                Some("maxSessionDuration"),
+            ),
+            (json!({"idleTimeout": "0h"}), None, Some("idleTimeout")),
+            (
+                json!({"idleTimeout": "30m", "maxSessionDuration": "8h"}),
+                None,
+                None,
+            ),
+            (json!({"idleTimeout": "1s"}), None, None),
+            (json!({}), None, None),
+            (json!({"idleTimeout": "soon"}), None, None),
+            (
+                json!({"idleTimeout": "0s"}),
+                Some(json!({"idleTimeout": "0s"})),
+                None,
+            ),
+            (
+                json!({"idleTimeout": "0s"}),
+                Some(json!({"idleTimeout": "30m"})),
+                Some("idleTimeout"),
+            ),
+            (
+                json!({"idleTimeout": "0s", "maxSessionDuration": "0s"}),
+                Some(json!({"idleTimeout": "0s"})),
+                Some("maxSessionDuration"),
+            ),
+        ];
+        for (new, old, refused) in rows {
+            let wrap = |spec: &Value| json!({"spec": spec});
+            let refusal = disabled_timer(&wrap(new), old.as_ref().map(wrap).as_ref());
+            match refused {
+                None => assert_eq!(refusal, None, "{new} {old:?}"),
+                Some(field) => {
+                    let message = refusal.unwrap_or_default();
+                    assert!(message.starts_with(field), "{new}: {message}");
+                    assert!(message.contains("--allow-disabled-timers"), "{message}");
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,6 @@
-//! The quota decision: plain values in, [`Decision`] out. No Kubernetes I/O happens here.
+//! The one quota module of the webhook and of the API's legacy quota path: the decision
+//! (plain values in, [`Decision`] out, here), the reservation ledger and usage ([`ledger`],
+//! pure) and the ledger's storage in the API server ([`store`], the only I/O).
 //!
 //! Quantities are exact ([`Milli`]: millicores for CPU, millibytes for memory, thousandths of a
 //! GPU), so `1Gi`, `1024Mi` and `1073741824` are the same request. Messages keep the wording of
@@ -10,6 +12,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::crd::{QuotaLimits, QuotaPolicy, ResourceSpec, SubjectKind};
 use crate::quantity::{self, Milli};
+
+pub mod ledger;
+pub mod store;
 
 /// Resource name of GPUs in requests and limits.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -196,6 +201,15 @@ pub fn effective_limits<'a>(user: &str, policies: impl IntoIterator<Item = &'a P
         .fold(base, |limits, group| limits.tightened_by(&group.limits))
 }
 
+/// The limits of `user` under the stored `policies` (each parsed; unusable limits ignored).
+pub fn limits_for<'a>(user: &str, policies: impl IntoIterator<Item = &'a QuotaPolicy>) -> Limits {
+    let parsed: Vec<Policy> = policies
+        .into_iter()
+        .map(|p| Policy::from_object(p).0)
+        .collect();
+    effective_limits(user, &parsed)
+}
+
 /// What one session requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Request {
@@ -365,14 +379,6 @@ pub fn decide(limits: &Limits, usage: &Usage, request: &Request) -> Decision {
         ));
     }
     Decision::Allowed
-}
-
-/// Usage of one user, summed from their running sessions' requests.
-pub fn usage_of<'a>(requests: impl IntoIterator<Item = &'a Request>) -> Usage {
-    requests.into_iter().fold(Usage::default(), |mut usage, r| {
-        usage.add(r);
-        usage
-    })
 }
 
 /// Whether two resource specs request the same amounts (an UPDATE that changes them is

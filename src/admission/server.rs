@@ -1,12 +1,22 @@
 //! The HTTPS listener of the webhooks: axum over rustls, with the certificate taken from a
 //! [`CertResolver`] on every handshake, so a reloaded or renewed certificate applies to the
 //! next connection without a restart.
+//!
+//! With a client CA (`--webhook-client-ca`) the listener only completes handshakes with
+//! clients presenting a certificate that CA signed: the API server, configured with that
+//! client certificate in its admission configuration. Anyone else is refused before a byte of
+//! HTTP is read.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -21,17 +31,48 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Completed handshakes waiting for the HTTP server to pick them up.
 const ACCEPT_QUEUE: usize = 128;
 
-/// The TLS configuration of the webhook listener (HTTP/1.1: axum is built without HTTP/2).
+/// The TLS configuration of a listener that accepts any client (HTTP/1.1: axum is built
+/// without HTTP/2).
 pub fn tls_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap_or_else(|_| unreachable!("the ring provider supports the default versions"))
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    tls_config_for_clients(resolver, None)
+        .unwrap_or_else(|_| unreachable!("no client verifier to build"))
+}
+
+/// The TLS configuration of the webhook listener; with `client_ca`, a client certificate
+/// signed by it is required.
+pub fn tls_config_for_clients(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<Arc<RootCertStore>>,
+) -> Result<rustls::ServerConfig, VerifierBuilderError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("the ring provider supports the default versions"));
+    let builder = match client_ca {
+        Some(roots) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder_with_provider(roots, provider).build()?,
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config
+    Ok(config)
+}
+
+/// The CA certificates of a PEM bundle, or why they cannot be used.
+pub fn client_roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate bundle: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("it holds no certificate".into());
+    }
+    Ok(Arc::new(roots))
 }
 
 /// An [`axum::serve::Listener`] yielding TLS streams. Handshakes run in their own tasks, so one
@@ -113,15 +154,16 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` resolves.
+/// Serves `router` over TLS (`config`, see [`tls_config`]) on `listener` until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: TcpListener,
-    resolver: Arc<CertResolver>,
+    config: rustls::ServerConfig,
     router: Router,
     metrics: AdmissionMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = TlsListener::new(listener, tls_config(resolver), metrics)?;
+    let listener = TlsListener::new(listener, config, metrics)?;
     tracing::info!(addr = %listener.local_addr, "webhook server listening (TLS)");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)

@@ -215,6 +215,16 @@ async fn connect_inner(
         .require_session_access(&principal, owner, id, "update")
         .await?;
     let session = session.ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    // Waking is a move to running: the quota admits it first (when the API checks it).
+    let reserved = if session.spec.desired_state() == SessionState::Hibernated {
+        let _ = tokio::time::timeout(FLAGS_WAIT, state.flags().wait_loaded()).await;
+        match super::sessions::quota::admit_wake(state, &session).await {
+            Ok(reserved) => reserved,
+            Err(refused) => return Ok(refused.into_response()),
+        }
+    } else {
+        false
+    };
     state.activity.record(id, Timestamp::now());
     let connection_id = new_connection_id(state, id);
     state
@@ -232,6 +242,9 @@ async fn connect_inner(
             Side::Controller => request_wake(state, &session, &connection_id, user).await,
             Side::Legacy => wake_directly(state, id).await,
         };
+        if reserved && !woken && owner.acting_side() == Side::Legacy {
+            super::sessions::quota::release(state, &session.spec.user, id).await;
+        }
         if woken {
             desired = SessionState::Running;
         }

@@ -71,6 +71,8 @@ pub struct ApiConfig {
     pub nodes: nodes::NodeSettings,
     /// Settings of the objects the legacy session handlers build (the controller's own).
     pub session: SessionSettings,
+    /// Whether a new session may switch its idle or duration timer off with `0s`.
+    pub allow_disabled_timers: bool,
     /// Limits of the sessions WebSocket.
     pub streams: live::StreamSettings,
 }
@@ -85,6 +87,7 @@ impl Default for ApiConfig {
             flags: FlagIndex::new(FlagSettings::default()),
             nodes: nodes::NodeSettings::default(),
             session: SessionSettings::default(),
+            allow_disabled_timers: false,
             streams: live::StreamSettings::default(),
         }
     }
@@ -278,8 +281,12 @@ pub fn build(
     let (node_state, node_watch) =
         nodes::NodeState::start(&client, config.nodes.clone(), metrics.clone())
             .map_err(StartError::EvictionClient)?;
-    let (session_api, session_watches) =
-        sessions::SessionsShared::new(&client, &config.namespace, config.session.clone());
+    let (session_api, session_watches) = sessions::SessionsShared::new(
+        &client,
+        &config.namespace,
+        config.session.clone(),
+        config.allow_disabled_timers,
+    );
     let state = Arc::new(ApiState {
         client: client.clone(),
         namespace: config.namespace.clone(),

@@ -5,7 +5,7 @@
 //! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
 //! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
 //! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server; see `ApiState::session_for`) |
-//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202) |
+//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202); waking over quota 403 |
 //! | DELETE | `/api/v1/sessions/{id}` | 202 |
 //!
 //! Dispatch: [`FlagIndex::owner`](crate::ownership::index::FlagIndex::owner) of the session
@@ -22,7 +22,7 @@ mod controller;
 mod error;
 mod follower;
 mod legacy;
-mod quota;
+pub(crate) mod quota;
 pub mod request;
 
 use std::sync::Arc;
@@ -49,7 +49,6 @@ use tracing::warn;
 
 use super::auth::Permission;
 use super::{ApiState, valid_name};
-use crate::admission::quota::Decision;
 use crate::crd::{QuotaPolicy, Session, SessionSpec, SessionState, Template};
 use crate::ownership::handoff::Record;
 use crate::ownership::{ResourceType, Side};
@@ -67,8 +66,6 @@ const MAX_ATTEMPTS: u32 = 8;
 /// First pause after a conflict; doubled on each further one, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// How long a quota check waits for the caches after start-up.
-const CACHE_WAIT: Duration = Duration::from_secs(5);
 /// Longest a legacy state change waits for an operation the controller accepted (before the
 /// flag moved the session to legacy) to settle; after that the operation counts as stuck and
 /// the legacy side claims the session anyway.
@@ -84,7 +81,9 @@ pub(crate) struct SessionsShared {
     policies_loaded: AtomicBool,
     deployments: Store<Deployment>,
     pods: Store<Pod>,
-    reservations: quota::Reservations,
+    quota: quota::LegacyQuota,
+    /// Whether `0s` may switch a new session's idle or duration timer off.
+    allow_disabled_timers: bool,
     dirty: Arc<follower::Dirty>,
 }
 
@@ -100,6 +99,7 @@ impl SessionsShared {
         client: &Client,
         namespace: &str,
         settings: SessionSettings,
+        allow_disabled_timers: bool,
     ) -> (SessionsShared, Watches) {
         let session_objects = watcher::Config::default().labels(&format!("app={APP_SESSION}"));
         let (policies, policy_stream) = crate::caches::reflect(
@@ -121,7 +121,8 @@ impl SessionsShared {
                 policies_loaded: AtomicBool::new(false),
                 deployments,
                 pods,
-                reservations: quota::Reservations::default(),
+                quota: quota::LegacyQuota::new(client, namespace),
+                allow_disabled_timers,
                 dirty: Arc::default(),
             },
             Watches {
@@ -254,6 +255,9 @@ pub(crate) async fn create(
 async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
     let principal = state.principal(headers).await?;
     let new = request::parse_create(body)?;
+    if !state.session_api.allow_disabled_timers {
+        check_timers(&new)?;
+    }
     if principal.name != new.user {
         state
             .require(&principal, Permission::OperateSessions("create"))
@@ -274,13 +278,16 @@ async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Res
     let (resources, wanted) = request::resolve_resources(&new.resources, &template.spec)?;
     let name = request::session_name(&new.user, &new.template, &request::random_suffix());
 
-    let quota_by_api = state
-        .flags()
-        .owner(ResourceType::Quota, &namespace, &name)
-        .acting_side()
-        == Side::Legacy;
+    let quota_by_api = quota::by_api(state, &name);
     if quota_by_api {
-        check_quota(state, &new.user, &name, &wanted).await?;
+        let creating = quota::Move {
+            user: &new.user,
+            name: &name,
+            uid: None,
+            generation: 1,
+            request: wanted,
+        };
+        quota::admit(state, &creating).await?;
     }
     let spec = SessionSpec {
         user: new.user.clone(),
@@ -307,7 +314,7 @@ async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Res
         Ok(message) => message,
         Err(error) => {
             if quota_by_api {
-                state.session_api.reservations.release(&name);
+                quota::release(state, &new.user, &name).await;
             }
             return Err(error);
         }
@@ -321,30 +328,23 @@ async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Res
     )))
 }
 
-async fn check_quota(
-    state: &ApiState,
-    user: &str,
-    name: &str,
-    wanted: &crate::admission::quota::Request,
-) -> Result<()> {
-    let shared = &state.session_api;
-    let deadline = Instant::now() + CACHE_WAIT;
-    while !(shared.policies_loaded.load(Ordering::Relaxed)
-        && state.sessions_loaded.load(Ordering::Relaxed))
+/// Refuses a timer of `0s` (it would switch idling or the duration limit off) unless the
+/// operator allows it.
+fn check_timers(new: &request::NewSession) -> Result<()> {
+    let timers = [
+        ("idleTimeout", &new.idle_timeout),
+        ("maxSessionDuration", &new.max_session_duration),
+    ];
+    match timers
+        .iter()
+        .find_map(|(field, value)| crate::admission::defaults::zero_timer(field, value))
     {
-        if Instant::now() > deadline {
-            return Err(SessionsError::Unavailable(
-                "quota caches are still loading; retry shortly".into(),
-            ));
+        Some(message) => Err(request::Invalid {
+            error: "Invalid request body",
+            message,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    match shared
-        .reservations
-        .admit(&shared.policies, &state.sessions, user, name, wanted)
-    {
-        Decision::Allowed => Ok(()),
-        Decision::Denied { message } => Err(SessionsError::QuotaExceeded(message)),
+        .into()),
+        None => Ok(()),
     }
 }
 
@@ -552,10 +552,16 @@ pub(crate) async fn patch(
                 continue;
             }
             attempt += 1;
+            // A move to running is admitted by the quota first (when the API checks it).
+            let reserved =
+                wanted == SessionState::Running && quota::admit_wake(&state, &session).await?;
             let outcome = match owner.acting_side() {
                 Side::Legacy => legacy::set_state(&state, &session, &wanted).await,
                 Side::Controller => controller::set_state(&state, &session, &wanted).await,
             };
+            if reserved && outcome.is_err() {
+                quota::release(&state, &session.spec.user, &id).await;
+            }
             match outcome {
                 Ok(()) => return Ok(accepted(request::state_response(&id, &wanted))),
                 Err(SessionsError::Conflict(_)) => backoff(attempt - 1).await,

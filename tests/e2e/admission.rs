@@ -26,6 +26,7 @@ use streamspace_controller::ownership::index::FlagIndex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::quota::RoundRobin;
 use crate::support::{TestEnv, wait_for};
 
 /// Label that selects a test's namespace in its webhook configurations.
@@ -68,7 +69,11 @@ pub(crate) struct WebhookEnv {
     /// The webhook's ownership flags.
     pub(crate) flags: std::sync::Arc<FlagIndex>,
     pub(crate) webhook: Webhook,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Further replicas (same certificate Secret, own caches and metrics) and the round-robin
+    /// proxy the API server calls in front of all of them.
+    pub(crate) replicas: Vec<(Webhook, Arc<Metrics>)>,
+    _proxy: Option<RoundRobin>,
     config_name: String,
     _stop: watch::Sender<bool>,
 }
@@ -79,7 +84,7 @@ pub(crate) enum Certs {
     Files(CertFiles, String),
 }
 
-fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option<&str>) -> Value {
+pub(crate) fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option<&str>) -> Value {
     let mut client_config = json!({"url": url});
     if let Some(ca) = ca {
         client_config["caBundle"] = json!(base64(ca.as_bytes()));
@@ -93,7 +98,7 @@ fn webhook_entry(name: &str, url: String, namespace: &str, ca: Option<&str>) -> 
         }],
         "namespaceSelector": {"matchLabels": {SELECTOR_LABEL: namespace}},
         "failurePolicy": "Fail",
-        "sideEffects": "None",
+        "sideEffects": "NoneOnDryRun",
         "timeoutSeconds": 10,
         "admissionReviewVersions": ["v1"]
     })
@@ -127,6 +132,17 @@ impl WebhookEnv {
 
     /// A webhook whose `quota` flag has `mode` (a FeatureFlag object of this test's prefix).
     pub(crate) async fn with_quota_flag(test: &str, certs: Certs, mode: FlagMode) -> WebhookEnv {
+        Self::with_replicas(test, certs, mode, 1).await
+    }
+
+    /// `replicas` webhook servers; with more than one, the API server calls a TCP round-robin
+    /// proxy that alternates connections between them.
+    pub(crate) async fn with_replicas(
+        test: &str,
+        certs: Certs,
+        mode: FlagMode,
+        replicas: usize,
+    ) -> WebhookEnv {
         let env = TestEnv::without_controller(test).await;
         let ns = env.namespace.clone();
         let flags = FlagIndex::new(env.flag_settings());
@@ -142,8 +158,7 @@ impl WebhookEnv {
             .await
             .expect("label namespace");
         let config_name = format!("admission-test-{ns}");
-        let metrics = Arc::new(Metrics::default());
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let (cert_source, ca) = match certs {
             Certs::SelfManaged => (
                 CertSource::SelfManaged(SelfManagedConfig {
@@ -163,19 +178,39 @@ impl WebhookEnv {
             flags: flags.clone(),
             policy_namespace: Some(ns.clone()),
             session_namespace: Some(ns.clone()),
+            ledger_namespace: ns.clone(),
+            client_ca: None,
+            allow_disabled_timers: false,
         };
-        let webhook = admission::start(
-            env.client.clone(),
-            config,
-            metrics.admission.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        )
-        .await
-        .expect("webhook starts");
-        assert!(webhook.ready().await, "webhook caches load");
-        let port = webhook.addr.port();
+        let mut started = Vec::new();
+        for _ in 0..replicas.max(1) {
+            let mut stopped = stopped.clone();
+            let metrics = Arc::new(Metrics::default());
+            let webhook = admission::start(
+                env.client.clone(),
+                config.clone(),
+                metrics.admission.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )
+            .await
+            .expect("webhook starts");
+            assert!(webhook.ready().await, "webhook caches load");
+            started.push((webhook, metrics));
+        }
+        let (webhook, metrics) = started.remove(0);
+        let proxy = match started.is_empty() {
+            true => None,
+            false => {
+                let mut upstreams = vec![webhook.addr];
+                upstreams.extend(started.iter().map(|(w, _)| w.addr));
+                Some(RoundRobin::start(upstreams).await)
+            }
+        };
+        let port = proxy
+            .as_ref()
+            .map_or(webhook.addr.port(), |p| p.addr.port());
         let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
             "metadata": {"name": config_name},
             "webhooks": [webhook_entry(
@@ -215,6 +250,8 @@ impl WebhookEnv {
             flags,
             webhook,
             metrics,
+            replicas: started,
+            _proxy: proxy,
             config_name,
             _stop: stop,
         };
@@ -227,35 +264,8 @@ impl WebhookEnv {
     /// webhooks are called.
     async fn wait_until_webhooks_are_called(&self, enforcing: bool) {
         let api = self.env.api::<Session>();
-        let probe: Session = serde_json::from_value(json!({
-            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-            "metadata": {"name": "probe"},
-            "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
-        }))
-        .expect("probe session");
         if enforcing {
-            let _ = wait_for(
-                "the API server to call the webhooks",
-                || async {
-                    api.create(
-                        &PostParams {
-                            dry_run: true,
-                            ..PostParams::default()
-                        },
-                        &probe,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-                },
-                |result| {
-                    result
-                        .as_ref()
-                        .err()
-                        .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
-                },
-            )
-            .await;
+            wait_until_quota_webhook_is_called(&api).await;
         }
         // The mutating webhook is registered at the same time; make sure it is active too.
         let labelled: Session = serde_json::from_value(json!({
@@ -292,6 +302,7 @@ impl WebhookEnv {
             .delete(&self.config_name, &DeleteParams::default())
             .await;
         drop(self.webhook);
+        drop(self.replicas);
         self.env.cleanup().await;
     }
 
@@ -313,19 +324,23 @@ impl WebhookEnv {
         // The webhook reads policies from its watch cache: wait until it has this version.
         let stored = api.get(name).await.expect("policy stored");
         let version = stored.metadata.resource_version.clone();
-        let store = self.webhook.state.policies().clone();
-        wait_for(
-            "the webhook to see the policy",
-            || async {
-                store
-                    .get(
-                        &kube::runtime::reflector::ObjectRef::new(name).within(&self.env.namespace),
-                    )
-                    .and_then(|p| p.metadata.resource_version.clone())
-            },
-            |seen| *seen == version,
-        )
-        .await;
+        let webhooks = std::iter::once(&self.webhook).chain(self.replicas.iter().map(|(w, _)| w));
+        for webhook in webhooks {
+            let store = webhook.state.policies().clone();
+            wait_for(
+                "the webhook to see the policy",
+                || async {
+                    store
+                        .get(
+                            &kube::runtime::reflector::ObjectRef::new(name)
+                                .within(&self.env.namespace),
+                        )
+                        .and_then(|p| p.metadata.resource_version.clone())
+                },
+                |seen| *seen == version,
+            )
+            .await;
+        }
     }
 
     pub(crate) async fn create_session(
@@ -355,6 +370,60 @@ impl WebhookEnv {
             )
             .await
     }
+}
+
+/// The API server picks up a new configuration asynchronously: dry-runs an out-of-bounds
+/// create in `api`'s namespace until the quota webhook's denial comes back.
+pub(crate) async fn wait_until_quota_webhook_is_called(api: &Api<Session>) {
+    let probe: Session = serde_json::from_value(json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+        "metadata": {"name": "probe"},
+        "spec": {"user": "probe", "template": "none", "resources": {"cpu": "1m"}}
+    }))
+    .expect("probe session");
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let _ = wait_for(
+        "the API server to call the quota webhook",
+        || async {
+            api.create(&dry, &probe)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        |result| {
+            result
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.contains("invalid resource request: CPU 1m"))
+        },
+    )
+    .await;
+}
+
+/// `n` creates of running sessions for alice at once; how many were admitted (every denial
+/// must contain `denial`).
+pub(crate) async fn race_creates(w: &Arc<WebhookEnv>, n: usize, denial: &str) -> usize {
+    let attempts: Vec<_> = (0..n)
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(e) => assert!(e.contains(denial), "{e}"),
+        }
+    }
+    admitted
 }
 
 pub(crate) fn running(user: &str, cpu: &str, memory: &str) -> Value {
@@ -945,23 +1014,7 @@ async fn admission_concurrent_creates_never_overshoot() {
         json!({"maxSessions": 3, "maxCpu": "64", "maxMemory": "64Gi"}),
     )
     .await;
-    let attempts: Vec<_> = (0..12)
-        .map(|i| {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.create_session(&format!("r{i}"), running("alice", "1", "1Gi"))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for attempt in attempts {
-        match attempt.await.expect("task") {
-            Ok(_) => admitted += 1,
-            Err(e) => assert!(e.contains("session quota exceeded: 3/3"), "{e}"),
-        }
-    }
+    let admitted = race_creates(&w, 12, "session quota exceeded: 3/3").await;
     assert_eq!(admitted, 3, "exactly the quota is admitted");
     match Arc::try_unwrap(w) {
         Ok(w) => w.cleanup().await,

@@ -370,6 +370,9 @@ async fn fuzz_admission_review_bodies() {
         flags: FlagIndex::new(env.flag_settings()),
         policy_namespace: Some(env.namespace.clone()),
         session_namespace: Some(env.namespace.clone()),
+        ledger_namespace: env.namespace.clone(),
+        client_ca: None,
+        allow_disabled_timers: false,
     };
     let metrics = Arc::new(Metrics::default());
     let webhook = admission::start(

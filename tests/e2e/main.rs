@@ -21,6 +21,7 @@ mod http_client;
 mod idle;
 mod nodeop;
 mod ownership;
+mod quota;
 mod release;
 mod session_lifecycle;
 mod support;

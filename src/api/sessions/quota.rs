@@ -1,145 +1,133 @@
 //! Quota checked by the API itself, for sessions whose `quota` owner is legacy: the webhook's
-//! decision ([`crate::admission::quota::decide`]) fed from the API's QuotaPolicy and Session
-//! watch caches, so both give the same answer with the same message.
+//! decision and ledger ([`crate::admission::quota`]) fed from the API's QuotaPolicy and Session
+//! watch caches, so both give the same answer with the same message, and API replicas (and
+//! webhook replicas, when the ledger namespace is the same) never admit over a limit together.
 //!
-//! Creates admitted here count as "reservations" until the Session cache shows them (or
-//! [`RESERVATION_TTL`] passes), and checks are serialised, so two concurrent creates cannot
-//! both take a user's last free slot.
+//! Checked on every move to running the API makes: create, `PATCH {state: running}` and the
+//! connect auto-start. A move that then fails releases its reservation.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::Store;
+use kube::Client;
 
-use crate::admission::quota::{self, Decision, Policy, Request, Usage};
-use crate::crd::{QuotaPolicy, Session, SessionState};
+use super::{Result, SessionsError};
+use crate::admission::quota::ledger::{self, SessionKey, SessionView};
+use crate::admission::quota::store::{Admission, LedgerStore};
+use crate::admission::quota::{self, Decision, Request};
+use crate::api::ApiState;
+use crate::crd::{Session, SessionState};
+use crate::ownership::{ResourceType, Side};
 
-/// How long an admitted create counts before the Session watch has delivered it.
-pub const RESERVATION_TTL: Duration = Duration::from_secs(10);
+/// How long a quota check waits for the caches after start-up.
+const CACHE_WAIT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
-struct Reservation {
-    user: String,
-    request: Request,
-    at: Instant,
+/// The ledgers of the API's namespace.
+pub(crate) struct LegacyQuota {
+    ledger: LedgerStore,
 }
 
-/// Admitted creates not yet seen in the Session cache, by session name.
-#[derive(Default)]
-pub struct Reservations(Mutex<HashMap<String, Reservation>>);
-
-impl Reservations {
-    /// Decides, and reserves the slot when allowed; the lock makes check-and-reserve atomic.
-    pub fn admit(
-        &self,
-        policies: &Store<QuotaPolicy>,
-        sessions: &Store<Session>,
-        user: &str,
-        name: &str,
-        request: &Request,
-    ) -> Decision {
-        let mut reservations = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        reservations.retain(|_, r| r.at.elapsed() < RESERVATION_TTL);
-        let policies: Vec<Policy> = policies
-            .state()
-            .iter()
-            .map(|p| Policy::from_object(p).0)
-            .collect();
-        let limits = quota::effective_limits(user, &policies);
-        let cached = sessions.state();
-        let reserved = reservations
-            .iter()
-            .filter(|(reserved, _)| {
-                !cached
-                    .iter()
-                    .any(|s| s.metadata.name.as_ref() == Some(reserved))
-            })
-            .map(|(_, r)| (r.user.as_str(), &r.request));
-        let usage = usage(user, cached.iter().map(AsRef::as_ref), reserved);
-        let decision = quota::decide(&limits, &usage, request);
-        if decision == Decision::Allowed {
-            reservations.insert(
-                name.to_string(),
-                Reservation {
-                    user: user.to_string(),
-                    request: *request,
-                    at: Instant::now(),
-                },
-            );
+impl LegacyQuota {
+    pub(crate) fn new(client: &Client, namespace: &str) -> LegacyQuota {
+        LegacyQuota {
+            ledger: LedgerStore::new(client.clone(), namespace),
         }
-        decision
-    }
-
-    /// Frees the slot of a create that did not happen.
-    pub fn release(&self, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
     }
 }
 
-/// What `user`'s running sessions use: the cached ones plus reservations of creates the cache
-/// does not show yet. A stored session whose resources no longer parse counts with the defaults,
-/// as in the webhook.
-pub fn usage<'a>(
-    user: &str,
-    sessions: impl IntoIterator<Item = &'a Session>,
-    reserved: impl IntoIterator<Item = (&'a str, &'a Request)>,
-) -> Usage {
-    let mut usage = Usage::default();
-    for session in sessions {
-        let running = session.spec.desired_state() == SessionState::Running;
-        if session.spec.user == user && running {
-            usage.add(
-                &Request::of(session.spec.resources.as_ref()).unwrap_or(Request::SYSTEM_DEFAULT),
-            );
-        }
-    }
-    for (owner, request) in reserved {
-        if owner == user {
-            usage.add(request);
-        }
-    }
-    usage
+/// A move to running the API is about to write.
+pub(crate) struct Move<'a> {
+    pub user: &'a str,
+    pub name: &'a str,
+    /// The Session's uid, `None` for a create.
+    pub uid: Option<String>,
+    /// The generation the Session has once the move is written.
+    pub generation: i64,
+    pub request: Request,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::quantity::Milli;
-    use serde_json::json;
-
-    fn session(name: &str, user: &str, state: &str, cpu: &str) -> Session {
-        serde_json::from_value(json!({
-            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-            "metadata": {"name": name, "namespace": "ns"},
-            "spec": {"user": user, "template": "t", "state": state,
-                     "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}
-        }))
-        .expect("session")
+impl<'a> Move<'a> {
+    /// Waking `session`: its own requests, one generation on.
+    pub(crate) fn wake(session: &'a Session) -> Result<Move<'a>> {
+        let request = Request::of(session.spec.resources.as_ref())
+            .map_err(|message| SessionsError::QuotaExceeded(message.to_string()))?;
+        Ok(Move {
+            user: &session.spec.user,
+            name: session.metadata.name.as_deref().unwrap_or_default(),
+            uid: session.metadata.uid.clone(),
+            generation: session.metadata.generation.unwrap_or(0) + 1,
+            request,
+        })
     }
+}
 
-    #[test]
-    fn usage_counts_running_sessions_of_the_user_and_reservations() {
-        let sessions = [
-            session("a", "alice", "running", "500m"),
-            session("b", "alice", "hibernated", "1"),
-            session("c", "bob", "running", "1"),
-            session("d", "alice", "running", "250m"),
-        ];
-        let reserved = Request {
-            cpu: Milli(100),
-            memory: Milli::ZERO,
-            gpu: Milli::ZERO,
-        };
-        let usage = usage(
-            "alice",
-            sessions.iter(),
-            [("alice", &reserved), ("bob", &reserved)],
-        );
-        assert_eq!(usage.sessions, 3);
-        assert_eq!(usage.cpu, Milli(850));
+/// Whether the API (not the webhook) checks the quota of session `name`.
+pub(crate) fn by_api(state: &ApiState, name: &str) -> bool {
+    state
+        .flags()
+        .owner(ResourceType::Quota, &state.namespace, name)
+        .acting_side()
+        == Side::Legacy
+}
+
+/// Admits the move and reserves its slot, or answers 403 with the quota message (503 when
+/// the caches or the ledger cannot be read).
+pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
+    let shared = &state.session_api;
+    let deadline = Instant::now() + CACHE_WAIT;
+    while !(shared.policies_loaded.load(Ordering::Relaxed)
+        && state.sessions_loaded.load(Ordering::Relaxed))
+    {
+        if Instant::now() > deadline {
+            return Err(SessionsError::Unavailable(
+                "quota caches are still loading; retry shortly".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let policies = shared.policies.state();
+    let key = SessionKey::new(&state.namespace, wanted.name);
+    let admission = Admission {
+        user: wanted.user,
+        key: &key,
+        uid: wanted.uid.clone(),
+        generation: wanted.generation,
+        request: wanted.request,
+        limits: quota::limits_for(wanted.user, policies.iter().map(AsRef::as_ref)),
+        reserve: true,
+    };
+    let decided = shared
+        .quota
+        .ledger
+        .admit(admission, |reservations, now| {
+            let sessions = state.sessions.state();
+            let views = sessions
+                .iter()
+                .filter(|s| s.spec.user == wanted.user)
+                .map(|s| SessionView::of(s));
+            ledger::usage(wanted.user, &key, views, reservations, now)
+        })
+        .await;
+    match decided {
+        Ok(Decision::Allowed) => Ok(()),
+        Ok(Decision::Denied { message }) => Err(SessionsError::QuotaExceeded(message)),
+        Err(error) => Err(SessionsError::Unavailable(error.to_string())),
+    }
+}
+
+/// Frees the slot of a move that did not happen.
+pub(crate) async fn release(state: &ApiState, user: &str, name: &str) {
+    let key = SessionKey::new(&state.namespace, name);
+    state.session_api.quota.ledger.release(user, &key).await;
+}
+
+/// Admits `session` moving to running when the API checks its quota and it is not running
+/// yet; `Ok(true)` when a slot was reserved (release it if the move then fails).
+pub(crate) async fn admit_wake(state: &ApiState, session: &Session) -> Result<bool> {
+    let name = session.metadata.name.as_deref().unwrap_or_default();
+    if session.spec.desired_state() == SessionState::Running || !by_api(state, name) {
+        return Ok(false);
+    }
+    admit(state, &Move::wake(session)?).await?;
+    Ok(true)
 }
