@@ -88,7 +88,7 @@ async fn set_running(
     let activity = stored.map_or(now, |stored| stored.max(now));
     let status = json!({
         "metadata": {"resourceVersion": session.resource_version()},
-        "status": {"lastActivity": rfc3339(activity), "startedAt": rfc3339(now)},
+        "status": {"lastActivity": rfc3339(activity), "startedAt": null},
     });
     let updated = api
         .patch_status(&name, params, &Patch::Merge(status))

@@ -369,8 +369,10 @@ fn session_labels(spec: &SessionSpec) -> std::collections::BTreeMap<String, Stri
     ])
 }
 
-/// Before a stopped session runs again: `lastActivity` and `startedAt` = now, so the idle
-/// deadline restarts (waking must not re-hibernate at once). Guarded by the read's
+/// Before a stopped session runs again: `lastActivity` = now, so the idle deadline restarts
+/// (waking must not re-hibernate at once), and `startedAt` removed (the idle reconciler clears
+/// it on a stopped session, which would race the state change that follows, and sets it once
+/// the session runs; see `idle::wake`). Guarded by the read's
 /// `resourceVersion`; returns the new one.
 async fn refresh_activity(
     api: &Api<Session>,
@@ -386,7 +388,7 @@ async fn refresh_activity(
     let activity = stored.map_or(now, |stored| stored.max(now));
     let patch = json!({
         "metadata": {"resourceVersion": session.resource_version()},
-        "status": {"lastActivity": activity.to_string(), "startedAt": now.to_string()},
+        "status": {"lastActivity": activity.to_string(), "startedAt": null},
     });
     let params = PatchParams {
         field_manager: Some(field_manager.into()),

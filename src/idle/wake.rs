@@ -8,8 +8,10 @@
 //!
 //! Order of the writes, each conditional on the resourceVersion just read (a concurrent writer
 //! makes it fail with 409, and the request is decided again on fresh data):
-//! 1. status: `lastActivity` and `startedAt` = now, so that the idle deadline restarts before
-//!    the session is running (waking never re-hibernates at once);
+//! 1. status: `lastActivity` = now, so that the idle deadline restarts before the session is
+//!    running (waking never re-hibernates at once), and `startedAt` removed: a stopped session
+//!    that has one gets it cleared by the idle reconciler, a write that would race step 2 on
+//!    every try; the idle reconciler sets it once the session runs;
 //! 2. spec: `state=running` and the annotation removed, in one patch, which also records the
 //!    controller as the side that acted (`stream.space/acted-by`).
 //!
@@ -168,7 +170,7 @@ impl Waker {
         let activity = stored.map_or(now, |stored| stored.max(now));
         let status = json!({
             "metadata": {"resourceVersion": session.resource_version()},
-            "status": {"lastActivity": rfc3339(activity), "startedAt": rfc3339(now)},
+            "status": {"lastActivity": rfc3339(activity), "startedAt": null},
         });
         self.metrics.reconcilers.write("idle", "session_status");
         let updated = api
