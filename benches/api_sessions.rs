@@ -13,11 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
-use streamspace_controller::crd::Session;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use support::floor::{self, ms};
 use support::results::Results;
@@ -129,34 +125,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn create_sessions(client: &kube::Client, sessions: usize) -> anyhow::Result<()> {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
-        )
-        .await?;
-    let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
-    let failures = stream::iter(0..sessions)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let user = format!("user-{}", i % USERS);
-                let session: Session = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-                    "metadata": {"name": format!("s-{i:05}"), "labels": {"user": user}},
-                    "spec": {"user": user, "template": "desktop", "state": "running",
-                             "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
-                }))?;
-                api.create(&PostParams::default(), &session).await?;
-                anyhow::Ok(())
-            }
+    support::create_namespace(client, NAMESPACE).await?;
+    support::create_sessions(client, NAMESPACE, sessions, |i| {
+        let user = format!("user-{}", i % USERS);
+        serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": format!("s-{i:05}"), "labels": {"user": user}},
+            "spec": {"user": user, "template": "desktop", "state": "running",
+                     "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}},
         })
-        .buffer_unordered(16)
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failures == 0, "{failures} session creates failed");
-    Ok(())
+    })
+    .await
 }
 
 /// Waits until the API's watch cache lists every session of one user (before that it lists

@@ -17,11 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 use streamspace_controller::controller::FIELD_MANAGER;
-use streamspace_controller::crd::Session;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use support::floor::{self, ms};
 use support::results::Results;
@@ -154,32 +150,15 @@ fn session_name(i: usize) -> String {
 }
 
 async fn create_sessions(client: &kube::Client, sessions: usize) -> anyhow::Result<()> {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
-        )
-        .await?;
-    let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
-    let failures = stream::iter(0..sessions)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let session: Session = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-                    "metadata": {"name": session_name(i)},
-                    "spec": {"user": "bench", "template": "desktop", "state": "running"}
-                }))?;
-                api.create(&PostParams::default(), &session).await?;
-                anyhow::Ok(())
-            }
+    support::create_namespace(client, NAMESPACE).await?;
+    support::create_sessions(client, NAMESPACE, sessions, |i| {
+        serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": session_name(i)},
+            "spec": {"user": "bench", "template": "desktop", "state": "running"}
         })
-        .buffer_unordered(16)
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failures == 0, "{failures} session creates failed");
-    Ok(())
+    })
+    .await
 }
 
 /// One connection's loop: heartbeats round-robin over every session until `until`, one every

@@ -16,9 +16,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionState};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
@@ -37,12 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
     let client = plane.client().await?;
     streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}}))?,
-        )
-        .await?;
+    support::create_namespace(&client, NAMESPACE).await?;
 
     let port = free_port()?;
     let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
@@ -67,28 +60,18 @@ async fn main() -> anyhow::Result<()> {
     let api: Api<Session> = Api::namespaced(client.clone(), NAMESPACE);
     let cpu_start = cpu_seconds(pid)?;
     let created_at = Instant::now();
-    let failures = stream::iter(0..sessions)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let session: Session = serde_json::from_value(serde_json::json!({
-                    "apiVersion": "stream.space/v1alpha1", "kind": "Session",
-                    "metadata": {"name": format!("s-{i}")},
-                    "spec": {
-                        "user": "bench", "template": "none", "state": "running",
-                        "idleTimeout": format!("{}s", first + i as u64 % spread),
-                        "maxSessionDuration": "8h"
-                    }
-                }))?;
-                api.create(&PostParams::default(), &session).await?;
-                anyhow::Ok(())
+    support::create_sessions(&client, NAMESPACE, sessions, |i| {
+        serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": format!("s-{i}")},
+            "spec": {
+                "user": "bench", "template": "none", "state": "running",
+                "idleTimeout": format!("{}s", first + i as u64 % spread),
+                "maxSessionDuration": "8h"
             }
         })
-        .buffer_unordered(16)
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failures == 0, "{failures} session creates failed");
+    })
+    .await?;
     let create_time = created_at.elapsed();
     // Until every clock is initialised (the controller's work for new sessions).
     loop {

@@ -193,3 +193,46 @@ pub fn percentile(samples: &[std::time::Duration], p: f64) -> std::time::Duratio
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// Creates the namespace `name` (one that exists already is fine).
+pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    match kube::Api::all(client.clone())
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates `count` Sessions in `namespace`, the `i`-th one from `session(i)` (its JSON), 16 at
+/// a time; any failed create fails the run.
+pub async fn create_sessions(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    session: impl Fn(usize) -> serde_json::Value,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let api: kube::Api<streamspace_controller::crd::Session> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let failures = futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let object = serde_json::from_value(session(i));
+            async move {
+                api.create(&kube::api::PostParams::default(), &object?)
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failures == 0, "{failures} session creates failed");
+    Ok(())
+}
