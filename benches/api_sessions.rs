@@ -17,9 +17,7 @@ use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use support::floor::{self, ms};
 use support::results::Results;
-use support::{
-    Connection, cpu_seconds, free_port, peak_rss_kib, percentile, size, spawn_api, wait_http_ok,
-};
+use support::{Connection, cpu_seconds, free_port, percentile, size, spawn_api, wait_http_ok};
 
 const TOKEN: &str = "bench-token";
 const NAMESPACE: &str = "bench-api-sessions";
@@ -113,12 +111,7 @@ async fn main() -> anyhow::Result<()> {
         "ms",
         None,
     )?;
-    results.record(
-        "api process peak RSS",
-        peak_rss_kib(pid)? as f64 / 1024.0,
-        "MiB",
-        None,
-    )?;
+    results.record_peak_rss("api process", pid)?;
     let _ = server.kill().await;
     plane.stop().await;
     Ok(())

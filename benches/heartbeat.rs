@@ -22,8 +22,7 @@ use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use support::floor::{self, ms};
 use support::results::Results;
 use support::{
-    Connection, cpu_seconds, free_port, http_get, peak_rss_kib, percentile, size, spawn_api,
-    wait_http_ok,
+    Connection, cpu_seconds, free_port, http_get, percentile, size, spawn_api, wait_http_ok,
 };
 
 const TOKEN: &str = "bench-token";
@@ -134,12 +133,7 @@ async fn main() -> anyhow::Result<()> {
         "% core",
         None,
     )?;
-    results.record(
-        "api process peak RSS",
-        peak_rss_kib(pid)? as f64 / 1024.0,
-        "MiB",
-        None,
-    )?;
+    results.record_peak_rss("api process", pid)?;
     let _ = server.kill().await;
     plane.stop().await;
     Ok(())

@@ -21,7 +21,7 @@ use streamspace_controller::controller::FIELD_MANAGER;
 use streamspace_controller::crd::{Session, SessionState};
 use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use support::results::Results;
-use support::{cpu_seconds, free_port, peak_rss_kib, size, smoke, wait_http_ok};
+use support::{cpu_seconds, free_port, size, smoke, wait_http_ok};
 
 const NAMESPACE: &str = "bench-idle";
 
@@ -143,12 +143,7 @@ async fn main() -> anyhow::Result<()> {
         "% core",
         None,
     )?;
-    results.record(
-        "controller peak RSS",
-        peak_rss_kib(pid)? as f64 / 1024.0,
-        "MiB",
-        None,
-    )?;
+    results.record_peak_rss("controller", pid)?;
     let _ = controller.kill().await;
     Ok(())
 }

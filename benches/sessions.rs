@@ -31,7 +31,7 @@ use streamspace_controller::devcluster::{
 };
 use support::floor;
 use support::results::Results;
-use support::{free_port, http_get, peak_rss_kib, size, wait_http_ok};
+use support::{free_port, http_get, size, wait_http_ok};
 
 const IN_FLIGHT: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -129,7 +129,6 @@ async fn main() -> anyhow::Result<()> {
         .wait_until(started, |c| c.running >= sessions)
         .await?;
     let run_writes = floor::apiserver_writes(&client).await? - writes_before;
-    let peak_rss_kib = peak_rss_kib(pid)?;
     let metrics = http_get(http_port, "/metrics").await?;
     let writes = metric_sum(&metrics, "streamspace_controller_api_writes_total");
     let reconciles = metric_sum(
@@ -164,12 +163,7 @@ async fn main() -> anyhow::Result<()> {
         "s",
         Some(floor_seconds),
     )?;
-    results.record(
-        "controller peak RSS",
-        peak_rss_kib as f64 / 1024.0,
-        "MiB",
-        None,
-    )?;
+    results.record_peak_rss("controller", pid)?;
     results.record(
         "controller API writes per session",
         writes / sessions as f64,

@@ -72,4 +72,10 @@ impl Results {
         writeln!(file, "{line}")?;
         Ok(())
     }
+
+    /// Records the peak resident set size of process `pid` as `<process> peak RSS`.
+    pub fn record_peak_rss(&self, process: &str, pid: u32) -> anyhow::Result<()> {
+        let mib = super::peak_rss_kib(pid)? as f64 / 1024.0;
+        self.record(&format!("{process} peak RSS"), mib, "MiB", None)
+    }
 }
