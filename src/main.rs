@@ -11,7 +11,7 @@ use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::supervisor::Supervisor;
-use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
+use streamspace_controller::{admission, api, crd, dev, gitops, http, migrate, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version = streamspace_controller::version::LONG, about)]
@@ -37,6 +37,8 @@ enum Command {
     Validate(gitops::cli::ValidateArgs),
     /// Show the node changes a GitSync of a directory would make.
     Plan(gitops::cli::PlanArgs),
+    /// Move a running StreamSpace onto this controller: backup, restore, verify.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -106,6 +108,8 @@ struct ApiArgs {
     allow_disabled_timers: bool,
     #[command(flatten)]
     exposure: api::settings::ExposureArgs,
+    #[command(flatten)]
+    idle: streamspace_controller::cli::LegacyIdleArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Validate(args) => std::process::exit(gitops::cli::validate(&args)),
         Command::Plan(args) => std::process::exit(gitops::cli::plan(&args).await?),
+        Command::Migrate(args) => std::process::exit(migrate::run(args).await?),
     }
 }
 
@@ -215,7 +220,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let config = api::ApiConfig {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         flush_interval,
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
@@ -228,6 +233,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         },
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
+        idle_monitor: args.idle.to_settings(&args.namespace)?,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(

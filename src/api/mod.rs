@@ -14,6 +14,9 @@
 //! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
 //! | GET | `/healthz`, `/readyz`, `/metrics` | unauthenticated |
 //!
+//! Besides requests, the legacy idle monitor ([`idle`]) hibernates idle sessions the `idle`
+//! flag gives to the legacy side (one replica at a time, by a Lease).
+//!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
 //! configuration (default `streamspace`). The process is stateless apart from coalesced
 //! activity not yet written (at most one flush interval) and its per-replica connection count.
@@ -25,6 +28,7 @@ pub mod connections;
 pub mod events;
 pub mod flags;
 mod handlers;
+pub mod idle;
 pub mod live;
 pub mod nodes;
 pub mod sessions;
@@ -75,6 +79,8 @@ pub struct ApiConfig {
     pub allow_disabled_timers: bool,
     /// Limits of the sessions WebSocket.
     pub streams: live::StreamSettings,
+    /// The legacy idle monitor ([`idle`]); `None` runs none.
+    pub idle_monitor: Option<idle::IdleMonitorSettings>,
 }
 
 impl Default for ApiConfig {
@@ -89,6 +95,7 @@ impl Default for ApiConfig {
             session: SessionSettings::default(),
             allow_disabled_timers: false,
             streams: live::StreamSettings::default(),
+            idle_monitor: None,
         }
     }
 }
@@ -316,6 +323,7 @@ pub fn build(
         sessions: sessions.clone(),
         metrics,
     };
+    let idle_monitor = config.idle_monitor.clone();
     let background = {
         let state = state.clone();
         async move {
@@ -338,7 +346,13 @@ pub fn build(
                 }
             };
             let sessions_api = sessions::background(state.clone(), session_watches);
-            let caches = futures::future::join3(node_watch, sessions_api, sweep(state.clone()));
+            let monitor = async {
+                if let Some(settings) = idle_monitor {
+                    idle::run(state.clone(), settings).await;
+                }
+            };
+            let caches =
+                futures::future::join4(node_watch, sessions_api, sweep(state.clone()), monitor);
             futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
         }
         .boxed()
