@@ -1,6 +1,7 @@
 //! End-to-end tests against a real control plane (see `support`).
 
 mod admission;
+mod adoption;
 mod api_auth;
 mod api_exposure;
 mod api_nodes;
