@@ -231,6 +231,11 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         },
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
+        connection_expiry: args
+            .exposure
+            .connection_expiry()
+            .map_err(anyhow::Error::msg)?,
+        hibernate_on_last_disconnect: args.exposure.hibernate_on_last_disconnect,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(

@@ -7,6 +7,7 @@ mod api_exposure;
 mod api_nodes;
 mod api_sessions;
 mod api_tls;
+mod api_ui;
 mod chart;
 mod chart_install;
 mod chart_rights;
