@@ -32,6 +32,7 @@ pub mod http;
 pub mod idle;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod nodeop;
 pub mod ownership;
 pub mod quantity;

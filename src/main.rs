@@ -11,7 +11,7 @@ use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::supervisor::Supervisor;
-use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
+use streamspace_controller::{admission, api, crd, dev, gitops, http, migrate, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version = streamspace_controller::version::LONG, about)]
@@ -37,6 +37,8 @@ enum Command {
     Validate(gitops::cli::ValidateArgs),
     /// Show the node changes a GitSync of a directory would make.
     Plan(gitops::cli::PlanArgs),
+    /// Move a running StreamSpace onto this controller: preflight.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -130,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Validate(args) => std::process::exit(gitops::cli::validate(&args)),
         Command::Plan(args) => std::process::exit(gitops::cli::plan(&args).await?),
+        Command::Migrate(args) => std::process::exit(migrate::run(args).await?),
     }
 }
 
@@ -228,6 +231,11 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         },
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
+        connection_expiry: args
+            .exposure
+            .connection_expiry()
+            .map_err(anyhow::Error::msg)?,
+        hibernate_on_last_disconnect: args.exposure.hibernate_on_last_disconnect,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(
