@@ -60,6 +60,44 @@ pub struct ControllerSettings {
     pub gitsync: crate::gitops::flags::GitSyncArgs,
     #[command(flatten)]
     pub flags: FlagArgs,
+    #[command(flatten)]
+    pub legacy: LegacyControllerArgs,
+}
+
+/// How the controller treats the old StreamSpace controller while taking over from it.
+#[derive(Args, Clone, Debug)]
+pub struct LegacyControllerArgs {
+    /// Act on sessions even while the old StreamSpace controller is active (its Lease is
+    /// renewed, its Deployment has pods, or it wrote a session's status recently).
+    #[arg(long, env = "ALLOW_LEGACY_CONTROLLER")]
+    pub allow_legacy_controller: bool,
+    /// Namespace of the old controller's leader Lease and Deployment.
+    #[arg(long, env = "LEGACY_CONTROLLER_NAMESPACE", default_value = crate::session::fence::LEGACY_NAMESPACE)]
+    pub legacy_controller_namespace: String,
+    /// Name of the old controller's leader Lease.
+    #[arg(long, env = "LEGACY_CONTROLLER_LEASE", default_value = crate::session::fence::LEGACY_LEASE_NAME)]
+    pub legacy_controller_lease: String,
+    /// How long after another field manager wrote a session's phase that session stays
+    /// fenced (s, m or h).
+    #[arg(long, env = "LEGACY_WRITER_WINDOW", default_value = "2m")]
+    pub legacy_writer_window: String,
+}
+
+impl LegacyControllerArgs {
+    pub fn to_settings(&self) -> anyhow::Result<crate::session::fence::FenceSettings> {
+        let writer_window = parse_duration(&self.legacy_writer_window).with_context(|| {
+            format!(
+                "--legacy-writer-window {:?}: expected a number and a unit (s, m, h)",
+                self.legacy_writer_window
+            )
+        })?;
+        Ok(crate::session::fence::FenceSettings {
+            allow: self.allow_legacy_controller,
+            namespace: self.legacy_controller_namespace.clone(),
+            lease_name: self.legacy_controller_lease.clone(),
+            writer_window,
+        })
+    }
 }
 
 /// How a process finds its ownership flags (`controller`, `api` and `dev`).
@@ -140,6 +178,7 @@ impl ControllerSettings {
             },
             flags: self.flags.index(),
             leader_election: None,
+            legacy_controller: self.legacy.to_settings()?,
         })
     }
 }

@@ -37,7 +37,7 @@ enum Command {
     Validate(gitops::cli::ValidateArgs),
     /// Show the node changes a GitSync of a directory would make.
     Plan(gitops::cli::PlanArgs),
-    /// Move a running StreamSpace onto this controller: backup, restore, verify.
+    /// Move a running StreamSpace onto this controller: preflight, backup, restore, verify.
     Migrate(migrate::MigrateArgs),
 }
 
@@ -234,6 +234,11 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
         idle_monitor: args.idle.to_settings(&args.namespace)?,
+        connection_expiry: args
+            .exposure
+            .connection_expiry()
+            .map_err(anyhow::Error::msg)?,
+        hibernate_on_last_disconnect: args.exposure.hibernate_on_last_disconnect,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use super::ApiState;
-use super::sessions::{LEGACY_FIELD_MANAGER, SessionsError, change_state};
+use super::sessions::{LEGACY_FIELD_MANAGER, SessionsError, set_state_guarded};
 use crate::crd::{Session, SessionState};
 use crate::idle::deadline::{self, Clocks, Decision, IdleSettings};
 use crate::ownership::handoff::{self, Handoff, Record};
@@ -242,7 +242,7 @@ async fn act(state: &ApiState, name: &str, settings: &IdleSettings) -> Result<()
             state: wanted,
             reason,
         } => {
-            change_state(state, &session, &wanted).await?;
+            set_state_guarded(state, &session, &wanted).await?;
             state.metrics.idle.stop(reason.as_str());
             info!(session = name, reason = reason.as_str(), state = %wanted, "legacy idle monitor stopped the session");
             Ok(())
