@@ -6,7 +6,7 @@
 //!
 //! Module map, from the top down (nothing imports `controller`, `dev` or `cli` except the
 //! processes; reconcilers import `context` and `caches`):
-//! - `main.rs`, `dev`, `cli`: processes and their flags.
+//! - `main.rs`, `dev`, `cli`: processes and their flags; `migrate`: backup, restore, verify.
 //! - `controller`: builds caches, contexts and controllers; `http`: the controller's endpoints.
 //! - Features: `session`, `template`, `idle`, `nodeop`, `gitops`, `ownership`, `admission`,
 //!   `api` (the `api` process).

@@ -37,7 +37,7 @@ enum Command {
     Validate(gitops::cli::ValidateArgs),
     /// Show the node changes a GitSync of a directory would make.
     Plan(gitops::cli::PlanArgs),
-    /// Move a running StreamSpace onto this controller: preflight.
+    /// Move a running StreamSpace onto this controller: preflight, backup, restore, verify.
     Migrate(migrate::MigrateArgs),
 }
 
@@ -108,6 +108,8 @@ struct ApiArgs {
     allow_disabled_timers: bool,
     #[command(flatten)]
     exposure: api::settings::ExposureArgs,
+    #[command(flatten)]
+    idle: streamspace_controller::cli::LegacyIdleArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +220,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let config = api::ApiConfig {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         flush_interval,
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
@@ -231,6 +233,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         },
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
+        idle_monitor: args.idle.to_settings(&args.namespace)?,
         connection_expiry: args
             .exposure
             .connection_expiry()

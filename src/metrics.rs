@@ -288,7 +288,7 @@ impl IdleMetrics {
         let metrics = IdleMetrics::default();
         registry.register(
             "session_stops",
-            "Sessions stopped by the controller, by reason (Idle, MaxDurationReached)",
+            "Sessions stopped for idleness or duration (the controller's idle reconciler, the API's legacy idle monitor), by reason (Idle, MaxDurationReached)",
             metrics.stops.clone(),
         );
         registry.register(

@@ -377,16 +377,30 @@ async fn request_wake(
     }
 }
 
-/// Legacy autostart: the API wakes the session itself. Failures are logged; the client's next
-/// connect tries again.
+/// Legacy autostart: the API wakes the session itself; when the `sessions` flag gives the
+/// session to the legacy side too, with the legacy handler's whole wake (the Deployment scaled
+/// up by the API, as nobody else would with the controller stopped). Failures are logged; the
+/// client's next connect tries again.
 async fn wake_directly(state: &ApiState, id: &str) -> bool {
-    match super::autostart::wake_directly(&state.sessions(), id).await {
+    let sessions = state
+        .flags()
+        .owner(ResourceType::Sessions, &state.namespace, id);
+    let woken = if sessions.acting_side() == Side::Legacy {
+        super::sessions::wake_legacy(state, id)
+            .await
+            .map_err(|error| (error.to_string(), error.metric_label()))
+    } else {
+        super::autostart::wake_directly(&state.sessions(), id)
+            .await
+            .map_err(|error| (error.to_string(), error.metric_label()))
+    };
+    match woken {
         Ok(woken) => {
             info!(session = id, woken, "legacy autostart");
             woken
         }
-        Err(error) => {
-            warn!(session = id, %error, label = error.metric_label(), "legacy autostart failed");
+        Err((error, label)) => {
+            warn!(session = id, %error, label, "legacy autostart failed");
             false
         }
     }

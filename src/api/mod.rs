@@ -13,6 +13,9 @@
 //! from configuration (default `streamspace`). The process is stateless apart from coalesced
 //! activity not yet written (at most one flush interval): connections are Leases in the API
 //! server ([`connections`]), shared by every replica.
+//!
+//! Besides requests, the legacy idle monitor ([`idle`]) hibernates idle sessions the `idle`
+//! flag gives to the legacy side (one replica at a time, by a Lease).
 
 pub mod activity;
 pub mod auth;
@@ -21,6 +24,7 @@ pub mod connections;
 pub mod events;
 pub mod flags;
 mod handlers;
+pub mod idle;
 pub mod live;
 pub mod nodes;
 pub mod routes;
@@ -79,6 +83,8 @@ pub struct ApiConfig {
     /// Hibernate a running session when its last connection disconnects (the old API's
     /// connection tracker did; off by default: the idle reconciler hibernates idle sessions).
     pub hibernate_on_last_disconnect: bool,
+    /// The legacy idle monitor ([`idle`]); `None` runs none.
+    pub idle_monitor: Option<idle::IdleMonitorSettings>,
 }
 
 impl Default for ApiConfig {
@@ -95,6 +101,7 @@ impl Default for ApiConfig {
             streams: live::StreamSettings::default(),
             connection_expiry: connections::DEFAULT_EXPIRY,
             hibernate_on_last_disconnect: false,
+            idle_monitor: None,
         }
     }
 }
@@ -350,6 +357,7 @@ pub fn build(
         sessions: sessions.clone(),
         metrics,
     };
+    let idle_monitor = config.idle_monitor.clone();
     let background = {
         let state = state.clone();
         async move {
@@ -372,6 +380,11 @@ pub fn build(
                 }
             };
             let sessions_api = sessions::background(state.clone(), session_watches);
+            let monitor = async {
+                if let Some(settings) = idle_monitor {
+                    idle::run(state.clone(), settings).await;
+                }
+            };
             let ui_caches = ui_caches(
                 state.clone(),
                 leases,
@@ -379,8 +392,13 @@ pub fn build(
                 templates,
                 template_watch,
             );
-            let caches =
-                futures::future::join4(node_watch, sessions_api, sweep(state.clone()), ui_caches);
+            let caches = futures::future::join5(
+                node_watch,
+                sessions_api,
+                sweep(state.clone()),
+                ui_caches,
+                monitor,
+            );
             futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
         }
         .boxed()

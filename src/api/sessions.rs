@@ -422,6 +422,49 @@ async fn refresh_activity(
     Ok(updated.resource_version())
 }
 
+/// Sets `spec.state` of `session` (read just before: the write is guarded by its
+/// resourceVersion) through the handler the `sessions` flag names: the legacy handler scales
+/// the Deployment itself, the controller handler writes intent only. Used by the legacy idle
+/// monitor ([`super::idle`]), so its stops do exactly what a user's PATCH does.
+pub(crate) async fn set_state_guarded(
+    state: &ApiState,
+    session: &Session,
+    wanted: &SessionState,
+) -> Result<()> {
+    let owner = state.flags().owner(
+        ResourceType::Sessions,
+        &state.namespace,
+        &session.name_any(),
+    );
+    match owner.acting_side() {
+        Side::Legacy => legacy::set_state(state, session, wanted).await,
+        Side::Controller => controller::set_state(state, session, wanted).await,
+    }
+}
+
+/// Wakes a hibernated session whose `sessions` flag gives it to the legacy side with the legacy
+/// handler's whole wake (lastActivity refreshed, `spec.state`, the Deployment rebuilt), so that
+/// wake on connect works with the controller stopped; retried on conflicts. `Ok(false)` when
+/// the session is missing or not hibernated (any more).
+pub(crate) async fn wake_legacy(state: &ApiState, id: &str) -> Result<bool> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let Some(session) = state.sessions().get_opt(id).await? else {
+            return Ok(false);
+        };
+        if session.spec.desired_state() != SessionState::Hibernated {
+            return Ok(false);
+        }
+        match legacy::set_state(state, &session, &SessionState::Running).await {
+            Ok(()) => return Ok(true),
+            Err(SessionsError::Conflict(_)) => backoff(attempt).await,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(SessionsError::Conflict(format!(
+        "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
+    )))
+}
+
 // ---------------------------------------------------------------------------------------------
 // GET /api/v1/sessions
 
@@ -716,10 +759,7 @@ async fn set_state(
         // A move to running is admitted by the quota first (when the API checks it).
         let reserved =
             wanted == SessionState::Running && quota::admit_wake(state, &session).await?;
-        let outcome = match owner.acting_side() {
-            Side::Legacy => legacy::set_state(state, &session, &wanted).await,
-            Side::Controller => controller::set_state(state, &session, &wanted).await,
-        };
+        let outcome = set_state_guarded(state, &session, &wanted).await;
         if reserved && outcome.is_err() {
             quota::release(state, &session.spec.user, id).await;
         }

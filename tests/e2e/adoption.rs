@@ -9,11 +9,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use streamspace_controller::crd::{Session, SessionPhase, Template};
+use streamspace_controller::migrate::preflight::{PreflightArgs, preflight};
 use streamspace_controller::session::fence::{CONDITION_FENCED, FenceSettings, REASON_ACTIVE};
 
 use crate::support::{TestEnv, wait_for, wait_gone, wait_object};
@@ -343,7 +345,13 @@ async fn old_sessions_are_adopted_make_before_break() {
             .await
             .expect("home claim stays");
         assert_eq!(now.uid(), home.uid());
-        assert_eq!(now.spec, home.spec);
+        // Only the volume binder's `volumeName` may have been added.
+        let (mut before, mut after) = (home.spec.clone(), now.spec.clone());
+        for spec in [&mut before, &mut after].into_iter().flatten() {
+            spec.volume_name = None;
+        }
+        assert_eq!(after, before);
+        assert_eq!(now.labels(), home.labels());
         assert!(now.metadata.deletion_timestamp.is_none());
         assert!(now.owner_references().is_empty(), "never owned");
     }
@@ -360,7 +368,7 @@ fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
                 "metadata": {"name": "streamspace.io"},
                 "spec": {"holderIdentity": "streamspace-kubernetes-controller-1_abc",
                     "leaseDurationSeconds": 3,
-                    "renewTime": Timestamp::now().to_string()}
+                    "renewTime": MicroTime(Timestamp::now())}
             });
             let params = PatchParams::apply("manager").force();
             if let Err(error) = leases
@@ -491,5 +499,64 @@ async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
         |notes| notes.len() == 1,
     )
     .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn preflight_lists_the_adoption_it_plans() {
+    let env = TestEnv::without_controller("preflight").await;
+    env.create::<Template>(template()).await;
+    old_home(&env, "erin").await;
+    let name = "erin-firefox-0000000e";
+    let session = create_session(&env, name, "erin").await;
+    old_children(&env, &session).await;
+    old_status(&env, name, "ss-erin-firefox").await;
+    let ns = env.namespace.clone();
+    let expected = format!(
+        "{ns}/{name} (user erin, template firefox, running): builds ss-{name}; \
+         Deployment ss-erin-firefox: delete once the replacement pod is ready; \
+         Service ss-erin-firefox-svc: delete once the replacement pod is ready; \
+         Ingress ss-erin-firefox: delete once the replacement pod is ready"
+    );
+
+    let args = PreflightArgs {
+        namespace: ns.clone(),
+        legacy_controller_namespace: ns.clone(),
+        legacy_controller_lease: "streamspace.io".into(),
+    };
+    let report = preflight(&env.client, &args).await.to_string();
+    assert!(report.contains(&expected), "{report}");
+    assert!(
+        report.contains("ok   crds       sessions.stream.space: v1alpha1 (served, storage)"),
+        "{report}"
+    );
+    assert!(report.contains("ok   old-ctrl   not active"), "{report}");
+    // The old controller wrote the status a moment ago.
+    assert!(
+        report.contains(&format!(
+            "warn sessions   {ns}/{name}: field manager \"manager\""
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok   rbac       sessions/status.stream.space in"),
+        "{report}"
+    );
+
+    // The subcommand prints the same plan; the exit code says whether anything failed.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+        .args(["migrate", "preflight", "--namespace", &ns])
+        .args(["--legacy-controller-namespace", &ns])
+        .arg(format!(
+            "--kubeconfig={}",
+            crate::support::kubeconfig().display()
+        ))
+        .output()
+        .await
+        .expect("run migrate preflight");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&expected), "{stdout}");
+    let failed = stdout.lines().any(|l| l.starts_with("FAIL"));
+    assert_eq!(output.status.code(), Some(i32::from(failed)), "{stdout}");
     env.cleanup().await;
 }
