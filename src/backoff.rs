@@ -1,6 +1,11 @@
 //! Per-object retry delays: each consecutive failure of the same object doubles its delay, a
 //! success forgets it. A conflict (someone else wrote first) starts lower than other errors
 //! because fresh data usually fixes it at once.
+//!
+//! The error pattern every reconciler shares: one error enum per module (thiserror) that
+//! implements [`ReconcileError`] (a fixed metric label per variant, and whether fresh data
+//! will fix it); its `error_policy` calls [`FailureBackoff::failed_with`], which counts the
+//! failure and picks the delay, and only logs and requeues itself.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,6 +23,15 @@ pub fn delay(failures: u32, transient: bool) -> Duration {
     base.saturating_mul(1 << doublings).min(MAX)
 }
 
+/// What a reconciler's error tells its error policy.
+pub trait ReconcileError: std::fmt::Display {
+    /// A fixed label for metrics: never the error text or an object name.
+    fn metric_label(&self) -> &'static str;
+    /// Fresh data will likely fix it (a conflict): retried soon instead of with the full
+    /// backoff.
+    fn is_transient(&self) -> bool;
+}
+
 /// Consecutive failure counts by object key.
 #[derive(Default)]
 pub struct FailureBackoff {
@@ -31,6 +45,19 @@ impl FailureBackoff {
         let count = failures.entry(key).or_insert(0);
         *count = count.saturating_add(1);
         delay(*count, transient)
+    }
+
+    /// The shared half of every `error_policy`: counts the failure of `controller` under the
+    /// error's label and returns how long `key` waits before its retry.
+    pub fn failed_with(
+        &self,
+        metrics: &crate::metrics::ReconcilerMetrics,
+        controller: &'static str,
+        key: String,
+        error: &impl ReconcileError,
+    ) -> Duration {
+        metrics.failure(controller, error.metric_label());
+        self.failed(key, error.is_transient())
     }
 
     /// Forgets the failures of `key` after a successful reconcile.

@@ -37,7 +37,7 @@ pub struct Config {
     /// Bearer token of `POST /events/connection`; `None` refuses every event (the
     /// `wake-requested` annotation still wakes sessions).
     pub connection_event_token: Option<String>,
-    pub gitops: crate::gitops::reconciler::GitopsSettings,
+    pub gitops: crate::gitops::context::GitopsSettings,
     /// Ownership flags: who acts on each resource type. Shared with the admission webhooks
     /// when they run in the same process; [`run`] keeps it fed from a watch.
     pub flags: Arc<FlagIndex>,

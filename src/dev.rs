@@ -77,28 +77,7 @@ pub struct DevArgs {
     settings: ControllerSettings,
 }
 
-/// A client for `kubeconfig`, or for the in-cluster / default configuration when `None`.
-pub async fn client_from(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = kube_config_from(kubeconfig).await?;
-    Client::try_from(config).context("building the Kubernetes client")
-}
-
-/// The connection settings `client_from` uses.
-pub async fn kube_config_from(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Config> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig given and no in-cluster or default configuration found")?,
-    };
-    Ok(config)
-}
+pub use crate::kube_client::{client_from, kube_config_from};
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = args.settings.to_config()?;

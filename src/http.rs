@@ -14,11 +14,11 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tracing::warn;
 
-use crate::api::auth::check_bearer;
-use crate::api::events::{ConnectionEvent, EventReply};
+use crate::backoff::ReconcileError;
 use crate::context::Readiness;
 use crate::idle::wake::{Source, Waker};
 use crate::metrics::SharedMetrics;
+use crate::wire::{ConnectionEvent, EventReply, check_bearer, valid_name};
 
 /// What `POST /events/connection` needs: the waker, the token, and the namespace the
 /// controller watches (events for others are refused).
@@ -100,7 +100,7 @@ pub fn flags_router(flags: std::sync::Arc<crate::ownership::index::FlagIndex>) -
                 let views: Vec<serde_json::Value> = crate::ownership::ResourceType::ALL
                     .into_iter()
                     .map(|t| {
-                        crate::api::flags::view(
+                        crate::ownership::view(
                             t,
                             &flags.object_name(t),
                             flags.spec(t).as_ref(),
@@ -161,7 +161,7 @@ async fn connection_event(
         Ok(event) => event,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid event: {e}")),
     };
-    if !crate::api::valid_name(&event.session) || !crate::api::valid_name(&event.namespace) {
+    if !valid_name(&event.session) || !valid_name(&event.namespace) {
         return error(StatusCode::BAD_REQUEST, "invalid session or namespace name");
     }
     if events

@@ -1,20 +1,30 @@
 //! streamspace-controller: reconciles StreamSpace `Session`, `Template` and `NodeOperation`
-//! objects.
+//! objects, syncs cluster configuration from Git, admits Sessions, and serves the API.
 //!
-//! Layout follows the design: pure decisions (`session::state`, `template::validate`,
-//! `nodeop::plan`, `quantity`) are separate from the Kubernetes I/O around them (`*::reconciler`).
+//! Layout follows the design: pure decisions (`session::state`, `idle::deadline`,
+//! `nodeop::plan`, `nodeop::outcome`, `gitops::plan`, `gitops::outcome`, `ownership`,
+//! `admission::quota`, `template::validate`, `quantity`) are separate from the Kubernetes I/O
+//! around them (`*::reconciler`, `*::store`, the HTTP handlers).
 //!
-//! Module map, from the top down (nothing imports `controller`, `dev` or `cli` except the
-//! processes; reconcilers import `context` and `caches`):
-//! - `main.rs`, `dev`, `cli`: processes and their flags; `migrate`: backup, restore, verify.
-//! - `controller`: builds caches, contexts and controllers; `http`: the controller's endpoints.
-//! - Features: `session`, `template`, `idle`, `nodeop`, `gitops`, `ownership`, `admission`,
-//!   `api` (the `api` process).
-//! - Shared runtime: `context` (what reconcilers share), `caches` (one watch per kind),
-//!   `leader` (Lease election and renew deadline), `supervisor` (every task of a process, by
-//!   name), `metrics`, `backoff`, `telemetry`.
-//! - Model and helpers: `crd`, `quantity`, `api_status`, `rbac`; `devcluster` is the local
-//!   control plane used by `dev` and tests.
+//! Module map, from the top down. A module uses only modules below it or beside it in the same
+//! layer, never one above; `scripts/modgraph.py` prints the graph and fails on a cycle between
+//! files.
+//! - Processes and their flags: `main.rs`, `dev`, `cli`, `migrate` (preflight, backup, restore,
+//!   verify). Nothing else imports them.
+//! - Wiring: `controller` (builds the caches, the contexts and the reconcilers, and starts
+//!   them) and `http` (the controller's endpoints); the `api` process. `controller` is imported
+//!   by the processes only; `http` and `api` share what they both speak through `wire`.
+//! - Features, each a thin I/O shell around its pure decisions: `session`, `template`, `idle`,
+//!   `nodeop`, `gitops`, `ownership`, `admission`.
+//! - Shared runtime the features depend on: `context` (what reconcilers share, and the
+//!   controller's configuration), `caches` (one watch per kind, and private reflectors),
+//!   `leader` (Lease election), `supervisor` (every task of a process), `backoff` (retry
+//!   delays and the [`backoff::ReconcileError`] pattern of every reconciler's errors),
+//!   `api_status` (classifying API errors, [`api_status::retry_on_conflict`]), `metrics`,
+//!   `telemetry`, `kube_client` (connecting to a cluster), `wire` (what the API and the
+//!   controller exchange over HTTP).
+//! - Model and helpers: `crd`, `quantity`, `rbac`, `version`; `devcluster` is the local
+//!   control plane used by `dev`, tests and benchmarks.
 
 pub mod admission;
 pub mod api;
@@ -30,6 +40,7 @@ pub mod devcluster;
 pub mod gitops;
 pub mod http;
 pub mod idle;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod migrate;
@@ -42,6 +53,7 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod template;
 pub mod version;
+pub mod wire;
 
 /// Field manager of every server-side apply the controller makes (its reconcilers' writes).
 pub const FIELD_MANAGER: &str = "streamspace-controller";

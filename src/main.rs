@@ -140,7 +140,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut config = args.settings.to_config()?;
-    let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
+    let kube_config =
+        streamspace_controller::kube_client::kube_config_from(args.kubeconfig.as_deref()).await?;
     config.leader_election = args.leader.to_settings(&kube_config.default_namespace)?;
     config.node_operations.kube_config = Some(kube_config.clone());
     let webhook_config = args
@@ -215,7 +216,8 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("--node-operation-labels")?;
     let listener = http::bind("--http-addr", args.http_addr).await?;
-    let kube_config = dev::kube_config_from(args.kubeconfig.as_deref()).await?;
+    let kube_config =
+        streamspace_controller::kube_client::kube_config_from(args.kubeconfig.as_deref()).await?;
     let client =
         kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());

@@ -305,3 +305,106 @@ fn a_session_in_the_cache_is_found_by_the_usage_view() {
     assert!(view.running, "a missing state means running");
     assert_eq!(view.request, quota::Request::SYSTEM_DEFAULT);
 }
+
+#[test]
+fn only_reviews_of_sessions_themselves_are_decided() {
+    // (group, kind, subresource) -> decided by the webhooks
+    let rows = [
+        ("stream.space", "Session", None, true),
+        ("stream.space", "Session", Some(""), true),
+        ("stream.space", "Session", Some("status"), false),
+        ("stream.space", "Template", None, false),
+        ("example.com", "Session", None, false),
+        ("", "Pod", None, false),
+    ];
+    for (group, kind, sub_resource, decided) in rows {
+        let mut body = review("CREATE", json!({"user": "a", "template": "t"}), None, false);
+        body["request"]["kind"]["group"] = json!(group);
+        body["request"]["kind"]["kind"] = json!(kind);
+        if let Some(sub) = sub_resource {
+            body["request"]["subResource"] = json!(sub);
+        }
+        let request = parse_review(body.to_string().as_bytes()).expect("a review");
+        assert_eq!(
+            is_session(&request),
+            decided,
+            "{group} {kind} {sub_resource:?}"
+        );
+    }
+}
+
+#[test]
+fn a_review_needs_a_request() {
+    let with = review("DELETE", json!({"user": "a", "template": "t"}), None, true);
+    let request = parse_review(with.to_string().as_bytes()).expect("a review");
+    assert_eq!(request.uid, "review-1");
+    assert!(request.dry_run);
+    let rows: &[(&[u8], &str)] = &[
+        (b"", "the body is not an AdmissionReview"),
+        (b"[]", "the body is not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+            "the AdmissionReview has no request",
+        ),
+    ];
+    for (body, reason) in rows {
+        let error = parse_review(body).err().unwrap_or_default();
+        assert!(error.starts_with(reason), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn every_answer_is_counted_by_webhook_and_result() {
+    let state = state(FlagMode::Controller, false);
+    let mut template = review("CREATE", json!({"user": "a", "template": "t"}), None, false);
+    template["request"]["kind"]["kind"] = json!("Template");
+    let rows = [
+        (VALIDATE_PATH, b"{".to_vec(), "validate", "invalid"),
+        (MUTATE_PATH, b"{".to_vec(), "mutate", "invalid"),
+        (
+            VALIDATE_PATH,
+            template.to_string().into_bytes(),
+            "validate",
+            "ignored",
+        ),
+        (
+            MUTATE_PATH,
+            template.to_string().into_bytes(),
+            "mutate",
+            "ignored",
+        ),
+    ];
+    for (path, body, webhook, result) in rows {
+        let counter = state
+            .metrics
+            .requests
+            .get_or_create(&crate::metrics::AdmissionLabels { webhook, result });
+        let before = counter.get();
+        post(&state, path, body).await;
+        assert_eq!(counter.get(), before + 1, "{webhook} {result}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_waits_for_every_cache() {
+    let ready = state(FlagMode::Controller, false);
+    assert!(ready.wait_ready(Duration::from_millis(50)).await);
+    let mut unloaded = Arc::into_inner(state(FlagMode::Controller, false)).expect("one owner");
+    // A store that never had its initial list.
+    unloaded.templates = Writer::<Template>::default().as_reader();
+    assert!(!unloaded.wait_ready(Duration::from_millis(50)).await);
+}
+
+#[test]
+fn start_errors_have_fixed_labels() {
+    let bind = AdmissionError::Bind(std::io::Error::other("in use"));
+    let client_ca = AdmissionError::ClientCa {
+        path: "ca.pem".into(),
+        reason: "no certificate".into(),
+    };
+    let certs = AdmissionError::Certs(certs::CertError::NoCertificate);
+    assert_eq!(bind.metric_label(), "bind");
+    assert_eq!(client_ca.metric_label(), "client_ca");
+    assert_eq!(certs.metric_label(), "no_certificate");
+    assert!(client_ca.to_string().contains("ca.pem"), "{client_ca}");
+}

@@ -8,7 +8,6 @@ pub mod kubernetes;
 pub use kubernetes::KubernetesAuth;
 
 use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -42,32 +41,6 @@ impl Permission {
             Permission::ManageNodes => "change nodes".into(),
             Permission::ReadCluster => "read cluster information".into(),
             Permission::OperateSessions(verb) => format!("{verb} sessions of other users"),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AuthError {
-    #[error("missing bearer token (Authorization: Bearer <token>)")]
-    Missing,
-    #[error("invalid bearer token")]
-    Invalid,
-    /// Refused while the API accepts only tokens issued for one audience (`--token-audience`).
-    #[error(
-        "invalid bearer token: this API accepts only tokens issued for the audience {0:?} (kubectl create token <service-account> --audience {0})"
-    )]
-    NotForAudience(String),
-    /// The authenticator could not decide (for example the API server did not answer).
-    #[error("authentication unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl AuthError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "missing",
-            AuthError::Invalid | AuthError::NotForAudience(_) => "invalid",
-            AuthError::Unavailable(_) => "auth_unavailable",
         }
     }
 }
@@ -125,42 +98,12 @@ impl Authenticator for StaticToken {
     }
 }
 
-/// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
-    const SCHEME: &str = "bearer ";
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            v.get(..SCHEME.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME))
-        })
-        .and_then(|v| v.get(SCHEME.len()..))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .ok_or(AuthError::Missing)
-}
-
-/// Checks `Authorization: Bearer <expected>` in constant time.
-pub fn check_bearer(headers: &HeaderMap, expected: &str) -> Result<(), AuthError> {
-    let presented = bearer_token(headers)?;
-    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(AuthError::Invalid)
-    }
-}
-
-/// Compares without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use crate::wire::{AuthError, bearer_token, check_bearer, constant_time_eq};
 
 #[cfg(test)]
 mod tests {
+    use axum::http::header::AUTHORIZATION;
+
     use super::*;
 
     fn headers(value: &str) -> HeaderMap {

@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use crate::api_status::{Attempts, is_conflict};
 use crate::crd::{Session, SessionState};
 use crate::idle::WAKE_ANNOTATION;
 use crate::idle::wake::rfc3339;
@@ -50,26 +51,31 @@ pub async fn wake_directly(api: &Api<Session>, name: &str) -> Result<bool, WakeE
         field_manager: Some(LEGACY_FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    for _ in 0..MAX_ATTEMPTS {
-        let session = api.get(name).await.map_err(|source| WakeError::Kube {
-            action: "reading the session to wake",
-            source,
-        })?;
-        if session.spec.desired_state() != SessionState::Hibernated {
-            return Ok(false);
-        }
-        match set_running(api, &params, &session).await {
-            Ok(()) => return Ok(true),
-            Err(source) if crate::api_status::is_conflict(&source) => continue,
-            Err(source) => {
-                return Err(WakeError::Kube {
+    let stale = |e: &WakeError| matches!(e, WakeError::Kube { source, .. } if is_conflict(source));
+    let give_up = |_| WakeError::Contended(MAX_ATTEMPTS);
+    let mut attempts = Attempts::new(MAX_ATTEMPTS);
+    loop {
+        let result: Result<bool, WakeError> = async {
+            let session = api.get(name).await.map_err(|source| WakeError::Kube {
+                action: "reading the session to wake",
+                source,
+            })?;
+            if session.spec.desired_state() != SessionState::Hibernated {
+                return Ok(false);
+            }
+            set_running(api, &params, &session)
+                .await
+                .map_err(|source| WakeError::Kube {
                     action: "waking the session",
                     source,
-                });
-            }
+                })?;
+            Ok(true)
+        }
+        .await;
+        if let Some(done) = attempts.settle(result, stale, give_up) {
+            return done;
         }
     }
-    Err(WakeError::Contended(MAX_ATTEMPTS))
 }
 
 async fn set_running(

@@ -6,38 +6,11 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
 
 /// Longest wait for the controller; past it the `wake-requested` annotation does the work.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Body of `POST /events/connection`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionEvent {
-    /// `connect` (wakes a hibernated session) or `disconnect` (recorded only).
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub namespace: String,
-    pub session: String,
-    /// `metadata.generation` of the session as the API saw it; the wake is refused if the spec
-    /// changed since.
-    pub generation: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-}
-
-/// The controller's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventReply {
-    /// `woken` or `not_needed`.
-    pub outcome: String,
-    /// `spec.state` after the event was handled.
-    #[serde(default)]
-    pub state: String,
-}
+pub use crate::wire::{ConnectionEvent, EventReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

@@ -31,9 +31,9 @@ use tracing::{info, warn};
 use super::ApiState;
 use super::auth::Permission;
 use super::handlers::{ApiError, finish};
-use crate::crd::{FeatureFlag, FeatureFlagSpec, FlagMode, FlagOverride};
+use crate::crd::{FeatureFlag, FlagMode, FlagOverride};
 use crate::idle::deadline::parse_duration;
-use crate::ownership::{Effective, ResourceType};
+use crate::ownership::ResourceType;
 
 /// Field manager of override writes; Git syncs use another, so neither erases the other.
 pub const FIELD_MANAGER: &str = "streamspace-api-flags";
@@ -105,34 +105,7 @@ fn parse_type(text: &str) -> Result<ResourceType, ApiError> {
     })
 }
 
-/// One flag as the API shows it.
-pub fn view(
-    resource: ResourceType,
-    object_name: &str,
-    spec: Option<&FeatureFlagSpec>,
-    effective: &Effective,
-) -> Value {
-    let override_ = spec.and_then(|s| s.override_.as_ref()).map(|o| {
-        json!({
-            "mode": o.mode.as_str(),
-            "percent": o.percent,
-            "expiresAt": o.expires_at.as_ref().map(|t| t.0.to_string()),
-            "reason": o.reason,
-            "setBy": o.set_by,
-        })
-    });
-    json!({
-        "type": resource.as_str(),
-        "name": object_name,
-        "exists": spec.is_some(),
-        "mode": effective.mode_str(),
-        "percent": effective.percent,
-        "source": effective.source.as_str(),
-        "expiresAt": effective.expires_at.map(|t| t.to_string()),
-        "baseline": spec.map(|s| json!({"mode": s.mode.as_str(), "percent": s.percent})),
-        "override": override_,
-    })
-}
+pub use crate::ownership::view;
 
 fn current_view(state: &ApiState, resource: ResourceType) -> Value {
     let index = state.flags();

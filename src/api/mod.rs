@@ -515,17 +515,7 @@ pub fn session_refusal(user: &str, verb: &str, id: &str) -> String {
     format!("{user} may not {verb} session {id:?}: only its owner or an operator may")
 }
 
-/// A Kubernetes object name (DNS-1123 subdomain): what a session id or namespace must be.
-pub fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 253
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-}
+pub use crate::wire::valid_name;
 
 #[cfg(test)]
 mod tests {

@@ -5,9 +5,7 @@
 //! signing key, a random bearer token for the `admin` user (group `system:masters`) and one
 //! for each development user ([`super::dev_users`]).
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -16,6 +14,7 @@ use rcgen::{
 };
 
 use super::Error;
+use super::data_dir::write_file;
 use super::dev_users::{self, DevUser};
 
 /// Subject alternative names of the API server serving certificate.
@@ -167,19 +166,6 @@ fn random_token() -> Result<String, Error> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| Error::io("reading /dev/urandom", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes `contents` to `path`, readable only by the owner when `private`.
-pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
-    let mode = if private { 0o600 } else { 0o644 };
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// Attaches a description to an `rcgen` error.

@@ -5,6 +5,9 @@
 //! plane in a `static` and exit without dropping it, so every start first removes directories
 //! whose owner is gone.
 
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -128,6 +131,19 @@ fn is_older_than(path: &Path, age: Duration) -> bool {
         .ok()
         .and_then(|modified| SystemTime::now().duration_since(modified).ok())
         .is_some_and(|elapsed| elapsed > age)
+}
+
+/// Writes `contents` to `path`, readable only by the owner when `private`.
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+    let mode = if private { 0o600 } else { 0o644 };
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ pub(crate) fn write(kubeconfig: &Path, users: &[DevUser]) -> Result<(), Error> {
         what: "the development users",
         source,
     })?;
-    super::certs::write_file(&dev_users_path(kubeconfig), &text, true)
+    super::data_dir::write_file(&dev_users_path(kubeconfig), &text, true)
 }
 
 /// The development users of the control plane whose kubeconfig is `kubeconfig`.

@@ -210,7 +210,7 @@ async fn find_gitsync(client: &kube::Client, args: &PlanArgs) -> anyhow::Result<
 pub async fn plan(args: &PlanArgs) -> anyhow::Result<i32> {
     let (source, nodes, objects) = match &args.kubeconfig {
         Some(path) => {
-            let client = crate::dev::client_from(Some(path)).await?;
+            let client = crate::kube_client::client_from(Some(path)).await?;
             let sync = find_gitsync(&client, args).await?;
             let source = PlanSource::of(args, &sync);
             eprintln!(

@@ -12,56 +12,18 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::keys::KeyPolicy;
-use super::limits::{Limits, json_size};
-use super::manifest::{
+use super::limits::{Budget, Limits, json_size};
+use super::model::{
     API_VERSION, Desired, ManifestError, OVERLAYS_DIR, Origin, RawDocument, SourceFile,
-    parse_document,
 };
 use super::overlay;
+use super::parse::{parse_document, split_documents};
 
 /// What a controller allows in a commit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules {
     pub limits: Limits,
     pub keys: KeyPolicy,
-}
-
-/// Counts the documents and overlay operations of one load against the limits.
-pub(crate) struct Budget<'a> {
-    pub limits: &'a Limits,
-    pub deadline: Instant,
-    pub documents: usize,
-    pub operations: usize,
-}
-
-impl Budget<'_> {
-    /// Counts one more document of the commit (base or overlay), `origin` where it starts.
-    pub fn count_document(&mut self, origin: &Origin) -> Result<(), ManifestError> {
-        self.documents += 1;
-        if self.documents > self.limits.max_documents {
-            return Err(ManifestError::TooLarge {
-                origin: Some(origin.clone()),
-                reason: format!(
-                    "the commit holds more than {} documents (--gitsync-max-documents)",
-                    self.limits.max_documents
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    pub fn check_deadline(&self) -> Result<(), ManifestError> {
-        if Instant::now() >= self.deadline {
-            return Err(ManifestError::TooLarge {
-                origin: None,
-                reason: format!(
-                    "parsing and validating the commit took longer than {:?}",
-                    self.limits.parse_deadline
-                ),
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Loads every document below `base` (a directory relative to the repository root, empty for
@@ -183,40 +145,6 @@ fn validate(
 
 fn is_yaml(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
-}
-
-/// Splits a file into its YAML documents, each with the line it starts on.
-pub fn split_documents(content: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut start = 1;
-    for (index, line) in content.lines().enumerate() {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
-            out.push((start, std::mem::take(&mut current)));
-            start = index + 2;
-            continue;
-        }
-        current.push_str(line);
-        current.push('\n');
-    }
-    out.push((start, current));
-    out.into_iter()
-        .filter(|(_, text)| {
-            text.lines().any(|l| {
-                let l = l.trim();
-                !l.is_empty() && !l.starts_with('#')
-            })
-        })
-        .map(|(start, text)| {
-            // Report the first line with content, not the comment block before it.
-            let skip = text
-                .lines()
-                .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#'))
-                .count();
-            (start + skip, text)
-        })
-        .collect()
 }
 
 /// Whether a parser error is a budget breach (the file is too costly), not a syntax error.

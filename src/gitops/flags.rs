@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::context::GitopsSettings;
 use super::keys::KeyPolicy;
 use super::limits::Limits;
-use super::reconciler::GitopsSettings;
 use super::trust::NamespacePolicy;
 
 #[derive(Args, Clone, Debug)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::webhook::{Forge, SignatureError, verify};
+use super::signature::{Forge, SignatureError, verify};
 
 /// How long a verified delivery is remembered.
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(3600);

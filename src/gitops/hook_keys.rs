@@ -12,8 +12,8 @@ use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
 use super::hook_guard::HookGuard;
+use super::signature::SECRET_KEY;
 use super::trust::NamespacePolicy;
-use super::webhook::SECRET_KEY;
 use crate::crd::GitSync;
 
 /// How often every replica re-reads the hook secrets: the longest a new or rotated secret

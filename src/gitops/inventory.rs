@@ -15,8 +15,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Taint;
 
-use super::manifest::taint_id;
-use super::plan::Owned;
+use serde::{Deserialize, Serialize};
+
+use super::model::taint_id;
+
+/// What one sync owns on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub labels: BTreeSet<String>,
+    /// `key:Effect`.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub taints: BTreeSet<String>,
+}
+
+impl Owned {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.taints.is_empty()
+    }
+}
 
 /// The part of the annotation's entry that the record confirms; with no record (the offline
 /// `plan`), the annotation itself.

@@ -9,18 +9,20 @@
 
 use std::path::PathBuf;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::context::{CONTROLLER, Error, GitopsContext, sync_id};
 use super::manifest::Desired;
 use super::nodes::{self, apply, plan_against_cache};
 use super::objects::apply_objects;
-use super::reconciler::{CONTROLLER, Error, GitopsContext, sync_id};
+use super::outcome::set_condition;
 use super::repo;
-use super::status::{set_condition, write_status};
+use super::status::write_status;
 use super::trust::check_url;
 use crate::crd::GitSync;
 
@@ -73,7 +75,14 @@ pub async fn gate(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Resul
         let current = sync.status.clone().unwrap_or_default();
         let mut status = current.clone();
         status.observed_generation = sync.meta().generation;
-        set_condition(&mut status, "Ready", false, reason, &message);
+        set_condition(
+            &mut status,
+            "Ready",
+            false,
+            reason,
+            &message,
+            Timestamp::now(),
+        );
         write_status(ctx, sync, namespace, &current, status).await?;
         ctx.settings.hooks.forget(namespace, &sync.name_any());
         return Ok(Gate::Done(Action::await_change()));
@@ -85,7 +94,14 @@ pub async fn gate(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Resul
         let current = sync.status.clone().unwrap_or_default();
         let mut status = current.clone();
         let suspended = "spec.suspend is true";
-        set_condition(&mut status, "Reconciling", false, "Suspended", suspended);
+        set_condition(
+            &mut status,
+            "Reconciling",
+            false,
+            "Suspended",
+            suspended,
+            Timestamp::now(),
+        );
         write_status(ctx, sync, namespace, &current, status).await?;
         return Ok(Gate::Done(Action::await_change()));
     }

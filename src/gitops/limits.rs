@@ -7,9 +7,11 @@
 //! document after every operation (so `copy`/`move` bombs stop at the limit, not at the
 //! allocator). The defaults are far above any real configuration repository.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use super::model::{ManifestError, Origin};
 
 /// Limits of one commit; `--gitsync-max-*` flags (`docs/gitops.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,6 +129,44 @@ pub fn json_size(value: &Value, cap: usize) -> usize {
         size = size.saturating_add(own);
     }
     size
+}
+
+/// Counts the documents and overlay operations of one load against the limits.
+pub(crate) struct Budget<'a> {
+    pub limits: &'a Limits,
+    pub deadline: Instant,
+    pub documents: usize,
+    pub operations: usize,
+}
+
+impl Budget<'_> {
+    /// Counts one more document of the commit (base or overlay), `origin` where it starts.
+    pub fn count_document(&mut self, origin: &Origin) -> Result<(), ManifestError> {
+        self.documents += 1;
+        if self.documents > self.limits.max_documents {
+            return Err(ManifestError::TooLarge {
+                origin: Some(origin.clone()),
+                reason: format!(
+                    "the commit holds more than {} documents (--gitsync-max-documents)",
+                    self.limits.max_documents
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_deadline(&self) -> Result<(), ManifestError> {
+        if Instant::now() >= self.deadline {
+            return Err(ManifestError::TooLarge {
+                origin: None,
+                reason: format!(
+                    "parsing and validating the commit took longer than {:?}",
+                    self.limits.parse_deadline
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! [`sync_request`] carries their request to the leader; [`cli`] holds `validate` and `plan`.
 
 pub mod cli;
+pub mod context;
 pub mod documents;
 pub mod flags;
 #[cfg(test)]
@@ -20,13 +21,17 @@ pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod nodes;
 pub mod objects;
+pub mod outcome;
 pub mod overlay;
+pub mod parse;
 pub mod plan;
 pub mod reconciler;
 pub mod repo;
 pub mod schema;
+pub mod signature;
 pub mod status;
 pub mod sync_request;
 pub mod trust;

@@ -8,11 +8,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 
+use super::context::{CONTROLLER, Error, GitopsContext, is_stale_write};
 use super::manifest::{Desired, owner_value};
 use super::objects::labelled_objects;
 use super::plan::{self, LiveNode, Owned, Plan, PlanError, Record};
-use super::reconciler::{CONTROLLER, Error, GitopsContext, is_stale_write};
-use crate::controller::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
+use crate::api_status::Attempts;
 use crate::crd::GitSyncStatus;
 
 /// Attempts of one node patch when someone else wrote the node in between.
@@ -113,59 +114,52 @@ async fn patch_node(
     mut live: LiveNode,
 ) -> Result<bool, Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let mut attempt = 0;
+    let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_stale_write(source));
+    let mut attempts = Attempts::new(NODE_PATCH_ATTEMPTS);
     loop {
-        attempt += 1;
-        let patch: json_patch::Patch = serde_json::from_value(plan::json_patch(&change, &live))
-            .map_err(|e| Error::Api {
-                action: "building a node patch",
-                source: kube::Error::SerdeError(e),
-            })?;
-        ctx.metrics.reconcilers.write(CONTROLLER, "node");
-        let params = PatchParams::apply(FIELD_MANAGER);
-        let params = PatchParams {
-            force: false,
-            ..params
-        };
-        match api
-            .patch(&change.node, &params, &Patch::Json::<()>(patch))
-            .await
-        {
-            Ok(_) => {
-                ctx.metrics.gitops.node_writes.inc();
-                return Ok(true);
-            }
-            Err(source) if is_stale_write(&source) && attempt < NODE_PATCH_ATTEMPTS => {
+        let result: Result<bool, Error> = async {
+            if attempts.made() > 0 {
                 ctx.metrics.gitops.node_conflicts.inc();
-                let Some(fresh) = api
+                let fresh = api
                     .get_opt(&change.node)
                     .await
                     .map_err(|source| Error::Api {
                         action: "reading a node after a conflict",
                         source,
-                    })?
-                else {
+                    })?;
+                let Some(fresh) = fresh else {
                     return Ok(false);
                 };
                 live = live_node(&fresh);
-                let replanned = plan::plan(
-                    id,
-                    &desired.node_configs,
-                    std::slice::from_ref(&live),
-                    record,
-                    prune,
-                )?;
+                let nodes = std::slice::from_ref(&live);
+                let replanned = plan::plan(id, &desired.node_configs, nodes, record, prune)?;
                 match replanned.changes.into_iter().next() {
                     Some(next) => change = next,
                     None => return Ok(false),
                 }
             }
-            Err(source) => {
-                return Err(Error::Api {
+            let patch: json_patch::Patch = serde_json::from_value(plan::json_patch(&change, &live))
+                .map_err(|e| Error::Api {
+                    action: "building a node patch",
+                    source: kube::Error::SerdeError(e),
+                })?;
+            ctx.metrics.reconcilers.write(CONTROLLER, "node");
+            let params = PatchParams {
+                force: false,
+                ..PatchParams::apply(FIELD_MANAGER)
+            };
+            api.patch(&change.node, &params, &Patch::Json::<()>(patch))
+                .await
+                .map_err(|source| Error::Api {
                     action: "patching a node",
                     source,
-                });
-            }
+                })?;
+            ctx.metrics.gitops.node_writes.inc();
+            Ok(true)
+        }
+        .await;
+        if let Some(done) = attempts.settle(result, stale, |last| last) {
+            return done;
         }
     }
 }

@@ -11,10 +11,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
+use super::context::{CONTROLLER, Error, GitopsContext};
 use super::manifest::{self, Desired, OWNER_LABEL, ObjectKind, owner_value};
 use super::plan::{LiveObject, ObjectAction, ObjectChange};
-use super::reconciler::{CONTROLLER, Error, GitopsContext};
-use crate::controller::FIELD_MANAGER;
+use crate::FIELD_MANAGER;
 use crate::crd::{FeatureFlag, NodeOperation, QuotaPolicy};
 
 /// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership

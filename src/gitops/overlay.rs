@@ -13,9 +13,9 @@
 
 use serde::Deserialize;
 
-use super::documents::Budget;
-use super::limits::json_size;
-use super::manifest::{ManifestError, Origin, RawDocument, SourceFile, split_documents};
+use super::limits::{Budget, json_size};
+use super::model::{ManifestError, Origin, RawDocument, SourceFile};
+use super::parse::split_documents;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

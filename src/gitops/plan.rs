@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Taint as KubeTaint;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::inventory;
@@ -20,21 +19,7 @@ use super::manifest::{ManagedObject, NodeConfig, OWNER_LABEL, ObjectKind, taint_
 /// Annotation on each managed node: `{"<namespace>/<gitsync>": {"labels": [...], "taints": [...]}}`.
 pub const INVENTORY_ANNOTATION: &str = "stream.space/gitops-inventory";
 
-/// What one sync owns on one node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owned {
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub labels: BTreeSet<String>,
-    /// `key:Effect`.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub taints: BTreeSet<String>,
-}
-
-impl Owned {
-    fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.taints.is_empty()
-    }
-}
+pub use super::inventory::Owned;
 
 /// A node as the plan sees it.
 #[derive(Clone, Debug, Default, PartialEq)]

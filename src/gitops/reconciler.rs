@@ -7,8 +7,7 @@
 //! of the commit in force is kept in memory; after a restart it is read again from the cache
 //! (`status.lastAppliedCommit`), and the inventory is read from the nodes themselves.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,149 +19,30 @@ use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::documents::{self, Rules};
-use super::hook_guard::HookGuard;
+use super::documents;
 use super::lifecycle::{self, Gate};
 use super::manifest::{Desired, ManifestError, OWNER_LABEL, owner_value};
 use super::nodes::{self, apply, plan_against_cache};
 use super::objects::apply_objects;
-use super::plan::{Plan, PlanError};
+use super::outcome::{self, LastFetch, set_condition};
+use super::plan::Plan;
 use super::repo::{self, Credentials, FetchRequest, RepoError};
-use super::status::{applied_status, publish, reject, set_condition, write_status};
-use super::trust::NamespacePolicy;
+use super::status::{publish, reject, write_status};
 use crate::FIELD_MANAGER;
 use crate::backoff::FailureBackoff;
-use crate::caches::Shared;
+use crate::caches::{Shared, reflect, scoped};
 use crate::crd::{FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
 
-pub const CONTROLLER: &str = "gitsync";
-
-/// GitOps settings of the controller.
-#[derive(Clone, Debug)]
-pub struct GitopsSettings {
-    /// Where the bare clones are kept.
-    pub cache_dir: PathBuf,
-    pub fetch_timeout: Duration,
-    /// Namespaces whose GitSyncs are honoured (`--gitsync-namespaces`).
-    pub namespaces: NamespacePolicy,
-    /// `http://`, `git://` and `file://` URLs (`--gitsync-allow-insecure-transports`).
-    pub allow_insecure_transports: bool,
-    /// Commit limits and key rules.
-    pub rules: Rules,
-    /// Push-hook secrets (filled here), replay and rate memory; the hook listener holds a clone.
-    pub hooks: HookGuard,
-}
-
-impl Default for GitopsSettings {
-    fn default() -> Self {
-        GitopsSettings {
-            cache_dir: std::env::temp_dir().join("streamspace-gitops"),
-            fetch_timeout: repo::FETCH_TIMEOUT,
-            namespaces: NamespacePolicy::default(),
-            allow_insecure_transports: false,
-            rules: Rules::default(),
-            hooks: HookGuard::default(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("{action} failed: {source}")]
-    Object {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(transparent)]
-    Repo(#[from] RepoError),
-    #[error("the credentials Secret {0:?} does not exist")]
-    SecretMissing(String),
-    #[error("interval {0:?} is not a duration such as 30s, 5m or 1h")]
-    Interval(String),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("GitSync has no namespace")]
-    NoNamespace,
-    #[error("the node watch closed (the controller is shutting down)")]
-    CacheClosed,
-    /// An object the repository declares exists and was not created by this GitSync.
-    #[error("{object} exists and was not created by this GitSync ({}); it is left alone, not taken over", owner.as_ref().map_or("no stream.space/gitsync label".to_string(), |o| format!("label stream.space/gitsync={o}")))]
-    NotOurs {
-        object: String,
-        owner: Option<String>,
-    },
-    #[error("parsing the commit did not finish within {0:?}")]
-    ParseDeadline(Duration),
-}
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Api { source, .. } if is_stale_write(source) => "conflict",
-            Error::Api { .. } => "api",
-            Error::Object { source, .. } if is_stale_write(source) => "conflict",
-            Error::Object { .. } => "object_apply",
-            Error::Repo(e) => e.metric_label(),
-            Error::SecretMissing(_) => "secret_missing",
-            Error::Interval(_) => "interval",
-            Error::Plan(e) => e.metric_label(),
-            Error::NoNamespace => "no_namespace",
-            Error::CacheClosed => "cache_closed",
-            Error::NotOurs { .. } => "not_ours",
-            Error::ParseDeadline(_) => "deadline",
-        }
-    }
-}
-
-pub(crate) fn is_stale_write(error: &kube::Error) -> bool {
-    // 409: resourceVersion conflict; 422: our JSON Patch `test` of the resourceVersion failed.
-    matches!(error, kube::Error::Api(status) if status.code == 409 || status.code == 422)
-}
-
-/// What a sync remembers between reconciles (rebuilt after a restart).
-#[derive(Clone)]
-pub(crate) struct Memory {
-    /// Directory of the clone (it changes with the URL; the old one is removed).
-    pub dir: PathBuf,
-    generation: Option<i64>,
-    fetched_at: Instant,
-    /// Why the last fetch failed; cleared by the next successful fetch.
-    fetch_error: Option<String>,
-    /// The commit in force and its documents.
-    good: Option<(String, Arc<Desired>)>,
-    /// The last sync request (annotation value) acted on.
-    handled_request: Option<String>,
-}
-
-pub struct GitopsContext {
-    pub(crate) client: Client,
-    pub(crate) recorder: Recorder,
-    pub(crate) metrics: SharedMetrics,
-    pub(crate) settings: GitopsSettings,
-    pub(crate) nodes: Store<Node>,
-    /// QuotaPolicies and NodeOperations carrying the ownership label (of any GitSync).
-    pub(crate) quotas: Store<QuotaPolicy>,
-    pub(crate) operations: Store<NodeOperation>,
-    pub(crate) flags: Store<FeatureFlag>,
-    /// True once the node and the owned-object caches have loaded.
-    nodes_loaded: watch::Receiver<bool>,
-    /// One entry per GitSync, removed when it is deleted.
-    pub(crate) memory: Mutex<HashMap<String, Memory>>,
-    pub(crate) backoff: FailureBackoff,
-}
+pub(crate) use super::context::sync_id;
+pub use super::context::{CONTROLLER, Error, GitopsContext, GitopsSettings};
+use super::context::{Memory, memory, remember};
+use crate::backoff::ReconcileError;
 
 /// Parses `30s`, `5m`, `1h`.
 pub fn parse_interval(text: &str) -> Option<Duration> {
@@ -190,93 +70,29 @@ pub fn controller(
     impl Future<Output = bool> + Send,
 ) {
     let (shared_nodes, shared_flags) = shared;
-    let nodes = shared_nodes.store();
-    let node_stream = shared_nodes.subscribe();
     // Owned objects are watched too, so a hand edit or deletion is corrected at once.
-    let owned = watcher::Config::default()
-        .any_semantic()
-        .labels(OWNER_LABEL);
-    let quota_api: Api<QuotaPolicy> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (quotas, quota_writer) = reflector::store();
-    let quota_stream = reflector::reflector(quota_writer, watcher(quota_api, owned.clone()))
-        .default_backoff()
-        .touched_objects();
-    let (operations, operation_writer) = reflector::store();
-    let operation_stream = reflector::reflector(
-        operation_writer,
-        watcher(Api::<NodeOperation>::all(client.clone()), owned.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let flags = shared_flags.store();
-    let flag_stream = shared_flags.subscribe();
+    let owned = watcher::Config::default().labels(OWNER_LABEL);
+    let (quotas, quota_stream) = reflect(scoped::<QuotaPolicy>(&client, namespace), owned.clone());
+    let (operations, operation_stream) = reflect(Api::<NodeOperation>::all(client.clone()), owned);
     let (loaded_tx, nodes_loaded) = watch::channel(false);
-    let ready = {
-        let mut nodes_loaded = shared_nodes.loaded();
-        let mut flags_loaded = shared_flags.loaded();
-        let quotas = quotas.clone();
-        let operations = operations.clone();
-        async move {
-            // Shared stores are awaited through their `loaded` channels (a store wakes one
-            // waiter only); the two private ones have no other waiter.
-            let loaded = nodes_loaded.wait_for(|l| *l).await.is_ok()
-                && flags_loaded.wait_for(|l| *l).await.is_ok()
-                && quotas.wait_until_ready().await.is_ok()
-                && operations.wait_until_ready().await.is_ok();
-            let _ = loaded_tx.send(loaded);
-            loaded
-        }
-    };
-    let syncs: Api<GitSync> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let ready = loaded(shared, (&quotas, &operations), loaded_tx);
     let ctx = Arc::new(GitopsContext {
         client: client.clone(),
-        recorder,
+        recorder: recorder(&client),
         metrics,
         settings,
-        nodes,
+        nodes: shared_nodes.store(),
         quotas,
         operations,
-        flags,
+        flags: shared_flags.store(),
         nodes_loaded,
         memory: Mutex::default(),
         backoff: FailureBackoff::default(),
     });
+    let syncs = scoped::<GitSync>(&client, namespace);
     let sync_controller = Controller::new(syncs, watcher::Config::default().any_semantic());
-    let sync_store = sync_controller.store();
-    // Every node change may concern every GitSync: drift, or a node a selector now matches.
-    let all_syncs = {
-        let sync_store = sync_store.clone();
-        move |_: Arc<Node>| {
-            sync_store
-                .state()
-                .iter()
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
-        }
-    };
-    // An owned object concerns the GitSync its ownership label names.
-    let owner = move |labels: Option<&std::collections::BTreeMap<String, String>>| {
-        let value = labels.and_then(|l| l.get(OWNER_LABEL)).cloned();
-        sync_store
-            .state()
-            .iter()
-            .filter(|s| Some(owner_value(&sync_id(s))) == value)
-            .map(|s| ObjectRef::from_obj(s.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    let owner = owner_of(sync_controller.store());
+    let every_sync = every_sync(sync_controller.store());
     let quota_owner = {
         let owner = owner.clone();
         move |q: QuotaPolicy| owner(q.metadata.labels.as_ref())
@@ -287,22 +103,72 @@ pub fn controller(
     };
     let flag_owner = move |f: Arc<FeatureFlag>| owner(f.metadata.labels.as_ref());
     let run = sync_controller
-        .watches_shared_stream(node_stream, all_syncs)
+        .watches_shared_stream(shared_nodes.subscribe(), every_sync)
         .watches_stream(quota_stream, quota_owner)
         .watches_stream(operation_stream, operation_owner)
-        .watches_shared_stream(flag_stream, flag_owner)
+        .watches_shared_stream(shared_flags.subscribe(), flag_owner)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| future::ready(()));
     (run, ready)
 }
 
-pub(crate) fn sync_id(sync: &GitSync) -> String {
-    format!(
-        "{}/{}",
-        sync.namespace().unwrap_or_default(),
-        sync.name_any()
+/// Resolves (and tells `loaded`) once the shared node and flag caches and the two caches of
+/// owned objects have loaded.
+fn loaded(
+    (nodes, flags): (&Shared<Node>, &Shared<FeatureFlag>),
+    (quotas, operations): (&Store<QuotaPolicy>, &Store<NodeOperation>),
+    loaded: watch::Sender<bool>,
+) -> impl Future<Output = bool> + Send + use<> {
+    let mut nodes_loaded = nodes.loaded();
+    let mut flags_loaded = flags.loaded();
+    let (quotas, operations) = (quotas.clone(), operations.clone());
+    async move {
+        // Shared stores are awaited through their `loaded` channels (a store wakes one
+        // waiter only); the two private ones have no other waiter.
+        let done = nodes_loaded.wait_for(|l| *l).await.is_ok()
+            && flags_loaded.wait_for(|l| *l).await.is_ok()
+            && quotas.wait_until_ready().await.is_ok()
+            && operations.wait_until_ready().await.is_ok();
+        let _ = loaded.send(done);
+        done
+    }
+}
+
+fn recorder(client: &Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
     )
+}
+
+/// Every node change may concern every GitSync: drift, or a node a selector now matches.
+fn every_sync(store: Store<GitSync>) -> impl Fn(Arc<Node>) -> Vec<ObjectRef<GitSync>> + Clone {
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
+}
+
+/// An owned object concerns the GitSync its ownership label names.
+fn owner_of(
+    store: Store<GitSync>,
+) -> impl Fn(Option<&BTreeMap<String, String>>) -> Vec<ObjectRef<GitSync>> + Clone {
+    move |labels| {
+        let value = labels.and_then(|l| l.get(OWNER_LABEL)).cloned();
+        store
+            .state()
+            .iter()
+            .filter(|s| Some(owner_value(&sync_id(s))) == value)
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
 }
 
 pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Action, Error> {
@@ -313,104 +179,124 @@ pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Ac
         .await
         .map_err(|_| Error::CacheClosed)?;
     let namespace = sync.namespace().ok_or(Error::NoNamespace)?;
-    // Node events reconcile often, sometimes before our last status write reached the watch
-    // cache: read the object itself, so status is always computed from what is stored.
-    let fresh = Api::<GitSync>::namespaced(ctx.client.clone(), &namespace)
+    let Some(sync) = read_fresh(&ctx, &sync, &namespace).await? else {
+        return Ok(Action::await_change());
+    };
+    if let Gate::Done(action) = lifecycle::gate(&ctx, &sync, &namespace).await? {
+        return Ok(action);
+    }
+    sync_pass(&ctx, &sync, &namespace).await
+}
+
+/// Node events reconcile often, sometimes before our last status write reached the watch
+/// cache: read the object itself, so status is always computed from what is stored. A
+/// GitSync that is gone is forgotten.
+async fn read_fresh(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    namespace: &str,
+) -> Result<Option<GitSync>, Error> {
+    let fresh = Api::<GitSync>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&sync.name_any())
         .await
         .map_err(|source| Error::Api {
             action: "reading the GitSync",
             source,
         })?;
-    let Some(sync) = fresh.map(Arc::new) else {
-        lifecycle::forget(&ctx, &namespace, &sync.name_any(), None).await;
-        return Ok(Action::await_change());
-    };
-    if let Gate::Done(action) = lifecycle::gate(&ctx, &sync, &namespace).await? {
-        return Ok(action);
+    if fresh.is_none() {
+        lifecycle::forget(ctx, namespace, &sync.name_any(), None).await;
     }
-    let id = sync_id(&sync);
+    Ok(fresh)
+}
+
+/// One pass over a live GitSync: fetch when due, apply the commit in force, write status. A
+/// failed fetch is retried with backoff; the commit in force still corrects drift.
+async fn sync_pass(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Result<Action, Error> {
+    let id = sync_id(sync);
     let interval =
         parse_interval(&sync.spec.interval).ok_or(Error::Interval(sync.spec.interval.clone()))?;
     let current = sync.status.clone().unwrap_or_default();
-    let (started, remembered) = (Instant::now(), memory(&ctx, &id));
-    let request = super::sync_request::requested(&sync).map(str::to_string);
-    let triggered = super::sync_request::is_new(
-        request.as_deref(),
-        remembered
-            .as_ref()
-            .and_then(|m| m.handled_request.as_deref()),
-    );
+    let (started, remembered) = (Instant::now(), memory(ctx, &id));
+    let request = super::sync_request::requested(sync).map(str::to_string);
     let generation = sync.meta().generation;
-    let due = match &remembered {
-        None => true,
-        Some(m) => triggered || m.generation != generation || m.fetched_at.elapsed() >= interval,
-    };
+    let last = remembered.as_ref().map(|m| LastFetch {
+        generation: m.generation,
+        since: m.fetched_at.elapsed(),
+        handled_request: m.handled_request.as_deref(),
+    });
+    let due = outcome::fetch_due(last, generation, request.as_deref(), interval);
     let mut status = current.clone();
     status.observed_generation = generation;
-    // A failed fetch is retried with backoff; the commit in force still corrects drift.
     let (mut memory, fetch_failure) = match (due, remembered) {
         (false, Some(m)) => (m, None),
         (_, remembered) => {
-            fetch_and_load(&ctx, &sync, &namespace, &id, remembered, &mut status).await?
+            fetch_and_load(ctx, sync, namespace, &id, remembered, &mut status).await?
         }
     };
     memory.generation = generation;
     memory.handled_request = request;
     let Some((commit, desired)) = memory.good.clone() else {
         // Nothing valid yet: the rejection or the fetch error is in status.
-        if let Some(message) = &memory.fetch_error {
-            set_condition(&mut status, "Ready", false, "FetchFailed", message);
-        }
-        remember(&ctx, &id, memory.clone());
-        write_status(&ctx, &sync, &namespace, &current, status).await?;
+        outcome::nothing_in_force(&mut status, memory.fetch_error.as_deref(), Timestamp::now());
+        remember(ctx, &id, memory);
+        write_status(ctx, sync, namespace, &current, status).await?;
         return match fetch_failure {
             Some(error) => Err(error),
             None => Ok(Action::requeue(interval)),
         };
     };
-    let applied = plan_and_apply(&ctx, &sync, &id, &namespace, &desired, &commit, &mut status);
-    let (plan, changed, objects_changed) = match applied.await {
+    let applied = plan_and_apply(ctx, sync, &id, namespace, &desired, &commit, &mut status);
+    let applied = match applied.await {
         Ok(done) => done,
         Err(error) => {
-            remember(&ctx, &id, memory);
-            write_status(&ctx, &sync, &namespace, &current, status).await?;
+            remember(ctx, &id, memory);
+            write_status(ctx, sync, namespace, &current, status).await?;
             return Err(error);
         }
     };
-    let newly_applied = applied_status(
-        &ctx,
-        &id,
-        &mut status,
-        &commit,
-        &plan,
-        memory.fetch_error.as_deref(),
-    );
-    if changed > 0 || newly_applied {
-        let short = commit.get(..12).unwrap_or(&commit);
-        let note = format!(
-            "commit {short}: {} node(s) and {objects_changed} object(s) changed, {} unmatched NodeConfig(s)",
-            changed - objects_changed,
-            plan.unmatched.len()
-        );
-        info!(gitsync = %id, %commit, changed, "applied");
-        publish(&ctx, &sync, EventType::Normal, "Applied", note).await;
-    }
-    remember(&ctx, &id, memory.clone());
-    write_status(&ctx, &sync, &namespace, &current, status).await?;
-    ctx.metrics
-        .gitops
-        .sync_duration
-        .observe(started.elapsed().as_secs_f64());
+    let fetch_error = memory.fetch_error.as_deref();
+    report_applied(ctx, sync, &id, &mut status, &commit, &applied, fetch_error).await;
+    remember(ctx, &id, memory.clone());
+    write_status(ctx, sync, namespace, &current, status).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    ctx.metrics.gitops.sync_duration.observe(seconds);
     if let Some(error) = fetch_failure {
         return Err(error);
     }
     ctx.backoff.succeeded(&id);
-    Ok(Action::requeue(
-        interval
-            .saturating_sub(memory.fetched_at.elapsed())
-            .max(Duration::from_secs(1)),
-    ))
+    let since_fetch = memory.fetched_at.elapsed();
+    Ok(Action::requeue(outcome::requeue_after(
+        interval,
+        since_fetch,
+    )))
+}
+
+/// Status after an apply, the time-of-apply metric when the commit is new, and an `Applied`
+/// Event when something changed or the commit is new.
+async fn report_applied(
+    ctx: &GitopsContext,
+    sync: &GitSync,
+    id: &str,
+    status: &mut GitSyncStatus,
+    commit: &str,
+    (plan, changed, objects_changed): &(Plan, usize, usize),
+    fetch_error: Option<&str>,
+) {
+    let now = Timestamp::now();
+    let newly_applied = outcome::applied(status, commit, plan, fetch_error, now);
+    if newly_applied {
+        let label = super::metrics::SyncLabel {
+            gitsync: id.to_string(),
+        };
+        let last_applied = &ctx.metrics.gitops.last_applied;
+        last_applied.get_or_create(&label).set(now.as_second());
+    }
+    if *changed > 0 || newly_applied {
+        let unmatched = plan.unmatched.len();
+        let note = outcome::applied_note(commit, *changed, *objects_changed, unmatched);
+        info!(gitsync = %id, %commit, changed, "applied");
+        publish(ctx, sync, EventType::Normal, "Applied", note).await;
+    }
 }
 
 /// Plans the commit in force against the caches and applies it: node changes, then whole
@@ -444,31 +330,21 @@ async fn plan_and_apply(
                 Error::NotOurs { .. } => "Conflict",
                 _ => "ApplyFailed",
             };
-            set_condition(status, "Ready", false, reason, &error.to_string());
+            let message = error.to_string();
+            set_condition(status, "Ready", false, reason, &message, Timestamp::now());
             Err(error)
         }
     }
 }
 
 pub fn error_policy(sync: Arc<GitSync>, error: &Error, ctx: Arc<GitopsContext>) -> Action {
-    ctx.metrics
-        .reconcilers
-        .failure(CONTROLLER, error.metric_label());
     ctx.metrics.gitops.failure(error.metric_label());
-    let transient = matches!(error, Error::Api { source, .. } if is_stale_write(source));
-    let delay = ctx.backoff.failed(sync_id(&sync), transient);
+    let metrics = &ctx.metrics.reconcilers;
+    let delay = ctx
+        .backoff
+        .failed_with(metrics, CONTROLLER, sync_id(&sync), error);
     warn!(gitsync = %sync_id(&sync), %error, retry_in = ?delay, "gitsync reconcile failed");
     Action::requeue(delay)
-}
-
-pub(crate) fn memory(ctx: &GitopsContext, id: &str) -> Option<Memory> {
-    let memory = ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
-    memory.get(id).cloned()
-}
-
-pub(crate) fn remember(ctx: &GitopsContext, id: &str, value: Memory) {
-    let mut memory = ctx.memory.lock().unwrap_or_else(|e| e.into_inner());
-    memory.insert(id.to_string(), value);
 }
 
 /// Fetches, and validates the fetched commit when it is new; returns the updated memory.

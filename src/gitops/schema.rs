@@ -285,47 +285,68 @@ fn type_name(value: &Value) -> &'static str {
 }
 
 fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> {
-    let fail = |message: String| SchemaCompileError {
-        path: path.to_string(),
-        message,
-    };
     let Value::Object(map) = schema else {
-        return Err(fail("a schema must be an object".into()));
+        return Err(SchemaCompileError {
+            path: path.to_string(),
+            message: "a schema must be an object".into(),
+        });
     };
-    let mut out = Schema {
-        types: None,
-        constant: None,
-        enumeration: None,
-        required: Vec::new(),
-        properties: Vec::new(),
-        additional: Additional::Allowed,
-        property_names: None,
-        min_properties: None,
-        max_properties: None,
-        items: None,
-        max_items: None,
-        min_length: None,
-        max_length: None,
-        pattern: None,
-        one_of: Vec::new(),
-        nullable: false,
-        int_or_string: false,
-        minimum: None,
-        maximum: None,
-    };
+    let mut out = Schema::empty();
     for (keyword, value) in map {
+        out.compile_keyword(keyword, value, path)?;
+    }
+    Ok(out)
+}
+
+impl Schema {
+    /// A schema that accepts anything: the start of every compiled schema.
+    fn empty() -> Schema {
+        Schema {
+            types: None,
+            constant: None,
+            enumeration: None,
+            required: Vec::new(),
+            properties: Vec::new(),
+            additional: Additional::Allowed,
+            property_names: None,
+            min_properties: None,
+            max_properties: None,
+            items: None,
+            max_items: None,
+            min_length: None,
+            max_length: None,
+            pattern: None,
+            one_of: Vec::new(),
+            nullable: false,
+            int_or_string: false,
+            minimum: None,
+            maximum: None,
+        }
+    }
+
+    /// Compiles one keyword of the schema at `path` into `self`.
+    fn compile_keyword(
+        &mut self,
+        keyword: &str,
+        value: &Value,
+        path: &str,
+    ) -> Result<(), SchemaCompileError> {
+        let fail = |message: String| SchemaCompileError {
+            path: path.to_string(),
+            message,
+        };
         let here = format!("{path}/{keyword}");
-        match keyword.as_str() {
+        match keyword {
             k if ANNOTATIONS.contains(&k) => {}
             "type" => {
-                out.types = Some(match value {
+                self.types = Some(match value {
                     Value::String(t) => vec![t.clone()],
                     _ => strings(value).ok_or_else(|| fail("type must be a string".into()))?,
                 })
             }
-            "const" => out.constant = Some(value.clone()),
+            "const" => self.constant = Some(value.clone()),
             "enum" => {
-                out.enumeration = Some(
+                self.enumeration = Some(
                     value
                         .as_array()
                         .cloned()
@@ -333,7 +354,7 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                 )
             }
             "required" => {
-                out.required =
+                self.required =
                     strings(value).ok_or_else(|| fail("required must list strings".into()))?
             }
             "properties" => {
@@ -341,41 +362,41 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                     .as_object()
                     .ok_or_else(|| fail("properties must be an object".into()))?;
                 for (name, sub) in props {
-                    out.properties
+                    self.properties
                         .push((name.clone(), compile_at(sub, &format!("{here}/{name}"))?));
                 }
             }
             "additionalProperties" => {
-                out.additional = match value {
+                self.additional = match value {
                     Value::Bool(true) => Additional::Allowed,
                     Value::Bool(false) => Additional::Forbidden,
                     other => Additional::Schema(Box::new(compile_at(other, &here)?)),
                 }
             }
-            "propertyNames" => out.property_names = Some(Box::new(compile_at(value, &here)?)),
-            "items" => out.items = Some(Box::new(compile_at(value, &here)?)),
-            "minProperties" => out.min_properties = Some(count(value, &here)?),
-            "maxProperties" => out.max_properties = Some(count(value, &here)?),
-            "maxItems" => out.max_items = Some(count(value, &here)?),
-            "minLength" => out.min_length = Some(count(value, &here)?),
-            "maxLength" => out.max_length = Some(count(value, &here)?),
+            "propertyNames" => self.property_names = Some(Box::new(compile_at(value, &here)?)),
+            "items" => self.items = Some(Box::new(compile_at(value, &here)?)),
+            "minProperties" => self.min_properties = Some(count(value, &here)?),
+            "maxProperties" => self.max_properties = Some(count(value, &here)?),
+            "maxItems" => self.max_items = Some(count(value, &here)?),
+            "minLength" => self.min_length = Some(count(value, &here)?),
+            "maxLength" => self.max_length = Some(count(value, &here)?),
             "pattern" => {
                 let text = value
                     .as_str()
                     .ok_or_else(|| fail("pattern must be a string".into()))?;
-                out.pattern =
+                self.pattern =
                     Some(Regex::new(text).map_err(|e| fail(format!("invalid pattern: {e}")))?);
             }
-            "nullable" => out.nullable = value.as_bool().unwrap_or(false),
-            "x-kubernetes-int-or-string" => out.int_or_string = value.as_bool().unwrap_or(false),
+            "nullable" => self.nullable = value.as_bool().unwrap_or(false),
+            "x-kubernetes-int-or-string" => self.int_or_string = value.as_bool().unwrap_or(false),
             "minimum" | "maximum" => {
                 let bound = value
                     .as_f64()
                     .ok_or_else(|| fail(format!("{keyword} must be a number")))?;
                 if keyword == "minimum" {
-                    out.minimum = Some(bound);
+                    self.minimum = Some(bound);
                 } else {
-                    out.maximum = Some(bound);
+                    self.maximum = Some(bound);
                 }
             }
             "oneOf" => {
@@ -383,7 +404,7 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                     .as_array()
                     .ok_or_else(|| fail("oneOf must be an array".into()))?;
                 for (index, sub) in alternatives.iter().enumerate() {
-                    out.one_of
+                    self.one_of
                         .push(compile_at(sub, &format!("{here}/{index}"))?);
                 }
             }
@@ -393,8 +414,8 @@ fn compile_at(schema: &Value, path: &str) -> Result<Schema, SchemaCompileError> 
                 )));
             }
         }
+        Ok(())
     }
-    Ok(out)
 }
 
 fn strings(value: &Value) -> Option<Vec<String>> {

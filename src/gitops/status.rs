@@ -1,20 +1,16 @@
-//! GitSync status and Events: conditions, the rejection of a commit, and one merge patch that
-//! writes the whole status only when it changed.
+//! GitSync status and Events: the rejection of a commit (decided by
+//! [`super::outcome::rejected`]), and one merge patch that writes the whole status only when it
+//! changed.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
-use super::plan::Plan;
-use super::reconciler::{CONTROLLER, Error, GitopsContext, sync_id};
-use crate::crd::gitsync::{InventoryEntry, Rejection};
-use crate::crd::{Condition, GitSync, GitSyncStatus};
-
-/// Reasons and messages longer than this are cut in status (the Events carry the same).
-const MAX_REASON: usize = 2000;
+use super::context::{CONTROLLER, Error, GitopsContext, sync_id};
+use super::outcome;
+use crate::crd::{GitSync, GitSyncStatus};
 
 /// Records a rejected commit in status, with an Event and a metric the first time.
 pub(crate) async fn reject(
@@ -26,65 +22,13 @@ pub(crate) async fn reject(
     reason: &str,
     label: &'static str,
 ) {
-    let mut reason = reason.to_string();
-    if reason.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-        reason.push_str(" ...");
-    }
-    let rejection = Rejection {
-        commit: commit.to_string(),
-        file: file.to_string(),
-        reason: reason.clone(),
-    };
-    if status.rejected.as_ref() == Some(&rejection) {
+    let Some(reason) = outcome::rejected(status, commit, file, reason, Timestamp::now()) else {
         return;
-    }
+    };
     ctx.metrics.gitops.failure(label);
     warn!(gitsync = %sync_id(sync), %commit, %reason, "commit rejected; nothing applied");
-    let short = commit.get(..12).unwrap_or(commit);
-    let note = format!("commit {short} rejected: {reason}");
+    let note = format!("commit {} rejected: {reason}", outcome::short(commit));
     publish(ctx, sync, EventType::Warning, "Rejected", note).await;
-    set_condition(status, "Ready", false, "CommitRejected", &reason);
-    set_condition(status, "Stalled", true, "CommitRejected", &reason);
-    status.rejected = Some(rejection);
-}
-
-pub(crate) fn set_condition(
-    status: &mut GitSyncStatus,
-    type_: &str,
-    value: bool,
-    reason: &str,
-    message: &str,
-) {
-    let value = if value { "True" } else { "False" };
-    let existing = status.conditions.iter_mut().find(|c| c.type_ == type_);
-    match existing {
-        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-        Some(c) => {
-            if c.status != value {
-                c.last_transition_time = Some(Time(Timestamp::now()));
-            }
-            c.status = value.into();
-            c.reason = reason.into();
-            c.message = message.into();
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.into(),
-            status: value.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: Some(Time(Timestamp::now())),
-            observed_generation: None,
-        }),
-    }
-}
-
-pub(crate) fn remove_condition(status: &mut GitSyncStatus, type_: &str) {
-    status.conditions.retain(|c| c.type_ != type_);
 }
 
 /// Writes status only when it differs from what the object carries.
@@ -166,75 +110,12 @@ pub(crate) async fn publish(
     }
 }
 
-/// The status after a successful apply of `commit`: the commit in force, the inventory (the
-/// record of what this sync owns), the unmatched NodeConfigs and the conditions. Returns
-/// whether `commit` is newly applied.
-pub(crate) fn applied_status(
-    ctx: &GitopsContext,
-    id: &str,
-    status: &mut GitSyncStatus,
-    commit: &str,
-    plan: &Plan,
-    fetch_error: Option<&str>,
-) -> bool {
-    let newly_applied = status.last_applied_commit.as_deref() != Some(commit);
-    if newly_applied {
-        status.last_applied_commit = Some(commit.to_string());
-        status.last_applied_time = Some(Time(Timestamp::now()));
-        ctx.metrics
-            .gitops
-            .last_applied
-            .get_or_create(&super::metrics::SyncLabel {
-                gitsync: id.to_string(),
-            })
-            .set(Timestamp::now().as_second());
-    }
-    if status.last_fetched_commit.as_deref() == Some(commit) {
-        status.rejected = None;
-    }
-    status.inventory = plan
-        .managed
-        .iter()
-        .map(|m| InventoryEntry {
-            node: m.node.clone(),
-            labels: m.owned.labels.iter().cloned().collect(),
-            taints: m.owned.taints.iter().cloned().collect(),
-        })
-        .collect();
-    status.unmatched = plan.unmatched.clone();
-    let short = commit.get(..12).unwrap_or(commit);
-    match (fetch_error, &status.rejected) {
-        (Some(error), _) => {
-            let message = format!("commit {short} in force; fetching failed: {error}");
-            set_condition(status, "Ready", false, "FetchFailed", &message);
-        }
-        (None, Some(rejection)) => {
-            let message = format!(
-                "commit {short} in force; newer commit rejected: {}",
-                rejection.reason
-            );
-            set_condition(status, "Ready", false, "CommitRejected", &message);
-            set_condition(status, "Stalled", true, "CommitRejected", &message);
-        }
-        (None, None) => {
-            let message = format!("applied commit {short}");
-            set_condition(status, "Ready", true, "Synced", &message);
-            remove_condition(status, "Stalled");
-        }
-    }
-    set_condition(
-        status,
-        "Reconciling",
-        false,
-        "Idle",
-        "waiting for the next change",
-    );
-    newly_applied
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Condition;
+    use crate::crd::gitsync::{InventoryEntry, Rejection};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
     fn empty_status_fields_are_removed_by_the_patch() {

@@ -38,8 +38,8 @@ pub enum Error {
     FlagsNotLoaded,
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Error::Api { source, .. } if is_conflict(source) => "conflict",
             Error::Api { source, .. } if is_not_found(source) => "not_found",
@@ -50,16 +50,19 @@ impl Error {
         }
     }
 
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         matches!(self, Error::Api { source, .. } if is_conflict(source))
             || matches!(self, Error::Contended(_) | Error::FlagsNotLoaded)
     }
+}
 
+impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Api { source, .. } if is_not_found(source))
     }
 }
 
 pub(crate) use crate::api_status::{is_conflict, is_not_found};
+use crate::backoff::ReconcileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

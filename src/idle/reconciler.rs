@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result};
+use crate::backoff::ReconcileError;
 use crate::context::Context;
 use crate::crd::{Session, SessionState};
 use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
@@ -200,12 +201,10 @@ pub fn shadow_differences(
 }
 
 pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcilers
-        .failure(CONTROLLER, error.metric_label());
+    let metrics = &ctx.metrics.reconcilers;
     let delay = ctx
         .backoff
-        .failed(backoff_key(&session), error.is_transient());
+        .failed_with(metrics, CONTROLLER, backoff_key(&session), error);
     if error.is_transient() {
         // Someone wrote first; the watch brings the newer object and we decide again.
         debug!(session = %session.name_any(), %error, retry_in = ?delay, "idle write lost a race");

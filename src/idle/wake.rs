@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use super::deadline::{self, Clocks, Decision};
 use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
+use crate::api_status::Attempts;
 use crate::crd::{Session, SessionState};
 use crate::metrics::SharedMetrics;
 use crate::ownership::handoff::ACTED_BY_ANNOTATION;
@@ -120,42 +121,44 @@ impl Waker {
             .await
             .map_err(|_| Error::FlagsNotLoaded)?;
         let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
-        for _ in 0..MAX_ATTEMPTS {
-            let session = api.get(name).await.map_err(|source| Error::Api {
-                action: "reading the session to wake",
-                source,
-            })?;
-            let owner = self.flags.owner(ResourceType::Autostart, namespace, name);
-            if owner.acting_side() != Side::Controller {
-                // The API's legacy connect handler wakes these; a stale mark stays for it.
-                self.metrics
-                    .idle
-                    .wake(source.as_str(), Outcome::NotOwned.as_str());
-                return Ok((Outcome::NotOwned, session.spec.desired_state()));
-            }
-            let attempt = match wants_wake(&session, generation) {
-                true => self.set_running(&api, &session).await,
-                false => self.drop_request(&api, &session).await,
-            };
-            match attempt {
-                Ok(outcome) => {
-                    self.metrics.idle.wake(source.as_str(), outcome.as_str());
-                    if outcome == Outcome::Woken {
-                        info!(session = name, source = source.as_str(), "session woken");
-                        self.publish(&session, "Woken", "a connection woke the session")
-                            .await;
-                    }
-                    let state = match outcome {
-                        Outcome::Woken => SessionState::Running,
-                        Outcome::NotNeeded | Outcome::NotOwned => session.spec.desired_state(),
-                    };
-                    return Ok((outcome, state));
+        let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_conflict(source));
+        let give_up = |_| Error::Contended(MAX_ATTEMPTS);
+        let mut attempts = Attempts::new(MAX_ATTEMPTS);
+        loop {
+            let result: Result<(Outcome, SessionState)> = async {
+                let session = api.get(name).await.map_err(|source| Error::Api {
+                    action: "reading the session to wake",
+                    source,
+                })?;
+                let owner = self.flags.owner(ResourceType::Autostart, namespace, name);
+                if owner.acting_side() != Side::Controller {
+                    // The API's legacy connect handler wakes these; a stale mark stays for it.
+                    self.metrics
+                        .idle
+                        .wake(source.as_str(), Outcome::NotOwned.as_str());
+                    return Ok((Outcome::NotOwned, session.spec.desired_state()));
                 }
-                Err(Error::Api { source, .. }) if is_conflict(&source) => continue,
-                Err(error) => return Err(error),
+                let outcome = match wants_wake(&session, generation) {
+                    true => self.set_running(&api, &session).await?,
+                    false => self.drop_request(&api, &session).await?,
+                };
+                self.metrics.idle.wake(source.as_str(), outcome.as_str());
+                if outcome == Outcome::Woken {
+                    info!(session = name, source = source.as_str(), "session woken");
+                    self.publish(&session, "Woken", "a connection woke the session")
+                        .await;
+                }
+                let state = match outcome {
+                    Outcome::Woken => SessionState::Running,
+                    Outcome::NotNeeded | Outcome::NotOwned => session.spec.desired_state(),
+                };
+                Ok((outcome, state))
+            }
+            .await;
+            if let Some(done) = attempts.settle(result, stale, give_up) {
+                return done;
             }
         }
-        Err(Error::Contended(MAX_ATTEMPTS))
     }
 
     async fn set_running(&self, api: &Api<Session>, session: &Session) -> Result<Outcome> {

@@ -3,10 +3,12 @@
 //!
 //! Pure decisions: `plan` (which pods a drain evicts, skips or refuses, and the next batch),
 //! `edits` (label, taint and cordon changes), `state` (ordering of operations on one node, prior
-//! state, validation, timeouts). I/O: `policy` (Eviction and PodDisruptionBudget, in whichever
+//! state, validation, timeouts), `outcome` (drain progress and verdict, the status and Events
+//! a pass reports). I/O: `policy` (Eviction and PodDisruptionBudget, in whichever
 //! `policy` version the server offers) and `reconciler`.
 
 pub mod edits;
+pub mod outcome;
 pub mod plan;
 pub mod policy;
 pub mod reconciler;
@@ -29,8 +31,8 @@ pub enum Error {
     CacheClosed,
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Error::Api { source, .. } if is_conflict(source) => "conflict",
             Error::Api { .. } => "api",
@@ -40,7 +42,7 @@ impl Error {
     }
 
     /// Conflicts resolve themselves on the next attempt with fresh data: retry quickly.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             Error::Api { source, .. } => is_conflict(source),
             Error::TooManyConflicts(_) => true,
@@ -50,5 +52,6 @@ impl Error {
 }
 
 pub(crate) use crate::api_status::{is_conflict, is_not_found};
+use crate::backoff::ReconcileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -23,17 +23,16 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::edits::{self, NodeEdit, NodeView};
+use super::outcome::{self, Attempt, Attempted, Outcome, Verdict, phase_label, set};
 use super::plan::{self, Budget, PodFacts};
 use super::policy::{self, Eviction};
 use super::shadow;
 use super::shared::{NodeOpShared, siblings};
 use super::state::{self, Sibling};
 use super::{Error, Result, is_conflict, is_not_found};
+use crate::api_status::Attempts;
 use crate::context::{Context, FIELD_MANAGER};
-use crate::crd::Condition;
-use crate::crd::node_operation::{
-    BlockedPod, DrainStatus, NodeOperation, NodeOperationPhase, NodeOperationStatus,
-};
+use crate::crd::node_operation::{NodeOperation, NodeOperationPhase, NodeOperationStatus};
 use crate::ownership::handoff::{self, Handoff, Record};
 use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
 use crate::ownership::{Owner, ResourceType, Side};
@@ -42,18 +41,12 @@ pub const CONTROLLER: &str = "nodeoperation";
 /// Held while the operation may still need to uncordon its node.
 pub const FINALIZER: &str = "stream.space/node-operation";
 /// Condition that summarises the operation.
-pub const CONDITION: &str = "Complete";
+pub use super::outcome::CONDITION;
 
-/// How soon a drain looks again whether evicted pods are gone.
-const DRAIN_POLL: Duration = Duration::from_secs(1);
-/// How soon an eviction refused by a PodDisruptionBudget is retried.
-const BLOCKED_RETRY: Duration = Duration::from_secs(3);
 /// How soon a waiting operation checks again (sibling changes also wake it).
 const WAITING_RECHECK: Duration = Duration::from_secs(5);
 /// Attempts of a node write that keeps conflicting with other writers.
 const CONFLICT_ATTEMPTS: u32 = 5;
-/// Pod names listed in status at most (the counts are always complete).
-const MAX_LISTED_PODS: usize = 50;
 
 /// The operations of `node`, to wake when the node changes.
 pub fn operations_of_node(
@@ -121,10 +114,10 @@ pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Acti
 }
 
 pub fn error_policy(op: Arc<NodeOperation>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcilers
-        .failure(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.failed(backoff_key(&op), error.is_transient());
+    let metrics = &ctx.metrics.reconcilers;
+    let delay = ctx
+        .backoff
+        .failed_with(metrics, CONTROLLER, backoff_key(&op), error);
     warn!(operation = %op.name_any(), %error, retry_in = ?delay, "node operation reconcile failed");
     Action::requeue(delay)
 }
@@ -223,32 +216,38 @@ async fn write_finalizers(
 async fn edit_node(
     ctx: &Context,
     nodes: &Api<Node>,
-    mut node: Node,
+    node: Node,
     edit: impl Fn(&NodeView) -> NodeEdit,
 ) -> Result<Node> {
     let name = node.name_any();
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let change = edit(&NodeView::of(&node));
-        if change.is_empty() {
-            return Ok(node);
-        }
-        ctx.metrics.reconcilers.write(CONTROLLER, "node");
-        let patch = change.merge_patch(node.resource_version().as_deref());
-        match nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(updated) => return Ok(updated),
-            Err(e) if is_conflict(&e) => {
+    let mut node = node;
+    let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_conflict(source));
+    let give_up = |_| Error::TooManyConflicts(CONFLICT_ATTEMPTS);
+    let mut attempts = Attempts::new(CONFLICT_ATTEMPTS);
+    loop {
+        let result = async {
+            if attempts.made() > 0 {
                 node = nodes
                     .get(&name)
                     .await
                     .map_err(api_error("re-reading the node after a conflict"))?;
             }
-            Err(source) => return Err(api_error("editing the node")(source)),
+            let change = edit(&NodeView::of(&node));
+            if change.is_empty() {
+                return Ok(std::mem::take(&mut node));
+            }
+            ctx.metrics.reconcilers.write(CONTROLLER, "node");
+            let patch = change.merge_patch(node.resource_version().as_deref());
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(api_error("editing the node"))
+        }
+        .await;
+        if let Some(done) = attempts.settle(result, stale, give_up) {
+            return done;
         }
     }
-    Err(Error::TooManyConflicts(CONFLICT_ATTEMPTS))
 }
 
 /// One pass over one live operation.
@@ -258,13 +257,6 @@ struct Stepper<'a> {
     op: &'a NodeOperation,
     siblings: &'a [Sibling],
     now: Timestamp,
-}
-
-/// The result of a pass: the status to report and when to look again.
-struct Outcome {
-    status: NodeOperationStatus,
-    requeue: Option<Duration>,
-    events: Vec<(EventType, &'static str, String)>,
 }
 
 impl Stepper<'_> {
@@ -325,7 +317,11 @@ impl Stepper<'_> {
         let mut events = Vec::new();
         if phase != Some(NodeOperationPhase::Running) {
             status.start_time = Some(Time(self.now));
-            events.push((EventType::Normal, "Started", self.describe()));
+            events.push((
+                EventType::Normal,
+                "Started",
+                outcome::describe(&self.op.spec),
+            ));
         }
         if spec.cordons() && status.prior_unschedulable.is_none() {
             // Recorded before cordoning, so a crash in between cannot lose it.
@@ -338,7 +334,7 @@ impl Stepper<'_> {
                 &mut status,
                 NodeOperationPhase::Running,
                 "Started",
-                self.describe(),
+                outcome::describe(&self.op.spec),
                 self.now,
             );
             self.write_status(&status).await?;
@@ -415,8 +411,10 @@ impl Stepper<'_> {
         })
     }
 
-    /// One drain pass: list the node's pods, plan, evict the next batch, report progress.
-    async fn drain(&self, mut status: NodeOperationStatus) -> Result<Outcome> {
+    /// One drain pass: list the node's pods, plan, evict the next batch (at most `concurrency`
+    /// evictions in flight), and report progress; what it all comes to is decided by
+    /// [`outcome::drain_verdict`] and [`outcome::drain_progress`].
+    async fn drain(&self, status: NodeOperationStatus) -> Result<Outcome> {
         let spec = &self.op.spec;
         let options = spec.drain.clone().unwrap_or_default();
         let pods: Api<Pod> = Api::all(self.ctx.client.clone());
@@ -425,58 +423,16 @@ impl Stepper<'_> {
             .await
             .map_err(api_error("listing the node's pods"))?;
         let facts: Vec<PodFacts> = listed.items.iter().map(PodFacts::from_pod).collect();
-        let mut drain = status.drain.clone().unwrap_or_default();
-        let blocked_before: BTreeSet<String> =
-            drain.blocked.iter().map(|b| b.pod.clone()).collect();
+        let blocked_before: BTreeSet<String> = status
+            .drain
+            .iter()
+            .flat_map(|d| d.blocked.iter().map(|b| b.pod.clone()))
+            .collect();
         let plan = plan::plan(&facts, &options, &blocked_before);
-        drain.skipped = plan.skipped.clone();
-        if !plan.refused.is_empty() {
-            drain.blocked = plan
-                .refused
-                .iter()
-                .map(|(pod, reason)| BlockedPod {
-                    pod: pod.clone(),
-                    reason: (*reason).to_string(),
-                    pod_disruption_budget: None,
-                })
-                .collect();
-            let listed: Vec<String> = plan
-                .refused
-                .iter()
-                .take(MAX_LISTED_PODS)
-                .map(|(pod, reason)| format!("{pod} is {reason}"))
-                .collect();
-            let message = format!(
-                "cannot drain node {}; nothing was evicted: {}",
-                spec.node_name,
-                listed.join("; ")
-            );
-            record_remaining(&mut drain, &plan);
-            status.drain = Some(drain);
-            return Ok(self.finish(status, false, "PodsRefused", message));
-        }
-        if plan.is_done() {
-            record_remaining(&mut drain, &plan);
-            drain.blocked.clear();
-            status.drain = Some(drain);
-            let message = format!("node {} drained", spec.node_name);
-            return Ok(self.finish(status, true, "Drained", message));
-        }
-        let start = status.start_time.as_ref().map(|t| t.0);
-        if state::timed_out(start, options.timeout_seconds, self.now) {
-            record_remaining(&mut drain, &plan);
-            let message = format!(
-                "drain of node {} timed out after {}s with {} pods remaining: {}",
-                spec.node_name,
-                options.timeout_seconds.unwrap_or_default(),
-                plan.remaining.len(),
-                drain.remaining_pods.join(", ")
-            );
-            status.drain = Some(drain);
-            return Ok(self.finish(status, false, "Timeout", message));
-        }
-        // Counted before this pass evicts, so the pods it evicts are not counted twice.
-        record_remaining(&mut drain, &plan);
+        let status = match outcome::drain_verdict(spec, &options, status, &plan, self.now) {
+            Verdict::Finished(finished) => return Ok(finished),
+            Verdict::Evict(status) => status,
+        };
         let results: Vec<(PodFacts, Eviction)> =
             futures::stream::iter(plan.evict_now.iter().cloned())
                 .map(|pod| async move {
@@ -492,104 +448,44 @@ impl Stepper<'_> {
                 .buffer_unordered(options.concurrency())
                 .collect()
                 .await;
-        let attempted: BTreeSet<String> = results.iter().map(|(p, _)| p.key()).collect();
-        // Blocks reported before for pods that were not tried again this pass still stand.
-        let mut blocked: Vec<BlockedPod> = drain
-            .blocked
-            .iter()
-            .filter(|b| !attempted.contains(&b.pod) && plan.remaining.contains(&b.pod))
-            .cloned()
-            .collect();
-        let mut events = Vec::new();
+        let attempts = self.attempts(results).await;
+        Ok(outcome::drain_progress(
+            spec, status, &plan, attempts, self.now,
+        ))
+    }
+
+    /// Counts the evictions of a pass and looks up what their outcome reports: the budget
+    /// that blocks a pod, and whether its Event is due.
+    async fn attempts(&self, results: Vec<(PodFacts, Eviction)>) -> Vec<Attempt> {
+        let metrics = &self.ctx.metrics;
         let mut budgets: HashMap<String, Vec<Budget>> = HashMap::new();
-        status.last_error = None;
+        let mut attempts = Vec::with_capacity(results.len());
         for (pod, result) in results {
-            match result {
+            let result = match result {
                 Eviction::Accepted => {
-                    drain.evicted += 1;
-                    self.ctx.metrics.node_operations.evictions.inc();
-                    self.ctx.metrics.reconcilers.write(CONTROLLER, "eviction");
+                    metrics.node_operations.evictions.inc();
+                    metrics.reconcilers.write(CONTROLLER, "eviction");
+                    Attempted::Evicted
                 }
-                Eviction::Gone => {}
+                Eviction::Gone => Attempted::Gone,
                 Eviction::Blocked(message) => {
-                    self.ctx.metrics.node_operations.blocked_evictions.inc();
+                    metrics.node_operations.blocked_evictions.inc();
                     let budget = self.budget_of(&pod, &mut budgets).await;
-                    let reason = format!("eviction refused: {message}");
-                    if self.shared.blocked_event_due(format!(
-                        "{}/{}",
-                        self.op.name_any(),
-                        pod.key()
-                    )) {
-                        let note = match &budget {
-                            Some(b) => format!(
-                                "eviction of pod {} blocked by PodDisruptionBudget {b}; retrying",
-                                pod.key()
-                            ),
-                            None => format!(
-                                "eviction of pod {} blocked: {message}; retrying",
-                                pod.key()
-                            ),
-                        };
-                        events.push((EventType::Warning, "EvictionBlocked", note));
+                    let key = format!("{}/{}", self.op.name_any(), pod.key());
+                    Attempted::Blocked {
+                        message,
+                        budget,
+                        event_due: self.shared.blocked_event_due(key),
                     }
-                    blocked.push(BlockedPod {
-                        pod: pod.key(),
-                        reason,
-                        pod_disruption_budget: budget,
-                    });
                 }
-                Eviction::Failed(message) => {
-                    status.last_error = Some(format!("evicting {}: {message}", pod.key()));
-                    blocked.push(BlockedPod {
-                        pod: pod.key(),
-                        reason: format!("eviction failed: {message}"),
-                        pod_disruption_budget: None,
-                    });
-                }
-            }
+                Eviction::Failed(message) => Attempted::Failed(message),
+            };
+            attempts.push(Attempt {
+                pod: pod.key(),
+                result,
+            });
         }
-        blocked.sort_by(|a, b| a.pod.cmp(&b.pod));
-        drain.blocked = blocked;
-        let (reason, message, requeue) = match drain.blocked.first() {
-            Some(first) => {
-                let by = first
-                    .pod_disruption_budget
-                    .as_ref()
-                    .map(|b| format!(" by PodDisruptionBudget {b}"))
-                    .unwrap_or_default();
-                let message = format!(
-                    "draining node {}: {} of {} pods evicted, {} remaining; eviction of {} blocked{by} ({} blocked in all); retrying every {}s; relax the budget or scale up to let it proceed",
-                    spec.node_name,
-                    drain.evicted,
-                    drain.total,
-                    drain.remaining,
-                    first.pod,
-                    drain.blocked.len(),
-                    BLOCKED_RETRY.as_secs()
-                );
-                ("EvictionBlocked", message, BLOCKED_RETRY)
-            }
-            None => {
-                let message = format!(
-                    "draining node {}: {} of {} pods evicted, {} remaining",
-                    spec.node_name, drain.evicted, drain.total, drain.remaining
-                );
-                ("Draining", message, DRAIN_POLL)
-            }
-        };
-        status.drain = Some(drain);
-        set(
-            &mut status,
-            NodeOperationPhase::Running,
-            reason,
-            message,
-            self.now,
-        );
-        Ok(Outcome {
-            status,
-            requeue: Some(requeue),
-            events,
-        })
+        attempts
     }
 
     /// `namespace/name` of the budget that covers the pod, reading each namespace's budgets once
@@ -613,53 +509,12 @@ impl Stepper<'_> {
 
     fn finish(
         &self,
-        mut status: NodeOperationStatus,
+        status: NodeOperationStatus,
         succeeded: bool,
         reason: &'static str,
         message: String,
     ) -> Outcome {
-        let phase = if succeeded {
-            NodeOperationPhase::Succeeded
-        } else {
-            NodeOperationPhase::Failed
-        };
-        status.completion_time = Some(Time(self.now));
-        if !succeeded {
-            status.last_error = Some(message.clone());
-        }
-        set(&mut status, phase, reason, message.clone(), self.now);
-        let type_ = if succeeded {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let requeue = self
-            .op
-            .spec
-            .ttl_seconds_after_finished
-            .map(|ttl| Duration::from_secs(u64::try_from(ttl).unwrap_or(0)));
-        Outcome {
-            status,
-            requeue,
-            events: vec![(type_, reason, message)],
-        }
-    }
-
-    fn describe(&self) -> String {
-        let spec = &self.op.spec;
-        let mut what = Vec::new();
-        if spec.drain.is_some() {
-            what.push("drain");
-        } else if spec.cordon {
-            what.push("cordon");
-        }
-        if spec.labels.as_ref().is_some_and(|l| !l.is_empty()) {
-            what.push("labels");
-        }
-        if spec.taints.as_ref().is_some_and(|t| !t.is_empty()) {
-            what.push("taints");
-        }
-        format!("{} node {}", what.join(", "), spec.node_name)
+        outcome::finish(&self.op.spec, status, succeeded, reason, message, self.now)
     }
 
     /// Writes status when it changed and counts phase transitions.
@@ -818,140 +673,4 @@ async fn shadow_plan(ctx: &Context, op: &NodeOperation) -> Result<Vec<String>> {
     };
     let view = node.as_ref().map(NodeView::of);
     Ok(shadow::plan_lines(spec, view.as_ref(), &pods))
-}
-
-/// Records the pods still to go. `total` grows when pods that were never evicted appear;
-/// `evicted` counts the drain's pods that are gone or going, so it stays right even when a
-/// crash lost the status write after an accepted eviction.
-fn record_remaining(drain: &mut DrainStatus, plan: &plan::DrainPlan) {
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let not_evicted = count(plan.not_evicted);
-    drain.remaining = count(plan.remaining.len());
-    drain.remaining_pods = plan
-        .remaining
-        .iter()
-        .take(MAX_LISTED_PODS)
-        .cloned()
-        .collect();
-    drain.total = drain.total.max(drain.evicted.saturating_add(not_evicted));
-    drain.evicted = drain.total.saturating_sub(not_evicted);
-}
-
-/// Sets phase, message and the summary condition (keeping its transition time while its status
-/// and reason stay the same).
-fn set(
-    status: &mut NodeOperationStatus,
-    phase: NodeOperationPhase,
-    reason: &str,
-    message: String,
-    now: Timestamp,
-) {
-    let condition_status = if phase == NodeOperationPhase::Succeeded {
-        "True"
-    } else {
-        "False"
-    };
-    let previous = status.conditions.iter().find(|c| c.type_ == CONDITION);
-    let transition = match previous {
-        Some(c) if c.status == condition_status && c.reason == reason => {
-            c.last_transition_time.clone()
-        }
-        _ => Some(Time(now)),
-    };
-    let condition = Condition {
-        type_: CONDITION.to_string(),
-        status: condition_status.to_string(),
-        reason: reason.to_string(),
-        message: message.clone(),
-        last_transition_time: transition,
-        observed_generation: status.observed_generation,
-    };
-    status.conditions.retain(|c| c.type_ != CONDITION);
-    status.conditions.push(condition);
-    status.phase = Some(phase);
-    status.message = Some(message);
-}
-
-fn phase_label(phase: &NodeOperationPhase) -> &'static str {
-    match phase {
-        NodeOperationPhase::Pending => "Pending",
-        NodeOperationPhase::Running => "Running",
-        NodeOperationPhase::Succeeded => "Succeeded",
-        NodeOperationPhase::Failed => "Failed",
-        NodeOperationPhase::Unknown(_) => "Unknown",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan_with(remaining: usize, not_evicted: usize) -> plan::DrainPlan {
-        plan::DrainPlan {
-            remaining: (0..remaining).map(|i| format!("ns/p{i}")).collect(),
-            not_evicted,
-            ..plan::DrainPlan::default()
-        }
-    }
-
-    #[test]
-    fn drain_counts_survive_passes_and_lost_writes() {
-        // (status before, remaining pods, of which not yet evicted) -> (total, evicted, remaining)
-        let cases = [
-            ((0, 0), 3, 3, (3, 0, 3)),
-            // one evicted and still terminating
-            ((3, 0), 3, 2, (3, 1, 3)),
-            // a crash lost the write of two accepted evictions: derived from what is left
-            ((3, 0), 1, 1, (3, 2, 1)),
-            // a new pod to evict appeared on the node
-            ((3, 3), 1, 1, (4, 3, 1)),
-            ((3, 3), 0, 0, (3, 3, 0)),
-        ];
-        for ((total, evicted), remaining, not_evicted, expected) in cases {
-            let mut drain = DrainStatus {
-                total,
-                evicted,
-                ..DrainStatus::default()
-            };
-            record_remaining(&mut drain, &plan_with(remaining, not_evicted));
-            assert_eq!(
-                (drain.total, drain.evicted, drain.remaining),
-                expected,
-                "{total} {evicted} {remaining} {not_evicted}"
-            );
-        }
-    }
-
-    #[test]
-    fn condition_keeps_its_transition_time_while_the_reason_stays() {
-        let t0 = Timestamp::from_second(1_700_000_000).unwrap_or_default();
-        let t1 = Timestamp::from_second(1_700_000_060).unwrap_or_default();
-        let mut status = NodeOperationStatus::default();
-        set(
-            &mut status,
-            NodeOperationPhase::Running,
-            "Draining",
-            "a".into(),
-            t0,
-        );
-        set(
-            &mut status,
-            NodeOperationPhase::Running,
-            "Draining",
-            "b".into(),
-            t1,
-        );
-        assert_eq!(status.conditions.len(), 1);
-        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t0)));
-        assert_eq!(status.message.as_deref(), Some("b"));
-        set(
-            &mut status,
-            NodeOperationPhase::Succeeded,
-            "Drained",
-            "c".into(),
-            t1,
-        );
-        assert_eq!(status.conditions[0].status, "True");
-        assert_eq!(status.conditions[0].last_transition_time, Some(Time(t1)));
-    }
 }

@@ -17,6 +17,9 @@ pub mod handoff;
 pub mod index;
 pub mod shadow;
 pub mod status;
+mod view;
+
+pub use view::view;
 
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};

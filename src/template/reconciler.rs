@@ -9,6 +9,7 @@ use kube::runtime::controller::Action;
 use tracing::warn;
 
 use super::{VALID_MESSAGE, validate};
+use crate::backoff::ReconcileError;
 use crate::context::Context;
 use crate::crd::{Template, TemplateStatus};
 
@@ -22,12 +23,16 @@ pub enum Error {
     NoNamespace,
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Error::Status(_) => "api",
             Error::NoNamespace => "no_namespace",
         }
+    }
+
+    fn is_transient(&self) -> bool {
+        false
     }
 }
 
@@ -66,10 +71,10 @@ pub async fn reconcile(template: Arc<Template>, ctx: Arc<Context>) -> Result<Act
 }
 
 pub fn error_policy(template: Arc<Template>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcilers
-        .failure(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.failed(backoff_key(&template), false);
+    let metrics = &ctx.metrics.reconcilers;
+    let delay = ctx
+        .backoff
+        .failed_with(metrics, CONTROLLER, backoff_key(&template), error);
     warn!(template = %template.name_any(), %error, retry_in = ?delay, "template reconcile failed");
     Action::requeue(delay)
 }

@@ -835,8 +835,22 @@ async fn admission_self_managed_rotation_fails_no_request() {
     }
     let manager = w.webhook.self_managed.clone().expect("self-managed mode");
     let mut served = vec![presented_cert(w.webhook.addr, &ca).await];
+    // Requests answered so far, admitted or not: the writers must make progress on every
+    // certificate, not merely be given time to.
+    let answered = || {
+        let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).len();
+        created.load(Ordering::Relaxed) + failed
+    };
+    let progress = |what: &'static str| {
+        let before = answered();
+        wait_for(
+            what,
+            move || async move { answered() },
+            move |n| *n >= before + 3,
+        )
+    };
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        progress("writers to be answered on the current certificate").await;
         manager.reissue().await.expect("re-issue");
         let now = presented_cert(w.webhook.addr, &ca).await;
         assert!(
@@ -845,7 +859,7 @@ async fn admission_self_managed_rotation_fails_no_request() {
         );
         served.push(now);
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    progress("writers to be answered on the last certificate").await;
     let _ = stop_tx.send(true);
     for writer in writers {
         writer.await.expect("writer");
@@ -936,9 +950,25 @@ async fn admission_file_certificates_reload_on_change() {
         |now| *now != before,
     )
     .await;
-    // A broken file pair keeps the previous certificate.
+    // A broken file pair keeps the previous certificate: once the watcher has counted the
+    // unusable pair (evidence it read the change), the second certificate is still served.
+    let unusable = |w: &WebhookEnv| {
+        w.metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("streamspace_admission_certificate_reloads_total"))
+            .filter(|l| l.contains(r#"mode="files""#) && !l.contains(r#"result="ok""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let unusable_before = unusable(&w);
     write("garbage", "garbage");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for(
+        "the watcher to refuse the broken pair",
+        || async { unusable(&w) },
+        |n| *n > unusable_before,
+    )
+    .await;
     let after = presented_cert(w.webhook.addr, &ca).await;
     assert_ne!(after, before);
     w.create_session("s1", running("alice", "1", "1Gi"))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sha2::Sha256;
@@ -15,6 +16,7 @@ use streamspace_controller::crd::{GitSync, GitSyncStatus, NodeOperation, QuotaPo
 use streamspace_controller::devcluster::ADOPTED_NODE_LABEL;
 use streamspace_controller::gitops::manifest::OWNER_LABEL;
 use streamspace_controller::gitops::plan::INVENTORY_ANNOTATION;
+use streamspace_controller::gitops::sync_request::SYNC_REQUESTED_ANNOTATION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{TEST_ENV_LABEL, TestEnv, wait_for, wait_gone, wait_object};
@@ -243,6 +245,12 @@ fn node_writes(env: &TestEnv) -> f64 {
     metric(env, "streamspace_gitops_node_writes_total")
 }
 
+/// Push hooks the controller refused (any reason but `accepted`), counted before each answer.
+fn refused_hooks(env: &TestEnv) -> f64 {
+    let name = "streamspace_gitops_webhooks_total";
+    env.metric(name, "reason=") - env.metric(name, "reason=\"accepted\"")
+}
+
 /// Serves the controller's hooks listener (`--hooks-addr`: the push hooks only) on a free
 /// loopback port.
 pub(crate) async fn serve_hooks(
@@ -320,9 +328,11 @@ async fn gitops_labels_and_taints_apply_others_survive_and_removal_prunes() {
         .expect("inventory annotation");
     assert!(inventory.contains("gitops.e2e/tier"), "{inventory}");
 
-    // Steady state: syncs every second and node events write nothing.
+    // Steady state: syncs every second and node events write nothing. Three more finished
+    // syncs prove the controller looked again before counting its writes.
     let writes = node_writes(&env);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, finished) = env.reconciles("gitsync");
+    env.wait_reconciled("gitsync", finished + 3.0).await;
     assert_eq!(node_writes(&env), writes, "a no-op sync writes nothing");
 
     // Someone else adds a node.kubernetes.io taint after our apply (as the node lifecycle
@@ -687,6 +697,7 @@ async fn gitops_signed_webhook_triggers_a_sync_and_a_bad_signature_does_not() {
     let path = format!("/hooks/git/{}/nodes", env.namespace);
     let body = br#"{"ref":"refs/heads/main","after":"ignored"}"#;
     let wrong = sign(b"not-the-secret", body);
+    let refused_before = refused_hooks(&env);
     assert_eq!(
         post(
             addr,
@@ -717,7 +728,22 @@ async fn gitops_signed_webhook_triggers_a_sync_and_a_bad_signature_does_not() {
         .await,
         413
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Evidence the hooks were handled: each refusal was counted before its answer, and a hook
+    // asks for a sync only through the sync-request annotation, which none of them wrote. With
+    // no reconcile in flight, the commit fetched last is still the first.
+    wait_for(
+        "the three refused hooks to be counted",
+        || async { refused_hooks(&env) },
+        |n| *n >= refused_before + 3.0,
+    )
+    .await;
+    let sync = env.api::<GitSync>().get("nodes").await.expect("gitsync");
+    assert!(
+        !sync.annotations().contains_key(SYNC_REQUESTED_ANNOTATION),
+        "a refused hook requested a sync"
+    );
+    let (_, finished) = env.reconciles("gitsync");
+    env.wait_reconciled("gitsync", finished).await;
     let status = sync_status(&env, "nodes").await;
     assert_eq!(
         status.last_fetched_commit.as_deref(),

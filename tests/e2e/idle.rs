@@ -854,8 +854,27 @@ async fn bad_input_is_refused_without_writes() {
         );
     }
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(api.counter("streamspace_api_activity_writes", "outcome"), 0);
+    // Evidence that a flush ran after every refused request: a good heartbeat on another
+    // session is accepted and flushed. Had a refused request been buffered, it would have been
+    // flushed with it (or before): the marker must be the only activity write.
+    env.create::<Session>(session("marker", "hibernated", "30m", "8h"))
+        .await;
+    wait_for(
+        "the API to accept a heartbeat for the marker session",
+        || async {
+            let path = "/api/v1/sessions/marker/heartbeat";
+            call(api.addr, "POST", path, Some(API_TOKEN)).await.0
+        },
+        |code| *code == 200,
+    )
+    .await;
+    wait_for(
+        "the marker's heartbeat to be flushed",
+        || async { api.counter("streamspace_api_activity_writes", "outcome") },
+        |n| *n >= 1,
+    )
+    .await;
+    assert_eq!(api.counter("streamspace_api_activity_writes", "outcome"), 1);
     let after = get(&env, "s1").await;
     assert_eq!(
         after.resource_version(),

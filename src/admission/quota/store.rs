@@ -197,7 +197,7 @@ impl LedgerStore {
     ) -> Result<bool, LedgerError> {
         let data = BTreeMap::from([(LEDGER_KEY.to_string(), ledger.to_text())]);
         let params = PostParams {
-            field_manager: Some(crate::controller::FIELD_MANAGER.into()),
+            field_manager: Some(crate::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
         let result = match read {

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use super::NodeError;
 use super::request::NodeAction;
 use crate::api::handlers::ApiError;
-use crate::api_status::{is_conflict, is_not_found};
+use crate::api_status::{Attempts, is_conflict, is_not_found};
 use crate::crd::node_operation::{DrainSpec, TaintEdits, TaintSelector};
 use crate::metrics::SharedMetrics;
 use crate::nodeop::edits::{NodeEdit, NodeView, taint_changes};
@@ -129,33 +129,41 @@ pub async fn edit_node(
     name: &str,
     edit: impl Fn(&NodeView) -> Result<NodeEdit, Refusal>,
 ) -> Result<Node, NodeError> {
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let node = nodes
-            .get_opt(name)
-            .await?
-            .ok_or_else(|| node_missing(name))?;
-        let mut change = edit(&NodeView::of(&node)).map_err(refused)?;
-        if change.is_empty() {
-            return Ok(node);
+    let stale = |e: &NodeError| matches!(e, NodeError::Api(ApiError::Kube(e)) if is_conflict(e));
+    let give_up = |_| {
+        NodeError::Conflict(format!(
+            "node {name} kept changing; gave up after {CONFLICT_ATTEMPTS} attempts, try again"
+        ))
+    };
+    let mut attempts = Attempts::new(CONFLICT_ATTEMPTS);
+    loop {
+        let result: Result<Node, NodeError> = async {
+            let node = nodes
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| node_missing(name))?;
+            let mut change = edit(&NodeView::of(&node)).map_err(refused)?;
+            if change.is_empty() {
+                return Ok(node);
+            }
+            change.annotations.insert(
+                ACTED_BY_ANNOTATION.into(),
+                Some(Side::Legacy.as_str().into()),
+            );
+            let patch = change.merge_patch(node.resource_version().as_deref());
+            match nodes
+                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Err(e) if is_not_found(&e) => Err(node_missing(name)),
+                written => Ok(written?),
+            }
         }
-        change.annotations.insert(
-            ACTED_BY_ANNOTATION.into(),
-            Some(Side::Legacy.as_str().into()),
-        );
-        let patch = change.merge_patch(node.resource_version().as_deref());
-        match nodes
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(written) => return Ok(written),
-            Err(e) if is_conflict(&e) => continue,
-            Err(e) if is_not_found(&e) => return Err(node_missing(name)),
-            Err(e) => return Err(e.into()),
+        .await;
+        if let Some(done) = attempts.settle(result, stale, give_up) {
+            return done;
         }
     }
-    Err(NodeError::Conflict(format!(
-        "node {name} kept changing; gave up after {CONFLICT_ATTEMPTS} attempts, try again"
-    )))
 }
 
 /// The answer to a refused edit: 409 or 404.
