@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 429: a per-user or per-replica limit is reached.
     #[error("{0}")]
     TooMany(String),
+    /// 409: the change contradicts how the object is managed; the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     /// Logged in full; the caller gets [`kube_failure`]'s message of our own, never the API
     /// server's text (it names objects, service accounts and rules the caller need not see).
     #[error("Kubernetes API request failed: {0}")]
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Kube(error) => kube_failure(error).0,
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
             ApiError::TooMany(_) => "too_many",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Kube(_) => "kube",
         }
     }

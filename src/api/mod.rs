@@ -12,6 +12,7 @@
 //! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
 //! | POST, GET | `/api/v1/sessions` | create, list ([`sessions`]) |
 //! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
+//! | GET | `/console`, `/api/v1/console/state`, `/api/v1/ws/flags` | the rollout console ([`console`]) |
 //! | GET | `/healthz`, `/readyz`, `/metrics` | unauthenticated |
 //!
 //! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
@@ -22,6 +23,7 @@ pub mod activity;
 pub mod auth;
 pub mod autostart;
 pub mod connections;
+mod console;
 pub mod events;
 pub mod flags;
 mod handlers;
@@ -407,6 +409,7 @@ fn router(state: Arc<ApiState>) -> Router {
     let ready = Router::new()
         .route("/readyz", get(readyz))
         .with_state(state.clone());
+    let console_state = state.clone();
     let v1 = Router::new()
         .route("/sessions", post(sessions::create).get(sessions::list))
         .route(
@@ -424,12 +427,17 @@ fn router(state: Arc<ApiState>) -> Router {
             "/flags/{type}/override",
             axum::routing::put(flags::put_override).delete(flags::delete_override),
         )
+        .route(
+            "/flags/{type}/baseline",
+            axum::routing::put(flags::put_baseline),
+        )
         .merge(nodes::routes())
         .route("/cluster/stats", get(live::cluster_stats_handler))
         .route("/ws/sessions", get(live::sessions_ws))
         .with_state(state);
     Router::new()
         .nest("/api/v1", v1)
+        .merge(console::routes(console_state))
         .route("/healthz", get(|| async { "ok" }))
         .merge(ready)
         .route(
