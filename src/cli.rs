@@ -60,6 +60,44 @@ pub struct ControllerSettings {
     pub gitsync: crate::gitops::flags::GitSyncArgs,
     #[command(flatten)]
     pub flags: FlagArgs,
+    #[command(flatten)]
+    pub legacy: LegacyControllerArgs,
+}
+
+/// How the controller treats the old StreamSpace controller while taking over from it.
+#[derive(Args, Clone, Debug)]
+pub struct LegacyControllerArgs {
+    /// Act on sessions even while the old StreamSpace controller is active (its Lease is
+    /// renewed, its Deployment has pods, or it wrote a session's status recently).
+    #[arg(long, env = "ALLOW_LEGACY_CONTROLLER")]
+    pub allow_legacy_controller: bool,
+    /// Namespace of the old controller's leader Lease and Deployment.
+    #[arg(long, env = "LEGACY_CONTROLLER_NAMESPACE", default_value = crate::session::fence::LEGACY_NAMESPACE)]
+    pub legacy_controller_namespace: String,
+    /// Name of the old controller's leader Lease.
+    #[arg(long, env = "LEGACY_CONTROLLER_LEASE", default_value = crate::session::fence::LEGACY_LEASE_NAME)]
+    pub legacy_controller_lease: String,
+    /// How long after another field manager wrote a session's phase that session stays
+    /// fenced (s, m or h).
+    #[arg(long, env = "LEGACY_WRITER_WINDOW", default_value = "2m")]
+    pub legacy_writer_window: String,
+}
+
+impl LegacyControllerArgs {
+    pub fn to_settings(&self) -> anyhow::Result<crate::session::fence::FenceSettings> {
+        let writer_window = parse_duration(&self.legacy_writer_window).with_context(|| {
+            format!(
+                "--legacy-writer-window {:?}: expected a number and a unit (s, m, h)",
+                self.legacy_writer_window
+            )
+        })?;
+        Ok(crate::session::fence::FenceSettings {
+            allow: self.allow_legacy_controller,
+            namespace: self.legacy_controller_namespace.clone(),
+            lease_name: self.legacy_controller_lease.clone(),
+            writer_window,
+        })
+    }
 }
 
 /// How a process finds its ownership flags (`controller`, `api` and `dev`).
@@ -140,6 +178,7 @@ impl ControllerSettings {
             },
             flags: self.flags.index(),
             leader_election: None,
+            legacy_controller: self.legacy.to_settings()?,
         })
     }
 }
@@ -175,6 +214,67 @@ impl SessionObjectArgs {
             home_size: Quantity(self.home_size.clone()),
             home_storage_class: self.home_storage_class.clone(),
         })
+    }
+}
+
+/// The `api` process's legacy idle monitor (`api::idle`): hibernates idle sessions whose
+/// `idle` flag gives them to the legacy side.
+#[derive(Args, Clone, Debug)]
+pub struct LegacyIdleArgs {
+    /// Do not run the legacy idle monitor (then nothing hibernates sessions the `idle` flag
+    /// gives to the legacy side).
+    #[arg(long, env = "NO_LEGACY_IDLE")]
+    pub no_legacy_idle: bool,
+    /// Time between two passes of the legacy idle monitor over the sessions.
+    #[arg(long, env = "IDLE_INTERVAL", default_value = "1m")]
+    pub idle_interval: String,
+    /// Extra time after a session's idleTimeout before it is hibernated (the controller's
+    /// --idle-grace; keep both equal).
+    #[arg(long, env = "IDLE_GRACE", default_value = "5m")]
+    pub idle_grace: String,
+    /// What a session that reaches its maxSessionDuration becomes (the controller's setting).
+    #[arg(long, env = "MAX_DURATION_ACTION", value_enum, default_value_t = MaxDurationAction::Hibernate)]
+    pub max_duration_action: MaxDurationAction,
+    /// Lease that lets one API replica at a time run the monitor.
+    #[arg(long, env = "IDLE_LEASE_NAME", default_value = crate::api::idle::DEFAULT_LEASE_NAME)]
+    pub idle_lease_name: String,
+    /// Namespace of that Lease (default: $POD_NAMESPACE, else the sessions' namespace).
+    #[arg(long, env = "IDLE_LEASE_NAMESPACE")]
+    pub idle_lease_namespace: Option<String>,
+}
+
+impl LegacyIdleArgs {
+    /// The monitor's settings, `None` with --no-legacy-idle; `namespace` is the sessions'.
+    pub fn to_settings(
+        &self,
+        namespace: &str,
+    ) -> anyhow::Result<Option<crate::api::idle::IdleMonitorSettings>> {
+        if self.no_legacy_idle {
+            return Ok(None);
+        }
+        let duration = |flag: &str, text: &str| {
+            parse_duration(text)
+                .with_context(|| format!("{flag} {text:?}: expected a number and a unit (s, m, h)"))
+        };
+        let interval = duration("--idle-interval", &self.idle_interval)?;
+        anyhow::ensure!(
+            interval >= std::time::Duration::from_millis(100),
+            "--idle-interval must be at least 100ms"
+        );
+        let lease_namespace = self
+            .idle_lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| namespace.to_string());
+        let mut settings = crate::api::idle::IdleMonitorSettings::new(&lease_namespace);
+        settings.interval = interval;
+        settings.idle = IdleSettings {
+            grace: duration("--idle-grace", &self.idle_grace)?,
+            max_duration_action: self.max_duration_action,
+        };
+        settings.lease_name = self.idle_lease_name.clone();
+        Ok(Some(settings))
     }
 }
 
@@ -334,6 +434,55 @@ mod tests {
 
         let bad = parse::<Api>(&["--home-size=x"]).objects.to_settings();
         assert!(format!("{:#}", bad.expect_err("refused")).contains("--home-size"));
+    }
+
+    #[derive(Parser)]
+    struct Idle {
+        #[command(flatten)]
+        idle: LegacyIdleArgs,
+    }
+
+    #[test]
+    fn legacy_idle_args_become_the_monitor_settings() {
+        let settings = parse::<Idle>(&[
+            "--idle-interval=2s",
+            "--idle-grace=1s",
+            "--idle-lease-name=l",
+            "--idle-lease-namespace=ops",
+            "--max-duration-action=terminate",
+        ])
+        .idle
+        .to_settings("streamspace")
+        .expect("valid")
+        .expect("enabled");
+        assert_eq!(settings.interval, Duration::from_secs(2));
+        assert_eq!(settings.idle.grace, Duration::from_secs(1));
+        assert_eq!(settings.lease_name, "l");
+        assert_eq!(settings.lease_namespace, "ops");
+        assert_eq!(
+            settings.idle.max_duration_action,
+            MaxDurationAction::Terminate
+        );
+        let defaults = parse::<Idle>(&["--idle-lease-namespace=ops"])
+            .idle
+            .to_settings("streamspace")
+            .expect("valid")
+            .expect("enabled by default");
+        assert_eq!(defaults.interval, Duration::from_secs(60));
+        assert_eq!(defaults.idle.grace, Duration::from_secs(300));
+        let off = parse::<Idle>(&["--no-legacy-idle"]).idle.to_settings("s");
+        assert!(off.expect("valid").is_none());
+        for (args, flag) in [
+            (&["--idle-interval=soon"][..], "--idle-interval"),
+            (&["--idle-interval=10ms"][..], "--idle-interval"),
+            (&["--idle-grace=5d"][..], "--idle-grace"),
+        ] {
+            let error = parse::<Idle>(args)
+                .idle
+                .to_settings("s")
+                .expect_err("refused");
+            assert!(format!("{error:#}").contains(flag), "{args:?}: {error:#}");
+        }
     }
 
     #[test]

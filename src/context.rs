@@ -44,6 +44,9 @@ pub struct Config {
     /// Leader election: `None` acts at once (a single replica); with settings, only the lease
     /// holder runs the reconcilers while every replica keeps its caches warm.
     pub leader_election: Option<crate::leader::LeaderSettings>,
+    /// How the old StreamSpace controller is detected and whether sessions are fenced while it
+    /// is active ([`crate::session::fence`]).
+    pub legacy_controller: crate::session::fence::FenceSettings,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             gitops: Default::default(),
             flags: FlagIndex::new(FlagSettings::default()),
             leader_election: None,
+            legacy_controller: Default::default(),
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Context {
     pub flags: Arc<FlagIndex>,
     /// Differences found in shadow mode, per object.
     pub shadow: ShadowReports,
+    /// Reads the old controller's Lease and Deployments for fencing.
+    pub fence: Arc<crate::session::fence::Observer>,
 }
 
 /// Readiness of the controller: true once every watch cache has loaded.

@@ -209,6 +209,10 @@ async fn build_context(
         backoff: FailureBackoff::default(),
         node_operations,
         flags: config.flags.clone(),
+        fence: Arc::new(crate::session::fence::Observer::new(
+            client.clone(),
+            config.legacy_controller.clone(),
+        )),
     });
     Ok((ctx, nodeop_controller))
 }

@@ -6,7 +6,7 @@
 //!
 //! Module map, from the top down (nothing imports `controller`, `dev` or `cli` except the
 //! processes; reconcilers import `context` and `caches`):
-//! - `main.rs`, `dev`, `cli`: processes and their flags.
+//! - `main.rs`, `dev`, `cli`: processes and their flags; `migrate`: backup, restore, verify.
 //! - `controller`: builds caches, contexts and controllers; `http`: the controller's endpoints.
 //! - Features: `session`, `template`, `idle`, `nodeop`, `gitops`, `ownership`, `admission`,
 //!   `api` (the `api` process).
@@ -34,6 +34,7 @@ pub mod http;
 pub mod idle;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod nodeop;
 pub mod ownership;
 pub mod quantity;

@@ -11,7 +11,7 @@ use streamspace_controller::controller::{self, Readiness};
 use streamspace_controller::idle::deadline::parse_duration;
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::supervisor::Supervisor;
-use streamspace_controller::{admission, api, crd, dev, gitops, http, telemetry};
+use streamspace_controller::{admission, api, crd, dev, gitops, http, migrate, telemetry};
 
 #[derive(Parser)]
 #[command(name = "streamspace-controller", version = streamspace_controller::version::LONG, about)]
@@ -39,6 +39,8 @@ enum Command {
     Plan(gitops::cli::PlanArgs),
     /// List, get, override, clear or set the baseline of the ownership flags.
     Flags(streamspace_controller::flags_cli::FlagsArgs),
+    /// Move a running StreamSpace onto this controller: preflight, backup, restore, verify.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +110,8 @@ struct ApiArgs {
     allow_disabled_timers: bool,
     #[command(flatten)]
     exposure: api::settings::ExposureArgs,
+    #[command(flatten)]
+    idle: streamspace_controller::cli::LegacyIdleArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", streamspace_controller::flags_cli::run(args).await?);
             Ok(())
         }
+        Command::Migrate(args) => std::process::exit(migrate::run(args).await?),
     }
 }
 
@@ -229,7 +234,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
     let config = api::ApiConfig {
-        namespace: args.namespace,
+        namespace: args.namespace.clone(),
         flush_interval,
         controller_url: args.controller_url,
         connection_event_token: args.connection_event_token,
@@ -242,6 +247,12 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         },
         allow_disabled_timers: args.allow_disabled_timers,
         streams: args.exposure.streams().map_err(anyhow::Error::msg)?,
+        idle_monitor: args.idle.to_settings(&args.namespace)?,
+        connection_expiry: args
+            .exposure
+            .connection_expiry()
+            .map_err(anyhow::Error::msg)?,
+        hibernate_on_last_disconnect: args.exposure.hibernate_on_last_disconnect,
     };
     let auth: Arc<dyn api::auth::Authenticator> = match args.auth {
         AuthMode::Kubernetes => Arc::new(

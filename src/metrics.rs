@@ -288,7 +288,7 @@ impl IdleMetrics {
         let metrics = IdleMetrics::default();
         registry.register(
             "session_stops",
-            "Sessions stopped by the controller, by reason (Idle, MaxDurationReached)",
+            "Sessions stopped for idleness or duration (the controller's idle reconciler, the API's legacy idle monitor), by reason (Idle, MaxDurationReached)",
             metrics.stops.clone(),
         );
         registry.register(
@@ -306,6 +306,44 @@ impl IdleMetrics {
     pub fn wake(&self, source: &'static str, outcome: &'static str) {
         self.wakes
             .get_or_create(&WakeLabels { source, outcome })
+            .inc();
+    }
+}
+
+/// Taking over from the old StreamSpace controller: adoptions and fencing.
+#[derive(Clone, Default)]
+pub struct MigrationMetrics {
+    pub adoptions: Family<OutcomeLabel, Counter>,
+    /// 1 while the last check found the old controller active, else 0.
+    pub legacy_controller_active: Gauge,
+    /// Session reconciles that did nothing because the old controller is active.
+    pub fenced: Counter,
+}
+
+impl MigrationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = MigrationMetrics::default();
+        registry.register(
+            "adoptions",
+            "Sessions of the old controller adopted, by outcome (adopted, failed)",
+            metrics.adoptions.clone(),
+        );
+        registry.register(
+            "legacy_controller_active",
+            "Whether the old StreamSpace controller was found active at the last check",
+            metrics.legacy_controller_active.clone(),
+        );
+        registry.register(
+            "fenced_reconciles",
+            "Session reconciles skipped because the old controller is active",
+            metrics.fenced.clone(),
+        );
+        metrics
+    }
+
+    pub fn adoption(&self, outcome: &'static str) {
+        self.adoptions
+            .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
 }
@@ -514,6 +552,7 @@ pub struct Metrics {
     pub api: ApiMetrics,
     pub gitops: crate::gitops::metrics::GitopsMetrics,
     pub ownership: OwnershipMetrics,
+    pub migration: MigrationMetrics,
 }
 
 impl Default for Metrics {
@@ -532,6 +571,7 @@ impl Default for Metrics {
         let gitops = crate::gitops::metrics::GitopsMetrics::register(
             registry.sub_registry_with_prefix("gitops"),
         );
+        let migration = MigrationMetrics::register(registry);
         let ownership = OwnershipMetrics::register(registry);
         Metrics {
             registry: root,
@@ -543,6 +583,7 @@ impl Default for Metrics {
             api,
             gitops,
             ownership,
+            migration,
         }
     }
 }

@@ -287,12 +287,12 @@ impl Decision {
 }
 
 /// Millicores, as the messages print CPU.
-fn cpu(value: Milli) -> String {
+pub fn cpu(value: Milli) -> String {
     format!("{}m", value.0)
 }
 
 /// MiB rounded up, as the messages print memory.
-fn mib(value: Milli) -> String {
+pub fn mib(value: Milli) -> String {
     format!(
         "{}Mi",
         value.0.div_euclid(MI) + i128::from(value.0.rem_euclid(MI) != 0)

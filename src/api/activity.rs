@@ -184,9 +184,181 @@ impl Flusher {
     }
 }
 
+/// A session's activity as clients see it (the old API's activity status): computed from
+/// `status.lastActivity`, `spec.idleTimeout` and the clock, so every replica answers alike.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityView {
+    /// `status.lastActivity` (RFC 3339); `null` before the first activity.
+    pub last_activity: Option<String>,
+    /// Whole seconds since `lastActivity`; `null` without one.
+    pub idle_duration: Option<i64>,
+    /// `spec.idleTimeout` in seconds; `null` when it is `0s` (idling disabled).
+    pub idle_threshold: Option<i64>,
+    /// Idle at least the threshold (the controller hibernates it once its grace has passed
+    /// too); never without `lastActivity` or with idling disabled.
+    pub is_idle: bool,
+    /// Running (`spec.state`) and not idle.
+    pub is_active: bool,
+}
+
+/// The activity of `session` at `now`.
+pub fn view(session: &Session, now: Timestamp) -> ActivityView {
+    let last = session
+        .status
+        .as_ref()
+        .and_then(|s| s.last_activity.as_ref())
+        .map(|t| t.0);
+    let timeout = if session.spec.idle_timeout.trim().is_empty() {
+        crate::crd::session::DEFAULT_IDLE_TIMEOUT
+    } else {
+        session.spec.idle_timeout.as_str()
+    };
+    let threshold = crate::idle::deadline::parse_duration(timeout)
+        .or_else(|| {
+            crate::idle::deadline::parse_duration(crate::crd::session::DEFAULT_IDLE_TIMEOUT)
+        })
+        .filter(|d| !d.is_zero())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let idle = last.map(|last| now.as_second().saturating_sub(last.as_second()).max(0));
+    let is_idle = matches!((idle, threshold), (Some(idle), Some(threshold)) if idle >= threshold);
+    ActivityView {
+        last_activity: last.map(|t| t.to_string()),
+        idle_duration: idle,
+        idle_threshold: threshold,
+        is_idle,
+        is_active: session.spec.desired_state() == crate::crd::SessionState::Running && !is_idle,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn session(state: &str, idle_timeout: &str, last: Option<i64>) -> Session {
+        let mut object = serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"user": "alice", "template": "t", "state": state, "idleTimeout": idle_timeout},
+        });
+        if let Some(last) = last {
+            object["status"] = serde_json::json!({"lastActivity": rfc3339(ts(last))});
+        }
+        serde_json::from_value(object).expect("session")
+    }
+
+    #[test]
+    fn activity_views() {
+        // (state, idleTimeout, lastActivity, now) -> (idleDuration, threshold, isIdle, isActive)
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<i64>,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            bool,
+            bool,
+        );
+        let rows: &[Row] = &[
+            ("running", "30m", None, 100, None, Some(1800), false, true),
+            (
+                "running",
+                "30m",
+                Some(0),
+                1799,
+                Some(1799),
+                Some(1800),
+                false,
+                true,
+            ),
+            (
+                "running",
+                "30m",
+                Some(0),
+                1800,
+                Some(1800),
+                Some(1800),
+                true,
+                false,
+            ),
+            (
+                "running",
+                "0s",
+                Some(0),
+                99_999,
+                Some(99_999),
+                None,
+                false,
+                true,
+            ),
+            (
+                "running",
+                "",
+                Some(0),
+                1800,
+                Some(1800),
+                Some(1800),
+                true,
+                false,
+            ),
+            (
+                "running",
+                "bogus",
+                Some(0),
+                60,
+                Some(60),
+                Some(1800),
+                false,
+                true,
+            ),
+            (
+                "hibernated",
+                "1m",
+                Some(0),
+                30,
+                Some(30),
+                Some(60),
+                false,
+                false,
+            ),
+            (
+                "hibernated",
+                "1m",
+                Some(0),
+                90,
+                Some(90),
+                Some(60),
+                true,
+                false,
+            ),
+            // A clock behind the stored activity never reports a negative idle time.
+            (
+                "running",
+                "1m",
+                Some(50),
+                10,
+                Some(0),
+                Some(60),
+                false,
+                true,
+            ),
+        ];
+        for (state, timeout, last, now, idle, threshold, is_idle, is_active) in rows {
+            let got = view(&session(state, timeout, *last), ts(*now));
+            assert_eq!(
+                (
+                    got.idle_duration,
+                    got.idle_threshold,
+                    got.is_idle,
+                    got.is_active
+                ),
+                (*idle, *threshold, *is_idle, *is_active),
+                "{state} {timeout} {last:?} at {now}"
+            );
+            assert_eq!(got.last_activity.is_some(), last.is_some());
+        }
+    }
 
     fn ts(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap_or(Timestamp::UNIX_EPOCH)

@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -45,26 +43,19 @@ const SHADOW_SHOWN: usize = 10;
 /// Events); a flip itself is pushed as soon as the watch delivers it.
 const STATUS_POLL: Duration = Duration::from_secs(2);
 
-/// The console's routes: the page and its assets at the root, the state under `/api/v1`.
-pub(super) fn routes(state: Arc<ApiState>) -> Router {
-    let v1 = Router::new()
-        .route("/console/state", get(state_handler))
-        .route("/ws/flags", get(flags_ws))
-        .with_state(state);
-    Router::new()
-        .route(
-            "/console",
-            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
-        )
-        .route(
-            "/console/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console/console.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .nest("/api/v1", v1)
+/// `GET /console`: the page.
+pub(super) async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+/// `GET /console/console.js`.
+pub(super) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /console/console.css`.
+pub(super) async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -82,7 +73,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn state_handler(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+pub(super) async fn state_handler(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Response {
     let started = Instant::now();
     let reply = async {
         state.principal(&headers).await?;
@@ -211,7 +205,7 @@ fn event_view(event: &Event) -> Value {
     })
 }
 
-async fn flags_ws(
+pub(super) async fn flags_ws(
     State(state): State<Arc<ApiState>>,
     mut headers: HeaderMap,
     Query(query): Query<super::live::WsQuery>,

@@ -145,7 +145,7 @@ fn current_view(state: &ApiState, resource: ResourceType) -> Value {
     )
 }
 
-pub(super) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let reply = async {
         state.principal(&headers).await?;
@@ -159,7 +159,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap)
     finish(&state, "flags_list", started, reply)
 }
 
-pub(super) async fn get(
+pub(crate) async fn get(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(kind): Path<String>,
@@ -174,7 +174,7 @@ pub(super) async fn get(
     finish(&state, "flags_get", started, reply)
 }
 
-pub(super) async fn put_override(
+pub(crate) async fn put_override(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(kind): Path<String>,
@@ -212,7 +212,7 @@ pub(super) async fn put_override(
     finish(&state, "flags_override_put", started, reply)
 }
 
-pub(super) async fn delete_override(
+pub(crate) async fn delete_override(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(kind): Path<String>,

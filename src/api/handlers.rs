@@ -46,6 +46,9 @@ pub enum ApiError {
     /// 409: the change contradicts how the object is managed; the message says what to do.
     #[error("{0}")]
     Conflict(String),
+    /// 503: a cache is still loading, or a store cannot be read; the message says which.
+    #[error("{0}")]
+    Unavailable(String),
     /// Logged in full; the caller gets [`kube_failure`]'s message of our own, never the API
     /// server's text (it names objects, service accounts and rules the caller need not see).
     #[error("Kubernetes API request failed: {0}")]
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Kube(error) => kube_failure(error).0,
         }
     }
@@ -113,6 +117,7 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
             ApiError::TooMany(_) => "too_many",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Kube(_) => "kube",
         }
     }
@@ -167,25 +172,55 @@ async fn check(
     Ok(principal)
 }
 
+#[derive(Deserialize)]
+pub(super) struct HeartbeatQuery {
+    #[serde(rename = "connectionId")]
+    connection_id: Option<String>,
+}
+
+/// The optional `connectionId` of a request: 400 when present but not a valid id.
+fn connection_id_param(id: Option<String>) -> Result<Option<String>, ApiError> {
+    match id.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(id) if super::connections::valid_connection_id(&id) => Ok(Some(id)),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "connectionId must be 1 to {} characters of letters, digits, '-', '_' and '.'",
+            super::connections::MAX_ID_LEN
+        ))),
+    }
+}
+
 pub(super) async fn heartbeat(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<HeartbeatQuery>,
 ) -> Response {
     let started = Instant::now();
     let reply = async {
         let principal = check(&state, &headers, &id).await?;
+        let connection_id = connection_id_param(query.connection_id)?;
         let owner = state.session_user(&id, &principal, "update").await?;
         state
             .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;
-        state.activity.record(&id, Timestamp::now());
-        Ok(Json(json!({
+        let mut body = json!({
             "success": true,
             "message": "Activity recorded",
             "sessionId": id,
-        }))
-        .into_response())
+        });
+        if let Some(connection_id) = connection_id {
+            let expires = state.connections.heartbeat(&id, &connection_id).await?;
+            let Some(expires) = expires else {
+                return Err(ApiError::Missing(format!(
+                    "connection {connection_id:?} of session {id:?} is not open (closed, expired or never made); connect again"
+                )));
+            };
+            body["connectionId"] = json!(connection_id);
+            body["connectionExpiresAt"] = json!(expires.to_string());
+        }
+        state.activity.record(&id, Timestamp::now());
+        Ok(Json(body).into_response())
     }
     .await;
     finish(&state, "heartbeat", started, reply)
@@ -194,6 +229,8 @@ pub(super) async fn heartbeat(
 #[derive(Deserialize)]
 pub(super) struct ConnectQuery {
     user: Option<String>,
+    #[serde(rename = "connectionId")]
+    connection_id: Option<String>,
 }
 
 pub(super) async fn connect(
@@ -203,7 +240,7 @@ pub(super) async fn connect(
     Query(query): Query<ConnectQuery>,
 ) -> Response {
     let started = Instant::now();
-    let reply = connect_inner(&state, &headers, &id, query.user).await;
+    let reply = connect_inner(&state, &headers, &id, query).await;
     finish(&state, "connect", started, reply)
 }
 
@@ -211,9 +248,11 @@ async fn connect_inner(
     state: &ApiState,
     headers: &HeaderMap,
     id: &str,
-    user: Option<String>,
+    query: ConnectQuery,
 ) -> Reply {
     let principal = check(state, headers, id).await?;
+    let requested_id = connection_id_param(query.connection_id)?;
+    let user = query.user;
     let session = state.sessions().get_opt(id).await?;
     let owner = session.as_ref().map(|s| s.spec.user.as_str());
     state
@@ -230,11 +269,26 @@ async fn connect_inner(
     } else {
         false
     };
-    state.activity.record(id, Timestamp::now());
-    let connection_id = new_connection_id(state, id);
-    state
+    let connection_id = requested_id.unwrap_or_else(|| new_connection_id(state, id));
+    let opened = match state
         .connections
-        .open(id, connection_id.clone(), Instant::now());
+        .open(&session, &connection_id, &principal.name)
+        .await
+    {
+        Ok(opened) => opened,
+        Err(error) => {
+            if reserved {
+                super::sessions::quota::release(state, &session.spec.user, id).await;
+            }
+            return Err(match error {
+                super::connections::ConnectionError::TooMany { .. } => {
+                    ApiError::TooMany(error.to_string())
+                }
+                super::connections::ConnectionError::Kube(error) => ApiError::Kube(error),
+            });
+        }
+    };
+    state.activity.record(id, Timestamp::now());
     let mut desired = session.spec.desired_state();
     let mut message = None;
     if desired == SessionState::Hibernated {
@@ -269,6 +323,7 @@ async fn connect_inner(
     });
     Ok(Json(json!({
         "connectionId": connection_id,
+        "newConnection": opened == super::connections::Opened::New,
         "sessionUrl": url,
         "state": desired.as_str(),
         "ready": ready,
@@ -327,16 +382,30 @@ async fn request_wake(
     }
 }
 
-/// Legacy autostart: the API wakes the session itself. Failures are logged; the client's next
-/// connect tries again.
+/// Legacy autostart: the API wakes the session itself; when the `sessions` flag gives the
+/// session to the legacy side too, with the legacy handler's whole wake (the Deployment scaled
+/// up by the API, as nobody else would with the controller stopped). Failures are logged; the
+/// client's next connect tries again.
 async fn wake_directly(state: &ApiState, id: &str) -> bool {
-    match super::autostart::wake_directly(&state.sessions(), id).await {
+    let sessions = state
+        .flags()
+        .owner(ResourceType::Sessions, &state.namespace, id);
+    let woken = if sessions.acting_side() == Side::Legacy {
+        super::sessions::wake_legacy(state, id)
+            .await
+            .map_err(|error| (error.to_string(), error.metric_label()))
+    } else {
+        super::autostart::wake_directly(&state.sessions(), id)
+            .await
+            .map_err(|error| (error.to_string(), error.metric_label()))
+    };
+    match woken {
         Ok(woken) => {
             info!(session = id, woken, "legacy autostart");
             woken
         }
-        Err(error) => {
-            warn!(session = id, %error, label = error.metric_label(), "legacy autostart failed");
+        Err((error, label)) => {
+            warn!(session = id, %error, label, "legacy autostart failed");
             false
         }
     }
@@ -357,16 +426,17 @@ pub(super) async fn disconnect(
     let started = Instant::now();
     let reply = async {
         let principal = check(&state, &headers, &id).await?;
-        let connection_id = query
-            .connection_id
-            .filter(|c| !c.is_empty() && c.len() <= 128)
+        let connection_id = connection_id_param(query.connection_id)?
             .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
         let owner = state.session_user(&id, &principal, "update").await?;
         state
             .require_session_access(&principal, owner.as_deref(), &id, "update")
             .await?;
+        let active = state.connections.close(&id, &connection_id).await?;
         state.activity.record(&id, Timestamp::now());
-        let active = state.connections.close(&id, &connection_id);
+        if active == 0 && state.hibernate_on_last_disconnect {
+            hibernate_after_last_disconnect(&state, &id).await;
+        }
         Ok(Json(json!({
             "message": "Disconnected",
             "connectionId": connection_id,
@@ -376,6 +446,56 @@ pub(super) async fn disconnect(
     }
     .await;
     finish(&state, "disconnect", started, reply)
+}
+
+/// With `--hibernate-on-last-disconnect`: the session's last connection went, so it
+/// hibernates, through the same handler as `PATCH {state: hibernated}` (legacy or controller,
+/// as its flag says). Failures are logged; the idle reconciler still hibernates it later.
+async fn hibernate_after_last_disconnect(state: &ApiState, id: &str) {
+    let running = state
+        .sessions()
+        .get_opt(id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.spec.desired_state() == SessionState::Running);
+    if !running {
+        return;
+    }
+    match super::sessions::change_state(state, id, SessionState::Hibernated).await {
+        Ok(()) => info!(session = id, "hibernated after its last connection closed"),
+        Err(error) => {
+            warn!(session = id, %error, "could not hibernate after the last connection closed")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /api/v1/sessions/{id}/connections
+
+pub(super) async fn connections(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = check(&state, &headers, &id).await?;
+        let owner = state.session_user(&id, &principal, "get").await?;
+        state
+            .require_session_access(&principal, owner.as_deref(), &id, "get")
+            .await?;
+        let connections = state.connections.list(&id, Timestamp::now());
+        Ok(Json(json!({
+            "sessionId": id,
+            "activeConnections": connections.len(),
+            "connections": connections,
+            "expirySeconds": state.connections.expiry().as_secs(),
+        }))
+        .into_response())
+    }
+    .await;
+    finish(&state, "connections", started, reply)
 }
 
 /// A unique, UUID-shaped connection id.

@@ -185,23 +185,49 @@ fn format_quantities(sums: BTreeMap<String, Milli>) -> BTreeMap<String, String> 
 // ---------------------------------------------------------------------------------------------
 // Session list of the WebSocket (pure)
 
-/// One session as the UI's session list shows it (behaviour spec §10).
-pub fn session_item(session: &Session, active_connections: usize) -> Value {
+/// One session as the UI's session list shows it (behaviour spec §10), with its activity at
+/// `now` and what tells a stale status (`generation` against `status.observedGeneration`).
+pub fn session_item(session: &Session, active_connections: usize, now: Timestamp) -> Value {
     let status = session.status.clone().unwrap_or_default();
+    let activity = super::activity::view(session, now);
     json!({
         "name": session.name_any(),
         "namespace": session.namespace(),
         "user": session.spec.user,
         "template": session.spec.template,
         "state": session.spec.desired_state().as_str(),
+        "tags": session.spec.tags,
+        "generation": session.metadata.generation,
         "status": {
             "phase": status.phase.as_ref().map_or("Pending", |p| p.as_str()),
             "url": status.url.unwrap_or_default(),
             "podName": status.pod_name.unwrap_or_default(),
+            "observedGeneration": status.observed_generation,
+            "reconciledAt": status.reconciled_at.map(|t| t.0.to_string()),
+            "conditions": status.conditions,
         },
-        "lastActivity": status.last_activity.map(|t| t.0.to_string()),
+        "lastActivity": activity.last_activity,
+        "idleDuration": activity.idle_duration,
+        "idleThreshold": activity.idle_threshold,
+        "isIdle": activity.is_idle,
+        "isActive": activity.is_active,
         "activeConnections": active_connections,
     })
+}
+
+/// What decides whether a stream resends: the items without the fields that only move with
+/// the clock (`idleDuration`), so time alone sends nothing.
+fn without_clock(items: &[Value]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Some(object) = item.as_object_mut() {
+                object.remove("idleDuration");
+            }
+            item
+        })
+        .collect()
 }
 
 /// The sessions `principal` may see (all of them with `see_all`), sorted by name.
@@ -210,6 +236,7 @@ pub fn visible_sessions(
     principal: &Principal,
     see_all: bool,
     connections: impl Fn(&str) -> usize,
+    now: Timestamp,
 ) -> Vec<Value> {
     let mut visible: Vec<&Arc<Session>> = sessions
         .iter()
@@ -218,8 +245,20 @@ pub fn visible_sessions(
     visible.sort_by_key(|s| s.name_any());
     visible
         .into_iter()
-        .map(|s| session_item(s, connections(&s.name_any())))
+        .map(|s| session_item(s, connections(&s.name_any()), now))
         .collect()
+}
+
+/// The message of the cluster stream.
+pub fn cluster_update(stats: &ClusterStats, now: Timestamp) -> Value {
+    json!({
+        "type": "cluster_update",
+        "nodes": stats.nodes,
+        "sessions": stats.sessions,
+        "capacity": stats.capacity,
+        "allocatable": stats.allocatable,
+        "timestamp": now.to_string(),
+    })
 }
 
 pub fn sessions_update(sessions: &[Value], now: Timestamp) -> Value {
@@ -272,32 +311,82 @@ pub(super) struct WsQuery {
 
 pub(super) async fn sessions_ws(
     State(state): State<Arc<ApiState>>,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    open_stream(state, headers, query, upgrade, "ws_sessions", sessions_view).await
+}
+
+/// Every session for a caller who may list them, else their own.
+fn sessions_view<'a>(
+    state: &'a ApiState,
+    principal: &'a Principal,
+) -> futures::future::BoxFuture<'a, Result<View, ApiError>> {
+    Box::pin(async move {
+        let see_all = state
+            .auth
+            .authorize(principal, Permission::OperateSessions("list"))
+            .await?;
+        Ok(View::Sessions { see_all })
+    })
+}
+
+/// Node and session counts, for a caller who may read cluster information (403 otherwise).
+fn cluster_view<'a>(
+    state: &'a ApiState,
+    principal: &'a Principal,
+) -> futures::future::BoxFuture<'a, Result<View, ApiError>> {
+    Box::pin(async move {
+        state.require(principal, Permission::ReadCluster).await?;
+        Ok(View::Cluster)
+    })
+}
+
+pub(super) async fn cluster_ws(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    open_stream(state, headers, query, upgrade, "ws_cluster", cluster_view).await
+}
+
+/// Decides which view a caller gets (or refuses them) before the upgrade.
+type Choose = for<'a> fn(
+    &'a ApiState,
+    &'a Principal,
+) -> futures::future::BoxFuture<'a, Result<View, ApiError>>;
+
+/// Authenticates (401/503), lets `choose` authorise (403), takes a stream slot (429) and
+/// upgrades.
+async fn open_stream(
+    state: Arc<ApiState>,
+    mut headers: HeaderMap,
+    query: WsQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    endpoint: &'static str,
+    choose: Choose,
 ) -> Response {
     let started = Instant::now();
     add_query_token(&mut headers, query.token.as_deref());
     let reply = async {
         let principal = state.principal(&headers).await?;
-        let see_all = state
-            .auth
-            .authorize(&principal, Permission::OperateSessions("list"))
-            .await?;
-        Ok::<_, ApiError>((principal, see_all))
+        let view = choose(&state, &principal).await?;
+        Ok::<_, ApiError>((principal, view))
     }
     .await;
     let response = match (reply, upgrade) {
         (Err(error), _) => error.into_response(),
         (Ok(_), Err(rejection)) => rejection.into_response(),
-        (Ok((principal, see_all)), Ok(upgrade)) => match state.streams.acquire(&principal.name) {
+        (Ok((principal, view)), Ok(upgrade)) => match state.streams.acquire(&principal.name) {
             Err(refused) => ApiError::TooMany(refused.to_string()).into_response(),
             Ok(slot) => {
                 let limit = state.stream_settings.max_message_bytes;
                 let stream = Stream {
                     state: state.clone(),
                     principal,
-                    see_all,
+                    view,
                     credentials: credentials(&headers),
                     _slot: slot,
                 };
@@ -311,7 +400,7 @@ pub(super) async fn sessions_ws(
     state
         .metrics
         .api
-        .request("ws_sessions", response.status().as_u16(), started);
+        .request(endpoint, response.status().as_u16(), started);
     response
 }
 
@@ -343,41 +432,85 @@ enum Recheck {
     End(&'static str),
 }
 
-/// One open stream of the visible sessions.
+/// What a stream shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// The sessions the caller may see (every one with `see_all`).
+    Sessions { see_all: bool },
+    /// Node and session counts.
+    Cluster,
+}
+
+/// One open stream.
 struct Stream {
     state: Arc<ApiState>,
     principal: Principal,
-    see_all: bool,
+    view: View,
     credentials: HeaderMap,
     /// Held while the stream is open.
     _slot: StreamSlot,
 }
 
 impl Stream {
-    /// Sends the visible sessions now and after every change that alters them, until the
-    /// client goes away or its token or right is revoked.
-    async fn run(self, mut socket: WebSocket) {
+    /// The current message of this stream and what decides whether it changed; `None` while
+    /// the caches it reads are loading.
+    fn snapshot(&self) -> Option<(Value, Value)> {
         let state = &self.state;
-        info!(user = %self.principal.name, see_all = self.see_all, "session stream opened");
-        let mut changes = state.session_changes.subscribe();
-        let mut reauth = tokio::time::interval(state.stream_settings.reauth_interval);
-        reauth.reset();
-        let mut last_sent: Option<Vec<Value>> = None;
-        let close = 'send: loop {
-            if state.sessions_loaded.load(Ordering::Relaxed) {
+        let now = Timestamp::now();
+        match self.view {
+            View::Sessions { see_all } => {
+                if !state.sessions_loaded.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let counts = state.connection_counts();
                 let sessions = visible_sessions(
                     &state.sessions.state(),
                     &self.principal,
-                    self.see_all,
-                    |s| state.active_connections(s),
+                    see_all,
+                    |s| counts.get(s).copied().unwrap_or(0),
+                    now,
                 );
-                if last_sent.as_ref() != Some(&sessions) {
-                    let message = sessions_update(&sessions, Timestamp::now()).to_string();
-                    if socket.send(Message::Text(message.into())).await.is_err() {
-                        break None;
-                    }
-                    last_sent = Some(sessions);
+                let key = Value::Array(without_clock(&sessions));
+                Some((sessions_update(&sessions, now), key))
+            }
+            View::Cluster => {
+                if !(state.nodes.cache_loaded() && state.sessions_loaded.load(Ordering::Relaxed)) {
+                    return None;
                 }
+                let stats = cluster_stats(&state.nodes.cached_nodes(), &state.sessions.state());
+                let key = serde_json::to_value(&stats).unwrap_or_default();
+                Some((cluster_update(&stats, now), key))
+            }
+        }
+    }
+
+    /// Sends the view now and after every change that alters it, until the client goes away
+    /// or its token or right is revoked.
+    async fn run(self, mut socket: WebSocket) {
+        let state = &self.state;
+        info!(user = %self.principal.name, view = ?self.view, "stream opened");
+        let mut changes = state.session_changes.subscribe();
+        // Session streams wait on session changes only; the cluster stream on nodes too.
+        let (_no_node_changes, quiet) = tokio::sync::watch::channel(0u64);
+        let mut node_changes = match self.view {
+            View::Cluster => state.nodes.node_changes(),
+            View::Sessions { .. } => quiet,
+        };
+        let mut reauth = tokio::time::interval(state.stream_settings.reauth_interval);
+        reauth.reset();
+        let mut last_sent: Option<Value> = None;
+        let close = 'send: loop {
+            if let Some((message, key)) = self.snapshot()
+                && last_sent.as_ref() != Some(&key)
+            {
+                if socket
+                    .send(Message::Text(message.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    break None;
+                }
+                last_sent = Some(key);
             }
             loop {
                 tokio::select! {
@@ -387,6 +520,11 @@ impl Stream {
                         }
                         tokio::time::sleep(DEBOUNCE).await;
                         changes.borrow_and_update();
+                        continue 'send;
+                    }
+                    Ok(()) = node_changes.changed() => {
+                        tokio::time::sleep(DEBOUNCE).await;
+                        node_changes.borrow_and_update();
                         continue 'send;
                     }
                     _ = reauth.tick() => {
@@ -419,7 +557,7 @@ impl Stream {
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
         }
-        debug!(user = %self.principal.name, "session stream closed");
+        debug!(user = %self.principal.name, "stream closed");
     }
 
     /// Checks the token and, for a stream of every session, the right to list them. An API
@@ -432,11 +570,19 @@ impl Stream {
             Err(AuthError::Unavailable(_)) => return Recheck::Keep,
             Err(_) => return Recheck::End("the token is no longer valid"),
         }
-        if self.see_all {
-            let permission = Permission::OperateSessions("list");
-            if let Ok(false) = auth.authorize(&self.principal, permission).await {
-                return Recheck::End("the right to see every session was withdrawn");
-            }
+        let (permission, withdrawn) = match self.view {
+            View::Sessions { see_all: false } => return Recheck::Keep,
+            View::Sessions { see_all: true } => (
+                Permission::OperateSessions("list"),
+                "the right to see every session was withdrawn",
+            ),
+            View::Cluster => (
+                Permission::ReadCluster,
+                "the right to read cluster information was withdrawn",
+            ),
+        };
+        if let Ok(false) = auth.authorize(&self.principal, permission).await {
+            return Recheck::End(withdrawn);
         }
         Recheck::Keep
     }
@@ -566,17 +712,19 @@ mod tests {
                 .map(|i| i["name"].as_str().unwrap_or_default().to_string())
                 .collect::<Vec<_>>()
         };
-        let own = visible_sessions(&sessions, &alice, false, connections);
+        let own = visible_sessions(&sessions, &alice, false, connections, Timestamp::UNIX_EPOCH);
         assert_eq!(names(&own), ["a-1", "a-2"]);
-        let all = visible_sessions(&sessions, &alice, true, connections);
+        let all = visible_sessions(&sessions, &alice, true, connections, Timestamp::UNIX_EPOCH);
         assert_eq!(names(&all), ["a-1", "a-2", "b-1"]);
         assert_eq!(
             own[0],
             json!({
                 "name": "a-1", "namespace": "ns", "user": "alice", "template": "firefox",
-                "state": "hibernated",
-                "status": {"phase": "Hibernated", "url": "http://x", "podName": "p"},
-                "lastActivity": null, "activeConnections": 2,
+                "state": "hibernated", "tags": [], "generation": null,
+                "status": {"phase": "Hibernated", "url": "http://x", "podName": "p",
+                    "observedGeneration": null, "reconciledAt": null, "conditions": []},
+                "lastActivity": null, "idleDuration": null, "idleThreshold": 1800,
+                "isIdle": false, "isActive": false, "activeConnections": 2,
             })
         );
         assert_eq!(own[1]["status"]["phase"], "Pending");

@@ -1,23 +1,22 @@
-//! The `api` subcommand: the StreamSpace-compatible session endpoints of this part.
+//! The `api` subcommand: the StreamSpace-compatible API. Every route is listed once, in
+//! [`routes::table`], from which both the router and the OpenAPI document
+//! (`/api/v1/openapi.json`) are built; docs/api.md describes each.
 //!
-//! | method | path | |
-//! |---|---|---|
-//! | POST | `/api/v1/sessions/{id}/heartbeat` | activity, coalesced ([`activity`]) |
-//! | GET | `/api/v1/sessions/{id}/connect?user=` | activity; wakes a hibernated session (itself when the `autostart` flag gives it to legacy, [`autostart`]; else through the controller) |
-//! | POST | `/api/v1/sessions/{id}/disconnect?connectionId=` | activity |
-//! | GET | `/api/v1/flags`, `/api/v1/flags/{type}` | ownership flags as this replica sees them ([`flags`]) |
-//! | PUT, DELETE | `/api/v1/flags/{type}/override` | break-glass override |
-//! | GET, PUT, POST, DELETE | `/api/v1/admin/nodes...` | node list, labels, taints, cordon, drain ([`nodes`]) |
-//! | GET | `/api/v1/cluster/stats` | node and session counts ([`live`]) |
-//! | GET (WebSocket) | `/api/v1/ws/sessions[?token=]` | session list pushed on change ([`live`]) |
-//! | POST, GET | `/api/v1/sessions` | create, list ([`sessions`]) |
-//! | GET, PATCH, DELETE | `/api/v1/sessions/{id}` | one session ([`sessions`]) |
-//! | GET | `/console`, `/api/v1/console/state`, `/api/v1/ws/flags` | the rollout console ([`console`]) |
-//! | GET | `/healthz`, `/readyz`, `/metrics` | unauthenticated |
+//! - sessions: create, list, by tags, get, state, tags, delete ([`sessions`]);
+//! - activity and connections: heartbeat, connect, disconnect, connections ([`handlers`],
+//!   [`activity`], [`connections`]);
+//! - templates and quota ([`ui`]); flags ([`flags`]); admin nodes ([`nodes`]);
+//! - live views: cluster statistics, WebSockets of sessions and of the cluster ([`live`]);
+//! - the rollout console: `/console`, its state and the flags WebSocket ([`console`]);
+//! - `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`: unauthenticated.
 //!
-//! Every `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace from
-//! configuration (default `streamspace`). The process is stateless apart from coalesced
-//! activity not yet written (at most one flush interval) and its per-replica connection count.
+//! Every other `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace
+//! from configuration (default `streamspace`). The process is stateless apart from coalesced
+//! activity not yet written (at most one flush interval): connections are Leases in the API
+//! server ([`connections`]), shared by every replica.
+//!
+//! Besides requests, the legacy idle monitor ([`idle`]) hibernates idle sessions the `idle`
+//! flag gives to the legacy side (one replica at a time, by a Lease).
 
 pub mod activity;
 pub mod auth;
@@ -27,18 +26,20 @@ mod console;
 pub mod events;
 pub mod flags;
 mod handlers;
+pub mod idle;
 pub mod live;
 pub mod nodes;
+pub mod routes;
 pub mod sessions;
 pub mod settings;
 pub mod tls;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -46,13 +47,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::crd::Session;
+use crate::crd::{Session, Template};
 use crate::metrics::SharedMetrics;
 use crate::ownership::index::{FlagIndex, FlagSettings};
 use crate::session::objects::SessionSettings;
 use activity::{ActivityBuffer, Flusher};
 use auth::Authenticator;
 use events::EventSender;
+use k8s_openapi::api::coordination::v1::Lease;
 
 /// Default namespace of sessions.
 pub const DEFAULT_NAMESPACE: &str = "streamspace";
@@ -77,6 +79,14 @@ pub struct ApiConfig {
     pub allow_disabled_timers: bool,
     /// Limits of the sessions WebSocket.
     pub streams: live::StreamSettings,
+    /// How long a connection stays open after its last `connect` or heartbeat (whole
+    /// seconds, at least 1 s).
+    pub connection_expiry: Duration,
+    /// Hibernate a running session when its last connection disconnects (the old API's
+    /// connection tracker did; off by default: the idle reconciler hibernates idle sessions).
+    pub hibernate_on_last_disconnect: bool,
+    /// The legacy idle monitor ([`idle`]); `None` runs none.
+    pub idle_monitor: Option<idle::IdleMonitorSettings>,
 }
 
 impl Default for ApiConfig {
@@ -91,6 +101,9 @@ impl Default for ApiConfig {
             session: SessionSettings::default(),
             allow_disabled_timers: false,
             streams: live::StreamSettings::default(),
+            connection_expiry: connections::DEFAULT_EXPIRY,
+            hibernate_on_last_disconnect: false,
+            idle_monitor: None,
         }
     }
 }
@@ -103,6 +116,8 @@ pub enum StartError {
     Namespace(String),
     #[error("the flush interval must be at least 10ms")]
     FlushInterval,
+    #[error("the connection expiry must be whole seconds, at least 1s")]
+    ConnectionExpiry,
     #[error("building the eviction client: {0}")]
     EvictionClient(#[source] kube::Error),
 }
@@ -117,8 +132,12 @@ pub(crate) struct ApiState {
     sessions_loaded: AtomicBool,
     events: Option<EventSender>,
     metrics: SharedMetrics,
-    /// Open connections by session, as this replica saw them.
-    connections: connections::ConnectionTracker,
+    /// Open connections of every session, shared by every replica through the API server.
+    connections: connections::ConnectionStore,
+    hibernate_on_last_disconnect: bool,
+    /// Templates of the namespace, from this process's one Template watch.
+    templates: Store<Template>,
+    templates_loaded: AtomicBool,
     /// Open session streams per user.
     streams: Arc<connections::StreamSlots>,
     stream_settings: live::StreamSettings,
@@ -187,9 +206,10 @@ impl ApiState {
         }
     }
 
-    /// Open connections to a session through this replica.
+    /// Open connections to a session, through any replica.
     fn active_connections(&self, session: &str) -> usize {
-        self.connections.count(session)
+        self.connections
+            .count(session, k8s_openapi::jiff::Timestamp::now())
     }
 
     /// Ownership flags of this process.
@@ -264,6 +284,11 @@ pub fn build(
     if config.flush_interval < Duration::from_millis(10) {
         return Err(StartError::FlushInterval);
     }
+    if config.connection_expiry < Duration::from_secs(1)
+        || config.connection_expiry.subsec_nanos() != 0
+    {
+        return Err(StartError::ConnectionExpiry);
+    }
     let events = match (&config.controller_url, &config.connection_event_token) {
         (Some(url), Some(token)) => Some(EventSender::new(url, token)?),
         (Some(url), None) => Some(EventSender::new(url, "")?),
@@ -280,6 +305,15 @@ pub fn build(
     .default_backoff()
     .touched_objects();
     let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
+    let lease_api = Api::<Lease>::namespaced(client.clone(), &config.namespace);
+    let (leases, lease_watch) = crate::caches::reflect(
+        lease_api.clone(),
+        connections::ConnectionStore::watch_config(),
+    );
+    let (templates, template_watch) = crate::caches::reflect(
+        Api::<Template>::namespaced(client.clone(), &config.namespace),
+        watcher::Config::default(),
+    );
     let (node_state, node_watch) =
         nodes::NodeState::start(&client, config.nodes.clone(), metrics.clone())
             .map_err(StartError::EvictionClient)?;
@@ -298,7 +332,14 @@ pub fn build(
         sessions_loaded: AtomicBool::new(false),
         events,
         metrics: metrics.clone(),
-        connections: connections::ConnectionTracker::default(),
+        connections: connections::ConnectionStore::new(
+            lease_api,
+            leases.clone(),
+            config.connection_expiry,
+        ),
+        hibernate_on_last_disconnect: config.hibernate_on_last_disconnect,
+        templates: templates.clone(),
+        templates_loaded: AtomicBool::new(false),
         streams: connections::StreamSlots::new(
             config.streams.max_per_user,
             config.streams.max_total,
@@ -318,6 +359,7 @@ pub fn build(
         sessions: sessions.clone(),
         metrics,
     };
+    let idle_monitor = config.idle_monitor.clone();
     let background = {
         let state = state.clone();
         async move {
@@ -340,7 +382,25 @@ pub fn build(
                 }
             };
             let sessions_api = sessions::background(state.clone(), session_watches);
-            let caches = futures::future::join3(node_watch, sessions_api, sweep(state.clone()));
+            let monitor = async {
+                if let Some(settings) = idle_monitor {
+                    idle::run(state.clone(), settings).await;
+                }
+            };
+            let ui_caches = ui_caches(
+                state.clone(),
+                leases,
+                lease_watch,
+                templates,
+                template_watch,
+            );
+            let caches = futures::future::join5(
+                node_watch,
+                sessions_api,
+                sweep(state.clone()),
+                ui_caches,
+                monitor,
+            );
             futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
         }
         .boxed()
@@ -351,22 +411,62 @@ pub fn build(
     })
 }
 
-/// Forgets connections of sessions that are gone, and expired ones, once the session cache
-/// can tell which exist.
+/// Removes expired connections from the API server (every replica does; see
+/// [`connections`]).
 async fn sweep(state: Arc<ApiState>) {
-    let mut ticker = tokio::time::interval(connections::SWEEP_INTERVAL);
+    let mut ticker = tokio::time::interval(state.connections.sweep_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if state.sessions_loaded.load(Ordering::Relaxed) {
-            let namespace = &state.namespace;
-            state.connections.sweep(std::time::Instant::now(), |name| {
-                state
-                    .sessions
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some()
-            });
+        if state.connections.loaded() {
+            state
+                .connections
+                .sweep(k8s_openapi::jiff::Timestamp::now())
+                .await;
         }
     }
+}
+
+/// Keeps the connection and template caches filled; a connection change is a change of what
+/// session streams show (`activeConnections`), a template change one of the template list.
+async fn ui_caches(
+    state: Arc<ApiState>,
+    leases: Store<Lease>,
+    lease_watch: futures::stream::BoxStream<'static, Result<Lease, watcher::Error>>,
+    templates: Store<Template>,
+    template_watch: futures::stream::BoxStream<'static, Result<Template, watcher::Error>>,
+) {
+    let connections = lease_watch.for_each(|event| {
+        match event {
+            Ok(_) => notify_session_change(&state),
+            Err(error) => warn!(%error, "connection watch failed; retrying"),
+        }
+        futures::future::ready(())
+    });
+    let template_changes = template_watch.for_each(|event| {
+        if let Err(error) = event {
+            warn!(%error, "template watch failed; retrying");
+        }
+        futures::future::ready(())
+    });
+    let leases_loaded = async {
+        if leases.wait_until_ready().await.is_ok() {
+            state.connections.set_loaded();
+            notify_session_change(&state);
+        }
+    };
+    let templates_loaded = async {
+        if templates.wait_until_ready().await.is_ok() {
+            state.templates_loaded.store(true, Ordering::Relaxed);
+        }
+    };
+    futures::future::join4(
+        connections,
+        template_changes,
+        leases_loaded,
+        templates_loaded,
+    )
+    .await;
 }
 
 fn notify_session_change(state: &ApiState) {
@@ -384,6 +484,10 @@ impl ApiState {
             Some("feature flags")
         } else if !self.nodes.cache_loaded() {
             Some("nodes and pods")
+        } else if !self.connections.loaded() {
+            Some("connections")
+        } else if !self.templates_loaded.load(Ordering::Relaxed) {
+            Some("templates")
         } else {
             None
         }
@@ -405,56 +509,7 @@ async fn readyz(
 }
 
 fn router(state: Arc<ApiState>) -> Router {
-    let metrics = state.metrics.clone();
-    let ready = Router::new()
-        .route("/readyz", get(readyz))
-        .with_state(state.clone());
-    let console_state = state.clone();
-    let v1 = Router::new()
-        .route("/sessions", post(sessions::create).get(sessions::list))
-        .route(
-            "/sessions/{id}",
-            get(sessions::get_one)
-                .patch(sessions::patch)
-                .delete(sessions::delete),
-        )
-        .route("/sessions/{id}/heartbeat", post(handlers::heartbeat))
-        .route("/sessions/{id}/connect", get(handlers::connect))
-        .route("/sessions/{id}/disconnect", post(handlers::disconnect))
-        .route("/flags", get(flags::list))
-        .route("/flags/{type}", get(flags::get))
-        .route(
-            "/flags/{type}/override",
-            axum::routing::put(flags::put_override).delete(flags::delete_override),
-        )
-        .route(
-            "/flags/{type}/baseline",
-            axum::routing::put(flags::put_baseline),
-        )
-        .merge(nodes::routes())
-        .route("/cluster/stats", get(live::cluster_stats_handler))
-        .route("/ws/sessions", get(live::sessions_ws))
-        .with_state(state);
-    Router::new()
-        .nest("/api/v1", v1)
-        .merge(console::routes(console_state))
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(ready)
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
-            }),
-        )
+    routes::router(routes::table()).with_state(state)
 }
 
 /// The one refusal of a session a caller may not act on, whether it exists or not.

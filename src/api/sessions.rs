@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -131,6 +131,28 @@ impl SessionsShared {
                 pods: pod_stream,
             },
         )
+    }
+
+    /// Whether the QuotaPolicy cache has loaded.
+    pub(crate) fn quota_caches_loaded(&self) -> bool {
+        self.policies_loaded.load(Ordering::Relaxed)
+    }
+
+    /// The quota limits in force for `user`, as the webhook computes them.
+    pub(crate) fn limits_for(&self, user: &str) -> crate::admission::quota::Limits {
+        let policies = self.policies.state();
+        crate::admission::quota::limits_for(user, policies.iter().map(AsRef::as_ref))
+    }
+
+    /// The live reservations of `user`'s quota ledger.
+    pub(crate) async fn live_reservations(
+        &self,
+        user: &str,
+    ) -> std::result::Result<
+        Vec<crate::admission::quota::ledger::Reservation>,
+        crate::admission::quota::store::LedgerError,
+    > {
+        self.quota.live_reservations(user).await
     }
 
     /// A session changed (from the API's Session watch): the follower looks at it again.
@@ -233,9 +255,9 @@ impl ApiState {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Open connections of every session through this replica (one lock for a whole list).
-    fn connection_counts(&self) -> std::collections::HashMap<String, usize> {
-        self.connections.counts()
+    /// Open connections of every session, through any replica (one pass for a whole list).
+    pub(crate) fn connection_counts(&self) -> std::collections::HashMap<String, usize> {
+        self.connections.counts(Timestamp::now())
     }
 }
 
@@ -400,6 +422,49 @@ async fn refresh_activity(
     Ok(updated.resource_version())
 }
 
+/// Sets `spec.state` of `session` (read just before: the write is guarded by its
+/// resourceVersion) through the handler the `sessions` flag names: the legacy handler scales
+/// the Deployment itself, the controller handler writes intent only. Used by the legacy idle
+/// monitor ([`super::idle`]), so its stops do exactly what a user's PATCH does.
+pub(crate) async fn set_state_guarded(
+    state: &ApiState,
+    session: &Session,
+    wanted: &SessionState,
+) -> Result<()> {
+    let owner = state.flags().owner(
+        ResourceType::Sessions,
+        &state.namespace,
+        &session.name_any(),
+    );
+    match owner.acting_side() {
+        Side::Legacy => legacy::set_state(state, session, wanted).await,
+        Side::Controller => controller::set_state(state, session, wanted).await,
+    }
+}
+
+/// Wakes a hibernated session whose `sessions` flag gives it to the legacy side with the legacy
+/// handler's whole wake (lastActivity refreshed, `spec.state`, the Deployment rebuilt), so that
+/// wake on connect works with the controller stopped; retried on conflicts. `Ok(false)` when
+/// the session is missing or not hibernated (any more).
+pub(crate) async fn wake_legacy(state: &ApiState, id: &str) -> Result<bool> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let Some(session) = state.sessions().get_opt(id).await? else {
+            return Ok(false);
+        };
+        if session.spec.desired_state() != SessionState::Hibernated {
+            return Ok(false);
+        }
+        match legacy::set_state(state, &session, &SessionState::Running).await {
+            Ok(()) => return Ok(true),
+            Err(SessionsError::Conflict(_)) => backoff(attempt).await,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(SessionsError::Conflict(format!(
+        "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
+    )))
+}
+
 // ---------------------------------------------------------------------------------------------
 // GET /api/v1/sessions
 
@@ -420,19 +485,31 @@ pub(crate) async fn list(
 
 async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> Result<Response> {
     let principal = state.principal(headers).await?;
-    let user = query.user.filter(|u| !u.is_empty());
+    let sessions = visible_sessions(state, &principal, query.user).await?;
+    Ok(list_response(state, &sessions))
+}
+
+/// The sessions `principal` may list, sorted by name: with `user`, that user's (someone
+/// else's needs the operator right: 403); without, their own, or every session for an
+/// operator. `user` is a filter, never an identity: it cannot widen what the caller sees.
+async fn visible_sessions(
+    state: &ApiState,
+    principal: &super::auth::Principal,
+    user: Option<String>,
+) -> Result<Vec<Arc<Session>>> {
+    let user = user.filter(|u| !u.is_empty());
     let only = match user {
         Some(user) if user == principal.name => Some(user),
         Some(user) => {
             state
-                .require(&principal, Permission::OperateSessions("list"))
+                .require(principal, Permission::OperateSessions("list"))
                 .await?;
             Some(user)
         }
         None => {
             let operator = state
                 .auth
-                .authorize(&principal, Permission::OperateSessions("list"))
+                .authorize(principal, Permission::OperateSessions("list"))
                 .await
                 .map_err(super::handlers::ApiError::from)?;
             (!operator).then(|| principal.name.clone())
@@ -452,7 +529,13 @@ async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> 
     };
     sessions.retain(|s| only.as_ref().is_none_or(|user| &s.spec.user == user));
     sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(sessions)
+}
+
+/// `{sessions, total}` of `sessions`.
+fn list_response(state: &ApiState, sessions: &[Arc<Session>]) -> Response {
     let connections = state.connection_counts();
+    let now = Timestamp::now();
     let items: Vec<request::SessionItem<'_>> = sessions
         .iter()
         .map(|s| {
@@ -463,7 +546,7 @@ async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> 
                 .and_then(|n| connections.get(n))
                 .copied()
                 .unwrap_or(0);
-            request::session_item(s, active)
+            request::session_item(s, active, now)
         })
         .collect();
     let total = items.len();
@@ -472,11 +555,109 @@ async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> 
         sessions: Vec<request::SessionItem<'a>>,
         total: usize,
     }
-    Ok(Json(List {
+    Json(List {
         sessions: items,
         total,
     })
-    .into_response())
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /api/v1/sessions/by-tags?tags=a,b[&tags=c][&user=]
+
+pub(crate) async fn by_tags(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
+        let mut sessions = visible_sessions(&state, &principal, user).await?;
+        sessions.retain(|s| request::has_any_tag(&s.spec.tags, &tags));
+        Ok(list_response(&state, &sessions))
+    }
+    .await;
+    finish(&state, "sessions_by_tags", started, reply)
+}
+
+// ---------------------------------------------------------------------------------------------
+// PATCH /api/v1/sessions/{id}/tags
+
+pub(crate) async fn set_tags(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        check_id(&id)?;
+        let tags = request::parse_tags(&body)?;
+        let session = state.sessions().get_opt(&id).await?;
+        let owner = session.as_ref().map(|s| s.spec.user.as_str());
+        state
+            .require_session_access(&principal, owner, &id, "update")
+            .await?;
+        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
+        // Guarded by the read: a session replaced in between is not tagged by mistake.
+        let patch = json!({
+            "metadata": {"resourceVersion": session.resource_version()},
+            "spec": {"tags": tags},
+        });
+        let params = PatchParams {
+            field_manager: Some(INTENT_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let updated = match state
+            .sessions()
+            .patch(&id, &params, &Patch::Merge(patch))
+            .await
+        {
+            Ok(updated) => updated,
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                return Err(SessionsError::Conflict(format!(
+                    "session {id:?} changed while its tags were written; retry"
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let active = state.active_connections(&id);
+        Ok(Json(request::session_item(&updated, active, Timestamp::now())).into_response())
+    }
+    .await;
+    finish(&state, "sessions_tags", started, reply)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /api/v1/sessions/{id}/activity
+
+pub(crate) async fn activity(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        check_id(&id)?;
+        let session = state.session_for(&id, &principal, "get").await?;
+        let owner = session.as_ref().map(|s| s.spec.user.as_str());
+        state
+            .require_session_access(&principal, owner, &id, "get")
+            .await?;
+        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
+        let mut body = serde_json::to_value(super::activity::view(&session, Timestamp::now()))
+            .unwrap_or_default();
+        body["sessionId"] = json!(id);
+        body["state"] = json!(session.spec.desired_state().as_str());
+        body["activeConnections"] = json!(state.active_connections(&id));
+        Ok(Json(body).into_response())
+    }
+    .await;
+    finish(&state, "sessions_activity", started, reply)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,7 +689,7 @@ pub(crate) async fn get_one(
             .await?;
         let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
         let active = state.active_connections(&id);
-        Ok(Json(request::session_item(&session, active)).into_response())
+        Ok(Json(request::session_item(&session, active, Timestamp::now())).into_response())
     }
     .await;
     finish(&state, "sessions_get", started, reply)
@@ -525,57 +706,72 @@ pub(crate) async fn patch(
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
         let wanted = request::parse_state(&body)?;
-        let mut checked = false;
-        let settle_deadline = Instant::now() + CONTROLLER_SETTLE_WAIT;
-        let mut attempt = 0;
-        while attempt < MAX_ATTEMPTS {
-            let session = state.sessions().get_opt(&id).await?;
-            if !checked {
-                let owner = session.as_ref().map(|s| s.spec.user.as_str());
-                state
-                    .require_session_access(&principal, owner, &id, "update")
-                    .await?;
-                checked = true;
-            }
-            let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
-            let owner = state
-                .flags()
-                .owner(ResourceType::Sessions, &state.namespace, &id);
-            // The controller finishes what it accepted before the flag moved the session
-            // (see `ownership::handoff`); acting now would race its last writes.
-            let controller_busy = Record::from_annotations(session.annotations()).acted_by
-                == Some(Side::Controller)
-                && !operation_settled(&session);
-            if owner.acting_side() == Side::Legacy
-                && controller_busy
-                && Instant::now() < settle_deadline
-            {
-                tokio::time::sleep(SETTLE_POLL).await;
-                continue;
-            }
-            attempt += 1;
-            // A move to running is admitted by the quota first (when the API checks it).
-            let reserved =
-                wanted == SessionState::Running && quota::admit_wake(&state, &session).await?;
-            let outcome = match owner.acting_side() {
-                Side::Legacy => legacy::set_state(&state, &session, &wanted).await,
-                Side::Controller => controller::set_state(&state, &session, &wanted).await,
-            };
-            if reserved && outcome.is_err() {
-                quota::release(&state, &session.spec.user, &id).await;
-            }
-            match outcome {
-                Ok(()) => return Ok(accepted(request::state_response(&id, &wanted))),
-                Err(SessionsError::Conflict(_)) => backoff(attempt - 1).await,
-                Err(error) => return Err(error),
-            }
-        }
-        Err(SessionsError::Conflict(format!(
-            "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
-        )))
+        set_state(&state, Some(&principal), &id, wanted.clone()).await?;
+        Ok(accepted(request::state_response(&id, &wanted)))
     }
     .await;
     finish(&state, "sessions_patch", started, reply)
+}
+
+/// Moves session `id` to `wanted` on the API's own account (no caller to authorise), through
+/// the handler its flag names, as `PATCH /sessions/{id}` does.
+pub(crate) async fn change_state(state: &ApiState, id: &str, wanted: SessionState) -> Result<()> {
+    set_state(state, None, id, wanted).await
+}
+
+/// The state change of `PATCH /sessions/{id}`; `principal`, when given, must be allowed to
+/// update the session (checked on the first read).
+async fn set_state(
+    state: &ApiState,
+    principal: Option<&super::auth::Principal>,
+    id: &str,
+    wanted: SessionState,
+) -> Result<()> {
+    let mut checked = principal.is_none();
+    let settle_deadline = Instant::now() + CONTROLLER_SETTLE_WAIT;
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
+        let session = state.sessions().get_opt(id).await?;
+        if let (false, Some(principal)) = (checked, principal) {
+            let owner = session.as_ref().map(|s| s.spec.user.as_str());
+            state
+                .require_session_access(principal, owner, id, "update")
+                .await?;
+            checked = true;
+        }
+        let session = session.ok_or_else(|| SessionsError::not_found(id))?;
+        let owner = state
+            .flags()
+            .owner(ResourceType::Sessions, &state.namespace, id);
+        // The controller finishes what it accepted before the flag moved the session
+        // (see `ownership::handoff`); acting now would race its last writes.
+        let controller_busy = Record::from_annotations(session.annotations()).acted_by
+            == Some(Side::Controller)
+            && !operation_settled(&session);
+        if owner.acting_side() == Side::Legacy
+            && controller_busy
+            && Instant::now() < settle_deadline
+        {
+            tokio::time::sleep(SETTLE_POLL).await;
+            continue;
+        }
+        attempt += 1;
+        // A move to running is admitted by the quota first (when the API checks it).
+        let reserved =
+            wanted == SessionState::Running && quota::admit_wake(state, &session).await?;
+        let outcome = set_state_guarded(state, &session, &wanted).await;
+        if reserved && outcome.is_err() {
+            quota::release(state, &session.spec.user, id).await;
+        }
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(SessionsError::Conflict(_)) => backoff(attempt - 1).await,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(SessionsError::Conflict(format!(
+        "session {id:?} kept changing during {MAX_ATTEMPTS} attempts; retry"
+    )))
 }
 
 pub(crate) async fn delete(

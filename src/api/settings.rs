@@ -33,6 +33,14 @@ pub struct ExposureArgs {
     /// How often an open WebSocket stream's token and rights are checked again (s, m or h).
     #[arg(long, env = "API_WS_REAUTH_INTERVAL", default_value = "30s")]
     pub ws_reauth_interval: String,
+    /// How long a connection stays open after its last `connect` or heartbeat with its
+    /// connectionId (whole seconds: s, m or h). Every replica must use the same.
+    #[arg(long, env = "API_CONNECTION_EXPIRY", default_value = "60s")]
+    pub connection_expiry: String,
+    /// Hibernate a running session when its last connection disconnects (the old API's
+    /// auto-hibernate). Off by default: the idle reconciler hibernates idle sessions.
+    #[arg(long, env = "API_HIBERNATE_ON_LAST_DISCONNECT")]
+    pub hibernate_on_last_disconnect: bool,
 }
 
 impl ExposureArgs {
@@ -45,6 +53,18 @@ impl ExposureArgs {
             }),
             _ => None,
         }
+    }
+
+    /// `--connection-expiry`, checked: whole seconds, at least 1s.
+    pub fn connection_expiry(&self) -> Result<std::time::Duration, String> {
+        parse_duration(&self.connection_expiry)
+            .filter(|d| d.as_secs() >= 1 && d.subsec_nanos() == 0)
+            .ok_or_else(|| {
+                format!(
+                    "--connection-expiry {:?} must be whole seconds (s, m or h), at least 1s",
+                    self.connection_expiry
+                )
+            })
     }
 
     /// The WebSocket limits, checked.

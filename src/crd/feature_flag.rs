@@ -58,9 +58,10 @@ fn flag_name_rule() -> Rule {
     status = "FeatureFlagStatus",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.effectiveMode"}"#,
     printcolumn = r#"{"name":"Percent","type":"integer","jsonPath":".status.effectivePercent"}"#,
-    printcolumn = r#"{"name":"Override","type":"string","jsonPath":".spec.override.mode"}"#,
+    printcolumn = r#"{"name":"Override","type":"string","jsonPath":".status.override"}"#,
     printcolumn = r#"{"name":"Controller","type":"integer","jsonPath":".status.owned.controller"}"#,
     printcolumn = r#"{"name":"Legacy","type":"integer","jsonPath":".status.owned.legacy"}"#,
+    printcolumn = r#"{"name":"Shadowed","type":"integer","jsonPath":".status.owned.shadowed"}"#,
     printcolumn = r#"{"name":"Changed","type":"date","jsonPath":".status.lastChanged"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +115,10 @@ pub struct FeatureFlagStatus {
     /// `baseline` or `override`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The override in `spec.override`: its mode while it applies, `expired` once its
+    /// `expiresAt` has passed (it stays in spec until cleared); absent without one.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<String>,
     /// When the effective mode or percent last changed.
     #[serde(
         default,

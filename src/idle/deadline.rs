@@ -91,6 +91,28 @@ pub struct Clocks<'a> {
     pub wake_requested: Option<&'a str>,
 }
 
+impl<'a> Clocks<'a> {
+    /// The clocks of `session`, whose desired state (`spec.state` with its default) is
+    /// `desired`.
+    pub fn of(session: &'a crate::crd::Session, desired: &'a SessionState) -> Clocks<'a> {
+        let status = session.status.as_ref();
+        Clocks {
+            desired,
+            idle_timeout: &session.spec.idle_timeout,
+            max_session_duration: &session.spec.max_session_duration,
+            last_activity: status.and_then(|s| s.last_activity.as_ref()).map(|t| t.0),
+            started_at: status.and_then(|s| s.started_at.as_ref()).map(|t| t.0),
+            generation: session.metadata.generation,
+            wake_requested: session
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(super::WAKE_ANNOTATION))
+                .map(String::as_str),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Nothing to do and nothing to wait for.

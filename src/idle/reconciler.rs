@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
-use super::{Error, Result, WAKE_ANNOTATION};
+use super::{Error, Result};
 use crate::context::Context;
 use crate::crd::{Session, SessionState};
 use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
@@ -55,19 +55,7 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let desired = session.spec.desired_state();
-    let status = session.status.as_ref();
-    let clocks = Clocks {
-        desired: &desired,
-        idle_timeout: &session.spec.idle_timeout,
-        max_session_duration: &session.spec.max_session_duration,
-        last_activity: status.and_then(|s| s.last_activity.as_ref()).map(|t| t.0),
-        started_at: status.and_then(|s| s.started_at.as_ref()).map(|t| t.0),
-        generation: session.meta().generation,
-        wake_requested: session
-            .annotations()
-            .get(WAKE_ANNOTATION)
-            .map(String::as_str),
-    };
+    let clocks = Clocks::of(session, &desired);
     let now = Timestamp::now();
     let api: Api<Session> = Api::namespaced(ctx.client.clone(), &namespace);
     let decision = deadline::decide(&clocks, now, &ctx.config.idle);
@@ -95,21 +83,8 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
             last_activity,
             started_at,
         } => {
-            let mut fields = Map::new();
-            if last_activity {
-                fields.insert("lastActivity".into(), Value::from(rfc3339(now)));
-            }
-            if started_at {
-                fields.insert("startedAt".into(), Value::from(rfc3339(now)));
-            }
-            write_status(
-                ctx,
-                &api,
-                session,
-                Value::Object(fields),
-                "initialising clocks",
-            )
-            .await?;
+            let fields = clock_fields(last_activity, started_at, now);
+            write_status(ctx, &api, session, fields, "initialising clocks").await?;
             Ok(Action::await_change())
         }
         Decision::ClearStartedAt => {
@@ -128,6 +103,18 @@ async fn decide_and_act(session: &Session, ctx: &Context) -> Result<Action> {
             Ok(Action::await_change())
         }
     }
+}
+
+/// The status fields that set the missing clocks to `now` (a `Decision::Initialise`).
+pub fn clock_fields(last_activity: bool, started_at: bool, now: Timestamp) -> Value {
+    let mut fields = Map::new();
+    if last_activity {
+        fields.insert("lastActivity".into(), Value::from(rfc3339(now)));
+    }
+    if started_at {
+        fields.insert("startedAt".into(), Value::from(rfc3339(now)));
+    }
+    Value::Object(fields)
 }
 
 /// The `idle` owner of the session: `Some(action)` when the controller must not act on it now

@@ -90,6 +90,7 @@ pub fn next_status(
         effective_mode: Some(mode),
         effective_percent: Some(effective_now.percent),
         source: Some(effective_now.source.as_str().to_string()),
+        override_: override_state(flag, effective_now),
         last_changed: if changed {
             Some(Time(now))
         } else {
@@ -99,6 +100,16 @@ pub fn next_status(
         observed_generation: flag.metadata.generation,
     };
     (status, flip)
+}
+
+/// What `status.override` shows: the override's mode while it applies, `expired` once it no
+/// longer does (it stays in spec until cleared), nothing without one.
+fn override_state(flag: &FeatureFlag, effective_now: &Effective) -> Option<String> {
+    let over = flag.spec.override_.as_ref()?;
+    Some(match effective_now.source {
+        Source::Override => over.mode.as_str().to_string(),
+        _ => "expired".to_string(),
+    })
 }
 
 /// Reporting component of flip Events.
@@ -184,12 +195,13 @@ async fn reconcile(flag: Arc<FeatureFlag>, ctx: Arc<FlagStatusContext>) -> Resul
     let current = flag.status.clone().unwrap_or_default();
     let (status, flip) = next_status(&current, &flag, &effective_now, counts, now);
     if status != current {
+        let mut body = json!({ "status": status });
+        if status.override_.is_none() {
+            // A merge patch leaves out what is absent: remove the column of a cleared override.
+            body["status"]["override"] = serde_json::Value::Null;
+        }
         let written = Api::<FeatureFlag>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
             .await;
         match written {
             Ok(_) => {}
@@ -283,6 +295,7 @@ mod tests {
             effective_mode: Some("controller".into()),
             effective_percent: Some(30),
             source: Some("baseline".into()),
+            override_: None,
             last_changed: Some(Time(ts(10))),
             owned: None,
             observed_generation: Some(2),
@@ -291,6 +304,7 @@ mod tests {
         let (status, flip) = next_status(&before, &flag, &during, OwnedCounts::default(), ts(100));
         assert_eq!(status.effective_mode.as_deref(), Some("legacy"));
         assert_eq!(status.source.as_deref(), Some("override"));
+        assert_eq!(status.override_.as_deref(), Some("legacy"));
         assert_eq!(status.last_changed, Some(Time(ts(100))));
         assert_eq!(status.observed_generation, Some(3));
         let note = flip.map(|f| f.note).unwrap_or_default();
@@ -310,6 +324,11 @@ mod tests {
         let (back, flip) = next_status(&again, &flag, &after, OwnedCounts::default(), ts(200));
         assert_eq!(back.effective_mode.as_deref(), Some("controller"));
         assert_eq!(back.effective_percent, Some(30));
+        assert_eq!(
+            back.override_.as_deref(),
+            Some("expired"),
+            "an expired override still in spec shows as expired"
+        );
         let note = flip.map(|f| f.note).unwrap_or_default();
         assert!(note.contains("override expired"), "{note}");
     }

@@ -1,6 +1,8 @@
 //! Session lifecycle: the objects a Session owns, the pure state machine that decides what
 //! they should be, and the reconciler that applies that decision.
 
+pub mod adopt;
+pub mod fence;
 #[cfg(test)]
 mod fixtures;
 pub mod names;
@@ -8,6 +10,7 @@ pub mod objects;
 pub mod reconciler;
 pub mod shadow;
 pub mod state;
+pub mod takeover;
 
 /// Errors of the session reconciler; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]

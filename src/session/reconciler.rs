@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::objects::SessionContext;
 use super::state::{self, DeploymentChange, Observed};
+use super::takeover::{self, Adoption};
 use super::{Error, Result, names, shadow};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{Session, SessionPhase};
@@ -57,6 +58,12 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         .with_controller_in_flight(!state::operation_settled(&session));
     let now = Timestamp::now();
     let handoff = handoff::decide(Side::Controller, owner, &record, now);
+    // Nothing is claimed or written while the old controller may still act on the session.
+    if matches!(handoff, Handoff::Act | Handoff::Claim)
+        && let Some(action) = takeover::fenced(&ctx, &session).await?
+    {
+        return Ok(action);
+    }
     match handoff {
         // Shadow mode still computes the decision below, to report it, unless legacy is in the
         // middle of an operation: then the cluster is half-way and compared once it is done.
@@ -137,6 +144,12 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         return Ok(report_shadow(&ctx, &session, &key, &differences).await);
     }
     ctx.shadow.clear(ResourceType::Sessions, &key);
+    let plan = takeover::plan(&ctx, &session, &namespace);
+    if let Adoption::Requeue(action) =
+        takeover::adopt(&ctx, &session, &namespace, &plan, &observed.pods).await?
+    {
+        return Ok(action);
+    }
 
     let writer = Writer {
         ctx: &ctx,

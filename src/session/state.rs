@@ -295,7 +295,7 @@ fn pick_pod<'a>(pods: &[&'a Pod]) -> Option<&'a Pod> {
     alive.first().copied()
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|status| status.conditions.as_ref())

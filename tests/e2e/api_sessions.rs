@@ -33,7 +33,7 @@ use crate::support::{TestEnv, wait_for, wait_gone, wait_object};
 
 /// Sets this test's flag of `resource` (a cluster-scoped FeatureFlag named with the test's
 /// prefix) and waits until the API's index has it.
-async fn set_flag(
+pub(crate) async fn set_flag(
     env: &TestEnv,
     api: &RunningApi,
     resource: ResourceType,
@@ -64,7 +64,7 @@ async fn set_flag(
     .await;
 }
 
-async fn delete_flags(env: &TestEnv) {
+pub(crate) async fn delete_flags(env: &TestEnv) {
     let flags = Api::<FeatureFlag>::all(env.client.clone());
     for resource in ResourceType::ALL {
         let name = format!("{}{}", env.flag_settings().name_prefix, resource.as_str());

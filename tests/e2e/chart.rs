@@ -62,6 +62,20 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "no legacy idle monitor",
+            sets: &[("api.legacyIdle.enabled", "false")],
+            check: |docs| {
+                let args = container_args(api(docs));
+                assert!(args.contains(&"--no-legacy-idle".to_string()), "{args:?}");
+                assert!(!args.iter().any(|a| a.starts_with("--idle-")), "{args:?}");
+                assert!(
+                    !docs.iter().any(|d| d["kind"] == "Role"
+                        && d["metadata"]["name"] == "ss-streamspace-controller-api-idle-lease"),
+                    "no Lease rights without the monitor"
+                );
+            },
+        },
+        Case {
             name: "cert-manager",
             sets: &[("certificates.mode", "certManager")],
             check: |docs| {
@@ -374,6 +388,23 @@ fn default_deployments_are_hardened_and_follow_the_flag_contract() {
     let api_args = container_args(api(&docs));
     assert!(api_args.contains(&"--http-addr=0.0.0.0:8000".to_string()));
     assert!(api_args.contains(&"--auth=kubernetes".to_string()));
+    // The legacy idle monitor: its Lease in the release namespace, and the rights to it.
+    for expected in [
+        "--idle-interval=1m",
+        "--idle-grace=5m",
+        "--idle-lease-name=ss-streamspace-controller-api-idle",
+        &format!("--idle-lease-namespace={NAMESPACE}"),
+    ] {
+        assert!(
+            api_args.contains(&expected.to_string()),
+            "{expected} not in {api_args:?}"
+        );
+    }
+    let lease_role = find(&docs, "Role", "ss-streamspace-controller-api-idle-lease");
+    assert_eq!(
+        lease_role["rules"][1]["resourceNames"][0],
+        "ss-streamspace-controller-api-idle"
+    );
     // Each audience gets its own Service and port.
     let port = |service: &str| find(&docs, "Service", service)["spec"]["ports"][0].clone();
     let webhook = port("ss-streamspace-controller-webhook");

@@ -1,11 +1,13 @@
 //! End-to-end tests against a real control plane (see `support`).
 
 mod admission;
+mod adoption;
 mod api_auth;
 mod api_exposure;
 mod api_nodes;
 mod api_sessions;
 mod api_tls;
+mod api_ui;
 mod chart;
 mod chart_install;
 mod chart_rights;
@@ -21,9 +23,11 @@ mod ha;
 mod helm;
 mod http_client;
 mod idle;
+mod migrate;
 mod nodeop;
 mod ownership;
 mod quota;
 mod release;
+mod rollback;
 mod session_lifecycle;
 mod support;

@@ -20,6 +20,7 @@
 
 {{- define "streamspace.controllerName" -}}{{ include "streamspace.fullname" . | trunc 52 | trimSuffix "-" }}-controller{{- end -}}
 {{- define "streamspace.apiName" -}}{{ include "streamspace.fullname" . | trunc 56 | trimSuffix "-" }}-api{{- end -}}
+{{- define "streamspace.apiIdleLease" -}}{{ default (printf "%s-idle" (include "streamspace.apiName" .)) .Values.api.legacyIdle.leaseName }}{{- end -}}
 {{- define "streamspace.webhookService" -}}{{ include "streamspace.fullname" . | trunc 55 | trimSuffix "-" }}-webhook{{- end -}}
 {{- define "streamspace.hooksService" -}}{{ include "streamspace.fullname" . | trunc 57 | trimSuffix "-" }}-hooks{{- end -}}
 {{- define "streamspace.webhookSecret" -}}{{ include "streamspace.fullname" . | trunc 51 | trimSuffix "-" }}-webhook-tls{{- end -}}

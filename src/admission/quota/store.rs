@@ -164,6 +164,16 @@ impl LedgerStore {
         }
     }
 
+    /// The user's live reservations now (for reports; deciding goes through [`Self::admit`]).
+    pub async fn live_reservations(&self, user: &str) -> Result<Vec<Reservation>, LedgerError> {
+        let now = Timestamp::now();
+        Ok(self
+            .read(user)
+            .await?
+            .map(|(_, ledger)| ledger.live(now).cloned().collect())
+            .unwrap_or_default())
+    }
+
     /// The user's ledger object and its content; `None` when there is none yet.
     async fn read(&self, user: &str) -> Result<Option<(ConfigMap, Ledger)>, LedgerError> {
         let Some(object) = self.api.get_opt(&ledger_name(user)).await? else {

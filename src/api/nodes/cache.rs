@@ -17,6 +17,8 @@ pub struct NodeCache {
     nodes: Store<Node>,
     pods: Store<Pod>,
     loaded: Arc<AtomicBool>,
+    /// Bumped on every node change the watch reports (and once loaded).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl NodeCache {
@@ -46,13 +48,18 @@ impl NodeCache {
         .default_backoff()
         .touched_objects();
         let loaded = Arc::new(AtomicBool::new(false));
+        let changes = tokio::sync::watch::Sender::new(0u64);
         let drive = {
             let loaded = loaded.clone();
+            let changes = changes.clone();
             let (nodes, pods) = (nodes.clone(), pods.clone());
             async move {
+                let on_load = changes.clone();
+                let bump = || changes.send_modify(|n| *n = n.wrapping_add(1));
                 let drive_nodes = node_watch.for_each(|event| {
-                    if let Err(error) = event {
-                        warn!(%error, "node watch failed; retrying");
+                    match event {
+                        Ok(_) => bump(),
+                        Err(error) => warn!(%error, "node watch failed; retrying"),
                     }
                     futures::future::ready(())
                 });
@@ -67,6 +74,7 @@ impl NodeCache {
                         && pods.wait_until_ready().await.is_ok()
                     {
                         loaded.store(true, Ordering::Relaxed);
+                        on_load.send_modify(|n| *n = n.wrapping_add(1));
                         info!("node and pod caches loaded");
                     }
                 };
@@ -79,9 +87,15 @@ impl NodeCache {
                 nodes,
                 pods,
                 loaded,
+                changes,
             },
             drive,
         )
+    }
+
+    /// Changes of the node cache (a counter bumped on each).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Both caches had their first full list.

@@ -30,12 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -99,6 +97,11 @@ pub(crate) struct NodeState {
 }
 
 impl NodeState {
+    /// Changes of the node cache.
+    pub(crate) fn node_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.cache.subscribe()
+    }
+
     /// Whether the node and pod caches have their first full lists.
     pub(crate) fn cache_loaded(&self) -> bool {
         self.cache.is_loaded()
@@ -197,20 +200,6 @@ fn respond(
     finish(state, endpoint, started, reply)
 }
 
-pub(crate) fn routes() -> Router<Arc<ApiState>> {
-    Router::new()
-        .route("/admin/nodes", get(list))
-        .route("/admin/nodes/stats", get(stats))
-        .route("/admin/nodes/{name}", get(get_one))
-        .route("/admin/nodes/{name}/labels", put(set_label))
-        .route("/admin/nodes/{name}/labels/{*key}", delete(remove_label))
-        .route("/admin/nodes/{name}/taints", post(add_taint))
-        .route("/admin/nodes/{name}/taints/{*key}", delete(remove_taint))
-        .route("/admin/nodes/{name}/cordon", post(cordon))
-        .route("/admin/nodes/{name}/uncordon", post(uncordon))
-        .route("/admin/nodes/{name}/drain", post(drain))
-}
-
 async fn read_permission(state: &ApiState, headers: &HeaderMap) -> Result<(), NodeError> {
     let principal = state.principal(headers).await?;
     state.require(&principal, Permission::ReadCluster).await?;
@@ -229,7 +218,7 @@ async fn all_nodes(state: &ApiState) -> Result<Vec<Arc<Node>>, NodeError> {
     Ok(listed.items.into_iter().map(Arc::new).collect())
 }
 
-async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let reply = async {
         read_permission(&state, &headers).await?;
@@ -251,7 +240,7 @@ async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respons
     respond(&state, "nodes_list", started, reply)
 }
 
-async fn stats(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+pub(crate) async fn stats(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let reply = async {
         read_permission(&state, &headers).await?;
@@ -262,7 +251,7 @@ async fn stats(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respon
     respond(&state, "nodes_stats", started, reply)
 }
 
-async fn get_one(
+pub(crate) async fn get_one(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -356,7 +345,7 @@ async fn legacy_act(
     Ok(Json(json!({"message": legacy::message(action)})).into_response())
 }
 
-async fn set_label(
+pub(crate) async fn set_label(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -370,7 +359,7 @@ async fn set_label(
     respond(&state, "nodes_label", started, reply)
 }
 
-async fn remove_label(
+pub(crate) async fn remove_label(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
@@ -380,7 +369,7 @@ async fn remove_label(
     respond(&state, "nodes_unlabel", started, reply)
 }
 
-async fn add_taint(
+pub(crate) async fn add_taint(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -394,7 +383,7 @@ async fn add_taint(
     respond(&state, "nodes_taint", started, reply)
 }
 
-async fn remove_taint(
+pub(crate) async fn remove_taint(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
@@ -404,7 +393,7 @@ async fn remove_taint(
     respond(&state, "nodes_untaint", started, reply)
 }
 
-async fn cordon(
+pub(crate) async fn cordon(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -414,7 +403,7 @@ async fn cordon(
     respond(&state, "nodes_cordon", started, reply)
 }
 
-async fn uncordon(
+pub(crate) async fn uncordon(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
@@ -424,7 +413,7 @@ async fn uncordon(
     respond(&state, "nodes_uncordon", started, reply)
 }
 
-async fn drain(
+pub(crate) async fn drain(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,

@@ -28,6 +28,7 @@ use crate::ownership::Side;
 use crate::ownership::handoff::{
     ACTED_BY_ANNOTATION, LEGACY_OPERATION_ANNOTATION, legacy_operation_value,
 };
+use crate::session::adopt::{self, LegacyKind, Progress};
 use crate::session::names;
 use crate::session::objects::{self, SessionContext};
 
@@ -133,6 +134,9 @@ pub(super) async fn set_state(
         .await?;
     let child = names::child_name(&name);
     let work = async {
+        if !adopt_old_objects(state, &updated, wanted).await? {
+            return Ok(());
+        }
         match wanted {
             SessionState::Hibernated => scale(state, &child, 0).await,
             SessionState::Terminated => delete_child::<Deployment>(state, &child).await,
@@ -150,6 +154,54 @@ pub(super) async fn set_state(
     // Cleared whatever happened: a failed operation is not in flight any more.
     clear_operation(state, &name, &operation).await;
     result
+}
+
+/// A session the old controller built ([`crate::session::adopt`]): its old objects are
+/// deleted now when no desktop of it has to be kept (hibernate, terminate, or a wake of a
+/// stopped one). A session whose old Deployment still runs its desktop and is asked to run is
+/// left as it is (`false`: build nothing, so it never gets a second pod); the controller
+/// replaces it make-before-break once it owns the session.
+async fn adopt_old_objects(
+    state: &ApiState,
+    session: &Session,
+    wanted: &SessionState,
+) -> Result<bool> {
+    let name = session.name_any();
+    let legacy = adopt::legacy_names(&session.spec.user, &session.spec.template);
+    let (deployments, services, ingresses) = (
+        api::<Deployment>(state),
+        api::<Service>(state),
+        api::<Ingress>(state),
+    );
+    let (deployment, service, ingress) = tokio::try_join!(
+        deployments.get_opt(&legacy.workload),
+        services.get_opt(&legacy.service),
+        ingresses.get_opt(&legacy.workload),
+    )?;
+    let found = adopt::legacy_found(deployment.as_ref(), service.as_ref(), ingress.as_ref());
+    let desktop_runs = deployment
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .is_some_and(|spec| spec.replicas.unwrap_or(1) > 0);
+    let keep = *wanted == SessionState::Running && desktop_runs;
+    let plan = adopt::plan(&name, &names::child_name(&name), keep, &found);
+    match plan.progress(false) {
+        Progress::Nothing => Ok(true),
+        Progress::Waiting => Ok(false),
+        Progress::Delete { objects, .. } => {
+            for object in &objects {
+                match object.kind {
+                    LegacyKind::Deployment => {
+                        delete_child::<Deployment>(state, &object.name).await?
+                    }
+                    LegacyKind::Service => delete_child::<Service>(state, &object.name).await?,
+                    LegacyKind::Ingress => delete_child::<Ingress>(state, &object.name).await?,
+                }
+            }
+            debug!(session = %name, ?objects, "deleted the old controller's objects");
+            Ok(true)
+        }
+    }
 }
 
 /// Deletes the Session, then its Deployment, Service and Ingress at once rather than waiting

@@ -14,7 +14,7 @@ use kube::Client;
 use super::{Result, SessionsError};
 use crate::admission::quota::ledger::{self, SessionKey, SessionView};
 use crate::admission::quota::store::{Admission, LedgerStore};
-use crate::admission::quota::{self, Decision, Request};
+use crate::admission::quota::{Decision, Request};
 use crate::api::ApiState;
 use crate::crd::{Session, SessionState};
 use crate::ownership::{ResourceType, Side};
@@ -32,6 +32,17 @@ impl LegacyQuota {
         LegacyQuota {
             ledger: LedgerStore::new(client.clone(), namespace),
         }
+    }
+}
+
+impl LegacyQuota {
+    /// The live reservations of `user`'s ledger.
+    pub(crate) async fn live_reservations(
+        &self,
+        user: &str,
+    ) -> std::result::Result<Vec<ledger::Reservation>, crate::admission::quota::store::LedgerError>
+    {
+        self.ledger.live_reservations(user).await
     }
 }
 
@@ -85,7 +96,6 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let policies = shared.policies.state();
     let key = SessionKey::new(&state.namespace, wanted.name);
     let admission = Admission {
         user: wanted.user,
@@ -93,7 +103,7 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         uid: wanted.uid.clone(),
         generation: wanted.generation,
         request: wanted.request,
-        limits: quota::limits_for(wanted.user, policies.iter().map(AsRef::as_ref)),
+        limits: shared.limits_for(wanted.user),
         reserve: true,
     };
     let decided = shared

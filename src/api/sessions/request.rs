@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::admission::quota::{self, Request};
 use crate::crd::session::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSION_DURATION};
-use crate::crd::{ResourceSpec, Session, SessionState, TemplateSpec};
+use crate::crd::{Condition, ResourceSpec, Session, SessionState, TemplateSpec};
+use k8s_openapi::jiff::Timestamp;
 
 /// Longest session name: it becomes the first DNS label of the session's host name.
 const MAX_NAME: usize = 63;
@@ -116,11 +117,7 @@ pub fn parse_create(bytes: &[u8]) -> Result<NewSession, Invalid> {
         body.max_session_duration,
         DEFAULT_MAX_SESSION_DURATION,
     )?;
-    if let Some(tag) = body.tags.iter().find(|t| t.len() > 63) {
-        return Err(Invalid::body(format!(
-            "tag {tag:?} is longer than 63 characters"
-        )));
-    }
+    check_tags(&body.tags)?;
     Ok(NewSession {
         user,
         template,
@@ -299,8 +296,13 @@ pub struct SessionItem<'a> {
     tags: &'a [String],
     created_at: Option<String>,
     active_connections: usize,
+    /// `metadata.generation`: compare with `status.observedGeneration` to tell whether the
+    /// status describes the current spec.
+    generation: Option<i64>,
     status: ItemStatus<'a>,
     resources: ItemResources,
+    #[serde(flatten)]
+    activity: super::super::activity::ActivityView,
 }
 
 #[derive(Debug, Serialize)]
@@ -311,6 +313,11 @@ struct ItemStatus<'a> {
     pod_name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity: Option<String>,
+    /// The generation the controller computed this status from (`null` before its first).
+    observed_generation: Option<i64>,
+    /// When the controller last changed this status (`null` before its first).
+    reconciled_at: Option<String>,
+    conditions: &'a [Condition],
 }
 
 #[derive(Debug, Serialize)]
@@ -342,8 +349,12 @@ fn item_resources(resources: Option<&ResourceSpec>) -> ItemResources {
     }
 }
 
-/// The list item of `session`.
-pub fn session_item(session: &Session, active_connections: usize) -> SessionItem<'_> {
+/// The list item of `session` at `now` (for the activity fields).
+pub fn session_item(
+    session: &Session,
+    active_connections: usize,
+    now: Timestamp,
+) -> SessionItem<'_> {
     let spec = &session.spec;
     let status = session.status.as_ref();
     SessionItem {
@@ -362,6 +373,7 @@ pub fn session_item(session: &Session, active_connections: usize) -> SessionItem
             .as_ref()
             .map(|t| t.0.to_string()),
         active_connections,
+        generation: session.metadata.generation,
         status: ItemStatus {
             phase: status
                 .and_then(|s| s.phase.as_ref())
@@ -373,9 +385,92 @@ pub fn session_item(session: &Session, active_connections: usize) -> SessionItem
             last_activity: status
                 .and_then(|s| s.last_activity.as_ref())
                 .map(|t| t.0.to_string()),
+            observed_generation: status.and_then(|s| s.observed_generation),
+            reconciled_at: status
+                .and_then(|s| s.reconciled_at.as_ref())
+                .map(|t| t.0.to_string()),
+            conditions: status.map_or(&[], |s| s.conditions.as_slice()),
         },
         resources: item_resources(spec.resources.as_ref()),
+        activity: super::super::activity::view(session, now),
     }
+}
+
+/// Most tags one session may have.
+pub const MAX_TAGS: usize = 64;
+/// Longest tag (it becomes part of a label key of the session's objects).
+pub const MAX_TAG_LEN: usize = 63;
+
+/// The rules every tag list follows, at create and at `PATCH .../tags`.
+pub fn check_tags(tags: &[String]) -> Result<(), Invalid> {
+    if tags.len() > MAX_TAGS {
+        return Err(Invalid::body(format!(
+            "at most {MAX_TAGS} tags, not {}",
+            tags.len()
+        )));
+    }
+    if let Some(tag) = tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
+        return Err(Invalid::body(format!(
+            "tag {tag:?} is longer than {MAX_TAG_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Body of `PATCH /api/v1/sessions/{id}/tags`: `{"tags": [...]}`, the whole new list
+/// (duplicates dropped, order kept).
+pub fn parse_tags(bytes: &[u8]) -> Result<Vec<String>, Invalid> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        tags: Option<Vec<String>>,
+    }
+    let body: Body = serde_json::from_slice(bytes)
+        .map_err(|e| Invalid::body(format!("the body must be {{\"tags\": [...]}}: {e}")))?;
+    let tags = body
+        .tags
+        .ok_or_else(|| Invalid::body("tags is required (an empty list removes every tag)"))?;
+    if let Some(empty) = tags.iter().position(String::is_empty) {
+        return Err(Invalid::body(format!("tag {empty} is empty")));
+    }
+    check_tags(&tags)?;
+    let mut seen = std::collections::BTreeSet::new();
+    Ok(tags
+        .into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect())
+}
+
+/// The query of `GET /api/v1/sessions/by-tags`: `tags` (comma-separated, repeatable, at
+/// least one) and an optional `user` filter.
+pub fn parse_tag_query(query: &str) -> Result<(Vec<String>, Option<String>), Invalid> {
+    let mut tags = Vec::new();
+    let mut user = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "tags" | "tags[]" => tags.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
+            ),
+            "user" => user = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if tags.is_empty() {
+        return Err(Invalid::body(
+            "tags is required: ?tags=a,b (sessions with any of them)",
+        ));
+    }
+    check_tags(&tags)?;
+    Ok((tags, user))
+}
+
+/// Whether `tags` holds any of `wanted` (the old API's OR match).
+pub fn has_any_tag(tags: &[String], wanted: &[String]) -> bool {
+    tags.iter().any(|t| wanted.contains(t))
 }
 
 /// The 202 answer to a state change.
@@ -533,6 +628,41 @@ mod tests {
     }
 
     #[test]
+    fn tag_bodies_and_queries() {
+        assert_eq!(
+            parse_tags(br#"{"tags": ["a", "b", "a"]}"#),
+            Ok(vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(parse_tags(br#"{"tags": []}"#), Ok(vec![]));
+        let long = format!(r#"{{"tags": ["{}"]}}"#, "x".repeat(64));
+        let too_many = format!(r#"{{"tags": [{}]}}"#, vec![r#""t""#; 65].join(","));
+        for bad in [
+            r#"{}"#,
+            r#"{"tags": "a"}"#,
+            r#"{"tags": [""]}"#,
+            r#"{"tags": ["a"], "other": 1}"#,
+            "not json",
+            long.as_str(),
+            too_many.as_str(),
+        ] {
+            assert!(parse_tags(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let tags = parse_tag_query;
+        assert_eq!(
+            tags("tags=a,b&tags=c&user=bob"),
+            Ok((vec!["a".into(), "b".into(), "c".into()], Some("bob".into())))
+        );
+        assert_eq!(tags("tags=%20a%20,,"), Ok((vec!["a".into()], None)));
+        assert!(tags("").is_err());
+        assert!(tags("tags=,").is_err());
+        assert!(has_any_tag(
+            &["a".into(), "b".into()],
+            &["c".into(), "b".into()]
+        ));
+        assert!(!has_any_tag(&[], &["a".into()]));
+    }
+
+    #[test]
     fn response_shapes() {
         let new = parse_create(br#"{"user":"alice","template":"firefox"}"#).expect("valid");
         let (resources, _) = resolve_resources(
@@ -557,7 +687,8 @@ mod tests {
             "status": {"phase": "Hibernated", "url": "https://s1.example", "lastActivity": "2026-01-02T04:00:00Z"}
         }))
         .expect("session");
-        let item = serde_json::to_value(session_item(&session, 2)).expect("serialises");
+        let now: Timestamp = "2026-01-02T04:10:00Z".parse().expect("time");
+        let item = serde_json::to_value(session_item(&session, 2, now)).expect("serialises");
         assert_eq!(item["state"], "hibernated");
         assert_eq!(item["status"]["phase"], "Hibernated");
         assert_eq!(item["status"]["podName"], "");
@@ -566,6 +697,11 @@ mod tests {
         assert_eq!(item["activeConnections"], 2);
         assert_eq!(item["resources"], json!({"memory": "1Gi", "cpu": "500m"}));
         assert_eq!(item["idleTimeout"], "30m");
+        assert_eq!(item["idleDuration"], 600);
+        assert_eq!(item["isActive"], false, "hibernated");
+        assert_eq!(item["generation"], Value::Null);
+        assert_eq!(item["status"]["observedGeneration"], Value::Null);
+        assert_eq!(item["status"]["conditions"], json!([]));
 
         let patched = state_response("s1", &SessionState::Hibernated);
         assert_eq!(
