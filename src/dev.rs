@@ -165,6 +165,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let control_plane = ControlPlane::start(ControlPlaneOptions::default())
                 .await
                 .context("starting the local control plane")?;
+            eprintln!(
+                "control plane ready: export KUBECONFIG={}",
+                control_plane.kubeconfig_path().display()
+            );
             (control_plane.client().await?, Some(control_plane))
         }
     };
