@@ -23,6 +23,13 @@ if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     python3 python3-venv
 fi
 
+# The console test drives a real headless browser over WebDriver (tests/e2e/console.rs).
+if ! dpkg -s chromium chromium-driver >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver
+fi
+
 # The documentation test (tests/docs.rs) runs the docs' shell examples: kubectl (Debian's
 # kubernetes-client is 1.20, the same as the test control plane), jq, curl and openssl.
 missing=()

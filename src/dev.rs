@@ -2,6 +2,7 @@
 //! first use), installs the CRDs, applies the examples, runs the node simulator and the
 //! controller, and prints a table of sessions until Ctrl-C.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,10 @@ use crate::devcluster::simulator::{NodeSimulator, SimulatorConfig};
 use crate::devcluster::{ControlPlane, ControlPlaneOptions};
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
+
+pub mod block;
+mod table;
+mod webhooks;
 
 /// The GitOps example repository compiled into the binary (`examples/gitops/`), used when the
 /// `--examples` directory has no `gitops/` sub-directory.
@@ -51,7 +56,8 @@ const EMBEDDED_EXAMPLES: &[(&str, &str)] = &[
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Use this cluster instead of starting a local control plane (no node simulator).
+    /// Use this cluster instead of starting a local control plane (no node simulator, no
+    /// admission webhooks, a static admin token for the API).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Directory of YAML files to apply (default: the examples built into the binary).
@@ -60,27 +66,75 @@ pub struct DevArgs {
     /// Simulated nodes to register on the local control plane.
     #[arg(long, default_value_t = 2)]
     nodes: usize,
-    /// Seconds between two prints of the session table.
+    /// Seconds between two refreshes of the session table.
     #[arg(long, default_value_t = 2)]
     refresh: u64,
-    /// Where to create the local Git repository of `examples/gitops/` (kept across runs, so
-    /// your commits survive a restart; delete it to start over).
+    /// A Git repository of your own for the GitSync to follow, kept on exit (created from
+    /// `examples/gitops/` when the directory is not a repository yet). Default: a fresh
+    /// repository in a directory of this run, removed on exit.
     #[arg(long)]
     gitops_repo: Option<PathBuf>,
     /// Do not create and sync the GitOps example repository.
     #[arg(long)]
     no_gitops: bool,
-    /// Address of the controller's /healthz, /readyz and /metrics.
+    /// Address of the controller's /healthz, /readyz, /metrics and connection events.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_addr: std::net::SocketAddr,
+    /// Address of the API and its rollout console (`/console`).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    api_addr: std::net::SocketAddr,
+    /// HTTPS address of the admission webhooks (local control plane only).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    webhook_addr: std::net::SocketAddr,
+    /// Do not register the admission webhooks (quota and defaults).
+    #[arg(long)]
+    no_webhooks: bool,
+    /// Where the logs go (default: `streamspace-dev.log` in the temp directory).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// Also print the logs on standard error.
+    #[arg(short, long)]
+    verbose: bool,
     #[command(flatten)]
     settings: ControllerSettings,
 }
 
 pub use crate::kube_client::{client_from, kube_config_from};
 
+impl DevArgs {
+    /// The log file of this run.
+    pub fn log_file(&self) -> PathBuf {
+        self.log_file
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("streamspace-dev.log"))
+    }
+
+    /// Whether logs are also printed on standard error.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
+}
+
+/// A fresh random token.
+fn new_token() -> anyhow::Result<String> {
+    crate::devcluster::random_token().context("generating a token")
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let config = args.settings.to_config()?;
+    let mut config = args.settings.to_config()?;
+    // Every port first: one that is taken fails here, naming its address.
+    let listener = crate::http::bind("--http-addr", args.http_addr).await?;
+    let api_listener = crate::http::bind("--api-addr", args.api_addr).await?;
+    let webhook_listener = match args.kubeconfig.is_none() && !args.no_webhooks {
+        true => Some(crate::http::bind("--webhook-addr", args.webhook_addr).await?),
+        false => None,
+    };
+    // What this run creates and removes on exit: the example repository, the bare clones.
+    let run_dir = tempfile::Builder::new()
+        .prefix("streamspace-dev-")
+        .tempdir()
+        .context("creating the run directory")?;
+    config.gitops.cache_dir = run_dir.path().join("git-cache");
     let (client, control_plane) = match &args.kubeconfig {
         Some(path) => (client_from(Some(path)).await?, None),
         None => {
@@ -97,64 +151,136 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             (control_plane.client().await?, Some(control_plane))
         }
     };
+    let result = run_on(
+        &args,
+        config,
+        &client,
+        control_plane.as_ref(),
+        run_dir.path(),
+        listeners(listener, api_listener, webhook_listener),
+    )
+    .await;
+    if let Some(control_plane) = control_plane {
+        control_plane.stop().await;
+    }
+    let removed = run_dir.path().display().to_string();
+    match run_dir.close() {
+        Ok(()) => eprintln!("removed {removed}"),
+        Err(error) => eprintln!("could not remove {removed}: {error}"),
+    }
+    result
+}
 
-    let kubeconfig_path = match (&args.kubeconfig, &control_plane) {
+/// The listeners `dev` binds before starting anything.
+struct Listeners {
+    http: tokio::net::TcpListener,
+    api: tokio::net::TcpListener,
+    webhooks: Option<tokio::net::TcpListener>,
+}
+
+fn listeners(
+    http: tokio::net::TcpListener,
+    api: tokio::net::TcpListener,
+    webhooks: Option<tokio::net::TcpListener>,
+) -> Listeners {
+    Listeners {
+        http,
+        api,
+        webhooks,
+    }
+}
+
+async fn run_on(
+    args: &DevArgs,
+    mut config: controller::Config,
+    client: &Client,
+    control_plane: Option<&ControlPlane>,
+    run_dir: &Path,
+    listeners: Listeners,
+) -> anyhow::Result<()> {
+    let kubeconfig_path = match (&args.kubeconfig, control_plane) {
         (Some(path), _) => Some(path.clone()),
         (None, Some(plane)) => Some(plane.kubeconfig_path().to_path_buf()),
         (None, None) => None,
     };
-    let mut config = config;
-    config.node_operations.kube_config = Some(kube_config_from(kubeconfig_path.as_deref()).await?);
-    crd::install::install(&client, FIELD_MANAGER).await?;
-    crate::rbac::apply_dev(&client, FIELD_MANAGER)
+    let kube_config = kube_config_from(kubeconfig_path.as_deref()).await?;
+    config.node_operations.kube_config = Some(kube_config.clone());
+    // The API's connection events reach the controller with a token both hold.
+    if config.connection_event_token.is_none() {
+        config.connection_event_token = Some(new_token()?);
+    }
+    crd::install::install(client, FIELD_MANAGER).await?;
+    crate::rbac::apply_dev(client, FIELD_MANAGER)
         .await
         .context("applying the API's RBAC")?;
-    if let Some(plane) = &control_plane {
-        eprintln!(
-            "API users {:?} (groups bound to the streamspace-operator/-admin roles); tokens in {}",
-            plane
-                .dev_users()
-                .iter()
-                .map(|u| u.name.as_str())
-                .collect::<Vec<_>>(),
-            crate::devcluster::dev_users::dev_users_path(plane.kubeconfig_path()).display()
-        );
-    }
-    let simulator = match control_plane {
-        Some(_) => Some(NodeSimulator::spawn(
+    let simulator = control_plane.map(|_| {
+        NodeSimulator::spawn(
             client.clone(),
             SimulatorConfig {
                 node_names: (1..=args.nodes).map(|i| format!("sim-node-{i}")).collect(),
                 ..SimulatorConfig::default()
             },
-        )),
-        None => None,
-    };
-    let applied = apply_examples(&client, args.examples.as_deref()).await?;
-    eprintln!("applied {applied} example objects");
-    if !args.no_gitops {
-        let repo = args
-            .gitops_repo
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("streamspace-dev-gitops"));
-        let namespace = config
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
-        // The dev repository is a local directory: honour its GitSync and its file:// URL.
-        if let crate::gitops::trust::NamespacePolicy::Only(names) = &mut config.gitops.namespaces {
-            names.insert(namespace.clone());
-        }
-        config.gitops.allow_insecure_transports = true;
-        sync_gitops_examples(&client, &repo, args.examples.as_deref(), &namespace).await?;
+        )
+    });
+    let result = run_components(
+        args,
+        config,
+        client,
+        control_plane,
+        kube_config,
+        kubeconfig_path.as_deref(),
+        run_dir,
+        listeners,
+    )
+    .await;
+    if let Some(simulator) = simulator {
+        simulator.stop().await;
     }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_components(
+    args: &DevArgs,
+    mut config: controller::Config,
+    client: &Client,
+    control_plane: Option<&ControlPlane>,
+    kube_config: kube::Config,
+    kubeconfig_path: Option<&Path>,
+    run_dir: &Path,
+    listeners: Listeners,
+) -> anyhow::Result<()> {
+    let applied = apply_examples(client, args.examples.as_deref()).await?;
+    eprintln!("applied {applied} example objects");
+    let namespace = config
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
+    let gitops_repo = match args.no_gitops {
+        true => None,
+        false => {
+            let (repo, owned) = match &args.gitops_repo {
+                Some(repo) => (repo.clone(), false),
+                None => (run_dir.join("gitops"), true),
+            };
+            // The dev repository is a local directory: honour its GitSync and its file:// URL.
+            if let crate::gitops::trust::NamespacePolicy::Only(names) =
+                &mut config.gitops.namespaces
+            {
+                names.insert(namespace.clone());
+            }
+            config.gitops.allow_insecure_transports = true;
+            let created =
+                sync_gitops_examples(client, &repo, args.examples.as_deref(), &namespace).await?;
+            Some((repo, owned || created))
+        }
+    };
 
     let metrics = Arc::new(Metrics::default());
     let readiness = Readiness::default();
-    let listener = crate::http::bind("--http-addr", args.http_addr).await?;
     let supervisor = Supervisor::new();
     let tasks = supervisor.handle();
-    controller::start(
+    let caches = controller::start(
         &tasks,
         client.clone(),
         config.clone(),
@@ -162,44 +288,215 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         readiness.clone(),
     )
     .await?;
+    let controller_addr = listeners.http.local_addr()?;
     // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
     let router =
-        crate::http::controller_endpoints(&client, &config, metrics.clone(), readiness).merge(
-            crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics),
+        crate::http::controller_endpoints(client, &config, metrics.clone(), readiness).merge(
+            crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone()),
         );
-    crate::http::serve_supervised(&tasks, "http server", listener, router);
-    let refresh = Duration::from_secs(args.refresh.max(1));
-    let printer = client.clone();
-    tasks.spawn("session printer", async move {
-        let mut ticker = tokio::time::interval(refresh);
-        loop {
-            ticker.tick().await;
-            print_sessions(&printer).await;
+    crate::http::serve_supervised(&tasks, "http server", listeners.http, router);
+    let webhooks_on = listeners.webhooks.is_some();
+    if let Some(listener) = listeners.webhooks {
+        let hooks = webhooks::DevWebhooks {
+            listener,
+            namespace: namespace.clone(),
+            session_namespace: config.namespace.clone(),
+            flags: config.flags.clone(),
+            caches: crate::admission::SharedCaches {
+                sessions: caches.sessions.store(),
+                templates: caches.templates.store(),
+            },
+        };
+        let webhook = webhooks::start(client, hooks, &metrics, tasks.stopping()).await?;
+        tasks.spawn_graceful("admission webhook server", async move {
+            webhook.wait().await.context("admission webhook server")
+        });
+    }
+
+    let (admin, user) = match control_plane {
+        Some(plane) => {
+            let find = |name: &str| {
+                plane
+                    .dev_user(name)
+                    .map(|u| (u.name.clone(), u.token.clone()))
+                    .with_context(|| format!("the control plane has no user {name:?}"))
+            };
+            (find("streamspace-admin")?, Some(find("alice")?))
         }
+        None => (("admin".to_string(), new_token()?), None),
+    };
+    let api_url = format!("http://{}", listeners.api.local_addr()?);
+    let auth: Arc<dyn crate::api::auth::Authenticator> = match control_plane {
+        Some(_) => Arc::new(crate::api::auth::KubernetesAuth::new(
+            client.clone(),
+            namespace.clone(),
+        )),
+        None => Arc::new(crate::api::auth::StaticToken::new(admin.1.clone())),
+    };
+    let api_config = crate::api::ApiConfig {
+        namespace: namespace.clone(),
+        controller_url: Some(format!("http://{controller_addr}")),
+        connection_event_token: config.connection_event_token.clone(),
+        flags: config.flags.clone(),
+        session: config.session.clone(),
+        nodes: crate::api::nodes::NodeSettings {
+            eviction_config: Some(kube_config),
+            ..crate::api::nodes::NodeSettings::default()
+        },
+        ..crate::api::ApiConfig::default()
+    };
+    let service = crate::api::build(client.clone(), api_config, auth, metrics.clone())?;
+    tasks.spawn("api caches and flusher", async move {
+        service.background.await;
+        anyhow::bail!("the API's background work ended")
     });
+    let stopping = tasks.stopping();
+    let api_metrics = metrics.clone();
+    let api_listener = listeners.api;
+    tasks.spawn_graceful("api server", async move {
+        crate::api::tls::serve_on(api_listener, service.router, None, &api_metrics, stopping)
+            .await
+            .context("api server failed")
+    });
+
+    let printer = client.clone();
+    let refresh = Duration::from_secs(args.refresh.max(1));
+    let ready = wait_ready(
+        client,
+        &api_url,
+        &namespace,
+        webhooks_on,
+        gitops_repo.is_some(),
+    );
+    let program = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "streamspace-controller".into());
+    let tokens_file =
+        control_plane.map(|p| crate::devcluster::dev_users::dev_users_path(p.kubeconfig_path()));
+    let log_file = args.log_file();
+    let block = block::Block {
+        kubeconfig: kubeconfig_path,
+        api_url: &api_url,
+        admin: (&admin.0, &admin.1),
+        user: user.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
+        tokens_file: tokens_file.as_deref(),
+        gitops_repo: gitops_repo.as_ref().map(|(p, owned)| (p.as_path(), *owned)),
+        log_file: Some(&log_file),
+        template: EXAMPLE_TEMPLATE,
+        program: &program,
+    }
+    .render();
+    let not_ready = std::sync::Mutex::new(None);
     let result = supervisor
         .run(async {
-            let _ = tokio::signal::ctrl_c().await;
+            if let Err(error) = ready.await {
+                if let Ok(mut slot) = not_ready.lock() {
+                    *slot = Some(error);
+                }
+                return;
+            }
+            print!("{block}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let mut table = table::TablePrinter::new(std::io::stdout().is_terminal());
+            let mut ticker = tokio::time::interval(refresh);
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    _ = ticker.tick() => {}
+                }
+                match Api::<Session>::all(printer.clone())
+                    .list(&Default::default())
+                    .await
+                {
+                    Ok(list) => table.print(&table::render(&list.items)),
+                    Err(error) => tracing::warn!(%error, "listing sessions failed"),
+                }
+            }
             eprintln!("stopping...");
         })
         .await;
-    if let Some(simulator) = simulator {
-        simulator.stop().await;
-    }
-    if let Some(control_plane) = control_plane {
-        control_plane.stop().await;
+    if let Some(error) = not_ready.into_inner().ok().flatten() {
+        return Err(error.context("dev did not become ready"));
     }
     result.map_err(anyhow::Error::from)
 }
 
+/// Template of the example session the printed block creates.
+const EXAMPLE_TEMPLATE: &str = "firefox-browser";
+
+/// Resolves once the API server calls the webhooks (when registered), the API answers
+/// `/readyz` and, with a repository, the GitSync applied its first commit: what the printed
+/// commands need. Runs under the supervisor, which is what makes the caches load.
+async fn wait_ready(
+    client: &Client,
+    api_url: &str,
+    namespace: &str,
+    webhooks: bool,
+    gitops: bool,
+) -> anyhow::Result<()> {
+    if webhooks {
+        webhooks::wait_until_called(client, namespace).await?;
+    }
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    let url = format!("{api_url}/readyz");
+    while !crate::api_client::get_ok(&url).await {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the API was not ready within {READY_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !gitops {
+        return Ok(());
+    }
+    let syncs: Api<crd::GitSync> = Api::namespaced(client.clone(), namespace);
+    loop {
+        let applied = syncs
+            .get_opt(DEV_GITSYNC_NAME)
+            .await?
+            .and_then(|s| s.status)
+            .is_some_and(|s| s.last_applied_commit.is_some());
+        if applied {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the GitSync applied no commit within {READY_WAIT:?} (kubectl describe gitsync -n {namespace} {DEV_GITSYNC_NAME})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Longest wait for the API and the first Git sync before `dev` gives up.
+const READY_WAIT: Duration = Duration::from_secs(120);
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
 /// Turns the GitOps examples into a local Git repository (unless `repo` already is one) and
 /// creates a GitSync that follows it, so editing and committing there changes the nodes.
+/// Returns whether the repository was created now.
 async fn sync_gitops_examples(
     client: &Client,
     repo: &Path,
     examples: Option<&Path>,
     namespace: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let files = match examples
         .map(|dir| dir.join("gitops"))
         .filter(|d| d.is_dir())
@@ -209,10 +506,7 @@ async fn sync_gitops_examples(
             .into_iter()
             .map(|f| (f.path, f.content))
             .collect(),
-        None => EMBEDDED_GITOPS
-            .iter()
-            .map(|(path, text)| (path.to_string(), text.to_string()))
-            .collect::<Vec<_>>(),
+        None => embedded_gitops_files(),
     };
     let created = init_example_repo(repo, &files)?;
     let url = format!("file://{}", repo.display());
@@ -230,14 +524,64 @@ async fn sync_gitops_examples(
         )
         .await
         .context("creating the dev GitSync")?;
+    let whose = if created {
+        "created from the examples"
+    } else {
+        "an existing repository, used as it is"
+    };
     eprintln!(
-        "GitOps: {} the repository {} (GitSync {namespace}/{DEV_GITSYNC_NAME}, polled every 5s).\n  \
-         Edit a file there and `git commit -am ...`: the simulated nodes follow.\n  \
-         kubectl get gitsyncs -A; kubectl get nodes --show-labels",
-        if created { "created" } else { "reusing" },
+        "GitOps: {} ({whose}), followed by GitSync {namespace}/{DEV_GITSYNC_NAME} every 5s",
         repo.display()
     );
-    Ok(())
+    Ok(created)
+}
+
+/// The GitOps examples built into the binary, with the JSON Schemas their modelines name
+/// (under `manifests-schema/` of the repository, each modeline rewritten to reach it).
+fn embedded_gitops_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = EMBEDDED_GITOPS
+        .iter()
+        .map(|(path, text)| (path.to_string(), relocate_modeline(path, text)))
+        .collect();
+    files.extend(
+        EMBEDDED_SCHEMAS
+            .iter()
+            .map(|(name, text)| (format!("{SCHEMA_DIR}/{name}"), text.to_string())),
+    );
+    files
+}
+
+/// Directory of the schemas in the dev repository.
+const SCHEMA_DIR: &str = "manifests-schema";
+
+/// The schemas the examples' modelines name.
+const EMBEDDED_SCHEMAS: &[(&str, &str)] = &[
+    (
+        "featureflag.schema.json",
+        include_str!("../manifests-schema/featureflag.schema.json"),
+    ),
+    (
+        "nodeconfig.schema.json",
+        include_str!("../manifests-schema/nodeconfig.schema.json"),
+    ),
+    (
+        "nodeoperation.schema.json",
+        include_str!("../manifests-schema/nodeoperation.schema.json"),
+    ),
+    (
+        "quotapolicy.schema.json",
+        include_str!("../manifests-schema/quotapolicy.schema.json"),
+    ),
+];
+
+/// `text` (the file `path` of the repository) with its schema modelines pointing into the
+/// repository's own [`SCHEMA_DIR`] (in `examples/gitops/` they point two levels up).
+fn relocate_modeline(path: &str, text: &str) -> String {
+    let up = "../".repeat(path.matches('/').count());
+    text.replace(
+        "$schema=../../manifests-schema/",
+        &format!("$schema={up}{SCHEMA_DIR}/"),
+    )
 }
 
 /// Creates a Git repository in `dir` holding `files` in one commit on `main`; returns false,
@@ -357,42 +701,6 @@ async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn print_sessions(client: &Client) {
-    let api: Api<Session> = Api::all(client.clone());
-    let sessions = match api.list(&Default::default()).await {
-        Ok(list) => list.items,
-        Err(error) => {
-            eprintln!("listing sessions failed: {error}");
-            return;
-        }
-    };
-    println!(
-        "\n{:<16} {:<16} {:<8} {:<16} {:<11} {:<11} POD / REASON",
-        "NAMESPACE", "NAME", "USER", "TEMPLATE", "STATE", "PHASE"
-    );
-    for session in sessions {
-        let status = session.status.clone().unwrap_or_default();
-        let detail = status.pod_name.clone().unwrap_or_else(|| {
-            status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == "Ready" && !c.is_true())
-                .map(|c| c.message.clone())
-                .unwrap_or_default()
-        });
-        println!(
-            "{:<16} {:<16} {:<8} {:<16} {:<11} {:<11} {}",
-            session.namespace().unwrap_or_default(),
-            session.name_any(),
-            session.spec.user,
-            session.spec.template,
-            session.spec.desired_state(),
-            status.phase.map(|p| p.to_string()).unwrap_or_default(),
-            detail
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,10 +709,7 @@ mod tests {
     async fn the_gitops_examples_become_a_repository_that_validates() {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = dir.path().join("gitops");
-        let files: Vec<(String, String)> = EMBEDDED_GITOPS
-            .iter()
-            .map(|(p, t)| (p.to_string(), t.to_string()))
-            .collect();
+        let files = embedded_gitops_files();
         assert!(init_example_repo(&repo, &files).expect("init"));
         // What the GitSync does: fetch (a bare clone) and read the commit.
         let cache = dir.path().join("cache");
@@ -423,7 +728,12 @@ mod tests {
             .expect("read");
         let mut paths: Vec<&str> = read.iter().map(|f| f.path.as_str()).collect();
         paths.sort_unstable();
-        let mut expected: Vec<&str> = EMBEDDED_GITOPS.iter().map(|(p, _)| *p).collect();
+        // The GitSync reads the YAML documents; the schemas are there for editors.
+        let mut expected: Vec<&str> = files
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .filter(|p| p.ends_with(".yaml"))
+            .collect();
         expected.sort_unstable();
         assert_eq!(paths, expected);
         let desired = crate::gitops::manifest::load(&read, "", Some("production")).expect("valid");
@@ -434,6 +744,16 @@ mod tests {
                 .iter()
                 .any(|o| o.kind == crate::gitops::manifest::ObjectKind::QuotaPolicy)
         );
+        // Every schema modeline names a file of the repository.
+        for (path, text) in &files {
+            for line in text.lines() {
+                if let Some(schema) = line.strip_prefix("# yaml-language-server: $schema=") {
+                    let base = repo.join(path);
+                    let target = base.parent().expect("a directory").join(schema);
+                    assert!(target.is_file(), "{path}: {schema} does not resolve");
+                }
+            }
+        }
         // A second start keeps the repository (and the user's commits) as it is.
         std::fs::write(repo.join("nodes.yaml"), "# edited\n").expect("edit");
         assert!(!init_example_repo(&repo, &files).expect("reuse"));

@@ -28,6 +28,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod api_client;
 pub mod api_status;
 pub mod backoff;
 pub mod caches;
@@ -37,6 +38,7 @@ pub mod controller;
 pub mod crd;
 pub mod dev;
 pub mod devcluster;
+pub mod flags_cli;
 pub mod gitops;
 pub mod http;
 pub mod idle;

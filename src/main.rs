@@ -37,6 +37,8 @@ enum Command {
     Validate(gitops::cli::ValidateArgs),
     /// Show the node changes a GitSync of a directory would make.
     Plan(gitops::cli::PlanArgs),
+    /// List, get, override, clear or set the baseline of the ownership flags.
+    Flags(streamspace_controller::flags_cli::FlagsArgs),
     /// Move a running StreamSpace onto this controller: preflight, backup, restore, verify.
     Migrate(migrate::MigrateArgs),
 }
@@ -123,7 +125,15 @@ async fn main() -> anyhow::Result<()> {
     // Two rustls providers end up in the dependency tree; pick one before any TLS happens.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    telemetry::init(cli.log_json);
+    match &cli.command {
+        // `dev` keeps the terminal for its block and table: logs go to a file.
+        Command::Dev(args) => {
+            let path = args.log_file();
+            telemetry::init_file(cli.log_json, &path, args.verbose())
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+        }
+        _ => telemetry::init(cli.log_json),
+    }
     match cli.command {
         Command::Controller(args) => run_controller(*args).await,
         Command::Api(args) => run_api(args).await,
@@ -134,6 +144,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Validate(args) => std::process::exit(gitops::cli::validate(&args)),
         Command::Plan(args) => std::process::exit(gitops::cli::plan(&args).await?),
+        Command::Flags(args) => {
+            print!("{}", streamspace_controller::flags_cli::run(args).await?);
+            Ok(())
+        }
         Command::Migrate(args) => std::process::exit(migrate::run(args).await?),
     }
 }

@@ -7,6 +7,7 @@
 //! | GET | `/api/v1/flags/{type}` | one type |
 //! | PUT | `/api/v1/flags/{type}/override` | `{mode, percent?, ttl?, reason}`; needs the flags permission |
 //! | DELETE | `/api/v1/flags/{type}/override` | needs the flags permission |
+//! | PUT | `/api/v1/flags/{type}/baseline` | `{mode, percent?, reason}`; needs the flags permission; refused (409) for a flag from Git |
 //!
 //! Reads come from this replica's watch-fed [`FlagIndex`](crate::ownership::index::FlagIndex),
 //! so they show what this replica decides with right now. The override is written with its own
@@ -22,8 +23,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -33,7 +34,7 @@ use super::auth::Permission;
 use super::handlers::{ApiError, finish};
 use crate::crd::{FeatureFlag, FlagMode, FlagOverride};
 use crate::idle::deadline::parse_duration;
-use crate::ownership::ResourceType;
+use crate::ownership::{Effective, ResourceType};
 
 /// Field manager of override writes; Git syncs use another, so neither erases the other.
 pub const FIELD_MANAGER: &str = "streamspace-api-flags";
@@ -162,45 +163,8 @@ pub(crate) async fn put_override(
         let over = build_override(&request, &principal.name, Timestamp::now())
             .map_err(ApiError::BadRequest)?;
         let name = state.flags().object_name(resource);
-        let api: Api<FeatureFlag> = Api::all(state.client.clone());
-        let stored = if api.get_opt(&name).await?.is_some() {
-            // A merge patch of the override alone: the baseline keeps whoever owns it (Git).
-            // Every override field is spelled out (null when unset) so none of the previous
-            // override survives.
-            let over_fields = json!({
-                "mode": over.mode.as_str(),
-                "percent": over.percent,
-                "expiresAt": over.expires_at,
-                "reason": over.reason,
-                "setBy": over.set_by,
-            });
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            api.patch(
-                &name,
-                &params,
-                &Patch::Merge(json!({"spec": {"override": over_fields}})),
-            )
-            .await?
-        } else {
-            // A type without a flag object gets one whose baseline is the default in force
-            // now, so the override does not change what the baseline means.
-            let default = state.flags().effective(resource);
-            let body = json!({
-                "apiVersion": "stream.space/v1alpha1",
-                "kind": "FeatureFlag",
-                "metadata": {"name": name},
-                "spec": {"mode": default.mode_str(), "percent": default.percent, "override": over},
-            });
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?
-        };
+        let default = state.flags().effective(resource);
+        let stored = write_override(&state.client, &name, &over, &default).await?;
         let until = over
             .expires_at
             .as_ref()
@@ -232,20 +196,11 @@ pub(crate) async fn delete_override(
         let resource = parse_type(&kind)?;
         state.require(&principal, Permission::ManageFlags).await?;
         let name = state.flags().object_name(resource);
-        let api: Api<FeatureFlag> = Api::all(state.client.clone());
-        if api.get_opt(&name).await?.is_none() {
+        let Some(stored) = clear_override(&state.client, &name).await? else {
             return Err(ApiError::Missing(format!(
                 "flag object {name:?} does not exist"
             )));
-        }
-        // A merge patch removes the override whoever wrote it.
-        let stored = api
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"override": null}})),
-            )
-            .await?;
+        };
         info!(flag = %name, by = %principal.name, "flag override cleared");
         record(
             &state,
@@ -259,6 +214,194 @@ pub(crate) async fn delete_override(
     }
     .await;
     finish(&state, "flags_override_delete", started, reply)
+}
+
+/// Writes `over` as the override of flag object `name`. A merge patch of the override alone
+/// when the object exists (the baseline keeps whoever owns it, such as Git; every override
+/// field is spelled out, null when unset, so none of a previous override survives); otherwise
+/// a new object whose baseline is `default`, the value in force now, so the override does not
+/// change what the baseline means.
+pub async fn write_override(
+    client: &kube::Client,
+    name: &str,
+    over: &FlagOverride,
+    default: &Effective,
+) -> Result<FeatureFlag, kube::Error> {
+    let api: Api<FeatureFlag> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        let over_fields = json!({
+            "mode": over.mode.as_str(),
+            "percent": over.percent,
+            "expiresAt": over.expires_at,
+            "reason": over.reason,
+            "setBy": over.set_by,
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        return api
+            .patch(
+                name,
+                &params,
+                &Patch::Merge(json!({"spec": {"override": over_fields}})),
+            )
+            .await;
+    }
+    let body = json!({
+        "apiVersion": "stream.space/v1alpha1",
+        "kind": "FeatureFlag",
+        "metadata": {"name": name},
+        "spec": {"mode": default.mode_str(), "percent": default.percent, "override": over},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+/// Removes the override of flag object `name`, whoever wrote it; `None` when the object does
+/// not exist.
+pub async fn clear_override(
+    client: &kube::Client,
+    name: &str,
+) -> Result<Option<FeatureFlag>, kube::Error> {
+    let api: Api<FeatureFlag> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        return Ok(None);
+    }
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"override": null}})),
+    )
+    .await
+    .map(Some)
+}
+
+/// Body of `PUT /api/v1/flags/{type}/baseline`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineRequest {
+    pub mode: String,
+    pub percent: Option<u8>,
+    pub reason: Option<String>,
+}
+
+/// A checked baseline: mode, percent and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baseline {
+    pub mode: FlagMode,
+    pub percent: u8,
+    pub reason: String,
+}
+
+/// Checks a baseline request (the same rules as an override's mode, percent and reason).
+pub fn build_baseline(request: &BaselineRequest) -> Result<Baseline, String> {
+    let checked = build_override(
+        &OverrideRequest {
+            mode: request.mode.clone(),
+            percent: request.percent,
+            ttl: None,
+            reason: request.reason.clone(),
+        },
+        "",
+        Timestamp::UNIX_EPOCH,
+    )?;
+    Ok(Baseline {
+        mode: checked.mode,
+        percent: checked.percent,
+        reason: checked.reason.unwrap_or_default(),
+    })
+}
+
+/// Why a baseline was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error(
+        "the baseline of flag {flag:?} comes from GitSync {owner} (label {label}): commit the change to its repository, or set an override"
+    )]
+    FromGit {
+        flag: String,
+        owner: String,
+        label: &'static str,
+    },
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+}
+
+/// Sets the baseline (`spec.mode`, `spec.percent`) of flag object `name`, creating it when
+/// missing; refused for a flag a GitSync applied (the next sync would put Git's back).
+pub async fn write_baseline(
+    client: &kube::Client,
+    name: &str,
+    baseline: &Baseline,
+) -> Result<FeatureFlag, BaselineError> {
+    let api: Api<FeatureFlag> = Api::all(client.clone());
+    let label = crate::gitops::manifest::OWNER_LABEL;
+    if let Some(existing) = api.get_opt(name).await? {
+        if let Some(owner) = existing.labels().get(label) {
+            return Err(BaselineError::FromGit {
+                flag: name.to_string(),
+                owner: owner.clone(),
+                label,
+            });
+        }
+        let spec = json!({"spec": {"mode": baseline.mode.as_str(), "percent": baseline.percent}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        return Ok(api.patch(name, &params, &Patch::Merge(spec)).await?);
+    }
+    let body = json!({
+        "apiVersion": "stream.space/v1alpha1",
+        "kind": "FeatureFlag",
+        "metadata": {"name": name},
+        "spec": {"mode": baseline.mode.as_str(), "percent": baseline.percent},
+    });
+    Ok(api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?)
+}
+
+pub(super) async fn put_baseline(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let reply = async {
+        let principal = state.principal(&headers).await?;
+        let resource = parse_type(&kind)?;
+        state.require(&principal, Permission::ManageFlags).await?;
+        let request: BaselineRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid baseline: {e}")))?;
+        let baseline = build_baseline(&request).map_err(ApiError::BadRequest)?;
+        let name = state.flags().object_name(resource);
+        let stored = match write_baseline(&state.client, &name, &baseline).await {
+            Ok(stored) => stored,
+            Err(BaselineError::Kube(error)) => return Err(error.into()),
+            Err(refused) => return Err(ApiError::Conflict(refused.to_string())),
+        };
+        let note = format!(
+            "{} set the baseline {} {}%: {}",
+            principal.name, baseline.mode, baseline.percent, baseline.reason
+        );
+        info!(flag = %name, by = %principal.name, mode = %baseline.mode, percent = baseline.percent, "flag baseline set");
+        record(&state, &stored, "BaselineSet", note).await;
+        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
+    }
+    .await;
+    finish(&state, "flags_baseline_put", started, reply)
 }
 
 /// Records a flag change as an Event on the FeatureFlag; a failure is logged, not returned

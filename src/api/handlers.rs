@@ -43,6 +43,9 @@ pub enum ApiError {
     /// 429: a per-user or per-replica limit is reached.
     #[error("{0}")]
     TooMany(String),
+    /// 409: the change contradicts how the object is managed; the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     /// 503: a cache is still loading, or a store cannot be read; the message says which.
     #[error("{0}")]
     Unavailable(String),
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Kube(error) => kube_failure(error).0,
         }
@@ -112,6 +116,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) | ApiError::Missing(_) => "not_found",
             ApiError::TooMany(_) => "too_many",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Kube(_) => "kube",
         }

@@ -306,7 +306,7 @@ fn loading() -> Response {
 
 #[derive(Deserialize)]
 pub(super) struct WsQuery {
-    token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
 pub(super) async fn sessions_ws(
@@ -406,7 +406,7 @@ async fn open_stream(
 
 /// Browsers cannot set headers on a WebSocket: a `token` query parameter stands in for the
 /// `Authorization` header, which wins when both are present.
-fn add_query_token(headers: &mut HeaderMap, token: Option<&str>) {
+pub(super) fn add_query_token(headers: &mut HeaderMap, token: Option<&str>) {
     if headers.contains_key(AUTHORIZATION) {
         return;
     }

@@ -7,6 +7,7 @@
 //!   [`activity`], [`connections`]);
 //! - templates and quota ([`ui`]); flags ([`flags`]); admin nodes ([`nodes`]);
 //! - live views: cluster statistics, WebSockets of sessions and of the cluster ([`live`]);
+//! - the rollout console: `/console`, its state and the flags WebSocket ([`console`]);
 //! - `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`: unauthenticated.
 //!
 //! Every other `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace
@@ -21,6 +22,7 @@ pub mod activity;
 pub mod auth;
 pub mod autostart;
 pub mod connections;
+mod console;
 pub mod events;
 pub mod flags;
 mod handlers;

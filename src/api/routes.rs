@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::{Map, Value, json};
 
-use super::{ApiState, flags, handlers, live, nodes, sessions, ui};
+use super::{ApiState, console, flags, handlers, live, nodes, sessions, ui};
 
 /// One query parameter: name, whether required, description.
 pub type Param = (&'static str, bool, &'static str);
@@ -167,6 +167,24 @@ pub fn table() -> Vec<Endpoint> {
             .responses(&[(200, "the flag"), (400, "invalid body"), (401, "missing or invalid bearer token"), (403, "the caller may not manage flags")]),
         Endpoint::new(M::DELETE, "/api/v1/flags/{type}/override", "clearFlagOverride", "flags", "Clear the override", flags::delete_override)
             .responses(&[(200, "the flag"), (401, "missing or invalid bearer token"), (403, "the caller may not manage flags")]),
+        Endpoint::new(M::PUT, "/api/v1/flags/{type}/baseline", "setFlagBaseline", "flags", "Set the baseline of a flag no GitSync applied", flags::put_baseline)
+            .body("{mode, percent?, reason}")
+            .responses(&[(200, "the flag"), (400, "invalid body"), (401, "missing or invalid bearer token"), (403, "the caller may not manage flags"), (409, "the flag comes from a GitSync: commit to its repository")]),
+        // Rollout console
+        Endpoint::new(M::GET, "/console", "console", "console", "The rollout console page", console::page)
+            .public()
+            .responses(&[(200, "HTML")]),
+        Endpoint::new(M::GET, "/console/console.js", "consoleScript", "console", "The console's script", console::script)
+            .public()
+            .responses(&[(200, "JavaScript")]),
+        Endpoint::new(M::GET, "/console/console.css", "consoleStyle", "console", "The console's style sheet", console::style)
+            .public()
+            .responses(&[(200, "CSS")]),
+        Endpoint::new(M::GET, "/api/v1/console/state", "consoleState", "console", "Per type: the flag, owned counts, last flips; the last shadow differences", console::state_handler)
+            .responses(&[(200, "{flags, shadowDifferences, loaded, errors}"), (401, "missing or invalid bearer token")]),
+        Endpoint::new(M::GET, "/api/v1/ws/flags", "flagsWebSocket", "console", "WebSocket: the console state, pushed on change", console::flags_ws)
+            .query(&[("token", false, "the bearer token, for browsers (the header wins)")])
+            .responses(&[(101, "upgraded; messages are the console state"), (401, "missing or invalid bearer token")]),
         // Nodes
         Endpoint::new(M::GET, "/api/v1/admin/nodes", "listNodes", "nodes", "List nodes", nodes::list)
             .responses(&[(200, "[NodeInfo]"), (401, "missing or invalid bearer token"), (403, "the caller may not read cluster information")]),

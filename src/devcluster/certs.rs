@@ -160,7 +160,7 @@ fn token_file_line(token: &str) -> String {
 }
 
 /// 32 hex characters from the kernel's random source.
-fn random_token() -> Result<String, Error> {
+pub(crate) fn random_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

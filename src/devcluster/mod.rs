@@ -43,6 +43,7 @@ mod readyz;
 pub mod simulator;
 
 pub use binaries::{BIN_DIR_ENV, REQUIRED_BINARIES, resolve_bin_dir};
+pub(crate) use certs::random_token;
 pub use control_plane::{
     ControlPlane, ControlPlaneOptions, SERVICE_ACCOUNT_ISSUER, SERVICE_CLUSTER_IP_RANGE,
 };

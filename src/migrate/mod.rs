@@ -47,7 +47,7 @@ pub enum MigrateCommand {
 
 /// Runs one `migrate` subcommand; the exit code of the process.
 pub async fn run(args: MigrateArgs) -> anyhow::Result<i32> {
-    let client = crate::dev::client_from(args.kubeconfig.as_deref()).await?;
+    let client = crate::kube_client::client_from(args.kubeconfig.as_deref()).await?;
     match args.command {
         MigrateCommand::Preflight(preflight) => preflight::run(&client, &preflight).await,
         MigrateCommand::Backup(backup) => backup::run(&client, &backup).await,

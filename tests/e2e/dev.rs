@@ -1,14 +1,21 @@
 //! The `dev` subcommand against an existing cluster (`--kubeconfig`): it installs the CRDs
 //! and RBAC, applies a directory of examples, turns the directory's `gitops/` into a local
 //! Git repository followed by a GitSync, and runs the controller, which brings the example
-//! session to Running, until it is stopped.
+//! session to Running, until it is stopped. And the binary on its own control plane, used
+//! only through the block it prints: create a session, flip a flag, commit to Git, quota.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Instant;
 
 use clap::Parser;
 use kube::api::Api;
-use streamspace_controller::crd::{GitSync, QuotaPolicy, Session, SessionPhase};
-use streamspace_controller::dev::{self, DevArgs};
+use serde_json::Value;
+use streamspace_controller::crd::{GitSync, QuotaPolicy, Session, SessionPhase, SessionState};
+use streamspace_controller::dev::{self, DevArgs, block};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{TestEnv, kubeconfig, wait_object};
+use crate::support::{TestEnv, WAIT, kubeconfig, wait_object};
 
 #[derive(Parser)]
 struct DevCommand {
@@ -65,6 +72,8 @@ async fn dev_applies_the_examples_syncs_their_repository_and_runs_the_controller
         "--gitops-repo".as_ref(),
         repo.as_os_str(),
         "--http-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--api-addr".as_ref(),
         "127.0.0.1:0".as_ref(),
         "--refresh".as_ref(),
         "1".as_ref(),
@@ -136,6 +145,10 @@ async fn dev_reports_bad_examples_and_a_bad_kubeconfig() {
             "--examples".as_ref(),
             examples.as_os_str(),
             "--no-gitops".as_ref(),
+            "--http-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--api-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
             "--no-node-operations".as_ref(),
             "--watch-namespace".as_ref(),
             std::ffi::OsStr::new(&env.namespace),
@@ -164,4 +177,227 @@ async fn dev_reports_bad_examples_and_a_bad_kubeconfig() {
         "{error:#}"
     );
     env.cleanup().await;
+}
+
+/// What `dev` printed: the exported variables and the commands, in order.
+struct Printed {
+    exports: Vec<(String, String)>,
+    commands: Vec<String>,
+    repo: PathBuf,
+    log: PathBuf,
+}
+
+fn parse_block(lines: &[String]) -> Printed {
+    let mut exports = Vec::new();
+    let mut commands = Vec::new();
+    let mut repo = None;
+    let mut log = None;
+    for line in lines {
+        if let Some(export) = line.strip_prefix("export ") {
+            let assignment = export.split("    #").next().unwrap_or_default().trim();
+            let (name, value) = assignment.split_once('=').expect("NAME=value");
+            exports.push((name.to_string(), value.to_string()));
+        } else if let Some(path) = line.strip_prefix("# GitOps repository: ") {
+            let path = path.split(" (").next().unwrap_or_default();
+            repo = Some(PathBuf::from(path));
+        } else if let Some(path) = line.strip_prefix("# logs: ") {
+            log = Some(PathBuf::from(path));
+        } else if !line.is_empty() && !line.starts_with('#') && line != block::BEGIN {
+            commands.push(line.clone());
+        }
+    }
+    Printed {
+        exports,
+        commands,
+        repo: repo.expect("the block names the repository"),
+        log: log.expect("the block names the log file"),
+    }
+}
+
+impl Printed {
+    fn var(&self, name: &str) -> &str {
+        self.exports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name} is exported"))
+    }
+
+    /// Runs one printed command in a shell with the printed exports; its standard output.
+    async fn sh(&self, command: &str) -> String {
+        let output = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(command)
+            .envs(self.exports.iter().map(|(n, v)| (n, v)))
+            .output()
+            .await
+            .expect("run a printed command");
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{command}: {out}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out
+    }
+}
+
+/// Reads lines of `dev`'s output until its block ends.
+async fn read_block(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> Vec<String> {
+    let mut block = Vec::new();
+    let mut started = false;
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("read dev's output") {
+            started |= line == block::BEGIN;
+            if started {
+                let end = line == block::END;
+                block.push(line);
+                if end {
+                    return;
+                }
+            }
+        }
+        panic!("dev ended before printing its block: {block:?}");
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("no block from dev within {WAIT:?}"));
+    block
+}
+
+#[tokio::test]
+async fn dev_prints_a_block_with_which_a_user_creates_flips_commits_and_meets_the_quota() {
+    let started = Instant::now();
+    let work = tempfile::tempdir().expect("tempdir");
+    let log = work.path().join("dev.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+        .args([
+            "dev",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--refresh",
+            "1",
+            "--log-file",
+        ])
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let printed = parse_block(&read_block(&mut lines).await);
+    let ready = started.elapsed();
+    // Keep reading (the session table), so dev never blocks on a full pipe.
+    let table = tokio::spawn(async move {
+        let mut last = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            last.push(line);
+        }
+        last
+    });
+    assert_eq!(printed.log, log);
+    assert_eq!(printed.commands.len(), 3, "{:?}", printed.commands);
+    let (create, flip, commit) = (
+        &printed.commands[0],
+        &printed.commands[1],
+        &printed.commands[2],
+    );
+    assert!(
+        printed.repo.starts_with(std::env::temp_dir()),
+        "{:?}",
+        printed.repo
+    );
+
+    // Commit to Git: the quota goes from 3 to 5 sessions, and the GitSync applies it.
+    printed.sh(commit).await;
+    let kubeconfig = PathBuf::from(printed.var("KUBECONFIG"));
+    let client = dev::client_from(Some(&kubeconfig)).await.expect("client");
+    let policies: Api<QuotaPolicy> = Api::namespaced(client.clone(), "streamspace");
+    wait_object(
+        &policies,
+        "gitops-default",
+        "the committed quota applied",
+        |p| p.spec.limits.max_sessions == Some(5),
+    )
+    .await;
+
+    // Flip a flag: sessions go back to the legacy handlers for 2 minutes.
+    let flipped = printed.sh(flip).await;
+    assert!(
+        flipped.contains("legacy") && flipped.contains("override"),
+        "{flipped}"
+    );
+
+    // Connecting to alice's hibernated example session wakes it through the controller: the
+    // API's connection event carries the token the controller expects (no 401).
+    let connect = "curl -sS -H \"Authorization: Bearer $USER_TOKEN\" \"$STREAMSPACE_API/api/v1/sessions/alice-vscode/connect\"";
+    let connected: Value = serde_json::from_str(&printed.sh(connect).await).expect("JSON");
+    assert_eq!(
+        connected["state"], "running",
+        "woken by the controller: {connected}"
+    );
+
+    // Create sessions as alice until the quota refuses one: the sixth of her running ones.
+    let sessions: Api<Session> = Api::namespaced(client.clone(), "streamspace");
+    let running = || async {
+        sessions
+            .list(&Default::default())
+            .await
+            .expect("list sessions")
+            .items
+            .into_iter()
+            .filter(|s| s.spec.user == "alice" && s.spec.desired_state() == SessionState::Running)
+            .count()
+    };
+    let mut created = Vec::new();
+    let refusal = loop {
+        let reply: Value = serde_json::from_str(&printed.sh(create).await).expect("JSON reply");
+        match reply.get("name").and_then(Value::as_str) {
+            Some(name) => created.push(name.to_string()),
+            None => break reply,
+        }
+        assert!(created.len() <= 5, "no refusal after {created:?}");
+    };
+    let text = refusal.to_string();
+    assert!(
+        text.to_lowercase().contains("quota") || text.contains("maxSessions"),
+        "{text}"
+    );
+    assert_eq!(
+        running().await,
+        5,
+        "the sixth running session was refused: {text}"
+    );
+    let done = started.elapsed();
+    println!(
+        "dev printed its block after {ready:?}; created {} sessions, flipped, committed and met the quota after {done:?}",
+        created.len()
+    );
+
+    // Stopping removes what this run created: the repository and the bare clones.
+    let pid = child.id().expect("pid") as i32;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("dev stops on SIGTERM")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    let _ = table.await;
+    assert!(!printed.repo.exists(), "{:?} removed on exit", printed.repo);
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    assert!(
+        logged.contains("connection event delivered") && !logged.contains("answered 401"),
+        "connection events delivered, none refused:\n{logged}"
+    );
 }
