@@ -22,6 +22,7 @@ COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
 COPY manifests-schema ./manifests-schema
+COPY assets ./assets
 COPY dev/rbac ./dev/rbac
 # Scripts the binary embeds (the local control plane of `dev`).
 COPY scripts ./scripts

@@ -14,6 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -510,6 +511,9 @@ async fn drain(world: &mut World) {
         .create(&PostParams::default(), &binding)
         .await
         .expect("bind the admin role");
+    // The API server's authorizer sees the binding a moment later, and the API would keep an
+    // early refusal for its cache's lifetime: ask the API server first.
+    wait_node_rights_of_admins(&client).await;
     let admin = dev_token("streamspace-admin");
     let path = format!("/api/v1/admin/nodes/{node_name}/drain");
     let (code, reply) = call_json(world.api_http, "POST", &path, Some(&admin), &json!({})).await;
@@ -637,4 +641,34 @@ async fn chart_service_accounts_run_the_happy_path_and_nothing_more() {
         );
     }
     world.cleanup().await;
+}
+
+/// Waits until the API server's authorizer lets the development admins update nodes.
+async fn wait_node_rights_of_admins(client: &Client) {
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": "streamspace-admin",
+            "groups": ["streamspace:admins"],
+            "resourceAttributes": {"verb": "update", "resource": "nodes"}
+        }
+    }))
+    .expect("review");
+    wait_for(
+        "the admin role binding in force",
+        || {
+            let reviews = reviews.clone();
+            let review = review.clone();
+            async move {
+                reviews
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .ok()
+                    .and_then(|r| r.status)
+                    .is_some_and(|s| s.allowed)
+            }
+        },
+        |allowed| *allowed,
+    )
+    .await;
 }
