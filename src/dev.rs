@@ -2,9 +2,7 @@
 //! first use), installs the CRDs, applies the examples, runs the node simulator and the
 //! controller, and prints a table of sessions until Ctrl-C.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,14 +15,14 @@ use kube::{Client, ResourceExt};
 
 use crate::FIELD_MANAGER;
 use crate::cli::ControllerSettings;
-use crate::controller::{self, Readiness};
-use crate::crd::{self, Session};
+use crate::controller;
+use crate::crd;
 use crate::devcluster::simulator::{NodeSimulator, SimulatorConfig};
 use crate::devcluster::{ControlPlane, ControlPlaneOptions};
-use crate::metrics::Metrics;
-use crate::supervisor::Supervisor;
+use components::run_components;
 
 pub mod block;
+mod components;
 mod table;
 mod webhooks;
 
@@ -238,193 +236,6 @@ async fn run_on(
     }
     result
 }
-
-#[allow(clippy::too_many_arguments)]
-async fn run_components(
-    args: &DevArgs,
-    mut config: controller::Config,
-    client: &Client,
-    control_plane: Option<&ControlPlane>,
-    kube_config: kube::Config,
-    kubeconfig_path: Option<&Path>,
-    run_dir: &Path,
-    listeners: Listeners,
-) -> anyhow::Result<()> {
-    let applied = apply_examples(client, args.examples.as_deref()).await?;
-    eprintln!("applied {applied} example objects");
-    let namespace = config
-        .namespace
-        .clone()
-        .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
-    let gitops_repo = match args.no_gitops {
-        true => None,
-        false => {
-            let (repo, owned) = match &args.gitops_repo {
-                Some(repo) => (repo.clone(), false),
-                None => (run_dir.join("gitops"), true),
-            };
-            // The dev repository is a local directory: honour its GitSync and its file:// URL.
-            if let crate::gitops::trust::NamespacePolicy::Only(names) =
-                &mut config.gitops.namespaces
-            {
-                names.insert(namespace.clone());
-            }
-            config.gitops.allow_insecure_transports = true;
-            let created =
-                sync_gitops_examples(client, &repo, args.examples.as_deref(), &namespace).await?;
-            Some((repo, owned || created))
-        }
-    };
-
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::default();
-    let supervisor = Supervisor::new();
-    let tasks = supervisor.handle();
-    let caches = controller::start(
-        &tasks,
-        client.clone(),
-        config.clone(),
-        metrics.clone(),
-        readiness.clone(),
-    )
-    .await?;
-    let controller_addr = listeners.http.local_addr()?;
-    // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
-    let router =
-        crate::http::controller_endpoints(client, &config, metrics.clone(), readiness).merge(
-            crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone()),
-        );
-    crate::http::serve_supervised(&tasks, "http server", listeners.http, router);
-    let webhooks_on = listeners.webhooks.is_some();
-    if let Some(listener) = listeners.webhooks {
-        let hooks = webhooks::DevWebhooks {
-            listener,
-            namespace: namespace.clone(),
-            session_namespace: config.namespace.clone(),
-            flags: config.flags.clone(),
-            caches: crate::admission::SharedCaches {
-                sessions: caches.sessions.store(),
-                templates: caches.templates.store(),
-            },
-        };
-        let webhook = webhooks::start(client, hooks, &metrics, tasks.stopping()).await?;
-        tasks.spawn_graceful("admission webhook server", async move {
-            webhook.wait().await.context("admission webhook server")
-        });
-    }
-
-    let (admin, user) = match control_plane {
-        Some(plane) => {
-            let find = |name: &str| {
-                plane
-                    .dev_user(name)
-                    .map(|u| (u.name.clone(), u.token.clone()))
-                    .with_context(|| format!("the control plane has no user {name:?}"))
-            };
-            (find("streamspace-admin")?, Some(find("alice")?))
-        }
-        None => (("admin".to_string(), new_token()?), None),
-    };
-    let api_url = format!("http://{}", listeners.api.local_addr()?);
-    let auth: Arc<dyn crate::api::auth::Authenticator> = match control_plane {
-        Some(_) => Arc::new(crate::api::auth::KubernetesAuth::new(
-            client.clone(),
-            namespace.clone(),
-        )),
-        None => Arc::new(crate::api::auth::StaticToken::new(admin.1.clone())),
-    };
-    let api_config = crate::api::ApiConfig {
-        namespace: namespace.clone(),
-        controller_url: Some(format!("http://{controller_addr}")),
-        connection_event_token: config.connection_event_token.clone(),
-        flags: config.flags.clone(),
-        session: config.session.clone(),
-        nodes: crate::api::nodes::NodeSettings {
-            eviction_config: Some(kube_config),
-            ..crate::api::nodes::NodeSettings::default()
-        },
-        ..crate::api::ApiConfig::default()
-    };
-    let service = crate::api::build(client.clone(), api_config, auth, metrics.clone())?;
-    tasks.spawn("api caches and flusher", async move {
-        service.background.await;
-        anyhow::bail!("the API's background work ended")
-    });
-    let stopping = tasks.stopping();
-    let api_metrics = metrics.clone();
-    let api_listener = listeners.api;
-    tasks.spawn_graceful("api server", async move {
-        crate::api::tls::serve_on(api_listener, service.router, None, &api_metrics, stopping)
-            .await
-            .context("api server failed")
-    });
-
-    let printer = client.clone();
-    let refresh = Duration::from_secs(args.refresh.max(1));
-    let ready = wait_ready(
-        client,
-        &api_url,
-        &namespace,
-        webhooks_on,
-        gitops_repo.is_some(),
-    );
-    let program = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "streamspace-controller".into());
-    let tokens_file =
-        control_plane.map(|p| crate::devcluster::dev_users::dev_users_path(p.kubeconfig_path()));
-    let log_file = args.log_file();
-    let block = block::Block {
-        kubeconfig: kubeconfig_path,
-        api_url: &api_url,
-        admin: (&admin.0, &admin.1),
-        user: user.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
-        tokens_file: tokens_file.as_deref(),
-        gitops_repo: gitops_repo.as_ref().map(|(p, owned)| (p.as_path(), *owned)),
-        log_file: Some(&log_file),
-        template: EXAMPLE_TEMPLATE,
-        program: &program,
-    }
-    .render();
-    let not_ready = std::sync::Mutex::new(None);
-    let result = supervisor
-        .run(async {
-            if let Err(error) = ready.await {
-                if let Ok(mut slot) = not_ready.lock() {
-                    *slot = Some(error);
-                }
-                return;
-            }
-            print!("{block}");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            let mut table = table::TablePrinter::new(std::io::stdout().is_terminal());
-            let mut ticker = tokio::time::interval(refresh);
-            let stop = shutdown_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    () = &mut stop => break,
-                    _ = ticker.tick() => {}
-                }
-                match Api::<Session>::all(printer.clone())
-                    .list(&Default::default())
-                    .await
-                {
-                    Ok(list) => table.print(&table::render(&list.items)),
-                    Err(error) => tracing::warn!(%error, "listing sessions failed"),
-                }
-            }
-            eprintln!("stopping...");
-        })
-        .await;
-    if let Some(error) = not_ready.into_inner().ok().flatten() {
-        return Err(error.context("dev did not become ready"));
-    }
-    result.map_err(anyhow::Error::from)
-}
-
-/// Template of the example session the printed block creates.
-const EXAMPLE_TEMPLATE: &str = "firefox-browser";
 
 /// Resolves once the API server calls the webhooks (when registered), the API answers
 /// `/readyz` and, with a repository, the GitSync applied its first commit: what the printed

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod autostart;
 pub mod connections;
 mod console;
+mod error;
 pub mod events;
 pub mod flags;
 mod handlers;

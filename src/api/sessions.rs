@@ -220,10 +220,7 @@ fn finish(
     reply: Result<Response>,
 ) -> Response {
     if let Err(error) = &reply
-        && matches!(
-            error,
-            SessionsError::Api(super::handlers::ApiError::Kube(_))
-        )
+        && matches!(error, SessionsError::Api(super::error::ApiError::Kube(_)))
     {
         warn!(endpoint, %error, label = error.metric_label(), "request failed");
     }
@@ -511,7 +508,7 @@ async fn visible_sessions(
                 .auth
                 .authorize(principal, Permission::OperateSessions("list"))
                 .await
-                .map_err(super::handlers::ApiError::from)?;
+                .map_err(super::error::ApiError::from)?;
             (!operator).then(|| principal.name.clone())
         }
     };
@@ -667,7 +664,7 @@ fn check_id(id: &str) -> Result<()> {
     if valid_name(id) {
         Ok(())
     } else {
-        Err(SessionsError::Api(super::handlers::ApiError::BadRequest(
+        Err(SessionsError::Api(super::error::ApiError::BadRequest(
             format!("{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"),
         )))
     }

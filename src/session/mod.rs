@@ -12,6 +12,10 @@ pub mod shadow;
 pub mod state;
 pub mod takeover;
 
+/// The session reconciler's name in metrics; defined here so the reconciler and the takeover
+/// steps it calls both use it without importing each other.
+pub const CONTROLLER: &str = "session";
+
 /// Errors of the session reconciler; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -26,7 +26,7 @@ use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
 use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
 use crate::ownership::{Owner, ResourceType, Side};
 
-pub const CONTROLLER: &str = "session";
+pub use super::CONTROLLER;
 
 /// Added to a hand-off wait so the next look comes after the legacy operation's deadline.
 const HANDOFF_SLACK: std::time::Duration = std::time::Duration::from_millis(50);

@@ -83,7 +83,7 @@ async fn write_condition(ctx: &Context, session: &Session, message: Option<&str>
     });
     ctx.metrics
         .reconcilers
-        .write(super::reconciler::CONTROLLER, "session_status");
+        .write(super::CONTROLLER, "session_status");
     Api::<Session>::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default())
         .patch_status(
             &session.name_any(),
@@ -179,9 +179,7 @@ async fn delete(ctx: &Context, namespace: &str, object: &LegacyObject) -> Result
         LegacyKind::Service => "service",
         LegacyKind::Ingress => "ingress",
     };
-    ctx.metrics
-        .reconcilers
-        .write(super::reconciler::CONTROLLER, kind);
+    ctx.metrics.reconcilers.write(super::CONTROLLER, kind);
     let result = match object.kind {
         LegacyKind::Deployment => Api::<Deployment>::namespaced(client, namespace)
             .delete(&object.name, &params)

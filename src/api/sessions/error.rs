@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::request::Invalid;
-use crate::api::handlers::ApiError;
+use crate::api::error::ApiError;
 
 /// The 409 of a write that lost a race.
 pub const CHANGED_CONCURRENTLY: &str = "the session was changed at the same time; retry";
