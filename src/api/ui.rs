@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use super::auth::Permission;
 use super::handlers::{ApiError, Reply, finish};
+use super::sessions::request::requested_amount;
 use super::{ApiState, valid_name};
 use crate::admission::quota::ledger::{self, SessionKey, SessionView};
 use crate::admission::quota::{self, Limits, Usage};
@@ -43,21 +44,6 @@ const MAX_CATEGORY: usize = 253;
 pub fn template_item(template: &Template) -> Value {
     let spec = &template.spec;
     let resources = spec.default_resources.as_ref();
-    let amount = |key: &str| -> String {
-        resources
-            .and_then(|r| {
-                r.requests
-                    .as_ref()
-                    .and_then(|m| m.get(key))
-                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(key)))
-                    .or(match key {
-                        "memory" => r.memory.as_ref(),
-                        _ => r.cpu.as_ref(),
-                    })
-            })
-            .map(|q| q.0.clone())
-            .unwrap_or_default()
-    };
     let vnc = spec.effective_vnc();
     let status = template.status.as_ref();
     json!({
@@ -68,7 +54,10 @@ pub fn template_item(template: &Template) -> Value {
         "category": spec.category.clone().unwrap_or_default(),
         "icon": spec.icon.clone().unwrap_or_default(),
         "baseImage": spec.base_image,
-        "defaultResources": {"memory": amount("memory"), "cpu": amount("cpu")},
+        "defaultResources": {
+            "memory": requested_amount(resources, "memory"),
+            "cpu": requested_amount(resources, "cpu"),
+        },
         "ports": spec.ports,
         "capabilities": spec.capabilities,
         "tags": spec.tags,

@@ -327,26 +327,29 @@ struct ItemResources {
 }
 
 fn item_resources(resources: Option<&ResourceSpec>) -> ItemResources {
-    // Read in place; `requirements()` would clone both maps for every listed session.
-    let get = |key: &str| {
-        resources
-            .and_then(|r| {
-                r.requests
-                    .as_ref()
-                    .and_then(|m| m.get(key))
-                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(key)))
-                    .or(match key {
-                        "memory" => r.memory.as_ref(),
-                        _ => r.cpu.as_ref(),
-                    })
-            })
-            .map(|q| q.0.clone())
-            .unwrap_or_default()
-    };
     ItemResources {
-        memory: get("memory"),
-        cpu: get("cpu"),
+        memory: requested_amount(resources, "memory"),
+        cpu: requested_amount(resources, "cpu"),
     }
+}
+
+/// The amount of `key` (`memory` or `cpu`) `resources` asks for, as written: the request, else
+/// the limit, else the legacy flat field; empty when none is set. Read in place:
+/// `requirements()` would clone both maps for every listed session.
+pub(crate) fn requested_amount(resources: Option<&ResourceSpec>, key: &str) -> String {
+    resources
+        .and_then(|r| {
+            r.requests
+                .as_ref()
+                .and_then(|m| m.get(key))
+                .or_else(|| r.limits.as_ref().and_then(|m| m.get(key)))
+                .or(match key {
+                    "memory" => r.memory.as_ref(),
+                    _ => r.cpu.as_ref(),
+                })
+        })
+        .map(|q| q.0.clone())
+        .unwrap_or_default()
 }
 
 /// The list item of `session` at `now` (for the activity fields).
