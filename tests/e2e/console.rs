@@ -89,6 +89,26 @@ async fn wait_cell(browser: &Client, kind: &str, column: &str, check: impl Fn(&s
     .await;
 }
 
+/// Clicks the element `css` names inside the flag table. The table is redrawn whenever the
+/// state changes (an override's flip record lands a moment after the override itself), so an
+/// element found just before a redraw is stale by the click: find it again and retry.
+async fn click_in_table(browser: &Client, css: &str) {
+    for _ in 0..20 {
+        let result = match browser.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => return,
+            Err(error) if error.is_stale_element_reference() => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(error) => panic!("click {css}: {error}"),
+        }
+    }
+    panic!("click {css}: the element went stale on every one of 20 tries");
+}
+
 fn artefact(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -188,13 +208,7 @@ async fn drive(browser: &Client, addr: SocketAddr) {
     println!("console screenshot: {}", path.display());
 
     // Clear it: the default is back, on the page and in the API.
-    browser
-        .find(Locator::Css("button.clear[data-type=\"sessions\"]"))
-        .await
-        .expect("clear button")
-        .click()
-        .await
-        .expect("clear the override");
+    click_in_table(browser, "button.clear[data-type=\"sessions\"]").await;
     wait_cell(browser, "sessions", "source", |s| s != "override").await;
     wait_cell(browser, "sessions", "override", |o| o == "none").await;
     let (_, flag) = call(addr, "GET", "/api/v1/flags/sessions", Some(API_TOKEN)).await;
