@@ -131,6 +131,19 @@ impl Process {
     }
 }
 
+impl Drop for Process {
+    /// A failing test shows the last lines of each process's log (the file goes with the test's
+    /// temporary directory).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let output = self.output();
+            let lines: Vec<&str> = output.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("--- last lines of {} ---\n{tail}", self.log.display());
+        }
+    }
+}
+
 /// `GET path` over plain HTTP/1.1: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;

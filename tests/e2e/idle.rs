@@ -374,12 +374,23 @@ async fn connect_wakes_a_hibernated_session_through_the_event() {
     );
     assert!(body["sessionUrl"].as_str().is_some(), "{body}");
     let controller = env.controller.as_ref().expect("controller");
-    assert_eq!(
+    let wakes = || {
         counter(
             &controller.metrics,
             "streamspace_idle_session_wakes",
-            "outcome=\"woken\""
-        ),
+            "outcome=\"woken\"",
+        )
+    };
+    // When the mark's path wins, the event's path can read the session running (and answer
+    // "not needed") a moment before the mark's path counts its wake: wait for the count.
+    wait_for(
+        "the controller to count the wake",
+        || async { wakes() },
+        |n| *n >= 1,
+    )
+    .await;
+    assert_eq!(
+        wakes(),
         1,
         "woken exactly once, by the event or the mark, whichever the controller saw first"
     );
@@ -414,6 +425,7 @@ async fn connect_wakes_a_hibernated_session_through_the_event() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    assert_eq!(wakes(), 1, "no second wake");
     drop(api);
     env.cleanup().await;
 }
