@@ -12,7 +12,7 @@
 //! do nothing the token could not do with curl.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -25,7 +25,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::handlers::{ApiError, finish};
+use super::handlers::ApiError;
 use crate::crd::FeatureFlag;
 use crate::ownership::ResourceType;
 use crate::ownership::shadow::SHADOW_EVENT_REASON;
@@ -77,13 +77,12 @@ pub(super) async fn state_handler(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         state.principal(&headers).await?;
         Ok::<_, ApiError>(Json(snapshot(&state).await).into_response())
     }
     .await;
-    finish(&state, "console_state", started, reply)
+    reply.into_response()
 }
 
 /// Everything the page shows. Reads that fail leave their part empty and name the failure in
@@ -211,21 +210,15 @@ pub(super) async fn flags_ws(
     Query(query): Query<super::live::WsQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let started = Instant::now();
     super::live::add_query_token(&mut headers, query.token.as_deref());
-    let response = match (state.principal(&headers).await, upgrade) {
+    match (state.principal(&headers).await, upgrade) {
         (Err(error), _) => error.into_response(),
         (Ok(_), Err(rejection)) => rejection.into_response(),
         (Ok(_), Ok(upgrade)) => {
             let state = state.clone();
             upgrade.on_upgrade(move |socket| stream(state, socket))
         }
-    };
-    state
-        .metrics
-        .api
-        .request("ws_flags", response.status().as_u16(), started);
-    response
+    }
 }
 
 /// Sends the state, then again whenever it changes, until the client goes away.

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tracing::warn;
 
 /// Errors answered to clients; each has a status code and a fixed metric label.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Kube(error) = &self {
+            // The request's span ([`super::timing`]) names the endpoint.
+            warn!(%error, label = self.metric_label(), "request failed");
+        }
         let status = self.status();
         let message = match &self {
             ApiError::Kube(error) => kube_failure(error).1.to_string(),

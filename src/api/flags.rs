@@ -15,7 +15,7 @@
 //! `spec.percent`) never touches; every change is recorded as an Event naming who and why.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use super::ApiState;
 use super::auth::Permission;
-use super::handlers::{ApiError, finish};
+use super::handlers::ApiError;
 use crate::crd::{FeatureFlag, FlagMode, FlagOverride};
 use crate::idle::deadline::parse_duration;
 use crate::ownership::{Effective, ResourceType};
@@ -119,8 +119,7 @@ fn current_view(state: &ApiState, resource: ResourceType) -> Value {
 }
 
 pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response, ApiError> = async {
         state.principal(&headers).await?;
         let flags: Vec<Value> = ResourceType::ALL
             .into_iter()
@@ -129,7 +128,7 @@ pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap)
         Ok(Json(json!({"flags": flags, "loaded": state.flags().loaded()})).into_response())
     }
     .await;
-    finish(&state, "flags_list", started, reply)
+    reply.into_response()
 }
 
 pub(crate) async fn get(
@@ -137,14 +136,13 @@ pub(crate) async fn get(
     headers: HeaderMap,
     Path(kind): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response, ApiError> = async {
         state.principal(&headers).await?;
         let resource = parse_type(&kind)?;
         Ok(Json(current_view(&state, resource)).into_response())
     }
     .await;
-    finish(&state, "flags_get", started, reply)
+    reply.into_response()
 }
 
 pub(crate) async fn put_override(
@@ -153,8 +151,7 @@ pub(crate) async fn put_override(
     Path(kind): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response, ApiError> = async {
         let principal = state.principal(&headers).await?;
         let resource = parse_type(&kind)?;
         state.require(&principal, Permission::ManageFlags).await?;
@@ -182,7 +179,7 @@ pub(crate) async fn put_override(
         Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
     }
     .await;
-    finish(&state, "flags_override_put", started, reply)
+    reply.into_response()
 }
 
 pub(crate) async fn delete_override(
@@ -190,7 +187,6 @@ pub(crate) async fn delete_override(
     headers: HeaderMap,
     Path(kind): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = state.principal(&headers).await?;
         let resource = parse_type(&kind)?;
@@ -213,7 +209,7 @@ pub(crate) async fn delete_override(
         Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
     }
     .await;
-    finish(&state, "flags_override_delete", started, reply)
+    reply.into_response()
 }
 
 /// Writes `over` as the override of flag object `name`. A merge patch of the override alone
@@ -377,7 +373,6 @@ pub(super) async fn put_baseline(
     Path(kind): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = state.principal(&headers).await?;
         let resource = parse_type(&kind)?;
@@ -401,7 +396,7 @@ pub(super) async fn put_baseline(
         Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
     }
     .await;
-    finish(&state, "flags_baseline_put", started, reply)
+    reply.into_response()
 }
 
 /// Records a flag change as an Event on the FeatureFlag; a failure is logged, not returned

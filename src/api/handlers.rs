@@ -5,7 +5,6 @@
 //! request.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -31,24 +30,6 @@ pub(super) type Reply = Result<Response, ApiError>;
 
 /// Longest a connect waits for the ownership flags after start-up.
 const FLAGS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Counts and times the request, whatever the outcome.
-pub(super) fn finish(
-    state: &ApiState,
-    endpoint: &'static str,
-    started: Instant,
-    reply: Reply,
-) -> Response {
-    if let Err(error @ ApiError::Kube(_)) = &reply {
-        warn!(endpoint, %error, label = error.metric_label(), "request failed");
-    }
-    let response = reply.unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .api
-        .request(endpoint, response.status().as_u16(), started);
-    response
-}
 
 /// Who is asking (401), and whether the id is valid (400).
 async fn check(
@@ -89,7 +70,6 @@ pub(super) async fn heartbeat(
     Path(id): Path<String>,
     Query(query): Query<HeartbeatQuery>,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = check(&state, &headers, &id).await?;
         let connection_id = connection_id_param(query.connection_id)?;
@@ -116,7 +96,7 @@ pub(super) async fn heartbeat(
         Ok(Json(body).into_response())
     }
     .await;
-    finish(&state, "heartbeat", started, reply)
+    reply.into_response()
 }
 
 #[derive(Deserialize)]
@@ -132,9 +112,8 @@ pub(super) async fn connect(
     Path(id): Path<String>,
     Query(query): Query<ConnectQuery>,
 ) -> Response {
-    let started = Instant::now();
     let reply = connect_inner(&state, &headers, &id, query).await;
-    finish(&state, "connect", started, reply)
+    reply.into_response()
 }
 
 async fn connect_inner(
@@ -316,8 +295,7 @@ pub(super) async fn disconnect(
     Path(id): Path<String>,
     Query(query): Query<DisconnectQuery>,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Reply = async {
         let principal = check(&state, &headers, &id).await?;
         let connection_id = connection_id_param(query.connection_id)?
             .ok_or_else(|| ApiError::BadRequest("connectionId is required".into()))?;
@@ -338,7 +316,7 @@ pub(super) async fn disconnect(
         .into_response())
     }
     .await;
-    finish(&state, "disconnect", started, reply)
+    reply.into_response()
 }
 
 /// With `--hibernate-on-last-disconnect`: the session's last connection went, so it
@@ -371,8 +349,7 @@ pub(super) async fn connections(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Reply = async {
         let principal = check(&state, &headers, &id).await?;
         let owner = state.session_user(&id, &principal, "get").await?;
         state
@@ -388,7 +365,7 @@ pub(super) async fn connections(
         .into_response())
     }
     .await;
-    finish(&state, "connections", started, reply)
+    reply.into_response()
 }
 
 /// A unique, UUID-shaped connection id.

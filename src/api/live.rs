@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -277,7 +277,6 @@ pub(super) async fn cluster_stats_handler(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = state.principal(&headers).await?;
         state.require(&principal, Permission::ReadCluster).await?;
@@ -288,12 +287,7 @@ pub(super) async fn cluster_stats_handler(
         Ok::<_, ApiError>(Json(stats).into_response())
     }
     .await;
-    let response = reply.unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .api
-        .request("cluster_stats", response.status().as_u16(), started);
-    response
+    reply.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn loading() -> Response {
@@ -315,7 +309,7 @@ pub(super) async fn sessions_ws(
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open_stream(state, headers, query, upgrade, "ws_sessions", sessions_view).await
+    open_stream(state, headers, query, upgrade, sessions_view).await
 }
 
 /// Every session for a caller who may list them, else their own.
@@ -349,7 +343,7 @@ pub(super) async fn cluster_ws(
     Query(query): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open_stream(state, headers, query, upgrade, "ws_cluster", cluster_view).await
+    open_stream(state, headers, query, upgrade, cluster_view).await
 }
 
 /// Decides which view a caller gets (or refuses them) before the upgrade.
@@ -365,10 +359,8 @@ async fn open_stream(
     mut headers: HeaderMap,
     query: WsQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-    endpoint: &'static str,
     choose: Choose,
 ) -> Response {
-    let started = Instant::now();
     add_query_token(&mut headers, query.token.as_deref());
     let reply = async {
         let principal = state.principal(&headers).await?;
@@ -376,7 +368,7 @@ async fn open_stream(
         Ok::<_, ApiError>((principal, view))
     }
     .await;
-    let response = match (reply, upgrade) {
+    match (reply, upgrade) {
         (Err(error), _) => error.into_response(),
         (Ok(_), Err(rejection)) => rejection.into_response(),
         (Ok((principal, view)), Ok(upgrade)) => match state.streams.acquire(&principal.name) {
@@ -396,12 +388,7 @@ async fn open_stream(
                     .on_upgrade(move |socket| stream.run(socket))
             }
         },
-    };
-    state
-        .metrics
-        .api
-        .request(endpoint, response.status().as_u16(), started);
-    response
+    }
 }
 
 /// Browsers cannot set headers on a WebSocket: a `token` query parameter stands in for the

@@ -33,6 +33,7 @@ pub mod nodes;
 pub mod routes;
 pub mod sessions;
 pub mod settings;
+mod timing;
 pub mod tls;
 pub mod ui;
 
@@ -510,7 +511,7 @@ async fn readyz(
 }
 
 fn router(state: Arc<ApiState>) -> Router {
-    routes::router(routes::table()).with_state(state)
+    routes::router(routes::table(), &state.metrics).with_state(state)
 }
 
 /// The one refusal of a session a caller may not act on, whether it exists or not.

@@ -212,26 +212,6 @@ pub(crate) async fn background(state: Arc<ApiState>, watches: Watches) {
     tokio::join!(policies, deployments, pods, policies_loaded, follow);
 }
 
-/// Counts and times the request, whatever the outcome.
-fn finish(
-    state: &ApiState,
-    endpoint: &'static str,
-    started: Instant,
-    reply: Result<Response>,
-) -> Response {
-    if let Err(error) = &reply
-        && matches!(error, SessionsError::Api(super::error::ApiError::Kube(_)))
-    {
-        warn!(endpoint, %error, label = error.metric_label(), "request failed");
-    }
-    let response = reply.unwrap_or_else(IntoResponse::into_response);
-    state
-        .metrics
-        .api
-        .request(endpoint, response.status().as_u16(), started);
-    response
-}
-
 /// Pause after the `attempt`-th conflict (0-based), with jitter so that writers that collided
 /// do not collide again in step.
 async fn backoff(attempt: u32) {
@@ -266,9 +246,8 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = create_inner(&state, &headers, &body).await;
-    finish(&state, "sessions_create", started, reply)
+    reply.into_response()
 }
 
 async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
@@ -475,9 +454,8 @@ pub(crate) async fn list(
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let started = Instant::now();
     let reply = list_inner(&state, &headers, query).await;
-    finish(&state, "sessions_list", started, reply)
+    reply.into_response()
 }
 
 async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> Result<Response> {
@@ -567,8 +545,7 @@ pub(crate) async fn by_tags(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response> = async {
         let principal = state.principal(&headers).await?;
         let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
         let mut sessions = visible_sessions(&state, &principal, user).await?;
@@ -576,7 +553,7 @@ pub(crate) async fn by_tags(
         Ok(list_response(&state, &sessions))
     }
     .await;
-    finish(&state, "sessions_by_tags", started, reply)
+    reply.into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,7 +565,6 @@ pub(crate) async fn set_tags(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
@@ -625,7 +601,7 @@ pub(crate) async fn set_tags(
         Ok(Json(request::session_item(&updated, active, Timestamp::now())).into_response())
     }
     .await;
-    finish(&state, "sessions_tags", started, reply)
+    reply.into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,8 +612,7 @@ pub(crate) async fn activity(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response> = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
         let session = state.session_for(&id, &principal, "get").await?;
@@ -654,7 +629,7 @@ pub(crate) async fn activity(
         Ok(Json(body).into_response())
     }
     .await;
-    finish(&state, "sessions_activity", started, reply)
+    reply.into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,8 +650,7 @@ pub(crate) async fn get_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response> = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
         let session = state.session_for(&id, &principal, "get").await?;
@@ -689,7 +663,7 @@ pub(crate) async fn get_one(
         Ok(Json(request::session_item(&session, active, Timestamp::now())).into_response())
     }
     .await;
-    finish(&state, "sessions_get", started, reply)
+    reply.into_response()
 }
 
 pub(crate) async fn patch(
@@ -698,8 +672,7 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let reply = async {
+    let reply: Result<Response> = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
         let wanted = request::parse_state(&body)?;
@@ -707,7 +680,7 @@ pub(crate) async fn patch(
         Ok(accepted(request::state_response(&id, &wanted)))
     }
     .await;
-    finish(&state, "sessions_patch", started, reply)
+    reply.into_response()
 }
 
 /// Moves session `id` to `wanted` on the API's own account (no caller to authorise), through
@@ -776,7 +749,6 @@ pub(crate) async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         let principal = state.principal(&headers).await?;
         check_id(&id)?;
@@ -813,5 +785,5 @@ pub(crate) async fn delete(
         )))
     }
     .await;
-    finish(&state, "sessions_delete", started, reply)
+    reply.into_response()
 }

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -26,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::auth::Permission;
-use super::handlers::{ApiError, Reply, finish};
+use super::handlers::{ApiError, Reply};
 use super::sessions::request::requested_amount;
 use super::{ApiState, valid_name};
 use crate::admission::quota::ledger::{self, SessionKey, SessionView};
@@ -175,7 +174,6 @@ pub(super) async fn list_templates(
     headers: HeaderMap,
     Query(query): Query<TemplateQuery>,
 ) -> Response {
-    let started = Instant::now();
     let reply: Reply = async {
         state.principal(&headers).await?;
         let category = query.category.filter(|c| !c.is_empty());
@@ -193,7 +191,7 @@ pub(super) async fn list_templates(
         Ok(Json(json!({"total": templates.len(), "templates": templates})).into_response())
     }
     .await;
-    finish(&state, "templates_list", started, reply)
+    reply.into_response()
 }
 
 pub(super) async fn get_template(
@@ -201,7 +199,6 @@ pub(super) async fn get_template(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply: Reply = async {
         state.principal(&headers).await?;
         if !valid_name(&name) {
@@ -219,7 +216,7 @@ pub(super) async fn get_template(
         Ok(Json(template_item(&template)).into_response())
     }
     .await;
-    finish(&state, "templates_get", started, reply)
+    reply.into_response()
 }
 
 #[derive(Deserialize)]
@@ -232,7 +229,6 @@ pub(super) async fn quota(
     headers: HeaderMap,
     Query(query): Query<QuotaQuery>,
 ) -> Response {
-    let started = Instant::now();
     let reply: Reply = async {
         let principal = state.principal(&headers).await?;
         let user = match query.user.filter(|u| !u.is_empty()) {
@@ -273,7 +269,7 @@ pub(super) async fn quota(
         Ok(Json(quota_view(&user, &limits, &usage)).into_response())
     }
     .await;
-    finish(&state, "quota", started, reply)
+    reply.into_response()
 }
 
 #[cfg(test)]

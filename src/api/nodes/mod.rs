@@ -27,7 +27,7 @@ pub mod request;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -42,7 +42,7 @@ use serde_json::json;
 
 use super::ApiState;
 use super::auth::{AuthError, Permission};
-use super::handlers::{ApiError, finish};
+use super::handlers::ApiError;
 use crate::metrics::SharedMetrics;
 use crate::ownership::{Owner, ResourceType};
 use request::NodeAction;
@@ -180,14 +180,9 @@ impl NodeError {
     }
 }
 
-/// Counts and times the request like every API endpoint; a conflict is a 409 with the same
-/// JSON shape as the other errors.
-fn respond(
-    state: &ApiState,
-    endpoint: &'static str,
-    started: Instant,
-    reply: Result<Response, NodeError>,
-) -> Response {
+/// The answer of a node request; a conflict is a 409 with the same JSON shape as the other
+/// errors.
+fn respond(reply: Result<Response, NodeError>) -> Response {
     let reply = match reply {
         Ok(response) => Ok(response),
         Err(NodeError::Api(error)) => Err(error),
@@ -197,7 +192,7 @@ fn respond(
         )
             .into_response()),
     };
-    finish(state, endpoint, started, reply)
+    reply.into_response()
 }
 
 async fn read_permission(state: &ApiState, headers: &HeaderMap) -> Result<(), NodeError> {
@@ -219,7 +214,6 @@ async fn all_nodes(state: &ApiState) -> Result<Vec<Arc<Node>>, NodeError> {
 }
 
 pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
     let reply = async {
         read_permission(&state, &headers).await?;
         let mut nodes = all_nodes(&state).await?;
@@ -237,18 +231,17 @@ pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap)
         Ok(Json(infos).into_response())
     }
     .await;
-    respond(&state, "nodes_list", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn stats(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let started = Instant::now();
     let reply = async {
         read_permission(&state, &headers).await?;
         let nodes = all_nodes(&state).await?;
         Ok(Json(info::stats(nodes.iter().map(AsRef::as_ref))).into_response())
     }
     .await;
-    respond(&state, "nodes_stats", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn get_one(
@@ -256,7 +249,6 @@ pub(crate) async fn get_one(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply = async {
         read_permission(&state, &headers).await?;
         check_node_name(&name)?;
@@ -278,7 +270,7 @@ pub(crate) async fn get_one(
         Ok(Json(info::node_info(&node, count, Timestamp::now())).into_response())
     }
     .await;
-    respond(&state, "nodes_get", started, reply)
+    respond(reply)
 }
 
 fn check_node_name(name: &str) -> Result<(), NodeError> {
@@ -351,12 +343,11 @@ pub(crate) async fn set_label(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || {
         request::set_label(request::parse_body(&body, false)?)
     })
     .await;
-    respond(&state, "nodes_label", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn remove_label(
@@ -364,9 +355,8 @@ pub(crate) async fn remove_label(
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || request::remove_label(key)).await;
-    respond(&state, "nodes_unlabel", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn add_taint(
@@ -375,12 +365,11 @@ pub(crate) async fn add_taint(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || {
         request::add_taint(request::parse_body(&body, false)?)
     })
     .await;
-    respond(&state, "nodes_taint", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn remove_taint(
@@ -388,9 +377,8 @@ pub(crate) async fn remove_taint(
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || request::remove_taint(key)).await;
-    respond(&state, "nodes_untaint", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn cordon(
@@ -398,9 +386,8 @@ pub(crate) async fn cordon(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || Ok(NodeAction::Cordon)).await;
-    respond(&state, "nodes_cordon", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn uncordon(
@@ -408,9 +395,8 @@ pub(crate) async fn uncordon(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || Ok(NodeAction::Uncordon)).await;
-    respond(&state, "nodes_uncordon", started, reply)
+    respond(reply)
 }
 
 pub(crate) async fn drain(
@@ -419,12 +405,11 @@ pub(crate) async fn drain(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
     let reply = act(&state, &headers, &name, || {
         request::drain(request::parse_body(&body, true)?)
     })
     .await;
-    respond(&state, "nodes_drain", started, reply)
+    respond(reply)
 }
 
 #[cfg(test)]
