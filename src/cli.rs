@@ -4,11 +4,53 @@ use anyhow::Context as _;
 use clap::Args;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::controller;
+use crate::caches::Caches;
+use crate::controller::{self, Readiness};
 use crate::crd::FlagMode;
 use crate::idle::deadline::{IdleSettings, MaxDurationAction, parse_duration};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::ownership::index::{FlagIndex, FlagSettings};
 use crate::session::objects::SessionSettings;
+use crate::supervisor::{Supervisor, SupervisorHandle};
+
+/// A process whose reconcilers are running: what `controller` and `dev` build on.
+pub struct Reconcilers {
+    /// Runs every task of the process; its end is the process's end.
+    pub supervisor: Supervisor,
+    /// Where the process starts its other tasks (servers, hook secrets, the API).
+    pub tasks: SupervisorHandle,
+    pub metrics: SharedMetrics,
+    pub readiness: Readiness,
+    /// The process's watch caches, shared with the admission webhooks.
+    pub caches: Caches,
+}
+
+/// Starts the reconcilers of `config` under a new supervisor, with new metrics and readiness:
+/// the first step of `controller` and of `dev`.
+pub async fn start_reconcilers(
+    client: &kube::Client,
+    config: &controller::Config,
+) -> anyhow::Result<Reconcilers> {
+    let metrics = std::sync::Arc::new(Metrics::default());
+    let readiness = Readiness::default();
+    let supervisor = Supervisor::new();
+    let tasks = supervisor.handle();
+    let caches = controller::start(
+        &tasks,
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        readiness.clone(),
+    )
+    .await?;
+    Ok(Reconcilers {
+        supervisor,
+        tasks,
+        metrics,
+        readiness,
+        caches,
+    })
+}
 
 /// Reconciler settings shared by `controller` and `dev`.
 #[derive(Args, Clone, Debug)]

@@ -9,10 +9,12 @@
 //! Module map, from the top down. A module uses only modules below it or beside it in the same
 //! layer, never one above; `scripts/modgraph.py` prints the graph and fails on a cycle between
 //! files.
-//! - Processes and their flags: `main.rs`, `dev`, `cli`, `migrate` (preflight, backup, restore,
-//!   verify). Nothing else imports them.
+//! - Processes and their flags: `main.rs`, `dev`, `cli` (settings shared by `controller` and
+//!   `dev`, and their common first step, `cli::start_reconcilers`), `migrate` (preflight,
+//!   backup, restore, verify). Nothing else imports them.
 //! - Wiring: `controller` (builds the caches, the contexts and the reconcilers, and starts
-//!   them) and `http` (the controller's endpoints); the `api` process. `controller` is imported
+//!   them) and `http` (the controller's endpoints); the `api` process (its route table, one
+//!   request-metrics layer, the handlers by resource). `controller` is imported
 //!   by the processes only; `http` and `api` share what they both speak through `wire`.
 //! - Features, each a thin I/O shell around its pure decisions: `session`, `template`, `idle`,
 //!   `nodeop`, `gitops`, `ownership`, `admission`.

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use streamspace_controller::cli::ControllerSettings;
-use streamspace_controller::controller::{self, Readiness};
+use streamspace_controller::cli::{ControllerSettings, Reconcilers, start_reconcilers};
 use streamspace_controller::idle::deadline::parse_duration;
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::supervisor::Supervisor;
@@ -169,18 +168,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         None => None,
     };
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::default();
-    let supervisor = Supervisor::new();
-    let tasks = supervisor.handle();
-    let caches = controller::start(
-        &tasks,
-        client.clone(),
-        config.clone(),
-        metrics.clone(),
-        readiness.clone(),
-    )
-    .await?;
+    let Reconcilers {
+        supervisor,
+        tasks,
+        metrics,
+        readiness,
+        caches,
+    } = start_reconcilers(&client, &config).await?;
     let router = http::controller_endpoints(&client, &config, metrics.clone(), readiness);
     http::serve_supervised(&tasks, "http server", http_listener, router);
     let hooks = http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone());

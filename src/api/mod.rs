@@ -1,8 +1,11 @@
 //! The `api` subcommand: the StreamSpace-compatible API. Every route is listed once, in
-//! [`routes::table`], from which both the router and the OpenAPI document
-//! (`/api/v1/openapi.json`) are built; docs/api.md describes each.
+//! [`routes::table`] (area by area), from which both the router and the OpenAPI document
+//! (`/api/v1/openapi.json`) are built; docs/api.md describes each. One layer (`timing`)
+//! counts and times every route's requests under the route's fixed metric label, so handlers
+//! carry no timing code.
 //!
-//! - sessions: create, list, by tags, get, state, tags, delete ([`sessions`]);
+//! - sessions: create, list, by tags, get, state, tags, delete ([`sessions`], a file per
+//!   concern under `sessions/`);
 //! - activity and connections: heartbeat, connect, disconnect, connections ([`handlers`],
 //!   [`activity`], [`connections`]);
 //! - templates and quota ([`ui`]); flags ([`flags`]); admin nodes ([`nodes`]);
@@ -43,6 +46,7 @@ use std::time::Duration;
 
 use axum::Router;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -280,32 +284,9 @@ pub fn build(
     auth: Arc<dyn Authenticator>,
     metrics: SharedMetrics,
 ) -> Result<ApiService, StartError> {
-    if !valid_name(&config.namespace) {
-        return Err(StartError::Namespace(config.namespace));
-    }
-    if config.flush_interval < Duration::from_millis(10) {
-        return Err(StartError::FlushInterval);
-    }
-    if config.connection_expiry < Duration::from_secs(1)
-        || config.connection_expiry.subsec_nanos() != 0
-    {
-        return Err(StartError::ConnectionExpiry);
-    }
-    let events = match (&config.controller_url, &config.connection_event_token) {
-        (Some(url), Some(token)) => Some(EventSender::new(url, token)?),
-        (Some(url), None) => Some(EventSender::new(url, "")?),
-        _ => None,
-    };
-    let (sessions, writer) = reflector::store();
-    let watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<Session>::namespaced(client.clone(), &config.namespace),
-            watcher::Config::default().any_semantic(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
+    check_config(&config)?;
+    let events = event_sender(&config)?;
+    let (sessions, session_watch) = session_watch(&client, &config.namespace);
     let activity = Arc::new(ActivityBuffer::new(config.flush_interval));
     let lease_api = Api::<Lease>::namespaced(client.clone(), &config.namespace);
     let (leases, lease_watch) = crate::caches::reflect(
@@ -353,64 +334,142 @@ pub fn build(
         session_changes: tokio::sync::watch::Sender::new(0),
         session_api,
     });
-    let flag_watch = config.flags.clone().run(client.clone());
-    let flusher = Flusher {
-        client,
-        namespace: config.namespace.clone(),
-        buffer: activity,
+    let background = Background {
+        session_watch,
         sessions: sessions.clone(),
-        metrics,
-    };
-    let idle_monitor = config.idle_monitor.clone();
-    let background = {
-        let state = state.clone();
-        async move {
-            let drive = watch.boxed().for_each(|event| {
-                match event {
-                    Ok(session) => {
-                        state.session_api.session_touched(&session);
-                        notify_session_change(&state);
-                    }
-                    Err(error) => warn!(%error, "session watch failed; retrying"),
-                }
-                futures::future::ready(())
-            });
-            // The only waiter on this store (a store wakes one waiter only).
-            let loaded = async {
-                if sessions.wait_until_ready().await.is_ok() {
-                    state.sessions_loaded.store(true, Ordering::Relaxed);
-                    notify_session_change(&state);
-                    info!("session cache loaded");
-                }
-            };
-            let sessions_api = sessions::background(state.clone(), session_watches);
-            let monitor = async {
-                if let Some(settings) = idle_monitor {
-                    idle::run(state.clone(), settings).await;
-                }
-            };
-            let ui_caches = ui_caches(
-                state.clone(),
-                leases,
-                lease_watch,
-                templates,
-                template_watch,
-            );
-            let caches = futures::future::join5(
-                node_watch,
-                sessions_api,
-                sweep(state.clone()),
-                ui_caches,
-                monitor,
-            );
-            futures::future::join5(drive, loaded, flusher.run(), flag_watch, caches).await;
-        }
-        .boxed()
+        session_watches,
+        leases,
+        lease_watch,
+        templates,
+        template_watch,
+        node_watch,
+        flag_watch: config.flags.clone().run(client.clone()).boxed(),
+        flusher: Flusher {
+            client,
+            namespace: config.namespace.clone(),
+            buffer: activity,
+            sessions,
+            metrics,
+        },
+        idle_monitor: config.idle_monitor.clone(),
     };
     Ok(ApiService {
-        router: router(state),
-        background,
+        router: router(state.clone()),
+        background: background.run(state).boxed(),
     })
+}
+
+/// Refuses settings the API cannot run with.
+fn check_config(config: &ApiConfig) -> Result<(), StartError> {
+    if !valid_name(&config.namespace) {
+        return Err(StartError::Namespace(config.namespace.clone()));
+    }
+    if config.flush_interval < Duration::from_millis(10) {
+        return Err(StartError::FlushInterval);
+    }
+    if config.connection_expiry < Duration::from_secs(1)
+        || config.connection_expiry.subsec_nanos() != 0
+    {
+        return Err(StartError::ConnectionExpiry);
+    }
+    Ok(())
+}
+
+/// Where connection events go: the controller's URL, if configured.
+fn event_sender(config: &ApiConfig) -> Result<Option<EventSender>, StartError> {
+    Ok(
+        match (&config.controller_url, &config.connection_event_token) {
+            (Some(url), Some(token)) => Some(EventSender::new(url, token)?),
+            (Some(url), None) => Some(EventSender::new(url, "")?),
+            _ => None,
+        },
+    )
+}
+
+/// The Session watch of `namespace` and the store it fills; the stream yields every object
+/// the watch touched.
+fn session_watch(
+    client: &Client,
+    namespace: &str,
+) -> (
+    Store<Session>,
+    BoxStream<'static, Result<Session, watcher::Error>>,
+) {
+    let (sessions, writer) = reflector::store();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Session>::namespaced(client.clone(), namespace),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    (sessions, watch)
+}
+
+/// Everything the API runs besides answering requests: its watches, the activity flusher,
+/// the connection sweep and the legacy idle monitor.
+struct Background {
+    session_watch: BoxStream<'static, Result<Session, watcher::Error>>,
+    sessions: Store<Session>,
+    session_watches: sessions::Watches,
+    leases: Store<Lease>,
+    lease_watch: BoxStream<'static, Result<Lease, watcher::Error>>,
+    templates: Store<Template>,
+    template_watch: BoxStream<'static, Result<Template, watcher::Error>>,
+    node_watch: BoxFuture<'static, ()>,
+    flag_watch: BoxFuture<'static, ()>,
+    flusher: Flusher,
+    idle_monitor: Option<idle::IdleMonitorSettings>,
+}
+
+impl Background {
+    /// Runs until dropped.
+    async fn run(self, state: Arc<ApiState>) {
+        let drive = self.session_watch.for_each(|event| {
+            match event {
+                Ok(session) => {
+                    state.session_api.session_touched(&session);
+                    notify_session_change(&state);
+                }
+                Err(error) => warn!(%error, "session watch failed; retrying"),
+            }
+            futures::future::ready(())
+        });
+        // The only waiter on this store (a store wakes one waiter only).
+        let sessions = self.sessions;
+        let loaded = async {
+            if sessions.wait_until_ready().await.is_ok() {
+                state.sessions_loaded.store(true, Ordering::Relaxed);
+                notify_session_change(&state);
+                info!("session cache loaded");
+            }
+        };
+        let sessions_api = sessions::background(state.clone(), self.session_watches);
+        let idle_monitor = self.idle_monitor;
+        let monitor = async {
+            if let Some(settings) = idle_monitor {
+                idle::run(state.clone(), settings).await;
+            }
+        };
+        let ui_caches = ui_caches(
+            state.clone(),
+            self.leases,
+            self.lease_watch,
+            self.templates,
+            self.template_watch,
+        );
+        let caches = futures::future::join5(
+            self.node_watch,
+            sessions_api,
+            sweep(state.clone()),
+            ui_caches,
+            monitor,
+        );
+        futures::future::join5(drive, loaded, self.flusher.run(), self.flag_watch, caches).await;
+    }
 }
 
 /// Removes expired connections from the API server (every replica does; see

@@ -17,11 +17,12 @@ use super::{
     sync_gitops_examples, table, wait_ready, webhooks,
 };
 use crate::caches::Caches;
-use crate::controller::{self, Readiness};
+use crate::cli::{Reconcilers, start_reconcilers};
+use crate::controller;
 use crate::crd::Session;
 use crate::devcluster::ControlPlane;
 use crate::metrics::Metrics;
-use crate::supervisor::{Supervisor, SupervisorHandle};
+use crate::supervisor::SupervisorHandle;
 
 /// Template of the example session the printed block creates.
 const EXAMPLE_TEMPLATE: &str = "firefox-browser";
@@ -48,32 +49,19 @@ pub(super) async fn run_components(
         .unwrap_or_else(|| DEV_GITSYNC_NAMESPACE.to_string());
     let gitops_repo = prepare_gitops(args, &mut config, client, run_dir, &namespace).await?;
 
-    let metrics = Arc::new(Metrics::default());
-    let readiness = Readiness::default();
-    let supervisor = Supervisor::new();
-    let tasks = supervisor.handle();
-    let caches = controller::start(
-        &tasks,
-        client.clone(),
-        config.clone(),
-        metrics.clone(),
-        readiness.clone(),
+    let reconcilers = start_reconcilers(client, &config).await?;
+    let controller_addr = listeners.http.local_addr()?;
+    let webhooks_on = listeners.webhooks.is_some();
+    serve_controller(
+        &reconcilers,
+        client,
+        &config,
+        &namespace,
+        listeners.http,
+        listeners.webhooks,
     )
     .await?;
-    let controller_addr = listeners.http.local_addr()?;
-    // Local only: the push hooks share the one port (`controller` serves them on --hooks-addr).
-    let router =
-        crate::http::controller_endpoints(client, &config, metrics.clone(), readiness).merge(
-            crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone()),
-        );
-    crate::http::serve_supervised(&tasks, "http server", listeners.http, router);
-    let webhooks_on = listeners.webhooks.is_some();
-    if let Some(listener) = listeners.webhooks {
-        start_webhooks(
-            &tasks, client, &config, &namespace, &caches, &metrics, listener,
-        )
-        .await?;
-    }
+    let (tasks, metrics) = (&reconcilers.tasks, &reconcilers.metrics);
 
     let (admin, user) = identities(control_plane)?;
     let api_url = format!("http://{}", listeners.api.local_addr()?);
@@ -84,7 +72,7 @@ pub(super) async fn run_components(
         controller_addr,
         kube_config,
     };
-    start_api(&tasks, client, control_plane, api, &metrics, listeners.api)?;
+    start_api(tasks, client, control_plane, api, metrics, listeners.api)?;
 
     let ready = wait_ready(
         client,
@@ -113,7 +101,8 @@ pub(super) async fn run_components(
     .render();
     let refresh = Duration::from_secs(args.refresh.max(1));
     let not_ready = std::sync::Mutex::new(None);
-    let result = supervisor
+    let result = reconcilers
+        .supervisor
         .run(async {
             if let Err(error) = ready.await {
                 if let Ok(mut slot) = not_ready.lock() {
@@ -130,6 +119,36 @@ pub(super) async fn run_components(
         return Err(error.context("dev did not become ready"));
     }
     result.map_err(anyhow::Error::from)
+}
+
+/// The controller's endpoints with the push hooks on `http` (local only: the hooks share the
+/// one port; `controller` serves them on --hooks-addr), and the admission webhooks on
+/// `webhooks` when given.
+async fn serve_controller(
+    reconcilers: &Reconcilers,
+    client: &Client,
+    config: &controller::Config,
+    namespace: &str,
+    http: tokio::net::TcpListener,
+    webhooks: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let Reconcilers {
+        tasks,
+        metrics,
+        readiness,
+        caches,
+        ..
+    } = reconcilers;
+    let hooks =
+        crate::http::hooks_router(client.clone(), config.gitops.hooks.clone(), metrics.clone());
+    let router =
+        crate::http::controller_endpoints(client, config, metrics.clone(), readiness.clone())
+            .merge(hooks);
+    crate::http::serve_supervised(tasks, "http server", http, router);
+    if let Some(listener) = webhooks {
+        start_webhooks(tasks, client, config, namespace, caches, metrics, listener).await?;
+    }
+    Ok(())
 }
 
 /// The GitOps repository `dev` syncs from, and whether `dev` made it (unless `--no-gitops`).

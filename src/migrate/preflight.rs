@@ -443,46 +443,8 @@ struct Hook {
 }
 
 async fn webhooks(client: &Client, report: &mut Report) {
-    let mut hooks = Vec::new();
-    let params = ListParams::default();
-    match Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .list(&params)
-        .await
-    {
-        Ok(list) => hooks.extend(
-            list.items
-                .into_iter()
-                .flat_map(|c| c.webhooks.into_iter().flatten())
-                .filter_map(|w| {
-                    covering(
-                        w.name,
-                        w.client_config,
-                        w.failure_policy.as_deref(),
-                        w.rules.as_deref(),
-                    )
-                }),
-        ),
-        Err(error) => report.push(Level::Fail, "webhooks", format!("cannot list: {error}")),
-    }
-    match Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .list(&params)
-        .await
-    {
-        Ok(list) => hooks.extend(
-            list.items
-                .into_iter()
-                .flat_map(|c| c.webhooks.into_iter().flatten())
-                .filter_map(|w| {
-                    covering(
-                        w.name,
-                        w.client_config,
-                        w.failure_policy.as_deref(),
-                        w.rules.as_deref(),
-                    )
-                }),
-        ),
-        Err(error) => report.push(Level::Fail, "webhooks", format!("cannot list: {error}")),
-    }
+    let mut hooks = covering_hooks::<ValidatingWebhookConfiguration>(client, report).await;
+    hooks.extend(covering_hooks::<MutatingWebhookConfiguration>(client, report).await);
     if hooks.is_empty() {
         report.push(
             Level::Warn,
@@ -499,6 +461,62 @@ async fn webhooks(client: &Client, report: &mut Report) {
             (false, false) => Level::Warn,
         };
         report.push(level, "webhooks", format!("{}: {detail}", hook.name));
+    }
+}
+
+/// A kind of webhook configuration (validating or mutating), reduced to what preflight reads
+/// of each of its webhooks: name, where it is served, failure policy and rules.
+trait HookConfiguration:
+    kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + fmt::Debug
+{
+    fn parts(self) -> Vec<HookParts>;
+}
+
+type HookParts = (
+    String,
+    WebhookClientConfig,
+    Option<String>,
+    Option<Vec<RuleWithOperations>>,
+);
+
+macro_rules! hook_configuration {
+    ($($kind:ty),*) => {$(
+        impl HookConfiguration for $kind {
+            fn parts(self) -> Vec<HookParts> {
+                self.webhooks
+                    .into_iter()
+                    .flatten()
+                    .map(|w| (w.name, w.client_config, w.failure_policy, w.rules))
+                    .collect()
+            }
+        }
+    )*};
+}
+
+hook_configuration!(ValidatingWebhookConfiguration, MutatingWebhookConfiguration);
+
+/// The webhooks of every configuration of kind `K` that admit `stream.space` objects; a list
+/// that fails is reported and counts as none.
+async fn covering_hooks<K: HookConfiguration>(client: &Client, report: &mut Report) -> Vec<Hook> {
+    match Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .flat_map(K::parts)
+            .filter_map(|(name, client, policy, rules)| {
+                covering(name, client, policy.as_deref(), rules.as_deref())
+            })
+            .collect(),
+        Err(error) => {
+            report.push(Level::Fail, "webhooks", format!("cannot list: {error}"));
+            Vec::new()
+        }
     }
 }
 
