@@ -22,14 +22,12 @@ use super::takeover::{self, Adoption};
 use super::{Error, Result, names, shadow};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{Session, SessionPhase};
-use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
-use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
-use crate::ownership::{Owner, ResourceType, Side};
+use crate::ownership::gate::LOOK_AGAIN_SLACK;
+use crate::ownership::handoff::{ACTED_BY_ANNOTATION, Record};
+use crate::ownership::shadow::Subject;
+use crate::ownership::{self, Gate, ResourceType, Side};
 
 pub use super::CONTROLLER;
-
-/// Added to a hand-off wait so the next look comes after the legacy operation's deadline.
-const HANDOFF_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Watch caches the session reconciler reads instead of the API server.
 pub use crate::caches::SessionStores;
@@ -50,42 +48,32 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         ctx.shadow.clear(ResourceType::Sessions, &key);
         return Ok(Action::await_change());
     }
-    let owner = ctx.flags.owner(ResourceType::Sessions, &namespace, &name);
-    ctx.metrics
-        .ownership
-        .decision(ResourceType::Sessions.as_str(), owner.as_str());
     let record = Record::from_annotations(session.annotations())
         .with_controller_in_flight(!state::operation_settled(&session));
     let now = Timestamp::now();
-    let handoff = handoff::decide(Side::Controller, owner, &record, now);
+    let gate = ownership::controller_gate(
+        &ctx.flags,
+        &ctx.metrics.ownership,
+        ResourceType::Sessions,
+        (&namespace, &name),
+        &record,
+        now,
+    );
     // Nothing is claimed or written while the old controller may still act on the session.
-    if matches!(handoff, Handoff::Act | Handoff::Claim)
+    if gate.acts()
         && let Some(action) = takeover::fenced(&ctx, &session).await?
     {
         return Ok(action);
     }
-    match handoff {
-        // Shadow mode still computes the decision below, to report it, unless legacy is in the
-        // middle of an operation: then the cluster is half-way and compared once it is done.
-        Handoff::Leave if owner == Owner::Shadow => {
-            if let Some(deadline) = legacy_in_flight_until(&record, now) {
-                return Ok(Action::requeue(
-                    now.duration_until(deadline).unsigned_abs() + HANDOFF_SLACK,
-                ));
-            }
+    match gate {
+        Gate::Skip(skip) => {
+            let subject = (ResourceType::Sessions, key.as_str());
+            return Ok(ownership::gate::skipped(&ctx.shadow, subject, skip, now));
         }
-        Handoff::Leave => {
-            ctx.shadow.clear(ResourceType::Sessions, &key);
-            return Ok(Action::await_change());
-        }
-        Handoff::WaitUntil(deadline) => {
-            let wait = now.duration_until(deadline).unsigned_abs();
-            return Ok(Action::requeue(wait + HANDOFF_SLACK));
-        }
-        Handoff::Claim => claim(&ctx, &session, &namespace).await?,
-        Handoff::Act => {}
+        Gate::Claim => claim(&ctx, &session, &namespace).await?,
+        // Shadow mode computes the decision below, to report it.
+        Gate::Act | Gate::Shadow => {}
     }
-    let acting = matches!(handoff, Handoff::Act | Handoff::Claim);
     let stores = &ctx.session_stores;
     let child = names::child_name(&name);
     let template = stores
@@ -133,7 +121,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         pods: pods.iter().map(Arc::as_ref).collect(),
     };
     let decision = state::decide(&sctx, &observed);
-    if !acting {
+    if gate == Gate::Shadow {
         let differences = shadow::differences(
             &name,
             &session.spec.user,
@@ -205,16 +193,6 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
-/// When the legacy operation recorded on the object stops counting as in flight, if it still
-/// does at `now`.
-fn legacy_in_flight_until(record: &Record, now: Timestamp) -> Option<Timestamp> {
-    let started = record.legacy_operation_started?;
-    let deadline = started
-        .checked_add(handoff::IN_FLIGHT_TIMEOUT)
-        .unwrap_or(Timestamp::MAX);
-    (now < deadline).then_some(deadline)
-}
-
 /// Records the controller as the acting side on a session the legacy side acted on last. The
 /// write carries the resourceVersion the decision was made from: a conflict means someone
 /// wrote in between, and the retry decides again on the newer object.
@@ -262,35 +240,22 @@ async fn report_shadow(
     key: &str,
     differences: &[String],
 ) -> Action {
-    let change = ctx.shadow.record(
-        ResourceType::Sessions,
+    let subject = Subject {
+        resource: ResourceType::Sessions,
         key,
-        differences,
-        std::time::Instant::now(),
-    );
-    match change {
-        Change::Unchanged => {}
+        reference: session.object_ref(&()),
+        action: "Shadow",
+    };
+    let lead = "the controller would change";
+    match ctx
+        .shadow
+        .report(&ctx.recorder, &subject, lead, differences)
+        .await
+    {
         // Compare again once it could have settled (legacy may be half-way through a create).
-        Change::Settling(wait) => return Action::requeue(wait + HANDOFF_SLACK),
-        Change::Agrees => info!(session = %key, "shadow: legacy and controller agree"),
-        Change::Differs => {
-            info!(session = %key, ?differences, "shadow: the controller would act differently");
-            let event = Event {
-                type_: EventType::Normal,
-                reason: SHADOW_EVENT_REASON.into(),
-                note: Some(crate::ownership::shadow::note(
-                    "the controller would change",
-                    differences,
-                )),
-                action: "Shadow".into(),
-                secondary: None,
-            };
-            if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
-                warn!(%error, "could not publish shadow event");
-            }
-        }
+        Some(wait) => Action::requeue(wait + LOOK_AGAIN_SLACK),
+        None => Action::await_change(),
     }
-    Action::await_change()
 }
 
 fn backoff_key(session: &Session) -> String {
