@@ -28,7 +28,7 @@ pub struct Endpoint {
     /// Axum's path syntax (`{id}`, `{*key}` for a rest of the path).
     pub path: &'static str,
     pub operation_id: &'static str,
-    /// The `endpoint` label of the route's request metrics ([`super::timing`]): fixed, so
+    /// The `endpoint` label of the route's request metrics (`api::timing`): fixed, so
     /// dashboards keep working when a path or an operation id changes.
     pub metric: &'static str,
     pub tag: &'static str,

@@ -2,26 +2,31 @@
 //!
 //! | method | path | |
 //! |---|---|---|
-//! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202) |
-//! | GET | `/api/v1/sessions[?user=]` | `{sessions, total}` from the watch cache |
-//! | GET | `/api/v1/sessions/{id}` | one session (cache, then the API server; see `ApiState::session_for`) |
-//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202); waking over quota 403 |
-//! | DELETE | `/api/v1/sessions/{id}` | 202 |
+//! | POST | `/api/v1/sessions` | validate (400), authorise (403), quota (403), create (202): `create` |
+//! | GET | `/api/v1/sessions[?user=]`, `/api/v1/sessions/by-tags` | `{sessions, total}` from the watch cache: `list` |
+//! | GET | `/api/v1/sessions/{id}`, `.../activity` | one session (cache, then the API server; see `ApiState::session_for`): `item` |
+//! | PATCH | `/api/v1/sessions/{id}/tags` | replace the tags: `item` |
+//! | PATCH | `/api/v1/sessions/{id}` | `{state}`: running, hibernated or terminated (202); waking over quota 403: here |
+//! | DELETE | `/api/v1/sessions/{id}` | 202: here |
 //!
 //! Dispatch: [`FlagIndex::owner`](crate::ownership::index::FlagIndex::owner) of the session
 //! decides between [`controller`] (write intent only; the controller acts) and [`legacy`] (the
 //! API does the Kubernetes work itself, as the old API did, without its defects). The `quota`
 //! flag decides separately whether the API checks quota ([`quota`]) or leaves it to the
-//! validating webhook, whose denial is answered with the same 403 shape.
+//! validating webhook, whose denial is answered with the same 403 shape. [`follower`] keeps
+//! the status of legacy-owned sessions; [`request`] parses bodies and shapes answers.
 //!
 //! Every state change is decided on a fresh read and written with that read's
 //! `resourceVersion`; a conflict (someone else wrote, or the flag moved) is decided again.
 //! Nothing is written for a request that fails validation or authorisation.
 
 mod controller;
+mod create;
 mod error;
 mod follower;
+mod item;
 mod legacy;
+mod list;
 pub(crate) mod quota;
 pub mod request;
 
@@ -31,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -39,15 +44,13 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde::Deserialize;
 use serde_json::json;
 use tracing::warn;
 
-use super::auth::Permission;
 use super::{ApiState, valid_name};
 use crate::crd::{QuotaPolicy, Session, SessionSpec, SessionState, Template};
 use crate::ownership::handoff::Record;
@@ -55,7 +58,10 @@ use crate::ownership::{self, Gate, ResourceType, Side, Skip};
 use crate::session::names::{self, APP_SESSION};
 use crate::session::objects::SessionSettings;
 use crate::session::state::operation_settled;
+pub(crate) use create::create;
 pub use error::SessionsError;
+pub(crate) use item::{activity, get_one, set_tags};
+pub(crate) use list::{by_tags, list};
 
 /// Field manager of every write the legacy handlers make.
 pub const LEGACY_FIELD_MANAGER: &str = "streamspace-api-legacy";
@@ -238,114 +244,6 @@ impl ApiState {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// POST /api/v1/sessions
-
-pub(crate) async fn create(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let reply = create_inner(&state, &headers, &body).await;
-    reply.into_response()
-}
-
-async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
-    let principal = state.principal(headers).await?;
-    let new = request::parse_create(body)?;
-    if !state.session_api.allow_disabled_timers {
-        check_timers(&new)?;
-    }
-    if principal.name != new.user {
-        state
-            .require(&principal, Permission::OperateSessions("create"))
-            .await?;
-    }
-    let namespace = state.namespace.clone();
-    let template = state
-        .templates()
-        .get_opt(&new.template)
-        .await?
-        .ok_or_else(|| request::Invalid {
-            error: "Template not found",
-            message: format!(
-                "Template '{}' not found in namespace '{namespace}'",
-                new.template
-            ),
-        })?;
-    let (resources, wanted) = request::resolve_resources(&new.resources, &template.spec)?;
-    let name = request::session_name(&new.user, &new.template, &request::random_suffix());
-
-    let quota_by_api = quota::by_api(state, &name);
-    if quota_by_api {
-        let creating = quota::Move {
-            user: &new.user,
-            name: &name,
-            uid: None,
-            generation: 1,
-            request: wanted,
-        };
-        quota::admit(state, &creating).await?;
-    }
-    let spec = SessionSpec {
-        user: new.user.clone(),
-        template: new.template.clone(),
-        state: Some(SessionState::Running),
-        resources: resources.clone(),
-        persistent_home: new.persistent_home,
-        idle_timeout: new.idle_timeout.clone(),
-        max_session_duration: new.max_session_duration.clone(),
-        tags: new.tags.clone(),
-    };
-    let owner = state
-        .flags()
-        .owner(ResourceType::Sessions, &namespace, &name);
-    let created = match owner.acting_side() {
-        Side::Legacy => legacy::create(state, &name, spec, &template.spec)
-            .await
-            .map(|()| "Session is starting"),
-        Side::Controller => controller::create(state, &name, spec)
-            .await
-            .map(|()| "Session creation requested"),
-    };
-    let message = match created {
-        Ok(message) => message,
-        Err(error) => {
-            if quota_by_api {
-                quota::release(state, &new.user, &name).await;
-            }
-            return Err(error);
-        }
-    };
-    Ok(accepted(request::created_response(
-        &name,
-        &namespace,
-        &new,
-        resources.as_ref(),
-        message,
-    )))
-}
-
-/// Refuses a timer of `0s` (it would switch idling or the duration limit off) unless the
-/// operator allows it.
-fn check_timers(new: &request::NewSession) -> Result<()> {
-    let timers = [
-        ("idleTimeout", &new.idle_timeout),
-        ("maxSessionDuration", &new.max_session_duration),
-    ];
-    match timers
-        .iter()
-        .find_map(|(field, value)| crate::admission::defaults::zero_timer(field, value))
-    {
-        Some(message) => Err(request::Invalid {
-            error: "Invalid request body",
-            message,
-        }
-        .into()),
-        None => Ok(()),
-    }
-}
-
 /// A failed Session create: the webhook's quota denial as 403, a name clash as 409.
 fn create_error(error: kube::Error) -> SessionsError {
     if let Some(message) = error::webhook_denial(&error) {
@@ -442,197 +340,6 @@ pub(crate) async fn wake_legacy(state: &ApiState, id: &str) -> Result<bool> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// GET /api/v1/sessions
-
-#[derive(Deserialize)]
-pub(crate) struct ListQuery {
-    user: Option<String>,
-}
-
-pub(crate) async fn list(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Query(query): Query<ListQuery>,
-) -> Response {
-    let reply = list_inner(&state, &headers, query).await;
-    reply.into_response()
-}
-
-async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> Result<Response> {
-    let principal = state.principal(headers).await?;
-    let sessions = visible_sessions(state, &principal, query.user).await?;
-    Ok(list_response(state, &sessions))
-}
-
-/// The sessions `principal` may list, sorted by name: with `user`, that user's (someone
-/// else's needs the operator right: 403); without, their own, or every session for an
-/// operator. `user` is a filter, never an identity: it cannot widen what the caller sees.
-async fn visible_sessions(
-    state: &ApiState,
-    principal: &super::auth::Principal,
-    user: Option<String>,
-) -> Result<Vec<Arc<Session>>> {
-    let user = user.filter(|u| !u.is_empty());
-    let only = match user {
-        Some(user) if user == principal.name => Some(user),
-        Some(user) => {
-            state
-                .require(principal, Permission::OperateSessions("list"))
-                .await?;
-            Some(user)
-        }
-        None => {
-            let operator = state
-                .auth
-                .authorize(principal, Permission::OperateSessions("list"))
-                .await
-                .map_err(super::error::ApiError::from)?;
-            (!operator).then(|| principal.name.clone())
-        }
-    };
-    let mut sessions: Vec<Arc<Session>> = if state.sessions_loaded.load(Ordering::Relaxed) {
-        state.sessions.state()
-    } else {
-        state
-            .sessions()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect()
-    };
-    sessions.retain(|s| only.as_ref().is_none_or(|user| &s.spec.user == user));
-    sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(sessions)
-}
-
-/// `{sessions, total}` of `sessions`.
-fn list_response(state: &ApiState, sessions: &[Arc<Session>]) -> Response {
-    let connections = state.connection_counts();
-    let now = Timestamp::now();
-    let items: Vec<request::SessionItem<'_>> = sessions
-        .iter()
-        .map(|s| {
-            let active = s
-                .metadata
-                .name
-                .as_ref()
-                .and_then(|n| connections.get(n))
-                .copied()
-                .unwrap_or(0);
-            request::session_item(s, active, now)
-        })
-        .collect();
-    let total = items.len();
-    #[derive(serde::Serialize)]
-    struct List<'a> {
-        sessions: Vec<request::SessionItem<'a>>,
-        total: usize,
-    }
-    Json(List {
-        sessions: items,
-        total,
-    })
-    .into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// GET /api/v1/sessions/by-tags?tags=a,b[&tags=c][&user=]
-
-pub(crate) async fn by_tags(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let reply: Result<Response> = async {
-        let principal = state.principal(&headers).await?;
-        let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
-        let mut sessions = visible_sessions(&state, &principal, user).await?;
-        sessions.retain(|s| request::has_any_tag(&s.spec.tags, &tags));
-        Ok(list_response(&state, &sessions))
-    }
-    .await;
-    reply.into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// PATCH /api/v1/sessions/{id}/tags
-
-pub(crate) async fn set_tags(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let reply = async {
-        let principal = state.principal(&headers).await?;
-        check_id(&id)?;
-        let tags = request::parse_tags(&body)?;
-        let session = state.sessions().get_opt(&id).await?;
-        let owner = session.as_ref().map(|s| s.spec.user.as_str());
-        state
-            .require_session_access(&principal, owner, &id, "update")
-            .await?;
-        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
-        // Guarded by the read: a session replaced in between is not tagged by mistake.
-        let patch = json!({
-            "metadata": {"resourceVersion": session.resource_version()},
-            "spec": {"tags": tags},
-        });
-        let params = PatchParams {
-            field_manager: Some(INTENT_FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let updated = match state
-            .sessions()
-            .patch(&id, &params, &Patch::Merge(patch))
-            .await
-        {
-            Ok(updated) => updated,
-            Err(kube::Error::Api(status)) if status.is_conflict() => {
-                return Err(SessionsError::Conflict(format!(
-                    "session {id:?} changed while its tags were written; retry"
-                )));
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let active = state.active_connections(&id);
-        Ok(Json(request::session_item(&updated, active, Timestamp::now())).into_response())
-    }
-    .await;
-    reply.into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// GET /api/v1/sessions/{id}/activity
-
-pub(crate) async fn activity(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let reply: Result<Response> = async {
-        let principal = state.principal(&headers).await?;
-        check_id(&id)?;
-        let session = state.session_for(&id, &principal, "get").await?;
-        let owner = session.as_ref().map(|s| s.spec.user.as_str());
-        state
-            .require_session_access(&principal, owner, &id, "get")
-            .await?;
-        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
-        let mut body = serde_json::to_value(super::activity::view(&session, Timestamp::now()))
-            .unwrap_or_default();
-        body["sessionId"] = json!(id);
-        body["state"] = json!(session.spec.desired_state().as_str());
-        body["activeConnections"] = json!(state.active_connections(&id));
-        Ok(Json(body).into_response())
-    }
-    .await;
-    reply.into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
 // GET, PATCH, DELETE /api/v1/sessions/{id}
 
 fn check_id(id: &str) -> Result<()> {
@@ -643,27 +350,6 @@ fn check_id(id: &str) -> Result<()> {
             format!("{id:?} is not a valid session id (lowercase letters, digits, '-' and '.')"),
         )))
     }
-}
-
-pub(crate) async fn get_one(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let reply: Result<Response> = async {
-        let principal = state.principal(&headers).await?;
-        check_id(&id)?;
-        let session = state.session_for(&id, &principal, "get").await?;
-        let owner = session.as_ref().map(|s| s.spec.user.as_str());
-        state
-            .require_session_access(&principal, owner, &id, "get")
-            .await?;
-        let session = session.ok_or_else(|| SessionsError::not_found(&id))?;
-        let active = state.active_connections(&id);
-        Ok(Json(request::session_item(&session, active, Timestamp::now())).into_response())
-    }
-    .await;
-    reply.into_response()
 }
 
 pub(crate) async fn patch(
