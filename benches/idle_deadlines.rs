@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams};
@@ -38,22 +37,12 @@ async fn main() -> anyhow::Result<()> {
     support::create_namespace(&client, NAMESPACE).await?;
 
     let port = free_port()?;
-    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
-        .args([
-            "controller",
-            "--watch-namespace",
-            NAMESPACE,
-            "--idle-grace",
-            "0s",
-        ])
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut controller = support::spawn_controller(
+        plane.kubeconfig_path(),
+        NAMESPACE,
+        port,
+        &["--idle-grace", "0s"],
+    )?;
     let pid = controller.id().unwrap_or_default();
     wait_http_ok(port, "/readyz").await?;
 

@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -24,14 +23,10 @@ use kube::Client;
 use kube::api::{Api, PartialObjectMeta, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use streamspace_controller::controller::FIELD_MANAGER;
-use streamspace_controller::crd::{Session, SessionPhase, Template};
-use streamspace_controller::devcluster::{
-    ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
-};
+use streamspace_controller::crd::{Session, SessionPhase};
 use support::floor;
 use support::results::Results;
-use support::{free_port, http_get, size, wait_http_ok};
+use support::{free_port, http_get, metric_sum, size, wait_http_ok};
 
 const IN_FLIGHT: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -41,17 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sessions = size("BENCH_SESSIONS", 500, 5);
     let results = Results::new("sessions")?;
-    let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
-    let client = plane.client().await?;
-    streamspace_controller::crd::install::install(&client, FIELD_MANAGER).await?;
-    let simulator = NodeSimulator::spawn(
-        client.clone(),
-        SimulatorConfig {
-            node_names: (1..=8).map(|i| format!("bench-node-{i}")).collect(),
-            node_pods: "1000".into(),
-            ..SimulatorConfig::default()
-        },
-    );
+    let (plane, client, simulator) = support::cluster_with_nodes(8).await?;
 
     let namespace = "bench";
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -61,37 +46,16 @@ async fn main() -> anyhow::Result<()> {
             &serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))?,
         )
         .await?;
-    let templates: Api<Template> = Api::namespaced(client.clone(), namespace);
-    templates
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({
-                "apiVersion": "stream.space/v1alpha1", "kind": "Template",
-                "metadata": {"name": "desktop"},
-                "spec": {"displayName": "Desktop", "baseImage": "desktop:latest"}
-            }))?,
-        )
-        .await?;
+    support::create_template(&client, namespace).await?;
 
     let http_port = free_port()?;
-    let mut controller = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
-        .args([
-            "controller",
-            "--watch-namespace",
-            namespace,
-            "--concurrency",
-        ])
-        .arg(std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into()))
-        .arg("--http-addr")
-        .arg(format!("127.0.0.1:{http_port}"))
-        .arg("--hooks-addr")
-        .arg(format!("127.0.0.1:{}", free_port()?))
-        .arg("--kubeconfig")
-        .arg(plane.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let concurrency = std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "16".into());
+    let mut controller = support::spawn_controller(
+        plane.kubeconfig_path(),
+        namespace,
+        http_port,
+        &["--concurrency", &concurrency],
+    )?;
     let pid = controller
         .id()
         .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;
@@ -268,14 +232,6 @@ impl Observer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// Sum of every sample whose line starts with `prefix` (all label combinations).
-fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn metric_value(text: &str, series: &str) -> f64 {

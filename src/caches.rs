@@ -11,6 +11,7 @@
 //! publishes its first full list on a `watch` channel of its own ([`Shared::loaded`]), and
 //! [`Caches::loaded`] once every cache has loaded; any number of tasks may wait on either.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -19,7 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -29,6 +30,9 @@ use tracing::{debug, info, warn};
 use crate::crd::{FeatureFlag, Session, Template};
 use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::supervisor::SupervisorHandle;
+use crate::writes::WriteLog;
+
+pub mod trim;
 
 /// Changes buffered per cache for slow subscribers before they are resent the whole store.
 const BROADCAST_BUFFER: usize = 4096;
@@ -55,6 +59,8 @@ pub struct Shared<K: Cached> {
     store: Store<K>,
     changes: broadcast::Sender<Arc<K>>,
     loaded: watch::Receiver<bool>,
+    /// This process's writes of this kind that the watch has not delivered yet.
+    writes: Arc<WriteLog>,
 }
 
 impl<K: Cached> Clone for Shared<K> {
@@ -63,6 +69,7 @@ impl<K: Cached> Clone for Shared<K> {
             store: self.store.clone(),
             changes: self.changes.clone(),
             loaded: self.loaded.clone(),
+            writes: self.writes.clone(),
         }
     }
 }
@@ -75,33 +82,54 @@ impl<K: Cached> Shared<K> {
         name: &str,
         api: Api<K>,
         config: watcher::Config,
+        trim: fn(&mut K),
     ) -> Self {
         let (store, writer) = reflector::store();
         let (changes, _) = broadcast::channel(BROADCAST_BUFFER);
         let (loaded_tx, loaded) = watch::channel(false);
         let sender = changes.clone();
         let label = name.to_string();
+        let writes = Arc::new(WriteLog::default());
+        let log = writes.clone();
+        let reader = store.clone();
         supervisor.spawn(format!("watch {name}"), async move {
             // The reflector has applied each event to the store before it is yielded here.
-            let stream =
-                reflector::reflector(writer, watcher(api, config.any_semantic())).default_backoff();
+            let watch = watcher(api, config.any_semantic()).modify(trim);
+            let stream = reflector::reflector(writer, watch).default_backoff();
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                match event {
-                    Ok(
-                        watcher::Event::Apply(object)
-                        | watcher::Event::InitApply(object)
-                        | watcher::Event::Delete(object),
-                    ) => {
-                        // No receiver is fine: nobody consumes changes on a follower.
-                        let _ = sender.send(Arc::new(object));
+                let (object, deleted) = match event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                        (object, false)
                     }
+                    Ok(watcher::Event::Delete(object)) => (object, true),
                     Ok(watcher::Event::InitDone) => {
                         loaded_tx.send_replace(true);
+                        continue;
                     }
-                    Ok(watcher::Event::Init) => {}
-                    Err(error) => debug!(cache = %label, %error, "watch error; retrying"),
-                }
+                    Ok(watcher::Event::Init) => {
+                        log.relisted();
+                        continue;
+                    }
+                    Err(error) => {
+                        debug!(cache = %label, %error, "watch error; retrying");
+                        continue;
+                    }
+                };
+                let meta = object.meta();
+                log.observed(
+                    meta.namespace.as_deref(),
+                    meta.name.as_deref(),
+                    meta.resource_version.as_deref(),
+                    deleted,
+                );
+                // The store's own copy when it holds this version (not while a relist is
+                // buffered), so a change waiting for a slow subscriber costs no second copy.
+                let stored = reader
+                    .get(&ObjectRef::from_obj(&object))
+                    .filter(|s| s.meta().resource_version == object.meta().resource_version);
+                // No receiver is fine: nobody consumes changes on a follower.
+                let _ = sender.send(stored.unwrap_or_else(|| Arc::new(object)));
             }
             Err(anyhow!("the {label} watch ended"))
         });
@@ -109,7 +137,13 @@ impl<K: Cached> Shared<K> {
             store,
             changes,
             loaded,
+            writes,
         }
+    }
+
+    /// This process's writes of this kind that the watch has not delivered yet.
+    pub fn writes(&self) -> Arc<WriteLog> {
+        self.writes.clone()
     }
 
     /// True once the first full list is in the store; any number of tasks may wait on it
@@ -148,6 +182,36 @@ impl<K: Cached> Shared<K> {
     }
 }
 
+/// `changes` without the objects whose `digest` equals the digest of the same object passed
+/// last: a change of fields the consumer does not read starts no reconcile. `ignored` is called
+/// for each object dropped. An object no longer in `store` (deleted) always passes.
+pub fn relevant_changes<K: Cached>(
+    changes: impl Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    digest: impl Fn(&K) -> u64 + Send + 'static,
+    ignored: impl Fn() + Send + 'static,
+) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    let mut passed: HashMap<(String, String), u64> = HashMap::new();
+    changes.filter(move |object| {
+        let meta = object.meta();
+        let key = (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let keep = if store.get(&ObjectRef::from_obj(object.as_ref())).is_none() {
+            passed.remove(&key);
+            true
+        } else {
+            let digest = digest(object);
+            passed.insert(key, digest) != Some(digest)
+        };
+        if !keep {
+            ignored();
+        }
+        futures::future::ready(keep)
+    })
+}
+
 /// A private watch cache plus the stream that keeps it filled (and triggers reconciles), for
 /// a consumer whose query no other consumer of the process shares.
 pub(crate) type Reflected<K> = (
@@ -184,6 +248,19 @@ pub struct SessionStores {
     pub ingresses: Store<Ingress>,
     pub pods: Store<Pod>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// The reconciler's writes these caches (and the Session cache) do not show yet.
+    pub written: SessionWrites,
+}
+
+/// Write logs of the kinds the session reconciler writes ([`WriteLog`]).
+#[derive(Clone)]
+pub struct SessionWrites {
+    /// Status writes, by Session.
+    pub sessions: Arc<WriteLog>,
+    pub deployments: Arc<WriteLog>,
+    pub services: Arc<WriteLog>,
+    pub ingresses: Arc<WriteLog>,
+    pub claims: Arc<WriteLog>,
 }
 
 /// The controller process's caches, one per kind.
@@ -218,54 +295,63 @@ impl Caches {
                 "sessions",
                 scoped(client, namespace),
                 watcher::Config::default(),
+                trim::bookkeeping,
             ),
             templates: Shared::start(
                 supervisor,
                 "templates",
                 scoped(client, namespace),
                 watcher::Config::default(),
+                trim::bookkeeping,
             ),
             deployments: Shared::start(
                 supervisor,
                 "deployments",
                 scoped(client, namespace),
                 session_children.clone(),
+                trim::deployment,
             ),
             services: Shared::start(
                 supervisor,
                 "services",
                 scoped(client, namespace),
                 session_children.clone(),
+                trim::service,
             ),
             ingresses: Shared::start(
                 supervisor,
                 "ingresses",
                 scoped(client, namespace),
                 session_children.clone(),
+                trim::ingress,
             ),
             pods: Shared::start(
                 supervisor,
                 "pods",
                 scoped(client, namespace),
                 session_children,
+                trim::pod,
             ),
             claims: Shared::start(
                 supervisor,
                 "home claims",
                 scoped(client, namespace),
                 watcher::Config::default().labels(&format!("app={APP_USER_HOME}")),
+                trim::bookkeeping,
             ),
             nodes: Shared::start(
                 supervisor,
                 "nodes",
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                trim::node,
             ),
             flags: Shared::start(
                 supervisor,
                 "feature flags",
                 Api::all(client.clone()),
                 watcher::Config::default(),
+                trim::bookkeeping,
             ),
             loaded,
         };
@@ -312,6 +398,13 @@ impl Caches {
             ingresses: self.ingresses.store(),
             pods: self.pods.store(),
             claims: self.claims.store(),
+            written: SessionWrites {
+                sessions: self.sessions.writes(),
+                deployments: self.deployments.writes(),
+                services: self.services.writes(),
+                ingresses: self.ingresses.writes(),
+                claims: self.claims.writes(),
+            },
         }
     }
 }
@@ -346,6 +439,7 @@ mod tests {
             store,
             changes: changes.clone(),
             loaded: watch::channel(true).1,
+            writes: Arc::default(),
         };
         let mut stream = std::pin::pin!(shared.subscribe());
         let first = stream.next().await.into_iter().collect::<Vec<_>>();
@@ -366,5 +460,49 @@ mod tests {
             resent.extend(stream.next().await);
         }
         assert_eq!(names(&resent), ["a", "b", "c", "d", "e"], "{resent:?}");
+    }
+
+    #[tokio::test]
+    async fn relevant_changes_drop_repeats_of_the_same_digest_but_never_deletes() {
+        let (store, mut writer) = reflector::store();
+        let with_data = |name: &str, value: &str| {
+            let mut map = object(name);
+            map.data = Some([("k".to_string(), value.to_string())].into());
+            map
+        };
+        let (a1, a1_again, a2) = (
+            with_data("a", "1"),
+            with_data("a", "1"),
+            with_data("a", "2"),
+        );
+        for map in [&a1, &a2] {
+            writer.apply_watcher_event(&watcher::Event::Apply(map.clone()));
+        }
+        let deleted = object("gone");
+        let ignored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ignored.clone();
+        let input =
+            futures::stream::iter([a1, a1_again, a2, deleted.clone(), deleted].map(Arc::new));
+        let digest = |map: &ConfigMap| {
+            map.data
+                .as_ref()
+                .and_then(|d| d.get("k"))
+                .map_or(0, |v| v.parse::<u64>().unwrap_or(0))
+        };
+        let passed: Vec<Arc<ConfigMap>> = relevant_changes(input, store, digest, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .collect()
+        .await;
+        let values: Vec<Option<String>> = passed
+            .iter()
+            .map(|m| m.data.as_ref().and_then(|d| d.get("k").cloned()))
+            .collect();
+        assert_eq!(
+            values,
+            [Some("1".into()), Some("2".into()), None, None],
+            "the repeat of a=1 is dropped; both events of an object not in the store pass"
+        );
+        assert_eq!(ignored.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

@@ -364,7 +364,18 @@ fn sessions(
             })
         }
     };
-    Controller::for_shared_stream(caches.sessions.subscribe(), session_store)
+    let metrics = ctx.metrics.clone();
+    let changes = crate::caches::relevant_changes(
+        caches.sessions.subscribe(),
+        session_store.clone(),
+        session_reconciler_digest,
+        move || {
+            metrics
+                .reconcilers
+                .ignored_change(session_reconciler::CONTROLLER)
+        },
+    );
+    Controller::for_shared_stream(changes, session_store)
         .with_config(ControllerConfig::default().concurrency(ctx.config.concurrency))
         .owns_shared_stream(caches.deployments.subscribe())
         .owns_shared_stream(caches.services.subscribe())
@@ -380,6 +391,40 @@ fn sessions(
             ctx.clone(),
         )
         .for_each(|_| future::ready(()))
+}
+
+/// A digest of what the session reconciler reads from a Session: everything except the
+/// clocks of the idle side (`status.lastActivity`, written on heartbeats, and
+/// `status.startedAt`), the wake request annotation the idle side handles, and the
+/// bookkeeping every write changes (resourceVersion, managedFields). A heartbeat-only change
+/// keeps the digest, so it starts no session reconcile.
+fn session_reconciler_digest(session: &Session) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let meta = &session.metadata;
+    let status = session.status.clone().map(|mut status| {
+        status.last_activity = None;
+        status.started_at = None;
+        status
+    });
+    let annotations: Vec<(&String, &String)> = session
+        .annotations()
+        .iter()
+        .filter(|(key, _)| key.as_str() != crate::idle::WAKE_ANNOTATION)
+        .collect();
+    let read = (
+        (&meta.uid, &meta.generation, &meta.labels, annotations),
+        (
+            &meta.deletion_timestamp,
+            &meta.finalizers,
+            &meta.owner_references,
+        ),
+        (&session.spec, status),
+    );
+    // Serialising plain CRD values cannot fail; an empty body would only pass the change on.
+    let bytes = serde_json::to_vec(&read).unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn sessions_where(
@@ -484,4 +529,102 @@ fn flag_status(
     });
     let flags = caches.flags.clone();
     async move { crate::ownership::status::controller(status, &flags, stop).await }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": "s1", "namespace": "ns", "uid": "u1", "generation": 1,
+                         "resourceVersion": "10"},
+            "spec": {"user": "alice", "template": "firefox", "state": "running"},
+            "status": {"phase": "Running", "lastActivity": "2026-01-01T00:00:00Z"}
+        }))
+        .expect("a valid session")
+    }
+
+    #[test]
+    fn heartbeat_only_changes_keep_the_session_reconciler_digest() {
+        type Edit = fn(&mut Session);
+        let rows: [(&str, Edit, bool); 9] = [
+            (
+                "heartbeat",
+                |s| {
+                    let status = s.status.get_or_insert_with(Default::default);
+                    status.last_activity =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            "2026-01-01T00:05:00Z".parse().expect("time"),
+                        ));
+                },
+                false,
+            ),
+            (
+                "idle clock",
+                |s| {
+                    let status = s.status.get_or_insert_with(Default::default);
+                    status.started_at = status.last_activity.clone();
+                },
+                false,
+            ),
+            (
+                "wake request",
+                |s| {
+                    s.annotations_mut()
+                        .insert(crate::idle::WAKE_ANNOTATION.into(), "now".into());
+                },
+                false,
+            ),
+            (
+                "new resourceVersion",
+                |s| {
+                    s.metadata.resource_version = Some("11".into());
+                },
+                false,
+            ),
+            (
+                "spec",
+                |s| s.spec.state = Some(crate::crd::SessionState::Hibernated),
+                true,
+            ),
+            (
+                "phase",
+                |s| {
+                    s.status.get_or_insert_with(Default::default).phase =
+                        Some(crate::crd::SessionPhase::Pending);
+                },
+                true,
+            ),
+            (
+                "hand-off annotation",
+                |s| {
+                    s.annotations_mut().insert(
+                        crate::ownership::handoff::ACTED_BY_ANNOTATION.into(),
+                        "legacy".into(),
+                    );
+                },
+                true,
+            ),
+            (
+                "deletion",
+                |s| {
+                    s.metadata.deletion_timestamp =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            "2026-01-01T00:06:00Z".parse().expect("time"),
+                        ));
+                },
+                true,
+            ),
+            ("recreated", |s| s.metadata.uid = Some("u2".into()), true),
+        ];
+        let before = session_reconciler_digest(&session());
+        for (case, edit, changes) in rows {
+            let mut edited = session();
+            edit(&mut edited);
+            let after = session_reconciler_digest(&edited);
+            assert_eq!(before != after, changes, "{case}");
+        }
+    }
 }

@@ -19,7 +19,8 @@
 //! - Features, each a thin I/O shell around its pure decisions: `session`, `template`, `idle`,
 //!   `nodeop`, `gitops`, `ownership`, `admission`.
 //! - Shared runtime the features depend on: `context` (what reconcilers share, and the
-//!   controller's configuration), `caches` (one watch per kind, and private reflectors),
+//!   controller's configuration), `caches` (one watch per kind, and private reflectors), `writes` (this process's
+//!   writes a cache does not show yet),
 //!   `leader` (Lease election), `supervisor` (every task of a process), `backoff` (retry
 //!   delays and the [`backoff::ReconcileError`] pattern of every reconciler's errors),
 //!   `api_status` (classifying API errors, [`api_status::retry_on_conflict`]), `metrics`,
@@ -58,6 +59,7 @@ pub mod telemetry;
 pub mod template;
 pub mod version;
 pub mod wire;
+pub mod writes;
 
 /// Field manager of every server-side apply the controller makes (its reconcilers' writes).
 pub const FIELD_MANAGER: &str = "streamspace-controller";

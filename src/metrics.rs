@@ -36,6 +36,10 @@ pub struct ReconcilerMetrics {
     pub duration: Family<ControllerLabel, Histogram>,
     /// Writes to the API server, by kind of object written.
     pub writes: Family<WriteLabels, Counter>,
+    /// Writes not made because they would repeat one the watch cache does not show yet.
+    pub skipped_writes: Family<ControllerLabel, Counter>,
+    /// Watched changes that start no reconcile (a session's heartbeat-only change).
+    pub ignored_changes: Family<ControllerLabel, Counter>,
 }
 
 impl ReconcilerMetrics {
@@ -47,6 +51,8 @@ impl ReconcilerMetrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
             writes: Family::default(),
+            skipped_writes: Family::default(),
+            ignored_changes: Family::default(),
         };
         registry.register(
             "reconciliations",
@@ -68,6 +74,16 @@ impl ReconcilerMetrics {
             "Writes to the Kubernetes API, by object kind",
             metrics.writes.clone(),
         );
+        registry.register(
+            "skipped_writes",
+            "Writes not made because the same write is made and not yet in the watch cache",
+            metrics.skipped_writes.clone(),
+        );
+        registry.register(
+            "ignored_changes",
+            "Watched changes that start no reconcile, such as a heartbeat-only Session change",
+            metrics.ignored_changes.clone(),
+        );
         metrics
     }
 
@@ -88,6 +104,18 @@ impl ReconcilerMetrics {
     pub fn failure(&self, controller: &'static str, error: &'static str) {
         self.failures
             .get_or_create(&ErrorLabels { controller, error })
+            .inc();
+    }
+
+    pub fn skipped_write(&self, controller: &'static str) {
+        self.skipped_writes
+            .get_or_create(&ControllerLabel { controller })
+            .inc();
+    }
+
+    pub fn ignored_change(&self, controller: &'static str) {
+        self.ignored_changes
+            .get_or_create(&ControllerLabel { controller })
             .inc();
     }
 

@@ -49,6 +49,74 @@ pub fn spawn_api(
         .spawn()
 }
 
+/// Starts the real `controller` binary watching `namespace`, its HTTP server on `port`, with
+/// `extra` arguments appended.
+pub fn spawn_controller(
+    kubeconfig: &Path,
+    namespace: &str,
+    port: u16,
+    extra: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
+    Ok(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
+            .args(["controller", "--watch-namespace", namespace])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
+            .args(extra)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?,
+    )
+}
+
+/// A local control plane with the CRDs installed and a node simulator with `nodes` nodes
+/// (`bench-node-1`..), each taking up to 1,000 pods.
+pub async fn cluster_with_nodes(
+    nodes: usize,
+) -> anyhow::Result<(
+    streamspace_controller::devcluster::ControlPlane,
+    kube::Client,
+    streamspace_controller::devcluster::NodeSimulator,
+)> {
+    use streamspace_controller::devcluster::{
+        ControlPlane, ControlPlaneOptions, NodeSimulator, SimulatorConfig,
+    };
+    let plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
+    let client = plane.client().await?;
+    streamspace_controller::crd::install::install(
+        &client,
+        streamspace_controller::controller::FIELD_MANAGER,
+    )
+    .await?;
+    let simulator = NodeSimulator::spawn(
+        client.clone(),
+        SimulatorConfig {
+            node_names: (1..=nodes).map(|i| format!("bench-node-{i}")).collect(),
+            node_pods: "1000".into(),
+            ..SimulatorConfig::default()
+        },
+    );
+    Ok((plane, client, simulator))
+}
+
+/// Creates Template `desktop` (image `desktop:latest`) in `namespace`.
+pub async fn create_template(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    kube::Api::<streamspace_controller::crd::Template>::namespaced(client.clone(), namespace)
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "stream.space/v1alpha1", "kind": "Template",
+                "metadata": {"name": "desktop"},
+                "spec": {"displayName": "Desktop", "baseImage": "desktop:latest"}
+            }))?,
+        )
+        .await?;
+    Ok(())
+}
+
 /// One keep-alive HTTP/1.1 connection on loopback, for latency loops.
 pub struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -115,12 +183,30 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// Peak resident set size of a process, from `/proc/<pid>/status` (Linux).
 pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now, from `/proc/<pid>/status` (Linux).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// Sum of every sample of a Prometheus text exposition whose line starts with `prefix` (all
+/// label combinations).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A free loopback port (free when asked; good enough for a benchmark on one machine).

@@ -34,8 +34,8 @@ use super::ApiState;
 use super::sessions::{LEGACY_FIELD_MANAGER, SessionsError, set_state_guarded};
 use crate::crd::{Session, SessionState};
 use crate::idle::deadline::{self, Clocks, Decision, IdleSettings};
-use crate::ownership::handoff::{self, Handoff, Record};
-use crate::ownership::{Owner, ResourceType, Side};
+use crate::ownership::handoff::Record;
+use crate::ownership::{self, Owner, ResourceType, Side};
 use crate::session::state::operation_settled;
 
 /// Default name of the monitor's Lease.
@@ -100,12 +100,10 @@ pub fn legacy_acts(
     controller_settled: bool,
     now: Timestamp,
 ) -> bool {
-    let busy = record.acted_by == Some(Side::Controller) && !controller_settled;
-    !busy
-        && matches!(
-            handoff::decide(Side::Legacy, owner, record, now),
-            Handoff::Act | Handoff::Claim
-        )
+    let record = record
+        .clone()
+        .with_controller_in_flight(!controller_settled);
+    ownership::gate(Side::Legacy, owner, &record, now).acts()
 }
 
 /// The monitor's step for an idle decision: stops and clock bookkeeping; wakes are autostart's.

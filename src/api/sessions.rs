@@ -54,7 +54,7 @@ use tracing::warn;
 use super::{ApiState, valid_name};
 use crate::crd::{QuotaPolicy, Session, SessionSpec, SessionState, Template};
 use crate::ownership::handoff::Record;
-use crate::ownership::{ResourceType, Side};
+use crate::ownership::{self, Gate, ResourceType, Side, Skip};
 use crate::session::names::{self, APP_SESSION};
 use crate::session::objects::SessionSettings;
 use crate::session::state::operation_settled;
@@ -401,13 +401,10 @@ async fn set_state(
             .owner(ResourceType::Sessions, &state.namespace, id);
         // The controller finishes what it accepted before the flag moved the session
         // (see `ownership::handoff`); acting now would race its last writes.
-        let controller_busy = Record::from_annotations(session.annotations()).acted_by
-            == Some(Side::Controller)
-            && !operation_settled(&session);
-        if owner.acting_side() == Side::Legacy
-            && controller_busy
-            && Instant::now() < settle_deadline
-        {
+        let record = Record::from_annotations(session.annotations())
+            .with_controller_in_flight(!operation_settled(&session));
+        let gate = ownership::gate(Side::Legacy, owner, &record, Timestamp::now());
+        if gate == Gate::Skip(Skip::Settling) && Instant::now() < settle_deadline {
             tokio::time::sleep(SETTLE_POLL).await;
             continue;
         }

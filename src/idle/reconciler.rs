@@ -23,9 +23,9 @@ use super::{Error, Result};
 use crate::backoff::ReconcileError;
 use crate::context::Context;
 use crate::crd::{Session, SessionState};
-use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
-use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
-use crate::ownership::{Owner, ResourceType, Side};
+use crate::ownership::handoff::{ACTED_BY_ANNOTATION, Record};
+use crate::ownership::shadow::Subject;
+use crate::ownership::{self, Gate, ResourceType, Side};
 
 pub const CONTROLLER: &str = "idle";
 
@@ -118,7 +118,7 @@ pub fn clock_fields(last_activity: bool, started_at: bool, now: Timestamp) -> Va
     Value::Object(fields)
 }
 
-/// The `idle` owner of the session: `Some(action)` when the controller must not act on it now
+/// The `idle` gate of the session: `Some(action)` when the controller must not act on it now
 /// (legacy owns it, a legacy operation is in flight, or shadow mode, whose would-be stop is
 /// reported here instead), `None` when it acts.
 async fn not_acting(
@@ -131,36 +131,39 @@ async fn not_acting(
 ) -> Option<Action> {
     let name = session.name_any();
     let key = format!("{namespace}/{name}");
-    let owner = ctx.flags.owner(ResourceType::Idle, namespace, &name);
-    ctx.metrics
-        .ownership
-        .decision(ResourceType::Idle.as_str(), owner.as_str());
     let record = Record::from_annotations(session.annotations());
-    match handoff::decide(Side::Controller, owner, &record, now) {
+    let gate = ownership::controller_gate(
+        &ctx.flags,
+        &ctx.metrics.ownership,
+        ResourceType::Idle,
+        (namespace, &name),
+        &record,
+        now,
+    );
+    match gate {
         // The stop write records the controller as the acting side: it is the claim.
-        Handoff::Act | Handoff::Claim => {
+        Gate::Act | Gate::Claim => {
             ctx.shadow.clear(ResourceType::Idle, &key);
             None
         }
-        Handoff::WaitUntil(deadline) => Some(Action::requeue(
-            now.duration_until(deadline).unsigned_abs() + DEADLINE_SLACK,
-        )),
-        Handoff::Leave if owner == Owner::Shadow => {
+        Gate::Skip(skip) => {
+            let subject = (ResourceType::Idle, key.as_str());
+            Some(ownership::gate::skipped(&ctx.shadow, subject, skip, now))
+        }
+        Gate::Shadow => {
             let differences = shadow_differences(clocks, decision, &ctx.config.idle);
-            let change = ctx.shadow.record(
-                ResourceType::Idle,
-                &key,
-                &differences,
-                std::time::Instant::now(),
-            );
-            match change {
-                Change::Differs => {
-                    let note =
-                        crate::ownership::shadow::note("the controller would change", &differences);
-                    ctx.waker.publish(session, SHADOW_EVENT_REASON, &note).await;
-                }
-                Change::Settling(wait) => return Some(Action::requeue(wait)),
-                Change::Unchanged | Change::Agrees => {}
+            let shadow = Subject {
+                resource: ResourceType::Idle,
+                key: &key,
+                reference: session.object_ref(&()),
+                action: "Idle",
+            };
+            let lead = "the controller would change";
+            let report = ctx
+                .shadow
+                .report(&ctx.recorder, &shadow, lead, &differences);
+            if let Some(wait) = report.await {
+                return Some(Action::requeue(wait));
             }
             Some(match decision {
                 // Look again when the deadline passes, to report a stop legacy does not make.
@@ -169,10 +172,6 @@ async fn not_acting(
                 }
                 _ => Action::await_change(),
             })
-        }
-        Handoff::Leave => {
-            ctx.shadow.clear(ResourceType::Idle, &key);
-            Some(Action::await_change())
         }
     }
 }

@@ -9,10 +9,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -33,9 +33,9 @@ use super::{Error, Result, is_conflict, is_not_found};
 use crate::api_status::Attempts;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::node_operation::{NodeOperation, NodeOperationPhase, NodeOperationStatus};
-use crate::ownership::handoff::{self, Handoff, Record};
-use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
-use crate::ownership::{Owner, ResourceType, Side};
+use crate::ownership::handoff::Record;
+use crate::ownership::shadow::Subject;
+use crate::ownership::{self, Gate, ResourceType, Skip};
 
 pub const CONTROLLER: &str = "nodeoperation";
 /// Held while the operation may still need to uncordon its node.
@@ -72,42 +72,46 @@ pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     };
     let siblings = siblings(&shared.store, &op);
-    // Nodes are cluster-scoped: the ownership key is ("", node name).
-    let owner = ctx.flags.owner(ResourceType::Nodes, "", &op.spec.node_name);
-    ctx.metrics
-        .ownership
-        .decision(ResourceType::Nodes.as_str(), owner.as_str());
     let now = Timestamp::now();
-    let handoff = handoff::decide(
-        Side::Controller,
-        owner,
+    // Nodes are cluster-scoped: the ownership key is ("", node name).
+    let gate = ownership::controller_gate(
+        &ctx.flags,
+        &ctx.metrics.ownership,
+        ResourceType::Nodes,
+        ("", &op.spec.node_name),
         &Record::from_annotations(op.annotations()),
         now,
     );
+    let name = op.name_any();
     let action = if op.meta().deletion_timestamp.is_some() {
-        let action = cleanup(&ctx, &op, &siblings, owner).await?;
+        let action = cleanup(&ctx, &op, &siblings, gate.acts()).await?;
         shared.wake_siblings(&op);
-        ctx.shadow.clear(ResourceType::Nodes, &op.name_any());
+        ctx.shadow.clear(ResourceType::Nodes, &name);
         action
-    } else if let Handoff::WaitUntil(deadline) = handoff {
-        Action::requeue(now.duration_until(deadline).unsigned_abs())
-    } else if handoff == Handoff::Leave {
-        not_owned(&ctx, &op, owner, now).await?
     } else {
-        // Act, or Claim: the legacy API never writes NodeOperations, so there is nothing to
-        // claim from; the node writes below carry the node's resourceVersion.
-        ctx.shadow.clear(ResourceType::Nodes, &op.name_any());
-        if !op.finalizers().iter().any(|f| f == FINALIZER) {
-            add_finalizer(&ctx, &op).await?;
+        match gate {
+            // Claim too: the legacy API never writes NodeOperations, so there is nothing to
+            // claim from; the node writes carry the node's resourceVersion.
+            Gate::Act | Gate::Claim => {
+                ctx.shadow.clear(ResourceType::Nodes, &name);
+                if !op.finalizers().iter().any(|f| f == FINALIZER) {
+                    add_finalizer(&ctx, &op).await?;
+                }
+                let step = Stepper {
+                    ctx: &ctx,
+                    shared,
+                    op: &op,
+                    siblings: &siblings,
+                    now: Timestamp::now(),
+                };
+                step.run().await?
+            }
+            Gate::Shadow => not_owned(&ctx, &op, true, now).await?,
+            Gate::Skip(Skip::NotOurs) => not_owned(&ctx, &op, false, now).await?,
+            Gate::Skip(skip) => {
+                ownership::gate::skipped(&ctx.shadow, (ResourceType::Nodes, &name), skip, now)
+            }
         }
-        let step = Stepper {
-            ctx: &ctx,
-            shared,
-            op: &op,
-            siblings: &siblings,
-            now: Timestamp::now(),
-        };
-        step.run().await?
     };
     ctx.backoff.succeeded(&backoff_key(&op));
     Ok(action)
@@ -146,12 +150,11 @@ async fn cleanup(
     ctx: &Context,
     op: &NodeOperation,
     siblings: &[Sibling],
-    owner: Owner,
+    ours: bool,
 ) -> Result<Action> {
     if !op.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let ours = owner.acting_side() == Side::Controller;
     if !ours && cordoned_once(op) {
         info!(node = %op.spec.node_name, operation = %op.name_any(), "node not uncordoned: the legacy side owns it (flag nodes)");
     }
@@ -586,13 +589,17 @@ async fn publish(ctx: &Context, op: &NodeOperation, type_: EventType, reason: &s
         action: "NodeOperation".into(),
         secondary: None,
     };
-    // Events of cluster-scoped objects live in `default`; Kubernetes 1.20 insists that the
-    // reference names the event's namespace too.
-    let mut reference = op.object_ref(&());
-    reference.namespace = Some("default".into());
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+    if let Err(error) = ctx.recorder.publish(&event, &event_reference(op)).await {
         warn!(%error, "could not publish node operation event");
     }
+}
+
+/// Where the operation's Events go. Events of cluster-scoped objects live in `default`;
+/// Kubernetes 1.20 insists that the reference names the event's namespace too.
+fn event_reference(op: &NodeOperation) -> ObjectReference {
+    let mut reference = op.object_ref(&());
+    reference.namespace = Some("default".into());
+    reference
 }
 
 /// An operation whose node the legacy side owns: it waits (Pending, or Running when it had
@@ -601,7 +608,7 @@ async fn publish(ctx: &Context, op: &NodeOperation, type_: EventType, reason: &s
 async fn not_owned(
     ctx: &Context,
     op: &NodeOperation,
-    owner: Owner,
+    shadow: bool,
     now: Timestamp,
 ) -> Result<Action> {
     let before = op.status.clone().unwrap_or_default();
@@ -614,7 +621,7 @@ async fn not_owned(
         return Ok(Action::await_change());
     }
     let node = &op.spec.node_name;
-    let (reason, message, plan) = if owner == Owner::Shadow {
+    let (reason, message, plan) = if shadow {
         let plan = shadow_plan(ctx, op).await?;
         let message = format!(
             "node {node} is handled by the legacy API (flag nodes, shadow mode); the controller would: {}",
@@ -636,16 +643,20 @@ async fn not_owned(
     }
     match plan {
         Some(plan) => {
-            let change =
-                ctx.shadow
-                    .record(ResourceType::Nodes, &op.name_any(), &plan, Instant::now());
-            match change {
-                Change::Differs => {
-                    let note = crate::ownership::shadow::note("the controller would", &plan);
-                    publish(ctx, op, EventType::Normal, SHADOW_EVENT_REASON, note).await;
-                }
-                Change::Settling(wait) => return Ok(Action::requeue(wait)),
-                Change::Unchanged | Change::Agrees => {}
+            let name = op.name_any();
+            let subject = Subject {
+                resource: ResourceType::Nodes,
+                key: &name,
+                reference: event_reference(op),
+                action: "NodeOperation",
+            };
+            let lead = "the controller would";
+            if let Some(wait) = ctx
+                .shadow
+                .report(&ctx.recorder, &subject, lead, &plan)
+                .await
+            {
+                return Ok(Action::requeue(wait));
             }
         }
         None => ctx.shadow.clear(ResourceType::Nodes, &op.name_any()),

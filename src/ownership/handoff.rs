@@ -18,7 +18,14 @@
 //! generation) is still the controller's after the flag moves it to legacy, until it settles
 //! or the legacy side claims it for a new request. Otherwise intent written by the API's
 //! controller handler just before a flip would be left to nobody, since the legacy side acts
-//! only on requests.
+//! only on requests. The legacy side, for its part, waits for that operation to settle
+//! ([`Handoff::WaitSettled`]) before it claims the object: acting at once would race the
+//! controller's last writes. How long it waits before counting the operation as stuck is the
+//! caller's patience (a request's, a monitor pass's), since the record carries no start time
+//! for the controller's operation.
+//!
+//! Callers do not interpret a [`Handoff`] themselves: [`super::gate`] turns it, with shadow
+//! mode, into what one actor does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +51,9 @@ pub enum Handoff {
     Claim,
     /// This side owns it, but the other side's operation is still in flight: look again then.
     WaitUntil(Timestamp),
+    /// The legacy side owns it, but the controller is finishing an operation it accepted
+    /// before the flag moved the object: look again once it settles.
+    WaitSettled,
     /// The other side owns it.
     Leave,
 }
@@ -89,11 +99,10 @@ pub fn legacy_operation_value(operation: &str, now: Timestamp) -> String {
 
 /// The decision for `side`, given who the flag says owns the object and its record.
 pub fn decide(side: Side, owner: Owner, record: &Record, now: Timestamp) -> Handoff {
+    let controller_finishing =
+        record.acted_by == Some(Side::Controller) && record.controller_in_flight;
     if owner.acting_side() != side {
-        let finishing = side == Side::Controller
-            && record.acted_by == Some(Side::Controller)
-            && record.controller_in_flight;
-        return if finishing {
+        return if side == Side::Controller && controller_finishing {
             Handoff::Act
         } else {
             Handoff::Leave
@@ -102,21 +111,23 @@ pub fn decide(side: Side, owner: Owner, record: &Record, now: Timestamp) -> Hand
     match (side, record.acted_by) {
         (_, Some(recorded)) if recorded == side => Handoff::Act,
         (Side::Controller, None) => Handoff::Act,
-        (Side::Controller, Some(Side::Legacy)) => match record.legacy_operation_started {
-            Some(started) => {
-                let deadline = started
-                    .checked_add(IN_FLIGHT_TIMEOUT)
-                    .unwrap_or(Timestamp::MAX);
-                if now < deadline {
-                    Handoff::WaitUntil(deadline)
-                } else {
-                    Handoff::Claim
-                }
-            }
+        (Side::Controller, Some(Side::Legacy)) => match legacy_in_flight_until(record, now) {
+            Some(deadline) => Handoff::WaitUntil(deadline),
             None => Handoff::Claim,
         },
+        (Side::Legacy, _) if controller_finishing => Handoff::WaitSettled,
         (Side::Legacy, _) | (Side::Controller, Some(Side::Controller)) => Handoff::Claim,
     }
+}
+
+/// When the legacy operation recorded on the object stops counting as in flight, if it still
+/// does at `now`.
+pub fn legacy_in_flight_until(record: &Record, now: Timestamp) -> Option<Timestamp> {
+    let started = record.legacy_operation_started?;
+    let deadline = started
+        .checked_add(IN_FLIGHT_TIMEOUT)
+        .unwrap_or(Timestamp::MAX);
+    (now < deadline).then_some(deadline)
 }
 
 #[cfg(test)]
@@ -159,10 +170,23 @@ mod tests {
             decide(Side::Controller, Owner::Legacy, &claimed, now),
             Handoff::Leave
         );
-        // The legacy side is not held back by it: its claim is a guarded write.
+        // The legacy side waits for it to settle, then claims with a guarded write.
         assert_eq!(
             decide(Side::Legacy, Owner::Legacy, &ours, now),
+            Handoff::WaitSettled
+        );
+        assert_eq!(
+            decide(Side::Legacy, Owner::Shadow, &ours, now),
+            Handoff::WaitSettled
+        );
+        assert_eq!(
+            decide(Side::Legacy, Owner::Legacy, &settled, now),
             Handoff::Claim
+        );
+        // A legacy record is legacy's own, whatever the controller's state says.
+        assert_eq!(
+            decide(Side::Legacy, Owner::Legacy, &claimed, now),
+            Handoff::Act
         );
     }
 

@@ -8,17 +8,21 @@
 //! lowering it only moves them back.
 //!
 //! [`index`] keeps the flags from a watch; [`handoff`] records which side acted on an object so
-//! an operation in flight when ownership changes is finished by exactly one side; [`status`]
+//! an operation in flight when ownership changes is finished by exactly one side; [`gate`] is
+//! what every actor (reconciler or legacy handler) asks before it touches an object: act,
+//! claim, shadow or skip; [`status`]
 //! writes each flag's status and records every flip as an Event ([`audit`]); [`shadow`]
 //! reports what the controller would do for objects it only shadows.
 
 pub mod audit;
+pub mod gate;
 pub mod handoff;
 pub mod index;
 pub mod shadow;
 pub mod status;
 mod view;
 
+pub use gate::{Gate, Skip, controller_gate, gate};
 pub use view::view;
 
 use k8s_openapi::jiff::Timestamp;

@@ -14,6 +14,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use tracing::{info, warn};
+
 use super::ResourceType;
 use crate::metrics::{OwnershipMetrics, ResourceTypeLabel};
 
@@ -113,6 +117,42 @@ impl ShadowReports {
         change
     }
 
+    /// Records the differences of `subject` found now and publishes them as a
+    /// [`SHADOW_EVENT_REASON`] Event when they are a new settled set (note: `lead: difference;
+    /// ...`). The one report path of every reconciler in shadow mode. `Some(wait)`: the set is
+    /// still settling, compare again after `wait`.
+    pub async fn report(
+        &self,
+        recorder: &Recorder,
+        subject: &Subject<'_>,
+        lead: &str,
+        differences: &[String],
+    ) -> Option<Duration> {
+        let (resource, key) = (subject.resource, subject.key);
+        match self.record(resource, key, differences, Instant::now()) {
+            Change::Unchanged => None,
+            Change::Settling(wait) => Some(wait),
+            Change::Agrees => {
+                info!(%resource, object = %key, "shadow: legacy and controller agree");
+                None
+            }
+            Change::Differs => {
+                info!(%resource, object = %key, ?differences, "shadow: the controller would act differently");
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: SHADOW_EVENT_REASON.into(),
+                    note: Some(note(lead, differences)),
+                    action: subject.action.into(),
+                    secondary: None,
+                };
+                if let Err(error) = recorder.publish(&event, &subject.reference).await {
+                    warn!(%error, %resource, object = %key, "could not publish shadow event");
+                }
+                None
+            }
+        }
+    }
+
     /// Forgets the object: it is acted on (or gone), so it no longer counts as differing.
     pub fn clear(&self, resource: ResourceType, key: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -131,6 +171,17 @@ impl ShadowReports {
             .get_or_create(&label(resource))
             .set(i64::try_from(differing).unwrap_or(i64::MAX));
     }
+}
+
+/// The object a shadow report is about.
+pub struct Subject<'a> {
+    pub resource: ResourceType,
+    /// The object's key in the reports (`namespace/name`, or the name when cluster-scoped).
+    pub key: &'a str,
+    /// Where the Event goes.
+    pub reference: ObjectReference,
+    /// The Event's action: what the reconciler does (`Shadow`, `Idle`, `NodeOperation`).
+    pub action: &'a str,
 }
 
 fn label(resource: ResourceType) -> ResourceTypeLabel {

@@ -4,7 +4,7 @@
 pub mod adopt;
 pub mod fence;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod names;
 pub mod objects;
 pub mod reconciler;

@@ -301,12 +301,18 @@ pub fn recorded_hash<T: Hashed>(object: &T) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A short hex digest of `bytes` (the first 16 bytes of their SHA-256).
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn with_hash<T: Hashed>(mut object: T) -> T {
     // Serialising plain k8s-openapi structs cannot fail; an empty hash would only force an
     // apply, never skip one.
-    let bytes = serde_json::to_vec(&object).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = digest(&serde_json::to_vec(&object).unwrap_or_default());
     object
         .metadata_mut()
         .annotations

@@ -16,20 +16,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::objects::SessionContext;
+use super::objects::{self, Hashed, SessionContext};
 use super::state::{self, DeploymentChange, Observed};
 use super::takeover::{self, Adoption};
 use super::{Error, Result, names, shadow};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{Session, SessionPhase};
-use crate::ownership::handoff::{self, ACTED_BY_ANNOTATION, Handoff, Record};
-use crate::ownership::shadow::{Change, SHADOW_EVENT_REASON};
-use crate::ownership::{Owner, ResourceType, Side};
+use crate::ownership::gate::LOOK_AGAIN_SLACK;
+use crate::ownership::handoff::{ACTED_BY_ANNOTATION, Record};
+use crate::ownership::shadow::Subject;
+use crate::ownership::{self, Gate, ResourceType, Side};
+use crate::writes::WriteLog;
 
 pub use super::CONTROLLER;
-
-/// Added to a hand-off wait so the next look comes after the legacy operation's deadline.
-const HANDOFF_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Watch caches the session reconciler reads instead of the API server.
 pub use crate::caches::SessionStores;
@@ -50,42 +49,32 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         ctx.shadow.clear(ResourceType::Sessions, &key);
         return Ok(Action::await_change());
     }
-    let owner = ctx.flags.owner(ResourceType::Sessions, &namespace, &name);
-    ctx.metrics
-        .ownership
-        .decision(ResourceType::Sessions.as_str(), owner.as_str());
     let record = Record::from_annotations(session.annotations())
         .with_controller_in_flight(!state::operation_settled(&session));
     let now = Timestamp::now();
-    let handoff = handoff::decide(Side::Controller, owner, &record, now);
+    let gate = ownership::controller_gate(
+        &ctx.flags,
+        &ctx.metrics.ownership,
+        ResourceType::Sessions,
+        (&namespace, &name),
+        &record,
+        now,
+    );
     // Nothing is claimed or written while the old controller may still act on the session.
-    if matches!(handoff, Handoff::Act | Handoff::Claim)
+    if gate.acts()
         && let Some(action) = takeover::fenced(&ctx, &session).await?
     {
         return Ok(action);
     }
-    match handoff {
-        // Shadow mode still computes the decision below, to report it, unless legacy is in the
-        // middle of an operation: then the cluster is half-way and compared once it is done.
-        Handoff::Leave if owner == Owner::Shadow => {
-            if let Some(deadline) = legacy_in_flight_until(&record, now) {
-                return Ok(Action::requeue(
-                    now.duration_until(deadline).unsigned_abs() + HANDOFF_SLACK,
-                ));
-            }
+    match gate {
+        Gate::Skip(skip) => {
+            let subject = (ResourceType::Sessions, key.as_str());
+            return Ok(ownership::gate::skipped(&ctx.shadow, subject, skip, now));
         }
-        Handoff::Leave => {
-            ctx.shadow.clear(ResourceType::Sessions, &key);
-            return Ok(Action::await_change());
-        }
-        Handoff::WaitUntil(deadline) => {
-            let wait = now.duration_until(deadline).unsigned_abs();
-            return Ok(Action::requeue(wait + HANDOFF_SLACK));
-        }
-        Handoff::Claim => claim(&ctx, &session, &namespace).await?,
-        Handoff::Act => {}
+        Gate::Claim => claim(&ctx, &session, &namespace).await?,
+        // Shadow mode computes the decision below, to report it.
+        Gate::Act | Gate::Shadow => {}
     }
-    let acting = matches!(handoff, Handoff::Act | Handoff::Claim);
     let stores = &ctx.session_stores;
     let child = names::child_name(&name);
     let template = stores
@@ -133,7 +122,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         pods: pods.iter().map(Arc::as_ref).collect(),
     };
     let decision = state::decide(&sctx, &observed);
-    if !acting {
+    if gate == Gate::Shadow {
         let differences = shadow::differences(
             &name,
             &session.spec.user,
@@ -154,19 +143,30 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     let writer = Writer {
         ctx: &ctx,
         namespace: &namespace,
+        written: &stores.written,
     };
     // The children are independent of each other: write them concurrently.
     tokio::try_join!(
-        writer.deployment(&child, decision.deployment),
+        writer.deployment(&child, decision.deployment, version(&deployment)),
         async {
             match &decision.service {
-                Some(service) => writer.apply("service", &child, service).await,
+                Some(desired) => {
+                    let log = &stores.written.services;
+                    writer
+                        .apply("service", &child, desired, log, version(&service))
+                        .await
+                }
                 None => Ok(()),
             }
         },
         async {
             match &decision.ingress {
-                Some(ingress) => writer.apply("ingress", &child, ingress).await,
+                Some(desired) => {
+                    let log = &stores.written.ingresses;
+                    writer
+                        .apply("ingress", &child, desired, log, version(&ingress))
+                        .await
+                }
                 None => Ok(()),
             }
         },
@@ -179,14 +179,19 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     )?;
 
     let previous_phase = session.status.as_ref().and_then(|s| s.phase.clone());
+    let generation = session.meta().generation;
     if let Some(status) = state::status_update(
         session.status.as_ref(),
         &decision.status,
-        session.meta().generation,
+        generation,
         Timestamp::now(),
     ) {
-        writer.status(&name, &status).await?;
-        if previous_phase.as_ref() != Some(&decision.status.phase) {
+        let digest = objects::digest(format!("{:?}/{generation:?}", decision.status).as_bytes());
+        if writer
+            .status(&name, &status, &digest, session.resource_version())
+            .await?
+            && previous_phase.as_ref() != Some(&decision.status.phase)
+        {
             publish_phase_event(&ctx, &session, &decision.status).await;
         }
     }
@@ -203,16 +208,6 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
         .failed(backoff_key(&session), error.is_transient());
     warn!(session = %session.name_any(), %error, retry_in = ?delay, "session reconcile failed");
     Action::requeue(delay)
-}
-
-/// When the legacy operation recorded on the object stops counting as in flight, if it still
-/// does at `now`.
-fn legacy_in_flight_until(record: &Record, now: Timestamp) -> Option<Timestamp> {
-    let started = record.legacy_operation_started?;
-    let deadline = started
-        .checked_add(handoff::IN_FLIGHT_TIMEOUT)
-        .unwrap_or(Timestamp::MAX);
-    (now < deadline).then_some(deadline)
 }
 
 /// Records the controller as the acting side on a session the legacy side acted on last. The
@@ -262,35 +257,22 @@ async fn report_shadow(
     key: &str,
     differences: &[String],
 ) -> Action {
-    let change = ctx.shadow.record(
-        ResourceType::Sessions,
+    let subject = Subject {
+        resource: ResourceType::Sessions,
         key,
-        differences,
-        std::time::Instant::now(),
-    );
-    match change {
-        Change::Unchanged => {}
+        reference: session.object_ref(&()),
+        action: "Shadow",
+    };
+    let lead = "the controller would change";
+    match ctx
+        .shadow
+        .report(&ctx.recorder, &subject, lead, differences)
+        .await
+    {
         // Compare again once it could have settled (legacy may be half-way through a create).
-        Change::Settling(wait) => return Action::requeue(wait + HANDOFF_SLACK),
-        Change::Agrees => info!(session = %key, "shadow: legacy and controller agree"),
-        Change::Differs => {
-            info!(session = %key, ?differences, "shadow: the controller would act differently");
-            let event = Event {
-                type_: EventType::Normal,
-                reason: SHADOW_EVENT_REASON.into(),
-                note: Some(crate::ownership::shadow::note(
-                    "the controller would change",
-                    differences,
-                )),
-                action: "Shadow".into(),
-                secondary: None,
-            };
-            if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
-                warn!(%error, "could not publish shadow event");
-            }
-        }
+        Some(wait) => Action::requeue(wait + LOOK_AGAIN_SLACK),
+        None => Action::await_change(),
     }
-    Action::await_change()
 }
 
 fn backoff_key(session: &Session) -> String {
@@ -301,9 +283,18 @@ fn backoff_key(session: &Session) -> String {
     )
 }
 
+/// The resourceVersion of a cached object, if it is cached.
+fn version<K: Resource>(cached: &Option<Arc<K>>) -> Option<String> {
+    cached.as_ref().and_then(|object| object.resource_version())
+}
+
+/// Writes of one reconcile. Each write is skipped when it would repeat this process's last
+/// write of the object that its watch cache does not show yet ([`crate::writes`]), and
+/// recorded in the object's write log once made.
 struct Writer<'a> {
     ctx: &'a Context,
     namespace: &'a str,
+    written: &'a crate::caches::SessionWrites,
 }
 
 impl Writer<'_> {
@@ -314,57 +305,103 @@ impl Writer<'_> {
         Api::namespaced(self.ctx.client.clone(), self.namespace)
     }
 
-    async fn apply<K>(&self, kind: &'static str, name: &str, object: &K) -> Result<()>
+    /// True when `digest` to `name` is already written and on its way to the cache.
+    fn pending(&self, log: &WriteLog, name: &str, digest: &str, cached: Option<&str>) -> bool {
+        let pending = log.pending(self.namespace, name, digest, cached);
+        if pending {
+            self.ctx.metrics.reconcilers.skipped_write(CONTROLLER);
+        }
+        pending
+    }
+
+    async fn apply<K>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        object: &K,
+        log: &WriteLog,
+        cached: Option<String>,
+    ) -> Result<()>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Hashed
             + Serialize
             + DeserializeOwned
             + Clone
             + std::fmt::Debug,
     {
+        let digest = objects::recorded_hash(object)
+            .unwrap_or_default()
+            .to_string();
+        if self.pending(log, name, &digest, cached.as_deref()) {
+            return Ok(());
+        }
         // Server-side apply needs the type information in the body.
         let body = with_type_meta(object);
         self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
-        self.api::<K>()
+        let applied = self
+            .api::<K>()
             .patch(
                 name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(body),
             )
             .await
-            .map(|_| ())
             .map_err(|source| Error::Api {
                 action: "applying a session object",
                 source,
-            })
+            })?;
+        log.wrote(self.namespace, name, &digest, applied.resource_version());
+        Ok(())
     }
 
-    async fn deployment(&self, name: &str, change: DeploymentChange) -> Result<()> {
+    async fn deployment(
+        &self,
+        name: &str,
+        change: DeploymentChange,
+        cached: Option<String>,
+    ) -> Result<()> {
+        let log = &self.written.deployments;
         match change {
             DeploymentChange::Keep => Ok(()),
             DeploymentChange::Apply(deployment) => {
-                self.apply("deployment", name, deployment.as_ref()).await
+                self.apply("deployment", name, deployment.as_ref(), log, cached)
+                    .await
             }
             DeploymentChange::ScaleToZero => {
+                const DIGEST: &str = "replicas=0";
+                if self.pending(log, name, DIGEST, cached.as_deref()) {
+                    return Ok(());
+                }
                 self.ctx.metrics.reconcilers.write(CONTROLLER, "deployment");
                 let patch = serde_json::json!({"spec": {"replicas": 0}});
-                self.api::<Deployment>()
+                let scaled = self
+                    .api::<Deployment>()
                     .patch(name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
-                    .map(|_| ())
                     .map_err(|source| Error::Api {
                         action: "scaling the deployment to zero",
                         source,
-                    })
+                    })?;
+                log.wrote(self.namespace, name, DIGEST, scaled.resource_version());
+                Ok(())
             }
             DeploymentChange::Delete => {
+                // Pending until the watch delivers the delete.
+                const DIGEST: &str = "deleted";
+                if self.pending(log, name, DIGEST, cached.as_deref()) {
+                    return Ok(());
+                }
                 self.ctx.metrics.reconcilers.write(CONTROLLER, "deployment");
                 match self
                     .api::<Deployment>()
                     .delete(name, &DeleteParams::background())
                     .await
                 {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        log.wrote(self.namespace, name, DIGEST, None);
+                        Ok(())
+                    }
                     Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
                     Err(source) => Err(Error::Api {
                         action: "deleting the deployment",
@@ -378,6 +415,13 @@ impl Writer<'_> {
     /// Creates the home claim; one that already exists (another session of the same user
     /// raced us) is left exactly as it is.
     async fn create_claim(&self, claim: &PersistentVolumeClaim) -> Result<()> {
+        // Only asked for while the cache has no claim: pending until the watch delivers it.
+        const DIGEST: &str = "created";
+        let log = &self.written.claims;
+        let name = claim.name_any();
+        if self.pending(log, &name, DIGEST, None) {
+            return Ok(());
+        }
         self.ctx
             .metrics
             .reconcilers
@@ -387,8 +431,14 @@ impl Writer<'_> {
             .create(&PostParams::default(), claim)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Ok(created) => {
+                log.wrote(self.namespace, &name, DIGEST, created.resource_version());
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                log.wrote(self.namespace, &name, DIGEST, None);
+                Ok(())
+            }
             Err(source) => Err(Error::Api {
                 action: "creating the home volume claim",
                 source,
@@ -396,7 +446,19 @@ impl Writer<'_> {
         }
     }
 
-    async fn status(&self, name: &str, status: &crate::crd::SessionStatus) -> Result<()> {
+    /// Writes the status computed as `digest`, unless that write is already made and on its
+    /// way to the Session cache (now at `cached`); true when it wrote.
+    async fn status(
+        &self,
+        name: &str,
+        status: &crate::crd::SessionStatus,
+        digest: &str,
+        cached: Option<String>,
+    ) -> Result<bool> {
+        let log = &self.written.sessions;
+        if self.pending(log, name, digest, cached.as_deref()) {
+            return Ok(false);
+        }
         self.ctx
             .metrics
             .reconcilers
@@ -406,18 +468,20 @@ impl Writer<'_> {
             "kind": "Session",
             "status": status,
         });
-        self.api::<Session>()
+        let written = self
+            .api::<Session>()
             .patch_status(
                 name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(body),
             )
             .await
-            .map(|_| ())
             .map_err(|source| Error::Api {
                 action: "writing session status",
                 source,
-            })
+            })?;
+        log.wrote(self.namespace, name, digest, written.resource_version());
+        Ok(true)
     }
 }
 

@@ -516,6 +516,29 @@ async fn restart_mid_way_converges_without_duplicates() {
     env.cleanup().await;
 }
 
+/// Waits until Deployment `name`'s status has settled (the controller manager has nothing
+/// left to write) and no session reconcile is in flight.
+async fn wait_settled(env: &TestEnv, name: &str) {
+    wait_object(
+        &env.api::<Deployment>(),
+        name,
+        "the Deployment's status to settle",
+        |d| {
+            let generation = d.metadata.generation;
+            d.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && s.replicas == Some(1)
+                    && s.updated_replicas == Some(1)
+                    && s.ready_replicas == Some(1)
+                    && s.available_replicas == Some(1)
+            })
+        },
+    )
+    .await;
+    let (_, finished) = env.reconciles("session");
+    env.wait_reconciled("session", finished).await;
+}
+
 #[tokio::test]
 async fn steady_state_reconcile_writes_nothing() {
     let mut env = TestEnv::new("steady").await;
@@ -532,24 +555,7 @@ async fn steady_state_reconcile_writes_nothing() {
     .await;
     // Before the snapshot: the Deployment's status settled (the controller manager has nothing
     // left to write) and no session reconcile in flight.
-    wait_object(
-        &env.api::<Deployment>(),
-        "ss-ida-1",
-        "the Deployment's status to settle",
-        |d| {
-            let generation = d.metadata.generation;
-            d.status.as_ref().is_some_and(|s| {
-                s.observed_generation == generation
-                    && s.replicas == Some(1)
-                    && s.updated_replicas == Some(1)
-                    && s.ready_replicas == Some(1)
-                    && s.available_replicas == Some(1)
-            })
-        },
-    )
-    .await;
-    let (_, finished) = env.reconciles("session");
-    env.wait_reconciled("session", finished).await;
+    wait_settled(&env, "ss-ida-1").await;
 
     let versions = |env: &TestEnv| {
         let (s, d, svc, i) = (
@@ -581,6 +587,76 @@ async fn steady_state_reconcile_writes_nothing() {
         "a steady-state reconcile must not write"
     );
     assert_eq!(versions(&env).await, before);
+    env.cleanup().await;
+}
+
+/// Writes of kind `kind` by the session reconciler so far.
+fn session_writes(env: &TestEnv, kind: &str) -> f64 {
+    env.metric(
+        "streamspace_controller_api_writes_total",
+        &format!("controller=\"session\",kind=\"{kind}\""),
+    )
+}
+
+#[tokio::test]
+async fn one_write_per_child_and_no_reconcile_for_heartbeats() {
+    let mut env = TestEnv::new("heartbeat-only").await;
+    env.create::<Template>(template("firefox")).await;
+    env.create::<Session>(session("kai-1", "kai", "firefox", "running"))
+        .await;
+    let sessions = env.api::<Session>();
+    // Running, and the idle side's start clock written (a change the reconciler ignores too).
+    wait_object(&sessions, "kai-1", "Running with startedAt", |s| {
+        is_phase(SessionPhase::Running)(s)
+            && s.status.as_ref().is_some_and(|s| s.started_at.is_some())
+    })
+    .await;
+    wait_settled(&env, "ss-kai-1").await;
+    // Each child was written once, however many reconciles ran before its write reached the
+    // cache: a write the cache does not show yet is not repeated.
+    for kind in ["deployment", "service", "ingress", "persistentvolumeclaim"] {
+        assert_eq!(session_writes(&env, kind), 1.0, "{kind} writes");
+    }
+
+    // A fresh controller has exactly one reconcile of the settled session to do (its initial
+    // list) and nothing queued after it but the long resync.
+    env.controller.take().expect("controller").stop().await;
+    env.start_controller().await;
+    env.wait_reconciled("session", 1.0).await;
+
+    let ignored = || env.metric("streamspace_controller_ignored_changes_total", "session");
+    let ignored_before = ignored();
+    let (started_before, _) = env.reconciles("session");
+    let heartbeats = 3;
+    for minute in 0..heartbeats {
+        let stamp = format!("2026-01-02T03:0{minute}:00Z");
+        sessions
+            .patch_status(
+                "kai-1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"lastActivity": stamp}})),
+            )
+            .await
+            .expect("heartbeat-style patch");
+    }
+    // Evidence: the session controller saw the heartbeats, and started no reconcile for them.
+    wait_for(
+        "the heartbeats to reach the session controller",
+        || async { ignored() },
+        |n| *n >= ignored_before + f64::from(heartbeats),
+    )
+    .await;
+    assert_eq!(env.reconciles("session").0, started_before);
+
+    // A change the reconciler reads still starts one.
+    set_state(&env, "kai-1", "hibernated").await;
+    wait_object(
+        &sessions,
+        "kai-1",
+        "Hibernated",
+        is_phase(SessionPhase::Hibernated),
+    )
+    .await;
     env.cleanup().await;
 }
 
