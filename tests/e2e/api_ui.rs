@@ -649,10 +649,23 @@ async fn connections_are_shared_by_replicas_deduplicated_and_expire() {
     let x = connect(a, "alice-s", &alice, None).await;
     let y = connect(b, "alice-s", &alice, None).await;
     assert_ne!(x["connectionId"], y["connectionId"]);
+    // Kept alive while waiting: on a slow machine the wait can outlast the 2 s expiry.
+    let beats: Vec<String> = [&x, &y]
+        .iter()
+        .map(|c| {
+            let id = c["connectionId"].as_str().unwrap_or_default();
+            format!("/api/v1/sessions/alice-s/heartbeat?connectionId={id}")
+        })
+        .collect();
     for replica in [a, b] {
         wait_for(
             "the list to count two connections",
-            || async { get(replica, "/api/v1/sessions", Some(&alice)).await.1 },
+            || async {
+                for beat in &beats {
+                    request(a, "POST", beat, Some(&alice), None).await;
+                }
+                get(replica, "/api/v1/sessions", Some(&alice)).await.1
+            },
             |list| {
                 list["sessions"]
                     .as_array()
