@@ -7,7 +7,10 @@
 //! 2,000, `BENCH_RATE`; 0 = as fast as possible) for D seconds (default 30, `BENCH_SECONDS`).
 //! Prints requests per second, p50/p99/max latency beside the API server's one-write latency,
 //! status writes per session per flush interval, and the API process's CPU time and peak RSS.
-//! Any failed request fails the run.
+//! Then it opens one connection on each of M sessions (default 100,
+//! `BENCH_CONNECTION_SESSIONS`) and heartbeats them with their `connectionId` at the same rate
+//! for the same time: the connection Lease writes per heartbeat and per session per flush
+//! interval, counted by the API server. Any failed request fails the run.
 //!
 //! Run with `cargo bench --bench heartbeat`.
 
@@ -67,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     let workers = (0..connections).map(|_| {
         let names = names.clone();
         let next = next.clone();
-        tokio::spawn(async move { drive(port, &names, &next, until, period).await })
+        tokio::spawn(async move { drive(port, &names, &next, until, period, false).await })
     });
     let mut latencies = Vec::new();
     let mut failures = Vec::new();
@@ -134,9 +137,110 @@ async fn main() -> anyhow::Result<()> {
         None,
     )?;
     results.record_peak_rss("api process", pid)?;
+    connection_heartbeats(&client, port, &results).await?;
     let _ = server.kill().await;
     plane.stop().await;
     Ok(())
+}
+
+/// Heartbeats with a `connectionId`: each renews the connection's Lease. Opens one connection
+/// on each of M sessions (default 100, `BENCH_CONNECTION_SESSIONS`), heartbeats them
+/// round-robin at the same rate for the same time, and counts the Lease writes the API server
+/// served (`apiserver_request_total` of `leases`), per heartbeat and per session per flush
+/// interval.
+async fn connection_heartbeats(
+    client: &kube::Client,
+    port: u16,
+    results: &Results,
+) -> anyhow::Result<()> {
+    let sessions = size("BENCH_CONNECTION_SESSIONS", 100, 2);
+    let rate = size("BENCH_RATE", 2_000, 50);
+    let seconds = size("BENCH_SECONDS", 30, 2) as u64;
+    let mut connection = Connection::open(port).await?;
+    for i in 0..sessions {
+        let path = format!(
+            "/api/v1/sessions/{}/connect?connectionId={}",
+            session_name(i),
+            connection_id(i)
+        );
+        let (status, body, _) = connection.send(hyper::Method::GET, &path, TOKEN).await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "connect {path}: {status} {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+    }
+    let names: Arc<Vec<String>> = Arc::new((0..sessions).map(session_name).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    // Other Lease writers (the controller manager's and the idle monitor's elections) go on
+    // meanwhile: their rate, measured over a quiet window first, is taken out.
+    let quiet = Duration::from_secs(if support::smoke() { 1 } else { 5 });
+    let quiet_before = lease_writes(client).await?;
+    tokio::time::sleep(quiet).await;
+    let other_rate = (lease_writes(client).await? - quiet_before) / quiet.as_secs_f64();
+    let leases_before = lease_writes(client).await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let period = (rate > 0).then(|| Duration::from_secs_f64(1.0 / rate as f64));
+    let worker = drive(port, &names, &next, until, period, true).await;
+    let elapsed = started.elapsed();
+    if let Some(first) = worker.failures.first() {
+        anyhow::bail!(
+            "{} of {} connection heartbeats failed; first: {first}",
+            worker.failures.len(),
+            worker.latencies.len() + worker.failures.len()
+        );
+    }
+    let heartbeats = worker.latencies.len() as f64;
+    anyhow::ensure!(heartbeats > 0.0, "no connection heartbeat was sent");
+    let writes = (lease_writes(client).await?
+        - leases_before
+        - other_rate * started.elapsed().as_secs_f64())
+    .max(0.0);
+    let intervals = elapsed.as_secs_f64() / FLUSH_INTERVAL.as_secs_f64() + 1.0;
+    println!(
+        "connection heartbeats: {sessions} sessions with one connection each, {heartbeats:.0} heartbeats in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    results.record(
+        "connection heartbeat latency p99",
+        ms(percentile(&worker.latencies, 99.0)),
+        "ms",
+        None,
+    )?;
+    results.record(
+        "connection Lease writes per connection heartbeat",
+        writes / heartbeats,
+        "writes",
+        None,
+    )?;
+    results.record(
+        "connection Lease writes per session per flush interval",
+        writes / sessions as f64 / intervals,
+        "writes",
+        None,
+    )?;
+    Ok(())
+}
+
+/// Writes of Leases the API server has served, every writer and namespace.
+async fn lease_writes(client: &kube::Client) -> anyhow::Result<f64> {
+    let request = hyper::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"leases\""))
+        .filter(|l| {
+            ["PATCH", "PUT", "POST"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn connection_id(i: usize) -> String {
+    format!("bench-{i}")
 }
 
 fn session_name(i: usize) -> String {
@@ -163,6 +267,7 @@ async fn drive(
     next: &AtomicUsize,
     until: Instant,
     period: Option<Duration>,
+    with_connection: bool,
 ) -> Worker {
     let mut worker = Worker {
         latencies: Vec::new(),
@@ -185,7 +290,15 @@ async fn drive(
             ticks.tick().await;
         }
         let i = next.fetch_add(1, Ordering::Relaxed) % names.len();
-        let path = format!("/api/v1/sessions/{}/heartbeat", names[i]);
+        let path = if with_connection {
+            format!(
+                "/api/v1/sessions/{}/heartbeat?connectionId={}",
+                names[i],
+                connection_id(i)
+            )
+        } else {
+            format!("/api/v1/sessions/{}/heartbeat", names[i])
+        };
         match connection.send(hyper::Method::POST, &path, TOKEN).await {
             Ok((status, _, latency)) if status.is_success() => worker.latencies.push(latency),
             Ok((status, body, _)) => worker.failures.push(format!(
