@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::api_status::{Attempts, is_conflict};
 use crate::crd::{Session, SessionState};
 use crate::idle::WAKE_ANNOTATION;
-use crate::idle::wake::rfc3339;
+use crate::idle::wake::refresh_activity;
 use crate::ownership::Side;
 use crate::ownership::handoff::ACTED_BY_ANNOTATION;
 
@@ -84,21 +84,7 @@ async fn set_running(
     session: &Session,
 ) -> Result<(), kube::Error> {
     let name = session.name_any();
-    let now = Timestamp::now();
-    let stored = session
-        .status
-        .as_ref()
-        .and_then(|s| s.last_activity.as_ref())
-        .map(|t| t.0);
-    // Never move lastActivity backwards (another replica's clock may be ahead of ours).
-    let activity = stored.map_or(now, |stored| stored.max(now));
-    let status = json!({
-        "metadata": {"resourceVersion": session.resource_version()},
-        "status": {"lastActivity": rfc3339(activity), "startedAt": null},
-    });
-    let updated = api
-        .patch_status(&name, params, &Patch::Merge(status))
-        .await?;
+    let updated = refresh_activity(api, params, session, Timestamp::now()).await?;
     let spec = json!({
         "metadata": {
             "resourceVersion": updated.meta().resource_version,

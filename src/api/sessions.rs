@@ -44,7 +44,7 @@ use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -275,24 +275,12 @@ async fn refresh_activity(
     session: &Session,
     field_manager: &str,
 ) -> Result<Option<String>> {
-    let now = Timestamp::now();
-    let stored = session
-        .status
-        .as_ref()
-        .and_then(|s| s.last_activity.as_ref())
-        .map(|t| t.0);
-    let activity = stored.map_or(now, |stored| stored.max(now));
-    let patch = json!({
-        "metadata": {"resourceVersion": session.resource_version()},
-        "status": {"lastActivity": activity.to_string(), "startedAt": null},
-    });
     let params = PatchParams {
         field_manager: Some(field_manager.into()),
         ..PatchParams::default()
     };
-    let updated = api
-        .patch_status(&session.name_any(), &params, &Patch::Merge(patch))
-        .await?;
+    let updated =
+        crate::idle::wake::refresh_activity(api, &params, session, Timestamp::now()).await?;
     Ok(updated.resource_version())
 }
 

@@ -163,21 +163,8 @@ impl Waker {
 
     async fn set_running(&self, api: &Api<Session>, session: &Session) -> Result<Outcome> {
         let name = session.name_any();
-        let stored = session
-            .status
-            .as_ref()
-            .and_then(|s| s.last_activity.as_ref())
-            .map(|t| t.0);
-        // Never move lastActivity backwards (an API replica's clock may be ahead of ours).
-        let now = Timestamp::now();
-        let activity = stored.map_or(now, |stored| stored.max(now));
-        let status = json!({
-            "metadata": {"resourceVersion": session.resource_version()},
-            "status": {"lastActivity": rfc3339(activity), "startedAt": null},
-        });
         self.metrics.reconcilers.write("idle", "session_status");
-        let updated = api
-            .patch_status(&name, &manager(), &Patch::Merge(status))
+        let updated = refresh_activity(api, &manager(), session, Timestamp::now())
             .await
             .map_err(|source| Error::Api {
                 action: "refreshing lastActivity before waking",
@@ -242,6 +229,37 @@ impl Waker {
     }
 }
 
+/// Step 1 of every wake (this waker's, the API connect handler's, the API's state changes):
+/// the status patch of [`refresh_patch`], guarded by the resourceVersion `session` was read
+/// at. Returns the updated session.
+pub async fn refresh_activity(
+    api: &Api<Session>,
+    params: &PatchParams,
+    session: &Session,
+    now: Timestamp,
+) -> kube::Result<Session> {
+    let patch = refresh_patch(session, now);
+    api.patch_status(&session.name_any(), params, &Patch::Merge(patch))
+        .await
+}
+
+/// The status merge patch that readies a stopped session to run: `lastActivity` = `now` in
+/// [`rfc3339`] (never moved backwards: another replica's clock may be ahead of ours), so the
+/// idle deadline restarts and waking never re-hibernates at once; `startedAt` removed (see the
+/// module docs); `metadata.resourceVersion` of `session`, so a concurrent write fails with 409.
+pub fn refresh_patch(session: &Session, now: Timestamp) -> serde_json::Value {
+    let stored = session
+        .status
+        .as_ref()
+        .and_then(|s| s.last_activity.as_ref())
+        .map(|t| t.0);
+    let activity = stored.map_or(now, |stored| stored.max(now));
+    json!({
+        "metadata": {"resourceVersion": session.resource_version()},
+        "status": {"lastActivity": rfc3339(activity), "startedAt": null},
+    })
+}
+
 /// The session is hibernated at the generation of the event or of its annotation.
 fn wants_wake(session: &Session, event_generation: Option<i64>) -> bool {
     let event = event_generation.map(|g| g.to_string());
@@ -271,4 +289,49 @@ pub(crate) fn manager() -> PatchParams {
 pub fn rfc3339(at: Timestamp) -> String {
     k8s_openapi::jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", at)
         .unwrap_or_else(|_| at.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(last_activity: Option<&str>) -> Session {
+        let status = last_activity.map_or(json!({}), |at| json!({"lastActivity": at}));
+        serde_json::from_value(json!({
+            "apiVersion": "stream.space/v1alpha1", "kind": "Session",
+            "metadata": {"name": "s1", "namespace": "ns", "resourceVersion": "7"},
+            "spec": {"user": "alice", "template": "t", "state": "hibernated"},
+            "status": status,
+        }))
+        .unwrap_or_else(|error| panic!("session: {error}"))
+    }
+
+    #[test]
+    fn refresh_patch_sets_activity_in_rfc3339_seconds_and_never_backwards() {
+        let now: Timestamp = "2026-01-02T03:04:05.678Z"
+            .parse()
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        for (what, stored, expected) in [
+            ("no activity yet", None, "2026-01-02T03:04:05Z"),
+            (
+                "older activity",
+                Some("2026-01-01T00:00:00Z"),
+                "2026-01-02T03:04:05Z",
+            ),
+            (
+                "a clock ahead of ours",
+                Some("2026-01-03T00:00:00Z"),
+                "2026-01-03T00:00:00Z",
+            ),
+        ] {
+            assert_eq!(
+                refresh_patch(&session(stored), now),
+                json!({
+                    "metadata": {"resourceVersion": "7"},
+                    "status": {"lastActivity": expected, "startedAt": null},
+                }),
+                "{what}"
+            );
+        }
+    }
 }

@@ -2,10 +2,12 @@
 //! decision with server-side apply under our own field manager, and write status only when it
 //! changed.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -21,7 +23,7 @@ use super::state::{self, DeploymentChange, Observed};
 use super::takeover::{self, Adoption};
 use super::{Error, Result, names, shadow};
 use crate::context::{Context, FIELD_MANAGER};
-use crate::crd::{Session, SessionPhase};
+use crate::crd::{Session, SessionPhase, Template};
 use crate::ownership::gate::LOOK_AGAIN_SLACK;
 use crate::ownership::handoff::{ACTED_BY_ANNOTATION, Record};
 use crate::ownership::shadow::Subject;
@@ -44,95 +46,27 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     let namespace = session.namespace().ok_or(Error::NoNamespace)?;
     let name = session.name_any();
     let key = format!("{namespace}/{name}");
-    if session.meta().deletion_timestamp.is_some() {
-        // Owned objects go with garbage collection; the home claim stays by design.
-        ctx.shadow.clear(ResourceType::Sessions, &key);
-        return Ok(Action::await_change());
-    }
-    let record = Record::from_annotations(session.annotations())
-        .with_controller_in_flight(!state::operation_settled(&session));
-    let now = Timestamp::now();
-    let gate = ownership::controller_gate(
-        &ctx.flags,
-        &ctx.metrics.ownership,
-        ResourceType::Sessions,
-        (&namespace, &name),
-        &record,
-        now,
-    );
-    // Nothing is claimed or written while the old controller may still act on the session.
-    if gate.acts()
-        && let Some(action) = takeover::fenced(&ctx, &session).await?
-    {
-        return Ok(action);
-    }
-    match gate {
-        Gate::Skip(skip) => {
-            let subject = (ResourceType::Sessions, key.as_str());
-            return Ok(ownership::gate::skipped(&ctx.shadow, subject, skip, now));
-        }
-        Gate::Claim => claim(&ctx, &session, &namespace).await?,
-        // Shadow mode computes the decision below, to report it.
-        Gate::Act | Gate::Shadow => {}
-    }
-    let stores = &ctx.session_stores;
-    let child = names::child_name(&name);
-    let template = stores
-        .templates
-        .get(&ObjectRef::new(&session.spec.template).within(&namespace));
-    let deployment = stores
-        .deployments
-        .get(&ObjectRef::new(&child).within(&namespace));
-    let service = stores
-        .services
-        .get(&ObjectRef::new(&child).within(&namespace));
-    let ingress = stores
-        .ingresses
-        .get(&ObjectRef::new(&child).within(&namespace));
-    let claim = stores
-        .claims
-        .get(&ObjectRef::new(&names::home_claim_name(&session.spec.user)).within(&namespace));
-    let session_label = names::label_value(&name);
-    let pods: Vec<Arc<Pod>> = stores
-        .pods
-        .state()
-        .into_iter()
-        .filter(|pod| {
-            pod.namespace().as_deref() == Some(namespace.as_str())
-                && pod.labels().get("session") == Some(&session_label)
-        })
-        .collect();
-
-    let Some(owner) = session.controller_owner_ref(&()) else {
-        return Err(Error::NoNamespace);
+    let gate = match pass_gate(&ctx, &session, &namespace, &key).await? {
+        ControlFlow::Continue(gate) => gate,
+        ControlFlow::Break(action) => return Ok(action),
     };
+    let child = names::child_name(&name);
+    let stores = &ctx.session_stores;
+    let world = World::read(stores, &session, &namespace, &child);
     let sctx = SessionContext {
         name: &name,
         namespace: &namespace,
         spec: &session.spec,
-        owner,
+        owner: session
+            .controller_owner_ref(&())
+            .ok_or(Error::NoNamespace)?,
         settings: &ctx.config.session,
     };
-    let observed = Observed {
-        template: template.as_deref().map(|t| &t.spec),
-        deployment: deployment.as_deref(),
-        service: service.as_deref(),
-        ingress: ingress.as_deref(),
-        home_claim: claim.as_deref(),
-        pods: pods.iter().map(Arc::as_ref).collect(),
-    };
+    let observed = world.observed();
     let decision = state::decide(&sctx, &observed);
     if gate == Gate::Shadow {
-        let differences = shadow::differences(
-            &name,
-            &session.spec.user,
-            &decision,
-            &observed,
-            session.status.as_ref(),
-        );
-        return Ok(report_shadow(&ctx, &session, &key, &differences).await);
+        return Ok(report_shadow(&ctx, &session, &key, &decision, &observed).await);
     }
-    ctx.shadow.clear(ResourceType::Sessions, &key);
     let plan = takeover::plan(&ctx, &session, &namespace);
     if let Adoption::Requeue(action) =
         takeover::adopt(&ctx, &session, &namespace, &plan, &observed.pods).await?
@@ -147,13 +81,13 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
     };
     // The children are independent of each other: write them concurrently.
     tokio::try_join!(
-        writer.deployment(&child, decision.deployment, version(&deployment)),
+        writer.deployment(&child, decision.deployment, version(&world.deployment)),
         async {
             match &decision.service {
                 Some(desired) => {
                     let log = &stores.written.services;
                     writer
-                        .apply("service", &child, desired, log, version(&service))
+                        .apply("service", &child, desired, log, version(&world.service))
                         .await
                 }
                 None => Ok(()),
@@ -164,7 +98,7 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
                 Some(desired) => {
                     let log = &stores.written.ingresses;
                     writer
-                        .apply("ingress", &child, desired, log, version(&ingress))
+                        .apply("ingress", &child, desired, log, version(&world.ingress))
                         .await
                 }
                 None => Ok(()),
@@ -208,6 +142,104 @@ pub fn error_policy(session: Arc<Session>, error: &Error, ctx: Arc<Context>) -> 
         .failed(backoff_key(&session), error.is_transient());
     warn!(session = %session.name_any(), %error, retry_in = ?delay, "session reconcile failed");
     Action::requeue(delay)
+}
+
+/// The ownership gate of the session: `Continue` with the gate when the reconcile goes on
+/// (to act, or to compute the shadow report), `Break` with the next look when it stops here
+/// (also for a session being deleted). A claim is written here, before anything else.
+async fn pass_gate(
+    ctx: &Context,
+    session: &Session,
+    namespace: &str,
+    key: &str,
+) -> Result<ControlFlow<Action, Gate>> {
+    if session.meta().deletion_timestamp.is_some() {
+        // Owned objects go with garbage collection; the home claim stays by design.
+        ctx.shadow.clear(ResourceType::Sessions, key);
+        return Ok(ControlFlow::Break(Action::await_change()));
+    }
+    let record = Record::from_annotations(session.annotations())
+        .with_controller_in_flight(!state::operation_settled(session));
+    let now = Timestamp::now();
+    let gate = ownership::controller_gate(
+        &ctx.flags,
+        &ctx.metrics.ownership,
+        ResourceType::Sessions,
+        (namespace, &session.name_any()),
+        &record,
+        now,
+    );
+    // Nothing is claimed or written while the old controller may still act on the session.
+    if gate.acts()
+        && let Some(action) = takeover::fenced(ctx, session).await?
+    {
+        return Ok(ControlFlow::Break(action));
+    }
+    match gate {
+        Gate::Skip(skip) => {
+            let subject = (ResourceType::Sessions, key);
+            let action = ownership::gate::skipped(&ctx.shadow, subject, skip, now);
+            return Ok(ControlFlow::Break(action));
+        }
+        Gate::Claim => claim(ctx, session, namespace).await?,
+        Gate::Act => {}
+        // Shadow mode computes the decision, to report it.
+        Gate::Shadow => return Ok(ControlFlow::Continue(gate)),
+    }
+    ctx.shadow.clear(ResourceType::Sessions, key);
+    Ok(ControlFlow::Continue(gate))
+}
+
+/// The session's Template, children and pods as the watch caches hold them.
+struct World {
+    template: Option<Arc<Template>>,
+    deployment: Option<Arc<Deployment>>,
+    service: Option<Arc<Service>>,
+    ingress: Option<Arc<Ingress>>,
+    home_claim: Option<Arc<PersistentVolumeClaim>>,
+    pods: Vec<Arc<Pod>>,
+}
+
+impl World {
+    fn read(stores: &SessionStores, session: &Session, namespace: &str, child: &str) -> World {
+        let session_label = names::label_value(&session.name_any());
+        let home = names::home_claim_name(&session.spec.user);
+        World {
+            template: stores
+                .templates
+                .get(&ObjectRef::new(&session.spec.template).within(namespace)),
+            deployment: stores
+                .deployments
+                .get(&ObjectRef::new(child).within(namespace)),
+            service: stores
+                .services
+                .get(&ObjectRef::new(child).within(namespace)),
+            ingress: stores
+                .ingresses
+                .get(&ObjectRef::new(child).within(namespace)),
+            home_claim: stores.claims.get(&ObjectRef::new(&home).within(namespace)),
+            pods: stores
+                .pods
+                .state()
+                .into_iter()
+                .filter(|pod| {
+                    pod.namespace().as_deref() == Some(namespace)
+                        && pod.labels().get("session") == Some(&session_label)
+                })
+                .collect(),
+        }
+    }
+
+    fn observed(&self) -> Observed<'_> {
+        Observed {
+            template: self.template.as_deref().map(|t| &t.spec),
+            deployment: self.deployment.as_deref(),
+            service: self.service.as_deref(),
+            ingress: self.ingress.as_deref(),
+            home_claim: self.home_claim.as_deref(),
+            pods: self.pods.iter().map(Arc::as_ref).collect(),
+        }
+    }
 }
 
 /// Records the controller as the acting side on a session the legacy side acted on last. The
@@ -255,8 +287,17 @@ async fn report_shadow(
     ctx: &Context,
     session: &Session,
     key: &str,
-    differences: &[String],
+    decision: &state::Decision,
+    observed: &Observed<'_>,
 ) -> Action {
+    let status = session.status.as_ref();
+    let differences = shadow::differences(
+        &session.name_any(),
+        &session.spec.user,
+        decision,
+        observed,
+        status,
+    );
     let subject = Subject {
         resource: ResourceType::Sessions,
         key,
@@ -266,7 +307,7 @@ async fn report_shadow(
     let lead = "the controller would change";
     match ctx
         .shadow
-        .report(&ctx.recorder, &subject, lead, differences)
+        .report(&ctx.recorder, &subject, lead, &differences)
         .await
     {
         // Compare again once it could have settled (legacy may be half-way through a create).
