@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
@@ -24,7 +23,7 @@ use streamspace_controller::devcluster::{
 use support::results::Results;
 use support::{
     Connection, create_namespace, free_port, http_request, percentile, size, spawn_api,
-    wait_http_ok,
+    spawn_controller, wait_http_ok,
 };
 
 const NAMESPACE: &str = "bench-nodes";
@@ -47,24 +46,6 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(started.elapsed())
-}
-
-fn spawn_controller(
-    kubeconfig: &std::path::Path,
-    port: u16,
-) -> anyhow::Result<tokio::process::Child> {
-    Ok(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
-            .args(["controller", "--watch-namespace", NAMESPACE])
-            .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?,
-    )
 }
 
 /// Writes the `nodes` flag and waits until the API decides with it.
@@ -110,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     create_namespace(&client, NAMESPACE).await?;
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
     let controller_port = free_port()?;
-    let _controller = spawn_controller(&kubeconfig, controller_port)?;
+    let _controller = spawn_controller(&kubeconfig, NAMESPACE, controller_port, &[])?;
     let api_port = free_port()?;
     let _api = spawn_api(&kubeconfig, NAMESPACE, api_port, TOKEN)?;
     wait_http_ok(controller_port, "/readyz").await?;
