@@ -18,6 +18,9 @@ cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+echo "== cargo doc (intra-doc links resolve)"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked --quiet
+
 echo "== cargo test"
 # End-to-end tests mostly wait on the API server; more threads than cores keeps them busy.
 cargo test --locked -- --test-threads="${TEST_THREADS:-4}"

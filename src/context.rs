@@ -39,7 +39,7 @@ pub struct Config {
     pub connection_event_token: Option<String>,
     pub gitops: crate::gitops::context::GitopsSettings,
     /// Ownership flags: who acts on each resource type. Shared with the admission webhooks
-    /// when they run in the same process; [`run`] keeps it fed from a watch.
+    /// when they run in the same process; `run` keeps it fed from a watch.
     pub flags: Arc<FlagIndex>,
     /// Leader election: `None` acts at once (a single replica); with settings, only the lease
     /// holder runs the reconcilers while every replica keeps its caches warm.

@@ -23,7 +23,7 @@
 //!   writes a cache does not show yet),
 //!   `leader` (Lease election), `supervisor` (every task of a process), `backoff` (retry
 //!   delays and the [`backoff::ReconcileError`] pattern of every reconciler's errors),
-//!   `api_status` (classifying API errors, [`api_status::retry_on_conflict`]), `metrics`,
+//!   `api_status` (classifying API errors, the conflict retry [`api_status::Attempts`]), `metrics`,
 //!   `telemetry`, `kube_client` (connecting to a cluster), `wire` (what the API and the
 //!   controller exchange over HTTP).
 //! - Model and helpers: `crd`, `quantity`, `rbac`, `version`; `devcluster` is the local

@@ -6,7 +6,7 @@
 //! server ([`quota::store`]), which every replica of the webhook and of the API reads and
 //! writes with optimistic concurrency, so replicas together never admit over a limit.
 //! The decisions themselves are pure: [`quota::decide`], [`quota::ledger::usage`],
-//! [`review::quota_check`] and [`defaults::defaults_patch`].
+//! `review::quota_check` and [`defaults::defaults_patch`].
 //!
 //! Who enforces quotas is the `quota` ownership flag, per Session (namespace, name): when the
 //! controller owns the Session the validating webhook decides; when the legacy side owns or

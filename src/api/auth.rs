@@ -34,7 +34,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    /// For messages: "<principal> may not <this>".
+    /// For messages: "`<principal>` may not `<this>`".
     pub fn describe(self) -> String {
         match self {
             Permission::ManageFlags => "change ownership flags".into(),

@@ -6,11 +6,11 @@
 //!
 //! - sessions: create, list, by tags, get, state, tags, delete ([`sessions`], a file per
 //!   concern under `sessions/`);
-//! - activity and connections: heartbeat, connect, disconnect, connections ([`handlers`],
+//! - activity and connections: heartbeat, connect, disconnect, connections (`handlers`,
 //!   [`activity`], [`connections`]);
 //! - templates and quota ([`ui`]); flags ([`flags`]); admin nodes ([`nodes`]);
 //! - live views: cluster statistics, WebSockets of sessions and of the cluster ([`live`]);
-//! - the rollout console: `/console`, its state and the flags WebSocket ([`console`]);
+//! - the rollout console: `/console`, its state and the flags WebSocket (`console`);
 //! - `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`: unauthenticated.
 //!
 //! Every other `/api/v1` route needs a bearer token ([`auth`]). Sessions live in one namespace

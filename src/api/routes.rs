@@ -1,5 +1,5 @@
 //! The route table: every route the API serves, with what its OpenAPI document says about it.
-//! The router ([`router`]) and the document ([`openapi`], served at `/api/v1/openapi.json`)
+//! The router (`router`) and the document ([`openapi`], served at `/api/v1/openapi.json`)
 //! are both built from [`table`], so a route cannot be served without being documented, nor
 //! documented without being served; the tests check the served router against the document.
 

@@ -10,10 +10,10 @@
 //! | DELETE | `/api/v1/sessions/{id}` | 202: here |
 //!
 //! Dispatch: [`FlagIndex::owner`](crate::ownership::index::FlagIndex::owner) of the session
-//! decides between [`controller`] (write intent only; the controller acts) and [`legacy`] (the
+//! decides between `controller` (write intent only; the controller acts) and `legacy` (the
 //! API does the Kubernetes work itself, as the old API did, without its defects). The `quota`
-//! flag decides separately whether the API checks quota ([`quota`]) or leaves it to the
-//! validating webhook, whose denial is answered with the same 403 shape. [`follower`] keeps
+//! flag decides separately whether the API checks quota (`quota`) or leaves it to the
+//! validating webhook, whose denial is answered with the same 403 shape. `follower` keeps
 //! the status of legacy-owned sessions; [`request`] parses bodies and shapes answers.
 //!
 //! Every state change is decided on a fresh read and written with that read's

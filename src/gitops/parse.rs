@@ -1,5 +1,5 @@
 //! Validation of one document against the JSON Schema of its kind, and its conversion into a
-//! typed document of [`Desired`]. Adding a kind is one arm in [`parse_document`] plus its
+//! typed document of [`Desired`]. Adding a kind is one arm in `parse_document` plus its
 //! schema.
 
 use std::collections::BTreeMap;

@@ -18,7 +18,7 @@ use crate::crd::node_operation::NodeOperationPhase;
 /// At most one "eviction blocked" Event per pod and operation in this interval.
 const BLOCKED_EVENT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What the node operation reconciler shares besides the common [`Context`].
+/// What the node operation reconciler shares besides the common [`crate::context::Context`].
 pub struct NodeOpShared {
     /// Every NodeOperation this controller handles (the controller's own cache).
     pub store: Store<NodeOperation>,

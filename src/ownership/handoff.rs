@@ -24,7 +24,7 @@
 //! caller's patience (a request's, a monitor pass's), since the record carries no start time
 //! for the controller's operation.
 //!
-//! Callers do not interpret a [`Handoff`] themselves: [`super::gate`] turns it, with shadow
+//! Callers do not interpret a [`Handoff`] themselves: [`super::gate()`] turns it, with shadow
 //! mode, into what one actor does.
 
 use std::collections::BTreeMap;

@@ -1,14 +1,14 @@
 //! Who acts on an object: the API's legacy handlers or the controller.
 //!
 //! Every decision goes through [`owner`], used by the API and by every reconciler, so both sides
-//! always agree. Its inputs are a resource type's [`FeatureFlag`] (baseline or unexpired
+//! always agree. Its inputs are a resource type's [`FeatureFlag`](crate::crd::FeatureFlag) (baseline or unexpired
 //! override, see [`effective`]) and the object's key; buckets are stable (SHA-256 of
 //! `<type>/<namespace>/<name>`, first 8 bytes big-endian, modulo 10 000, compared with
 //! `percent * 100`), so raising the percentage only moves objects to the controller and
 //! lowering it only moves them back.
 //!
 //! [`index`] keeps the flags from a watch; [`handoff`] records which side acted on an object so
-//! an operation in flight when ownership changes is finished by exactly one side; [`gate`] is
+//! an operation in flight when ownership changes is finished by exactly one side; [`gate()`] is
 //! what every actor (reconciler or legacy handler) asks before it touches an object: act,
 //! claim, shadow or skip; [`status`]
 //! writes each flag's status and records every flip as an Event ([`audit`]); [`shadow`]

@@ -209,7 +209,7 @@ pub fn session_writers(
 }
 
 /// When to look again at a fenced session: when the earliest evidence with an end ends, but
-/// within [`MAX_RECHECK`].
+/// within `MAX_RECHECK`.
 pub fn recheck(evidence: &[Evidence], now: Timestamp) -> Duration {
     let ends = evidence.iter().map(|e| match e {
         Evidence::LeaseRenewed { expires, .. } => until(now, *expires),

@@ -16,7 +16,7 @@
 //! Reads need the read-cluster permission, actions the manage-nodes permission. A request is
 //! checked completely (token, permission, node name, body syntax) before anything is written.
 //! Then `owner(nodes, "", node)` picks the handler: [`legacy`] patches and evicts itself,
-//! [`controller`] creates a `NodeOperation` and answers 202 with its name.
+//! `controller` creates a `NodeOperation` and answers 202 with its name.
 
 mod cache;
 mod controller;
