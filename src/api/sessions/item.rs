@@ -51,14 +51,10 @@ pub(crate) async fn get_one(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let reply: Result<Response> = async {
-        let session = readable(&state, &headers, &id).await?;
-        let active = state.active_connections(&id);
-        Ok(Json(request::session_item(&session, active, Timestamp::now())).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response> {
+    let session = readable(&state, &headers, &id).await?;
+    let active = state.active_connections(&id);
+    Ok(Json(request::session_item(&session, active, Timestamp::now())).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -69,40 +65,36 @@ pub(crate) async fn set_tags(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    let reply = async {
-        let principal = state.principal(&headers).await?;
-        check_id(&id)?;
-        let tags = request::parse_tags(&body)?;
-        let session = state.sessions().get_opt(&id).await?;
-        let session = allowed(&state, &principal, &id, "update", session).await?;
-        // Guarded by the read: a session replaced in between is not tagged by mistake.
-        let patch = json!({
-            "metadata": {"resourceVersion": session.resource_version()},
-            "spec": {"tags": tags},
-        });
-        let params = PatchParams {
-            field_manager: Some(INTENT_FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let updated = match state
-            .sessions()
-            .patch(&id, &params, &Patch::Merge(patch))
-            .await
-        {
-            Ok(updated) => updated,
-            Err(kube::Error::Api(status)) if status.is_conflict() => {
-                return Err(SessionsError::Conflict(format!(
-                    "session {id:?} changed while its tags were written; retry"
-                )));
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let active = state.active_connections(&id);
-        Ok(Json(request::session_item(&updated, active, Timestamp::now())).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response> {
+    let principal = state.principal(&headers).await?;
+    check_id(&id)?;
+    let tags = request::parse_tags(&body)?;
+    let session = state.sessions().get_opt(&id).await?;
+    let session = allowed(&state, &principal, &id, "update", session).await?;
+    // Guarded by the read: a session replaced in between is not tagged by mistake.
+    let patch = json!({
+        "metadata": {"resourceVersion": session.resource_version()},
+        "spec": {"tags": tags},
+    });
+    let params = PatchParams {
+        field_manager: Some(INTENT_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let updated = match state
+        .sessions()
+        .patch(&id, &params, &Patch::Merge(patch))
+        .await
+    {
+        Ok(updated) => updated,
+        Err(kube::Error::Api(status)) if status.is_conflict() => {
+            return Err(SessionsError::Conflict(format!(
+                "session {id:?} changed while its tags were written; retry"
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let active = state.active_connections(&id);
+    Ok(Json(request::session_item(&updated, active, Timestamp::now())).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,16 +104,12 @@ pub(crate) async fn activity(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    let reply: Result<Response> = async {
-        let session = readable(&state, &headers, &id).await?;
-        let mut body = serde_json::to_value(crate::api::activity::view(&session, Timestamp::now()))
-            .unwrap_or_default();
-        body["sessionId"] = json!(id);
-        body["state"] = json!(session.spec.desired_state().as_str());
-        body["activeConnections"] = json!(state.active_connections(&id));
-        Ok(Json(body).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response> {
+    let session = readable(&state, &headers, &id).await?;
+    let mut body = serde_json::to_value(crate::api::activity::view(&session, Timestamp::now()))
+        .unwrap_or_default();
+    body["sessionId"] = json!(id);
+    body["state"] = json!(session.spec.desired_state().as_str());
+    body["activeConnections"] = json!(state.active_connections(&id));
+    Ok(Json(body).into_response())
 }
