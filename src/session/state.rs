@@ -212,29 +212,22 @@ fn running(
         decision.home_claim = Some(objects::home_claim(ctx));
     }
 
-    let available = observed
-        .deployment
-        .filter(|_| decision.deployment == DeploymentChange::Keep)
-        .and_then(|d| d.status.as_ref())
-        .and_then(|status| status.available_replicas)
-        .unwrap_or(0);
-    let pod = pick_pod(&observed.pods);
-    let pod_ready = pod.is_some_and(is_ready);
+    // A Deployment about to be re-applied counts as not available yet.
+    let available = available_replicas(
+        observed
+            .deployment
+            .filter(|_| decision.deployment == DeploymentChange::Keep),
+    );
+    let (phase, pod) = running_phase(available, &observed.pods);
     decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
     decision.status.url = Some(ctx.url());
-    let (phase, ready) = if available >= 1 && pod_ready {
-        (
-            SessionPhase::Running,
-            condition(CONDITION_READY, true, "Running", "session is running"),
-        )
+    let ready = if phase == SessionPhase::Running {
+        condition(CONDITION_READY, true, "Running", "session is running")
     } else {
         decision.recheck = WAITING_RECHECK;
-        (
-            SessionPhase::Pending,
-            not_ready(
-                "Starting",
-                "waiting for the session pod to become ready".into(),
-            ),
+        not_ready(
+            "Starting",
+            "waiting for the session pod to become ready".into(),
         )
     };
     decision.status.phase = phase;
@@ -273,6 +266,30 @@ fn desired_replicas(deployment: &Deployment) -> i32 {
         .as_ref()
         .and_then(|spec| spec.replicas)
         .unwrap_or(1)
+}
+
+/// The phase rule of a session meant to run, shared by this state machine and the API's
+/// status follower of legacy sessions: `Running` once its Deployment has an available replica
+/// and the pod serving it ([`pick_pod`]) is ready, `Pending` before. Also returns that pod.
+pub fn running_phase<'a>(
+    available_replicas: i32,
+    pods: &[&'a Pod],
+) -> (SessionPhase, Option<&'a Pod>) {
+    let pod = pick_pod(pods);
+    let phase = if available_replicas >= 1 && pod.is_some_and(is_ready) {
+        SessionPhase::Running
+    } else {
+        SessionPhase::Pending
+    };
+    (phase, pod)
+}
+
+/// A Deployment's available replicas as its status reports them (none without a Deployment).
+pub fn available_replicas(deployment: Option<&Deployment>) -> i32 {
+    deployment
+        .and_then(|d| d.status.as_ref())
+        .and_then(|status| status.available_replicas)
+        .unwrap_or(0)
 }
 
 /// The pod that serves the session: a ready one if any, else the newest one not terminating.

@@ -1,11 +1,13 @@
 //! Status of legacy sessions. The controller writes the status of the sessions it owns; for
 //! sessions the legacy handlers own nobody else would, so this follower (in the API process)
-//! keeps `status.phase`, `podName` and `url` in step with the session's Deployment and pods:
-//! `Running` only once a pod is ready (the UI keys on it), `Hibernated` when scaled to zero.
+//! keeps `status.phase`, `podName` and `url` in step with the session's Deployment and pods,
+//! by the session state machine's own phase rule ([`state::running_phase`]: `Running` once a
+//! replica is available and the serving pod is ready, which the UI keys on), `Hibernated` when
+//! scaled to zero.
 //!
-//! It acts only on sessions whose flag owner is legacy (or shadow) *and* that the legacy side
-//! recorded last, and not while a legacy operation is in flight (the handler writes the status
-//! itself then). Writes are status merge patches of just these fields, made only when they
+//! It acts only where the legacy side's ownership gate says act (the flag owner is legacy or
+//! shadow *and* the legacy side recorded the session last), and not while a legacy operation is
+//! in flight (the handler writes the status itself then). Writes are status merge patches of just these fields, made only when they
 //! differ, so `lastActivity` and conditions are never touched and a steady state writes nothing.
 
 use std::collections::BTreeSet;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -23,10 +26,10 @@ use tracing::{debug, warn};
 
 use super::LEGACY_FIELD_MANAGER;
 use crate::crd::{Session, SessionPhase, SessionState};
-use crate::ownership::handoff::{ACTED_BY_ANNOTATION, LEGACY_OPERATION_ANNOTATION};
+use crate::ownership::handoff::{self, Record};
 use crate::ownership::index::FlagIndex;
-use crate::ownership::{ResourceType, Side};
-use crate::session::names;
+use crate::ownership::{self, Gate, ResourceType, Side};
+use crate::session::{names, state};
 
 /// Safety net: every legacy session is looked at this often even without events.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -46,19 +49,8 @@ pub fn wanted_status(
         SessionState::Terminated => (SessionPhase::Terminated, None),
         SessionState::Unknown(_) => return None,
         SessionState::Running => {
-            let replicas = deployment
-                .and_then(|d| d.spec.as_ref())
-                .and_then(|s| s.replicas)
-                .unwrap_or(1);
-            let ready = pods
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
-                .filter_map(|p| p.metadata.name.clone())
-                .min();
-            match (deployment, replicas, ready) {
-                (Some(_), 1.., Some(pod)) => (SessionPhase::Running, Some(pod)),
-                _ => (SessionPhase::Pending, None),
-            }
+            let (phase, pod) = state::running_phase(state::available_replicas(deployment), pods);
+            (phase, pod.and_then(|p| p.metadata.name.clone()))
         }
     };
     let current = session.status.clone().unwrap_or_default();
@@ -83,20 +75,15 @@ pub fn wanted_status(
     (!patch.is_empty()).then(|| json!({"status": patch}))
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Whether the follower looks after `session` now.
-pub fn follows(session: &Session, flags: &FlagIndex, namespace: &str) -> bool {
-    let annotations = session.annotations();
+/// Whether the follower looks after `session` now: the legacy side's ownership gate says act
+/// (legacy owns it and recorded it last), no legacy operation of its own is in flight (the
+/// handler writes the status itself then; a handler that died stops counting after the
+/// hand-off timeout), and it is not being deleted.
+pub fn follows(session: &Session, flags: &FlagIndex, namespace: &str, now: Timestamp) -> bool {
+    let record = Record::from_annotations(session.annotations());
     let owner = flags.owner(ResourceType::Sessions, namespace, &session.name_any());
-    owner.acting_side() == Side::Legacy
-        && annotations.get(ACTED_BY_ANNOTATION).map(String::as_str) == Some(Side::Legacy.as_str())
-        && !annotations.contains_key(LEGACY_OPERATION_ANNOTATION)
+    ownership::gate(Side::Legacy, owner, &record, now) == Gate::Act
+        && handoff::legacy_in_flight_until(&record, now).is_none()
         && session.metadata.deletion_timestamp.is_none()
 }
 
@@ -162,7 +149,7 @@ impl Follower {
         else {
             return;
         };
-        if !follows(&session, &self.flags, &self.namespace) {
+        if !follows(&session, &self.flags, &self.namespace, Timestamp::now()) {
             return;
         }
         let child = names::child_name(name);
@@ -196,6 +183,7 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ownership::handoff::{ACTED_BY_ANNOTATION, LEGACY_OPERATION_ANNOTATION};
     use std::collections::BTreeMap;
 
     fn session(state: &str, status: Value) -> Session {
@@ -208,17 +196,18 @@ mod tests {
         .expect("session")
     }
 
-    fn deployment(replicas: i32) -> Deployment {
+    fn deployment(replicas: i32, available: i32) -> Deployment {
         serde_json::from_value(json!({
             "metadata": {"name": "ss-s1"},
-            "spec": {"replicas": replicas, "selector": {}, "template": {}}
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"availableReplicas": available}
         }))
         .expect("deployment")
     }
 
-    fn pod(name: &str, ready: bool) -> Pod {
+    fn pod(name: &str, ready: bool, created: &str) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name},
+            "metadata": {"name": name, "creationTimestamp": created},
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
         }))
         .expect("pod")
@@ -238,14 +227,16 @@ mod tests {
 
     #[test]
     fn table() {
-        let ready = pod("ss-s1-abc", true);
-        let starting = pod("ss-s1-def", false);
+        let ready = pod("ss-s1-abc", true, "2026-01-01T00:00:00Z");
+        let starting = pod("ss-s1-def", false, "2026-01-01T00:01:00Z");
+        // A rollout's replacement: ready, newer and with a name that sorts after the old pod.
+        let newer = pod("ss-s1-xyz", true, "2026-01-01T00:02:00Z");
         let cases: Vec<Case> = vec![
             (
                 "new session, pod not ready yet",
                 "running",
                 json!({"phase": "Pending"}),
-                Some(deployment(1)),
+                Some(deployment(1, 1)),
                 vec![&starting],
                 Some(json!({"status": {"url": URL}})),
             ),
@@ -253,15 +244,31 @@ mod tests {
                 "pod ready",
                 "running",
                 json!({"phase": "Pending", "url": URL}),
-                Some(deployment(1)),
+                Some(deployment(1, 1)),
                 vec![&starting, &ready],
                 Some(json!({"status": {"phase": "Running", "podName": "ss-s1-abc"}})),
+            ),
+            (
+                "a ready pod but no available replica yet is still starting",
+                "running",
+                json!({"phase": "Pending", "url": URL}),
+                Some(deployment(1, 0)),
+                vec![&ready],
+                None,
+            ),
+            (
+                "of two ready pods the newest serves, as the controller picks it",
+                "running",
+                json!({"phase": "Running", "url": URL, "podName": "ss-s1-abc"}),
+                Some(deployment(1, 1)),
+                vec![&newer, &ready],
+                Some(json!({"status": {"podName": "ss-s1-xyz"}})),
             ),
             (
                 "steady state writes nothing",
                 "running",
                 json!({"phase": "Running", "url": URL, "podName": "ss-s1-abc", "lastActivity": "2026-01-01T00:00:00Z"}),
-                Some(deployment(1)),
+                Some(deployment(1, 1)),
                 vec![&ready],
                 None,
             ),
@@ -277,7 +284,7 @@ mod tests {
                 "hibernated clears the pod name",
                 "hibernated",
                 json!({"phase": "Running", "url": URL, "podName": "ss-s1-abc"}),
-                Some(deployment(0)),
+                Some(deployment(0, 0)),
                 vec![],
                 Some(json!({"status": {"phase": "Hibernated", "podName": null}})),
             ),
@@ -323,16 +330,27 @@ mod tests {
             s.metadata.annotations = serde_json::from_value(annotations).ok();
             s
         };
+        let now: Timestamp = "2026-01-01T00:00:05Z".parse().expect("time");
         let legacy = annotated(json!({ACTED_BY_ANNOTATION: "legacy"}));
+        let unrecorded = annotated(json!({}));
         let in_flight = annotated(json!({
             ACTED_BY_ANNOTATION: "legacy",
             LEGACY_OPERATION_ANNOTATION: "create 2026-01-01T00:00:00Z"
         }));
         let controller = annotated(json!({ACTED_BY_ANNOTATION: "controller"}));
-        assert!(follows(&legacy, &flags(FlagMode::Legacy), "ns"));
-        assert!(follows(&legacy, &flags(FlagMode::Shadow), "ns"));
-        assert!(!follows(&legacy, &flags(FlagMode::Controller), "ns"));
-        assert!(!follows(&in_flight, &flags(FlagMode::Legacy), "ns"));
-        assert!(!follows(&controller, &flags(FlagMode::Legacy), "ns"));
+        assert!(follows(&legacy, &flags(FlagMode::Legacy), "ns", now));
+        assert!(follows(&legacy, &flags(FlagMode::Shadow), "ns", now));
+        assert!(!follows(&legacy, &flags(FlagMode::Controller), "ns", now));
+        assert!(!follows(&in_flight, &flags(FlagMode::Legacy), "ns", now));
+        assert!(!follows(&controller, &flags(FlagMode::Legacy), "ns", now));
+        assert!(!follows(&unrecorded, &flags(FlagMode::Legacy), "ns", now));
+        // A handler that died mid-operation stops holding the follower off after the timeout.
+        let much_later: Timestamp = "2026-01-01T01:00:00Z".parse().expect("time");
+        assert!(follows(
+            &in_flight,
+            &flags(FlagMode::Legacy),
+            "ns",
+            much_later
+        ));
     }
 }
