@@ -3,7 +3,7 @@
 //!
 //! Layout follows the design: pure decisions (`session::state`, `idle::deadline`,
 //! `nodeop::plan`, `nodeop::outcome`, `gitops::plan`, `gitops::outcome`, `ownership`,
-//! `admission::quota`, `template::validate`, `quantity`) are separate from the Kubernetes I/O
+//! `quota`, `template::validate`, `quantity`) are separate from the Kubernetes I/O
 //! around them (`*::reconciler`, `*::store`, the HTTP handlers).
 //!
 //! Module map, from the top down. A module uses only modules below it or beside it in the same
@@ -18,6 +18,8 @@
 //!   by the processes only; `http` and `api` share what they both speak through `wire`.
 //! - Features, each a thin I/O shell around its pure decisions: `session`, `template`, `idle`,
 //!   `nodeop`, `gitops`, `ownership`, `admission`.
+//! - `quota`: limits, usage, the reservation ledger and the decision, shared by the validating
+//!   webhook (`admission`) and the API's own checks and quota report.
 //! - Shared runtime the features depend on: `context` (what reconcilers share, and the
 //!   controller's configuration), `caches` (one watch per kind, and private reflectors), `writes` (this process's
 //!   writes a cache does not show yet),
@@ -52,6 +54,7 @@ pub mod migrate;
 pub mod nodeop;
 pub mod ownership;
 pub mod quantity;
+pub mod quota;
 pub mod rbac;
 pub mod session;
 pub mod supervisor;

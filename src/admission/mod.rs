@@ -3,9 +3,9 @@
 //!
 //! Data model: three watch caches (QuotaPolicies of the policy namespace, Sessions and
 //! Templates of the watched namespaces) plus the per-user reservation ledgers kept in the API
-//! server ([`quota::store`]), which every replica of the webhook and of the API reads and
+//! server ([`crate::quota::store`]), which every replica of the webhook and of the API reads and
 //! writes with optimistic concurrency, so replicas together never admit over a limit.
-//! The decisions themselves are pure: [`quota::decide`], [`quota::ledger::usage`],
+//! The decisions themselves are pure: [`crate::quota::decide`], [`crate::quota::ledger::usage`],
 //! `review::quota_check` and [`defaults::defaults_patch`].
 //!
 //! Who enforces quotas is the `quota` ownership flag, per Session (namespace, name): when the
@@ -19,7 +19,6 @@
 
 pub mod certs;
 pub mod defaults;
-pub mod quota;
 mod review;
 pub mod server;
 pub mod settings;
@@ -47,9 +46,9 @@ use tracing::{debug, warn};
 use crate::crd::{QuotaPolicy, Template};
 use crate::metrics::AdmissionMetrics;
 use crate::ownership::index::FlagIndex;
+use crate::quota::Policy;
+use crate::quota::store::LedgerStore;
 use certs::{CertFiles, CertResolver, SelfManaged, SelfManagedConfig};
-use quota::Policy;
-use quota::store::LedgerStore;
 pub use settings::{CertMode, SERVICE_NAME, WebhookSettings};
 
 /// Path of the validating (quota) webhook.

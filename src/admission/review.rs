@@ -2,18 +2,17 @@
 //! defaults patch (mutating). The rules that need no I/O are the pure functions
 //! [`quota_check`] and [`reservation_target`]; the rest reads the watch caches and the ledger.
 
-use jiff::Timestamp;
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::runtime::reflector;
 use tracing::warn;
 
-use super::quota::ledger::{self, Reservation, SessionKey, SessionView};
-use super::quota::store::Admission;
-use super::quota::{self, Decision, Limits, Request, Usage};
 use super::{AdmissionState, CACHE_WAIT, defaults};
 use crate::crd::{SessionSpec, SessionState};
 use crate::ownership::{ResourceType, Side};
+use crate::quota::ledger::{self, SessionKey};
+use crate::quota::store::Admission;
+use crate::quota::{self, Decision, Limits, Request};
 
 /// The Session spec of a review object; `None` when it has none.
 pub(super) fn spec_of(object: Option<&DynamicObject>) -> Result<Option<SessionSpec>, String> {
@@ -144,7 +143,9 @@ impl AdmissionState {
         let decided = self
             .ledger
             .admit(admission, |reservations, now| {
-                self.cached_usage(&new.user, &key, reservations, now)
+                let sessions = self.sessions.state();
+                let sessions = sessions.iter().map(AsRef::as_ref);
+                ledger::cached_usage(&new.user, &key, sessions, reservations, now)
             })
             .await;
         match decided {
@@ -160,29 +161,6 @@ impl AdmissionState {
     /// The limits in force for `user` from the QuotaPolicy cache.
     fn limits(&self, user: &str) -> Limits {
         quota::limits_for(user, self.policies.state().iter().map(AsRef::as_ref))
-    }
-
-    /// What `user` uses besides the session `key`: the Session cache combined with the live
-    /// reservations of the shared ledger.
-    fn cached_usage(
-        &self,
-        user: &str,
-        key: &SessionKey,
-        reservations: &[&Reservation],
-        now: Timestamp,
-    ) -> Usage {
-        let sessions = self.sessions.state();
-        ledger::usage(
-            user,
-            key,
-            // Only the user's sessions are parsed: this runs on every check.
-            sessions
-                .iter()
-                .filter(|s| s.spec.user == user)
-                .map(|s| SessionView::of(s)),
-            reservations,
-            now,
-        )
     }
 
     /// The defaults patch of one Session request: (metric result, response).

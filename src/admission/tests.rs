@@ -16,6 +16,7 @@ use crate::crd::{FeatureFlagSpec, FlagMode, Session, SessionSpec};
 use crate::metrics::Metrics;
 use crate::ownership::ResourceType;
 use crate::ownership::index::FlagSettings;
+use crate::quota;
 use kube::core::admission::Operation;
 
 /// A store that has had its initial list, holding `objects`.

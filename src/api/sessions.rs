@@ -145,19 +145,17 @@ impl SessionsShared {
     }
 
     /// The quota limits in force for `user`, as the webhook computes them.
-    pub(crate) fn limits_for(&self, user: &str) -> crate::admission::quota::Limits {
+    pub(crate) fn limits_for(&self, user: &str) -> crate::quota::Limits {
         let policies = self.policies.state();
-        crate::admission::quota::limits_for(user, policies.iter().map(AsRef::as_ref))
+        crate::quota::limits_for(user, policies.iter().map(AsRef::as_ref))
     }
 
     /// The live reservations of `user`'s quota ledger.
     pub(crate) async fn live_reservations(
         &self,
         user: &str,
-    ) -> std::result::Result<
-        Vec<crate::admission::quota::ledger::Reservation>,
-        crate::admission::quota::store::LedgerError,
-    > {
+    ) -> std::result::Result<Vec<crate::quota::ledger::Reservation>, crate::quota::store::LedgerError>
+    {
         self.quota.live_reservations(user).await
     }
 

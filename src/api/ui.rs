@@ -7,7 +7,7 @@
 //! | GET | `/api/v1/quota[?user=]` | the caller's (or, for an operator, `user`'s) limits and usage |
 //!
 //! Templates are a catalogue every authenticated caller may read. The quota is computed by the
-//! admission webhook's own code ([`crate::admission::quota`]): the same limits from the
+//! admission webhook's own code ([`crate::quota`]): the same limits from the
 //! QuotaPolicy cache, the same usage from the Session cache and the live reservations of the
 //! user's ledger.
 
@@ -28,10 +28,10 @@ use super::auth::Permission;
 use super::handlers::{ApiError, Reply};
 use super::sessions::request::requested_amount;
 use super::{ApiState, valid_name};
-use crate::admission::quota::ledger::{self, SessionKey, SessionView};
-use crate::admission::quota::{self, Limits, Usage};
 use crate::crd::Template;
 use crate::quantity::Milli;
+use crate::quota::ledger::{self, SessionKey};
+use crate::quota::{self, Limits, Usage};
 
 /// Longest `category` filter accepted.
 const MAX_CATEGORY: usize = 253;
@@ -259,13 +259,15 @@ pub(super) async fn quota(
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let refs: Vec<&ledger::Reservation> = reservations.iter().collect();
         let sessions = state.sessions.state();
-        let views = sessions
-            .iter()
-            .filter(|s| s.spec.user == user)
-            .map(|s| SessionView::of(s));
         // No session is being admitted: the empty name excludes none.
         let nothing = SessionKey::new(&state.namespace, "");
-        let usage = ledger::usage(&user, &nothing, views, &refs, Timestamp::now());
+        let usage = ledger::cached_usage(
+            &user,
+            &nothing,
+            sessions.iter().map(AsRef::as_ref),
+            &refs,
+            Timestamp::now(),
+        );
         Ok(Json(quota_view(&user, &limits, &usage)).into_response())
     }
     .await;

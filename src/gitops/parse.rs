@@ -75,7 +75,7 @@ pub(crate) fn parse_document(
             let spec: crate::crd::QuotaPolicySpec = serde_json::from_value(object.spec.clone())
                 .map_err(|e| invalid(&document, format!("/spec: {e}")))?;
             let policy = crate::crd::QuotaPolicy::new(&object.name, spec);
-            let (_, problems) = crate::admission::quota::Policy::from_object(&policy);
+            let (_, problems) = crate::quota::Policy::from_object(&policy);
             if !problems.is_empty() {
                 let reasons: Vec<String> = problems
                     .iter()

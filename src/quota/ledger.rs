@@ -206,6 +206,24 @@ impl<'a> SessionView<'a> {
     }
 }
 
+/// What `user` uses besides the session `admitting`, from the objects of a Session cache and
+/// the user's live reservations: the one usage figure the validating webhook, the API's own
+/// checks and the API's quota report all compute. Only the user's sessions are parsed, as this
+/// runs on every check.
+pub fn cached_usage<'a>(
+    user: &str,
+    admitting: &SessionKey,
+    sessions: impl IntoIterator<Item = &'a Session>,
+    reservations: &[&Reservation],
+    now: Timestamp,
+) -> Usage {
+    let views = sessions
+        .into_iter()
+        .filter(|s| s.spec.user == user)
+        .map(SessionView::of);
+    usage(user, admitting, views, reservations, now)
+}
+
 /// What `user` uses, the session `admitting` excluded: running cached sessions plus live
 /// reservations, one of the two per session (see the module docs). `sessions` may hold every
 /// user's sessions; `reservations` are the user's ledger.

@@ -2,10 +2,10 @@
 //! message and the field it names) and who refuses it on Kubernetes 1.20, which has no CEL.
 
 use serde_json::{Value, json};
-use streamspace_controller::admission::quota::Policy;
 use streamspace_controller::crd::{NodeOperation, QuotaPolicy};
 use streamspace_controller::nodeop::state;
 use streamspace_controller::ownership::ResourceType;
+use streamspace_controller::quota::Policy;
 
 /// One invalid object.
 pub struct Case {
@@ -80,7 +80,7 @@ fn quota_check(object: &Value) -> Option<String> {
         return Some(invalid.join("; "));
     }
     match parsed.subject {
-        streamspace_controller::admission::quota::Subject::Group(members) if members.is_empty() => {
+        streamspace_controller::quota::Subject::Group(members) if members.is_empty() => {
             Some("subject.members: a Group policy without members applies to nobody".into())
         }
         _ => None,

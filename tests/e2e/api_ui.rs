@@ -14,13 +14,13 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use streamspace_controller::admission::quota::ledger::{self, SessionKey, SessionView};
-use streamspace_controller::admission::quota::{self as quota_rules};
 use streamspace_controller::api::ApiConfig;
 use streamspace_controller::api::auth::KubernetesAuth;
 use streamspace_controller::api::connections::{APP_CONNECTION, lease_name};
 use streamspace_controller::crd::{QuotaPolicy, Session, Template};
 use streamspace_controller::metrics::Metrics;
+use streamspace_controller::quota::ledger::{self, SessionKey};
+use streamspace_controller::quota::{self as quota_rules};
 use streamspace_controller::rbac;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -813,10 +813,10 @@ async fn quota_reports_what_the_webhook_computes() {
     // The webhook's own functions on the same objects give the same figures.
     let limits = quota_rules::limits_for("alice", [&policy]);
     let sessions = [one, two, off];
-    let usage = ledger::usage(
+    let usage = ledger::cached_usage(
         "alice",
         &SessionKey::new(&world.env.namespace, ""),
-        sessions.iter().map(SessionView::of),
+        &sessions,
         &[],
         k8s_openapi::jiff::Timestamp::now(),
     );

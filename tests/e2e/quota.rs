@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use streamspace_controller::admission::certs::SelfManagedConfig;
-use streamspace_controller::admission::quota::store::ledger_name;
 use streamspace_controller::admission::{
     self, AdmissionConfig, CertSource, MUTATE_PATH, VALIDATE_PATH,
 };
@@ -24,6 +23,7 @@ use streamspace_controller::devcluster::{ControlPlane, ControlPlaneOptions};
 use streamspace_controller::metrics::Metrics;
 use streamspace_controller::ownership::ResourceType;
 use streamspace_controller::ownership::index::{FlagIndex, FlagSettings};
+use streamspace_controller::quota::store::ledger_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 

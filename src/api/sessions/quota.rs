@@ -1,5 +1,5 @@
 //! Quota checked by the API itself, for sessions whose `quota` owner is legacy: the webhook's
-//! decision and ledger ([`crate::admission::quota`]) fed from the API's QuotaPolicy and Session
+//! decision and ledger ([`crate::quota`]) fed from the API's QuotaPolicy and Session
 //! watch caches, so both give the same answer with the same message, and API replicas (and
 //! webhook replicas, when the ledger namespace is the same) never admit over a limit together.
 //!
@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use kube::Client;
 
 use super::{Result, SessionsError};
-use crate::admission::quota::ledger::{self, SessionKey, SessionView};
-use crate::admission::quota::store::{Admission, LedgerStore};
-use crate::admission::quota::{Decision, Request};
 use crate::api::ApiState;
 use crate::crd::{Session, SessionState};
 use crate::ownership::{ResourceType, Side};
+use crate::quota::ledger::{self, SessionKey};
+use crate::quota::store::{Admission, LedgerStore};
+use crate::quota::{Decision, Request};
 
 /// How long a quota check waits for the caches after start-up.
 const CACHE_WAIT: Duration = Duration::from_secs(5);
@@ -40,8 +40,7 @@ impl LegacyQuota {
     pub(crate) async fn live_reservations(
         &self,
         user: &str,
-    ) -> std::result::Result<Vec<ledger::Reservation>, crate::admission::quota::store::LedgerError>
-    {
+    ) -> std::result::Result<Vec<ledger::Reservation>, crate::quota::store::LedgerError> {
         self.ledger.live_reservations(user).await
     }
 }
@@ -111,11 +110,8 @@ pub(crate) async fn admit(state: &ApiState, wanted: &Move<'_>) -> Result<()> {
         .ledger
         .admit(admission, |reservations, now| {
             let sessions = state.sessions.state();
-            let views = sessions
-                .iter()
-                .filter(|s| s.spec.user == wanted.user)
-                .map(|s| SessionView::of(s));
-            ledger::usage(wanted.user, &key, views, reservations, now)
+            let sessions = sessions.iter().map(AsRef::as_ref);
+            ledger::cached_usage(wanted.user, &key, sessions, reservations, now)
         })
         .await;
     match decided {

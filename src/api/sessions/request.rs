@@ -7,9 +7,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::admission::quota::{self, Request};
 use crate::crd::session::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSION_DURATION};
 use crate::crd::{Condition, ResourceSpec, Session, SessionState, TemplateSpec};
+use crate::quota::{self, Request};
 use k8s_openapi::jiff::Timestamp;
 
 /// Longest session name: it becomes the first DNS label of the session's host name.
