@@ -10,6 +10,47 @@ pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_not_found())
 }
 
+/// A failed Kubernetes API request and what the failing code was doing. Every reconciler's
+/// error enum wraps it the same way (`#[error(transparent)] Api(#[from] KubeFailure)`), so the
+/// message, the conflict and not-found tests and the metric label have one definition.
+#[derive(Debug, thiserror::Error)]
+#[error("Kubernetes API request failed while {action}: {source}")]
+pub struct KubeFailure {
+    pub action: &'static str,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl KubeFailure {
+    pub fn new(action: &'static str, source: kube::Error) -> KubeFailure {
+        KubeFailure { action, source }
+    }
+
+    /// For `map_err`: `api.get(name).await.map_err(KubeFailure::during("reading it"))?`.
+    pub fn during(action: &'static str) -> impl FnOnce(kube::Error) -> KubeFailure {
+        move |source| KubeFailure { action, source }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        is_conflict(&self.source)
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        is_not_found(&self.source)
+    }
+
+    /// A fixed metric label: `conflict` (409), `not_found` (404) or `api`.
+    pub fn metric_label(&self) -> &'static str {
+        if self.is_conflict() {
+            "conflict"
+        } else if self.is_not_found() {
+            "not_found"
+        } else {
+            "api"
+        }
+    }
+}
+
 /// The attempts of a read-decide-write that another writer may refuse as stale (409, or a
 /// failed `test` of the resourceVersion): the one conflict-retry rule of the code base.
 ///
@@ -69,6 +110,29 @@ impl Attempts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(code: u16) -> KubeFailure {
+        let reason = match code {
+            404 => "NotFound",
+            409 => "Conflict",
+            _ => "InternalError",
+        };
+        let status = kube::core::Status::failure("refused", reason).with_code(code);
+        KubeFailure::new("writing it", kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn a_failure_names_what_it_was_doing_and_labels_by_status() {
+        assert_eq!(failure(409).metric_label(), "conflict");
+        assert_eq!(failure(404).metric_label(), "not_found");
+        assert_eq!(failure(500).metric_label(), "api");
+        assert!(failure(409).is_conflict() && !failure(409).is_not_found());
+        let message = failure(500).to_string();
+        assert!(
+            message.starts_with("Kubernetes API request failed while writing it: "),
+            "{message}"
+        );
+    }
 
     /// Runs attempts that are stale (`true`) or succeed (`false`) in turn: the result and the
     /// number of attempts made.

@@ -19,6 +19,7 @@ use super::manifest::Desired;
 use super::plan::PlanError;
 use super::repo::{self, RepoError};
 use super::trust::NamespacePolicy;
+use crate::api_status::KubeFailure;
 use crate::backoff::{FailureBackoff, ReconcileError};
 use crate::crd::{FeatureFlag, GitSync, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
@@ -56,12 +57,8 @@ impl Default for GitopsSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] KubeFailure),
     #[error("{action} failed: {source}")]
     Object {
         action: String,
@@ -93,8 +90,8 @@ pub enum Error {
 impl ReconcileError for Error {
     fn metric_label(&self) -> &'static str {
         match self {
-            Error::Api { source, .. } if is_stale_write(source) => "conflict",
-            Error::Api { .. } => "api",
+            Error::Api(failure) if is_stale_write(&failure.source) => "conflict",
+            Error::Api(failure) => failure.metric_label(),
             Error::Object { source, .. } if is_stale_write(source) => "conflict",
             Error::Object { .. } => "object_apply",
             Error::Repo(e) => e.metric_label(),
@@ -110,7 +107,7 @@ impl ReconcileError for Error {
 
     /// A lost race on the GitSync itself: retried soon.
     fn is_transient(&self) -> bool {
-        matches!(self, Error::Api { source, .. } if is_stale_write(source))
+        matches!(self, Error::Api(failure) if is_stale_write(&failure.source))
     }
 }
 

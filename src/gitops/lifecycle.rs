@@ -24,6 +24,7 @@ use super::outcome::set_condition;
 use super::repo;
 use super::status::write_status;
 use super::trust::check_url;
+use crate::api_status::KubeFailure;
 use crate::crd::GitSync;
 
 /// Finalizer that makes the deletion of a GitSync remove what it applied.
@@ -158,10 +159,8 @@ async fn patch_metadata(
     patch: serde_json::Value,
     action: &'static str,
 ) -> Result<(), Error> {
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Api {
-        action,
-        source: kube::Error::SerdeError(e),
-    })?;
+    let patch: json_patch::Patch = serde_json::from_value(patch)
+        .map_err(|e| Error::Api(KubeFailure::new(action, kube::Error::SerdeError(e))))?;
     ctx.metrics.reconcilers.write(CONTROLLER, "gitsync");
     Api::<GitSync>::namespaced(ctx.client.clone(), namespace)
         .patch(
@@ -170,7 +169,7 @@ async fn patch_metadata(
             &Patch::Json::<()>(patch),
         )
         .await
-        .map_err(|source| Error::Api { action, source })?;
+        .map_err(KubeFailure::during(action))?;
     Ok(())
 }
 

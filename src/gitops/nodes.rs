@@ -14,6 +14,7 @@ use super::objects::labelled_objects;
 use super::plan::{self, LiveNode, Owned, Plan, PlanError, Record};
 use crate::FIELD_MANAGER;
 use crate::api_status::Attempts;
+use crate::api_status::KubeFailure;
 use crate::crd::GitSyncStatus;
 
 /// Attempts of one node patch when someone else wrote the node in between.
@@ -114,7 +115,7 @@ async fn patch_node(
     mut live: LiveNode,
 ) -> Result<bool, Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_stale_write(source));
+    let stale = |e: &Error| matches!(e, Error::Api(failure) if is_stale_write(&failure.source));
     let mut attempts = Attempts::new(NODE_PATCH_ATTEMPTS);
     loop {
         let result: Result<bool, Error> = async {
@@ -123,10 +124,7 @@ async fn patch_node(
                 let fresh = api
                     .get_opt(&change.node)
                     .await
-                    .map_err(|source| Error::Api {
-                        action: "reading a node after a conflict",
-                        source,
-                    })?;
+                    .map_err(KubeFailure::during("reading a node after a conflict"))?;
                 let Some(fresh) = fresh else {
                     return Ok(false);
                 };
@@ -139,9 +137,11 @@ async fn patch_node(
                 }
             }
             let patch: json_patch::Patch = serde_json::from_value(plan::json_patch(&change, &live))
-                .map_err(|e| Error::Api {
-                    action: "building a node patch",
-                    source: kube::Error::SerdeError(e),
+                .map_err(|e| {
+                    Error::Api(KubeFailure::new(
+                        "building a node patch",
+                        kube::Error::SerdeError(e),
+                    ))
                 })?;
             ctx.metrics.reconcilers.write(CONTROLLER, "node");
             let params = PatchParams {
@@ -150,10 +150,7 @@ async fn patch_node(
             };
             api.patch(&change.node, &params, &Patch::Json::<()>(patch))
                 .await
-                .map_err(|source| Error::Api {
-                    action: "patching a node",
-                    source,
-                })?;
+                .map_err(KubeFailure::during("patching a node"))?;
             ctx.metrics.gitops.node_writes.inc();
             Ok(true)
         }

@@ -15,6 +15,7 @@ use super::context::{CONTROLLER, Error, GitopsContext};
 use super::manifest::{self, Desired, OWNER_LABEL, ObjectKind, owner_value};
 use super::plan::{LiveObject, ObjectAction, ObjectChange};
 use crate::FIELD_MANAGER;
+use crate::api_status::KubeFailure;
 use crate::crd::{FeatureFlag, NodeOperation, QuotaPolicy};
 
 /// The QuotaPolicies (in the GitSync's namespace) and NodeOperations that carry an ownership
@@ -162,7 +163,7 @@ pub(crate) async fn apply_objects(
     let quotas: Api<QuotaPolicy> = Api::namespaced(ctx.client.clone(), namespace);
     let operations: Api<NodeOperation> = Api::all(ctx.client.clone());
     let flags: Api<FeatureFlag> = Api::all(ctx.client.clone());
-    let failed = |action: &'static str| move |source| Error::Api { action, source };
+    let failed = |action: &'static str| move |source| Error::Api(KubeFailure::new(action, source));
     for change in changes {
         ctx.metrics
             .reconcilers

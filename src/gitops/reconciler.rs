@@ -34,6 +34,7 @@ use super::plan::Plan;
 use super::repo::{self, Credentials, FetchRequest, RepoError};
 use super::status::{publish, reject, write_status};
 use crate::FIELD_MANAGER;
+use crate::api_status::KubeFailure;
 use crate::backoff::FailureBackoff;
 use crate::caches::{Shared, reflect, scoped};
 use crate::crd::{FeatureFlag, GitSync, GitSyncStatus, NodeOperation, QuotaPolicy};
@@ -199,10 +200,7 @@ async fn read_fresh(
     let fresh = Api::<GitSync>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&sync.name_any())
         .await
-        .map_err(|source| Error::Api {
-            action: "reading the GitSync",
-            source,
-        })?;
+        .map_err(KubeFailure::during("reading the GitSync"))?;
     if fresh.is_none() {
         lifecycle::forget(ctx, namespace, &sync.name_any(), None).await;
     }
@@ -497,10 +495,7 @@ async fn credentials(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&reference.name)
         .await
-        .map_err(|source| Error::Api {
-            action: "reading the credentials Secret",
-            source,
-        })?
+        .map_err(KubeFailure::during("reading the credentials Secret"))?
         .ok_or_else(|| Error::SecretMissing(reference.name.clone()))?;
     let data = secret.data.unwrap_or_default();
     let text = |key: &str| {

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use super::context::{CONTROLLER, Error, GitopsContext, sync_id};
 use super::outcome;
+use crate::api_status::KubeFailure;
 use crate::crd::{GitSync, GitSyncStatus};
 
 /// Records a rejected commit in status, with an Event and a metric the first time.
@@ -51,10 +52,7 @@ pub(crate) async fn write_status(
         &Patch::Merge(patch),
     )
     .await
-    .map_err(|source| Error::Api {
-        action: "writing GitSync status",
-        source,
-    })?;
+    .map_err(KubeFailure::during("writing GitSync status"))?;
     Ok(())
 }
 

@@ -24,12 +24,8 @@ pub const WAKE_ANNOTATION: &str = "stream.space/wake-requested";
 /// Errors of the idle reconciler and the waker; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] KubeFailure),
     #[error("session has no namespace")]
     NoNamespace,
     #[error("session was changed by someone else {0} times in a row")]
@@ -41,9 +37,7 @@ pub enum Error {
 impl ReconcileError for Error {
     fn metric_label(&self) -> &'static str {
         match self {
-            Error::Api { source, .. } if is_conflict(source) => "conflict",
-            Error::Api { source, .. } if is_not_found(source) => "not_found",
-            Error::Api { .. } => "api",
+            Error::Api(failure) => failure.metric_label(),
             Error::NoNamespace => "no_namespace",
             Error::Contended(_) => "contended",
             Error::FlagsNotLoaded => "flags_not_loaded",
@@ -51,18 +45,18 @@ impl ReconcileError for Error {
     }
 
     fn is_transient(&self) -> bool {
-        matches!(self, Error::Api { source, .. } if is_conflict(source))
+        matches!(self, Error::Api(failure) if failure.is_conflict())
             || matches!(self, Error::Contended(_) | Error::FlagsNotLoaded)
     }
 }
 
 impl Error {
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Api { source, .. } if is_not_found(source))
+        matches!(self, Error::Api(failure) if failure.is_not_found())
     }
 }
 
-pub(crate) use crate::api_status::{is_conflict, is_not_found};
+use crate::api_status::KubeFailure;
 use crate::backoff::ReconcileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

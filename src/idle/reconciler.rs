@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::deadline::{self, Clocks, Decision, StopReason};
 use super::wake::{Source, manager, rfc3339};
 use super::{Error, Result};
+use crate::api_status::KubeFailure;
 use crate::backoff::ReconcileError;
 use crate::context::Context;
 use crate::crd::{Session, SessionState};
@@ -231,7 +232,7 @@ async fn write_status(
     api.patch_status(&session.name_any(), &manager(), &Patch::Merge(patch))
         .await
         .map(|_| ())
-        .map_err(|source| Error::Api { action, source })
+        .map_err(|source| Error::Api(KubeFailure::new(action, source)))
 }
 
 async fn stop(
@@ -253,10 +254,7 @@ async fn stop(
     ctx.metrics.reconcilers.write(CONTROLLER, "session");
     api.patch(&name, &manager(), &Patch::Merge(patch))
         .await
-        .map_err(|source| Error::Api {
-            action: "stopping the session",
-            source,
-        })?;
+        .map_err(KubeFailure::during("stopping the session"))?;
     ctx.metrics.idle.stop(reason.as_str());
     let message = stop_message(session, reason, state);
     info!(session = %name, reason = reason.as_str(), state, "session stopped");

@@ -28,8 +28,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::deadline::{self, Clocks, Decision};
-use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION, is_conflict};
+use super::{Error, FIELD_MANAGER, Result, WAKE_ANNOTATION};
 use crate::api_status::Attempts;
+use crate::api_status::KubeFailure;
 use crate::crd::{Session, SessionState};
 use crate::metrics::SharedMetrics;
 use crate::ownership::handoff::ACTED_BY_ANNOTATION;
@@ -121,15 +122,15 @@ impl Waker {
             .await
             .map_err(|_| Error::FlagsNotLoaded)?;
         let api: Api<Session> = Api::namespaced(self.client.clone(), namespace);
-        let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_conflict(source));
+        let stale = |e: &Error| matches!(e, Error::Api(failure) if failure.is_conflict());
         let give_up = |_| Error::Contended(MAX_ATTEMPTS);
         let mut attempts = Attempts::new(MAX_ATTEMPTS);
         loop {
             let result: Result<(Outcome, SessionState)> = async {
-                let session = api.get(name).await.map_err(|source| Error::Api {
-                    action: "reading the session to wake",
-                    source,
-                })?;
+                let session = api
+                    .get(name)
+                    .await
+                    .map_err(KubeFailure::during("reading the session to wake"))?;
                 let owner = self.flags.owner(ResourceType::Autostart, namespace, name);
                 if owner.acting_side() != Side::Controller {
                     // The API's legacy connect handler wakes these; a stale mark stays for it.
@@ -166,10 +167,7 @@ impl Waker {
         self.metrics.reconcilers.write("idle", "session_status");
         let updated = refresh_activity(api, &manager(), session, Timestamp::now())
             .await
-            .map_err(|source| Error::Api {
-                action: "refreshing lastActivity before waking",
-                source,
-            })?;
+            .map_err(KubeFailure::during("refreshing lastActivity before waking"))?;
         let spec = json!({
             "metadata": {
                 "resourceVersion": updated.resource_version(),
@@ -183,10 +181,7 @@ impl Waker {
         self.metrics.reconcilers.write("idle", "session");
         api.patch(&name, &manager(), &Patch::Merge(spec))
             .await
-            .map_err(|source| Error::Api {
-                action: "setting the session running",
-                source,
-            })?;
+            .map_err(KubeFailure::during("setting the session running"))?;
         Ok(Outcome::Woken)
     }
 
@@ -204,10 +199,7 @@ impl Waker {
         self.metrics.reconcilers.write("idle", "session");
         api.patch(&session.name_any(), &manager(), &Patch::Merge(patch))
             .await
-            .map_err(|source| Error::Api {
-                action: "removing a stale wake request",
-                source,
-            })?;
+            .map_err(KubeFailure::during("removing a stale wake request"))?;
         Ok(Outcome::NotNeeded)
     }
 

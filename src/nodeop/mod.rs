@@ -19,12 +19,8 @@ pub mod state;
 /// Errors of the node operation reconciler; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] KubeFailure),
     #[error("the node kept changing under us; gave up after {0} attempts")]
     TooManyConflicts(u32),
     #[error("a watch cache closed before it loaded (the controller is shutting down)")]
@@ -34,8 +30,7 @@ pub enum Error {
 impl ReconcileError for Error {
     fn metric_label(&self) -> &'static str {
         match self {
-            Error::Api { source, .. } if is_conflict(source) => "conflict",
-            Error::Api { .. } => "api",
+            Error::Api(failure) => failure.metric_label(),
             Error::TooManyConflicts(_) => "too_many_conflicts",
             Error::CacheClosed => "cache_closed",
         }
@@ -44,14 +39,15 @@ impl ReconcileError for Error {
     /// Conflicts resolve themselves on the next attempt with fresh data: retry quickly.
     fn is_transient(&self) -> bool {
         match self {
-            Error::Api { source, .. } => is_conflict(source),
+            Error::Api(failure) => failure.is_conflict(),
             Error::TooManyConflicts(_) => true,
             Error::CacheClosed => false,
         }
     }
 }
 
-pub(crate) use crate::api_status::{is_conflict, is_not_found};
+use crate::api_status::KubeFailure;
+pub(crate) use crate::api_status::is_not_found;
 use crate::backoff::ReconcileError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

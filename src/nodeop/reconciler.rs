@@ -29,8 +29,9 @@ use super::policy::{self, Eviction};
 use super::shadow;
 use super::shared::{NodeOpShared, siblings};
 use super::state::{self, Sibling};
-use super::{Error, Result, is_conflict, is_not_found};
+use super::{Error, Result, is_not_found};
 use crate::api_status::Attempts;
+use crate::api_status::KubeFailure;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::node_operation::{NodeOperation, NodeOperationPhase, NodeOperationStatus};
 use crate::ownership::handoff::Record;
@@ -131,7 +132,7 @@ fn backoff_key(op: &NodeOperation) -> String {
 }
 
 fn api_error(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Api { action, source }
+    move |source| Error::Api(KubeFailure::new(action, source))
 }
 
 /// Whether this operation ever cordoned its node: the prior state is recorded before the
@@ -224,7 +225,7 @@ async fn edit_node(
 ) -> Result<Node> {
     let name = node.name_any();
     let mut node = node;
-    let stale = |e: &Error| matches!(e, Error::Api { source, .. } if is_conflict(source));
+    let stale = |e: &Error| matches!(e, Error::Api(failure) if failure.is_conflict());
     let give_up = |_| Error::TooManyConflicts(CONFLICT_ATTEMPTS);
     let mut attempts = Attempts::new(CONFLICT_ATTEMPTS);
     loop {

@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::index::FlagIndex;
 use super::{Effective, Owner, ResourceType, Source, effective, owner};
+use crate::api_status::KubeFailure;
 use crate::crd::feature_flag::OwnedCounts;
 use crate::crd::{FeatureFlag, FeatureFlagStatus, Session};
 
@@ -127,12 +128,8 @@ pub struct FlagStatusContext {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] KubeFailure),
 }
 
 /// The FeatureFlag status controller, fed by the process's shared FeatureFlag cache; runs
@@ -168,10 +165,7 @@ async fn reconcile(flag: Arc<FeatureFlag>, ctx: Arc<FlagStatusContext>) -> Resul
             let nodes = Api::<Node>::all(ctx.client.clone())
                 .list_metadata(&ListParams::default())
                 .await
-                .map_err(|source| Error::Api {
-                    action: "listing nodes",
-                    source,
-                })?;
+                .map_err(KubeFailure::during("listing nodes"))?;
             let names: Vec<String> = nodes.items.iter().map(|n| n.name_any()).collect();
             count_owners(
                 &effective_now,
@@ -210,10 +204,7 @@ async fn reconcile(flag: Arc<FeatureFlag>, ctx: Arc<FlagStatusContext>) -> Resul
                 return Ok(Action::await_change());
             }
             Err(source) => {
-                return Err(Error::Api {
-                    action: "writing flag status",
-                    source,
-                });
+                return Err(Error::Api(KubeFailure::new("writing flag status", source)));
             }
         }
     }

@@ -19,12 +19,8 @@ pub const CONTROLLER: &str = "session";
 /// Errors of the session reconciler; each has a fixed label for metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API request failed while {action}: {source}")]
-    Api {
-        action: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] KubeFailure),
     #[error("session has no namespace")]
     NoNamespace,
     #[error("a watch cache closed before it loaded (the controller is shutting down)")]
@@ -34,8 +30,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Api { source, .. } if is_conflict(source) => "conflict",
-            Error::Api { .. } => "api",
+            Error::Api(failure) => failure.metric_label(),
             Error::NoNamespace => "no_namespace",
             Error::CacheClosed => "cache_closed",
         }
@@ -43,10 +38,10 @@ impl Error {
 
     /// Conflicts resolve themselves on the next attempt with fresh data: retry quickly.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Api { source, .. } if is_conflict(source))
+        matches!(self, Error::Api(failure) if failure.is_conflict())
     }
 }
 
-use crate::api_status::is_conflict;
+use crate::api_status::KubeFailure;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,6 +22,7 @@ use super::objects::{self, Hashed, SessionContext};
 use super::state::{self, DeploymentChange, Observed};
 use super::takeover::{self, Adoption};
 use super::{Error, Result, names, shadow};
+use crate::api_status::KubeFailure;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{Session, SessionPhase, Template};
 use crate::ownership::gate::LOOK_AGAIN_SLACK;
@@ -272,10 +273,10 @@ async fn claim(ctx: &Context, session: &Session, namespace: &str) -> Result<()> 
                 "error"
             };
             ctx.metrics.ownership.claim(sessions, label);
-            Err(Error::Api {
-                action: "claiming the session from the legacy side",
+            Err(Error::Api(KubeFailure::new(
+                "claiming the session from the legacy side",
                 source,
-            })
+            )))
         }
     }
 }
@@ -388,10 +389,7 @@ impl Writer<'_> {
                 &Patch::Apply(body),
             )
             .await
-            .map_err(|source| Error::Api {
-                action: "applying a session object",
-                source,
-            })?;
+            .map_err(KubeFailure::during("applying a session object"))?;
         log.wrote(self.namespace, name, &digest, applied.resource_version());
         Ok(())
     }
@@ -420,10 +418,7 @@ impl Writer<'_> {
                     .api::<Deployment>()
                     .patch(name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
-                    .map_err(|source| Error::Api {
-                        action: "scaling the deployment to zero",
-                        source,
-                    })?;
+                    .map_err(KubeFailure::during("scaling the deployment to zero"))?;
                 log.wrote(self.namespace, name, DIGEST, scaled.resource_version());
                 Ok(())
             }
@@ -444,10 +439,10 @@ impl Writer<'_> {
                         Ok(())
                     }
                     Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-                    Err(source) => Err(Error::Api {
-                        action: "deleting the deployment",
+                    Err(source) => Err(Error::Api(KubeFailure::new(
+                        "deleting the deployment",
                         source,
-                    }),
+                    ))),
                 }
             }
         }
@@ -480,10 +475,10 @@ impl Writer<'_> {
                 log.wrote(self.namespace, &name, DIGEST, None);
                 Ok(())
             }
-            Err(source) => Err(Error::Api {
-                action: "creating the home volume claim",
+            Err(source) => Err(Error::Api(KubeFailure::new(
+                "creating the home volume claim",
                 source,
-            }),
+            ))),
         }
     }
 
@@ -517,10 +512,7 @@ impl Writer<'_> {
                 &Patch::Apply(body),
             )
             .await
-            .map_err(|source| Error::Api {
-                action: "writing session status",
-                source,
-            })?;
+            .map_err(KubeFailure::during("writing session status"))?;
         log.wrote(self.namespace, name, digest, written.resource_version());
         Ok(true)
     }

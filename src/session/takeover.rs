@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::adopt::{self, LegacyKind, LegacyObject, Plan, Progress};
 use super::fence::{self, CONDITION_FENCED, FENCE_FIELD_MANAGER, REASON_ACTIVE};
 use super::{Error, Result, names};
+use crate::api_status::KubeFailure;
 use crate::context::Context;
 use crate::crd::Session;
 
@@ -92,9 +93,11 @@ async fn write_condition(ctx: &Context, session: &Session, message: Option<&str>
         )
         .await
         .map(|_| ())
-        .map_err(|source| Error::Api {
-            action: "writing the legacy controller condition",
-            source,
+        .map_err(|source| {
+            Error::Api(KubeFailure::new(
+                "writing the legacy controller condition",
+                source,
+            ))
         })
 }
 
@@ -197,10 +200,10 @@ async fn delete(ctx: &Context, namespace: &str, object: &LegacyObject) -> Result
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(Error::Api {
-            action: "deleting an object of the old controller",
+        Err(source) => Err(Error::Api(KubeFailure::new(
+            "deleting an object of the old controller",
             source,
-        }),
+        ))),
     }
 }
 
