@@ -17,10 +17,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use super::NodeError;
 use super::intent::{self, Uncordon};
 use super::legacy::{self, node_missing};
 use super::request::NodeAction;
+use crate::api::error::ApiError;
 use crate::api_status::is_not_found;
 use crate::crd::NodeOperation;
 use crate::nodeop::edits::NodeView;
@@ -33,7 +33,7 @@ pub async fn act(
     extra_labels: &BTreeMap<String, String>,
     node_name: &str,
     action: &NodeAction,
-) -> Result<Response, NodeError> {
+) -> Result<Response, ApiError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = nodes
         .get_opt(node_name)
@@ -66,7 +66,7 @@ async fn create(
     node: &str,
     action: &NodeAction,
     extra_labels: &BTreeMap<String, String>,
-) -> Result<String, NodeError> {
+) -> Result<String, ApiError> {
     for _ in 0..NAME_ATTEMPTS {
         let suffix = intent::suffix_from(&entropy(node));
         let Some(op) = intent::operation(node, action, extra_labels, &suffix) else {
@@ -78,12 +78,12 @@ async fn create(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(NodeError::Conflict(format!(
+    Err(ApiError::Conflict(format!(
         "could not find a free NodeOperation name for node {node}; try again"
     )))
 }
 
-async fn uncordon(operations: &Api<NodeOperation>, node: &Node) -> Result<Response, NodeError> {
+async fn uncordon(operations: &Api<NodeOperation>, node: &Node) -> Result<Response, ApiError> {
     let name = node.name_any();
     let all = operations.list(&ListParams::default()).await?.items;
     match intent::uncordon(&name, &all) {
@@ -108,7 +108,7 @@ async fn uncordon(operations: &Api<NodeOperation>, node: &Node) -> Result<Respon
             )
                 .into_response())
         }
-        Uncordon::HeldByOthers(names) => Err(NodeError::Conflict(format!(
+        Uncordon::HeldByOthers(names) => Err(ApiError::Conflict(format!(
             "node {name} is held cordoned by NodeOperation {} not created through the API; delete {} (or its file in Git) to uncordon",
             names.join(", "),
             if names.len() == 1 { "it" } else { "them" }
@@ -120,7 +120,7 @@ async fn uncordon(operations: &Api<NodeOperation>, node: &Node) -> Result<Respon
                 .and_then(|s| s.unschedulable)
                 .unwrap_or(false);
             if unschedulable {
-                Err(NodeError::Conflict(format!(
+                Err(ApiError::Conflict(format!(
                     "node {name} is cordoned, but by no NodeOperation: uncordon it where it was cordoned (kubectl uncordon), or switch nodes to legacy"
                 )))
             } else {

@@ -21,7 +21,6 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{OnceCell, Semaphore};
 use tracing::{info, warn};
 
-use super::NodeError;
 use super::request::NodeAction;
 use crate::api::handlers::ApiError;
 use crate::api_status::{Attempts, is_conflict, is_not_found};
@@ -128,16 +127,16 @@ pub async fn edit_node(
     nodes: &Api<Node>,
     name: &str,
     edit: impl Fn(&NodeView) -> Result<NodeEdit, Refusal>,
-) -> Result<Node, NodeError> {
-    let stale = |e: &NodeError| matches!(e, NodeError::Api(ApiError::Kube(e)) if is_conflict(e));
+) -> Result<Node, ApiError> {
+    let stale = |e: &ApiError| matches!(e, ApiError::Kube(e) if is_conflict(e));
     let give_up = |_| {
-        NodeError::Conflict(format!(
+        ApiError::Conflict(format!(
             "node {name} kept changing; gave up after {CONFLICT_ATTEMPTS} attempts, try again"
         ))
     };
     let mut attempts = Attempts::new(CONFLICT_ATTEMPTS);
     loop {
-        let result: Result<Node, NodeError> = async {
+        let result: Result<Node, ApiError> = async {
             let node = nodes
                 .get_opt(name)
                 .await?
@@ -167,15 +166,15 @@ pub async fn edit_node(
 }
 
 /// The answer to a refused edit: 409 or 404.
-pub fn refused(refusal: Refusal) -> NodeError {
+pub fn refused(refusal: Refusal) -> ApiError {
     match refusal {
-        Refusal::Conflict(message) => NodeError::Conflict(message),
-        Refusal::NotFound(message) => NodeError::Api(ApiError::Missing(message)),
+        Refusal::Conflict(message) => ApiError::Conflict(message),
+        Refusal::NotFound(message) => ApiError::Missing(message),
     }
 }
 
-pub fn node_missing(name: &str) -> NodeError {
-    NodeError::Api(ApiError::Missing(format!("node {name:?} not found")))
+pub fn node_missing(name: &str) -> ApiError {
+    ApiError::Missing(format!("node {name:?} not found"))
 }
 
 /// Runs legacy drains in the background, a bounded number at once.
@@ -234,12 +233,12 @@ impl Drainer {
         self: &Arc<Self>,
         node: &str,
         grace_period_seconds: i64,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), ApiError> {
         let action = NodeAction::Drain {
             grace_period_seconds,
         };
         if !self.running().insert(node.to_string()) {
-            return Err(NodeError::Conflict(format!(
+            return Err(ApiError::Conflict(format!(
                 "a drain of node {node} is already in progress"
             )));
         }

@@ -41,7 +41,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use super::ApiState;
-use super::auth::{AuthError, Permission};
+use super::auth::Permission;
 use super::handlers::ApiError;
 use crate::metrics::SharedMetrics;
 use crate::ownership::{Owner, ResourceType};
@@ -150,59 +150,14 @@ impl NodeState {
     }
 }
 
-/// Answers of the node endpoints: the common API errors, plus 409.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error("{0}")]
-    Conflict(String),
-}
-
-impl From<kube::Error> for NodeError {
-    fn from(error: kube::Error) -> Self {
-        NodeError::Api(ApiError::Kube(error))
-    }
-}
-
-impl From<AuthError> for NodeError {
-    fn from(error: AuthError) -> Self {
-        NodeError::Api(ApiError::Unauthorized(error))
-    }
-}
-
-impl NodeError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            NodeError::Api(e) => e.metric_label(),
-            NodeError::Conflict(_) => "conflict",
-        }
-    }
-}
-
-/// The answer of a node request; a conflict is a 409 with the same JSON shape as the other
-/// errors.
-fn respond(reply: Result<Response, NodeError>) -> Response {
-    let reply = match reply {
-        Ok(response) => Ok(response),
-        Err(NodeError::Api(error)) => Err(error),
-        Err(NodeError::Conflict(message)) => Ok((
-            StatusCode::CONFLICT,
-            Json(json!({"success": false, "error": message})),
-        )
-            .into_response()),
-    };
-    reply.into_response()
-}
-
-async fn read_permission(state: &ApiState, headers: &HeaderMap) -> Result<(), NodeError> {
+async fn read_permission(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     let principal = state.principal(headers).await?;
     state.require(&principal, Permission::ReadCluster).await?;
     Ok(())
 }
 
 /// Every node, from the cache (from the API server until the cache has loaded).
-async fn all_nodes(state: &ApiState) -> Result<Vec<Arc<Node>>, NodeError> {
+async fn all_nodes(state: &ApiState) -> Result<Vec<Arc<Node>>, ApiError> {
     let nodes = &state.nodes.cache;
     if nodes.is_loaded() {
         return Ok(nodes.nodes());
@@ -213,73 +168,67 @@ async fn all_nodes(state: &ApiState) -> Result<Vec<Arc<Node>>, NodeError> {
     Ok(listed.items.into_iter().map(Arc::new).collect())
 }
 
-pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let reply = async {
-        read_permission(&state, &headers).await?;
-        let mut nodes = all_nodes(&state).await?;
-        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let pods = state.nodes.cache.pods();
-        let counts = info::pods_per_node(pods.iter().map(AsRef::as_ref));
-        let now = Timestamp::now();
-        let infos: Vec<info::NodeInfo> = nodes
-            .iter()
-            .map(|node| {
-                let name = node.metadata.name.as_deref().unwrap_or_default();
-                info::node_info(node, counts.get(name).copied().unwrap_or(0), now)
-            })
-            .collect();
-        Ok(Json(infos).into_response())
-    }
-    .await;
-    respond(reply)
+pub(crate) async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    read_permission(&state, &headers).await?;
+    let mut nodes = all_nodes(&state).await?;
+    nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let pods = state.nodes.cache.pods();
+    let counts = info::pods_per_node(pods.iter().map(AsRef::as_ref));
+    let now = Timestamp::now();
+    let infos: Vec<info::NodeInfo> = nodes
+        .iter()
+        .map(|node| {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            info::node_info(node, counts.get(name).copied().unwrap_or(0), now)
+        })
+        .collect();
+    Ok(Json(infos).into_response())
 }
 
-pub(crate) async fn stats(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let reply = async {
-        read_permission(&state, &headers).await?;
-        let nodes = all_nodes(&state).await?;
-        Ok(Json(info::stats(nodes.iter().map(AsRef::as_ref))).into_response())
-    }
-    .await;
-    respond(reply)
+pub(crate) async fn stats(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    read_permission(&state, &headers).await?;
+    let nodes = all_nodes(&state).await?;
+    Ok(Json(info::stats(nodes.iter().map(AsRef::as_ref))).into_response())
 }
 
 pub(crate) async fn get_one(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    let reply = async {
-        read_permission(&state, &headers).await?;
-        check_node_name(&name)?;
-        // The cache first; the API server when the cache does not have it (not loaded yet, or
-        // a node registered a moment ago).
-        let node = match state.nodes.cache.node(&name) {
-            Some(node) => node,
-            None => Api::<Node>::all(state.client.clone())
-                .get_opt(&name)
-                .await?
-                .map(Arc::new)
-                .ok_or_else(|| legacy::node_missing(&name))?,
-        };
-        let pods = state.nodes.cache.pods();
-        let count = info::pods_per_node(pods.iter().map(AsRef::as_ref))
-            .get(&name)
-            .copied()
-            .unwrap_or(0);
-        Ok(Json(info::node_info(&node, count, Timestamp::now())).into_response())
-    }
-    .await;
-    respond(reply)
+) -> Result<Response, ApiError> {
+    read_permission(&state, &headers).await?;
+    check_node_name(&name)?;
+    // The cache first; the API server when the cache does not have it (not loaded yet, or
+    // a node registered a moment ago).
+    let node = match state.nodes.cache.node(&name) {
+        Some(node) => node,
+        None => Api::<Node>::all(state.client.clone())
+            .get_opt(&name)
+            .await?
+            .map(Arc::new)
+            .ok_or_else(|| legacy::node_missing(&name))?,
+    };
+    let pods = state.nodes.cache.pods();
+    let count = info::pods_per_node(pods.iter().map(AsRef::as_ref))
+        .get(&name)
+        .copied()
+        .unwrap_or(0);
+    Ok(Json(info::node_info(&node, count, Timestamp::now())).into_response())
 }
 
-fn check_node_name(name: &str) -> Result<(), NodeError> {
+fn check_node_name(name: &str) -> Result<(), ApiError> {
     if super::valid_name(name) {
         Ok(())
     } else {
-        Err(NodeError::Api(ApiError::BadRequest(format!(
+        Err(ApiError::BadRequest(format!(
             "{name:?} is not a valid node name"
-        ))))
+        )))
     }
 }
 
@@ -290,11 +239,11 @@ async fn act(
     headers: &HeaderMap,
     node: &str,
     parse: impl FnOnce() -> Result<NodeAction, String>,
-) -> Result<Response, NodeError> {
+) -> Result<Response, ApiError> {
     let principal = state.principal(headers).await?;
     state.require(&principal, Permission::ManageNodes).await?;
     check_node_name(node)?;
-    let action = parse().map_err(|message| NodeError::Api(ApiError::BadRequest(message)))?;
+    let action = parse().map_err(ApiError::BadRequest)?;
     let owner = state.flags().owner(ResourceType::Nodes, "", node);
     tracing::debug!(%node, action = action.verb(), owner = owner.as_str(), "node action");
     match owner {
@@ -315,7 +264,7 @@ async fn legacy_act(
     state: &ApiState,
     node: &str,
     action: &NodeAction,
-) -> Result<Response, NodeError> {
+) -> Result<Response, ApiError> {
     if let NodeAction::Drain {
         grace_period_seconds,
     } = *action
@@ -342,21 +291,19 @@ pub(crate) async fn set_label(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let reply = act(&state, &headers, &name, || {
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || {
         request::set_label(request::parse_body(&body, false)?)
     })
-    .await;
-    respond(reply)
+    .await
 }
 
 pub(crate) async fn remove_label(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
-) -> Response {
-    let reply = act(&state, &headers, &name, || request::remove_label(key)).await;
-    respond(reply)
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || request::remove_label(key)).await
 }
 
 pub(crate) async fn add_taint(
@@ -364,39 +311,35 @@ pub(crate) async fn add_taint(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let reply = act(&state, &headers, &name, || {
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || {
         request::add_taint(request::parse_body(&body, false)?)
     })
-    .await;
-    respond(reply)
+    .await
 }
 
 pub(crate) async fn remove_taint(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, key)): Path<(String, String)>,
-) -> Response {
-    let reply = act(&state, &headers, &name, || request::remove_taint(key)).await;
-    respond(reply)
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || request::remove_taint(key)).await
 }
 
 pub(crate) async fn cordon(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    let reply = act(&state, &headers, &name, || Ok(NodeAction::Cordon)).await;
-    respond(reply)
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || Ok(NodeAction::Cordon)).await
 }
 
 pub(crate) async fn uncordon(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    let reply = act(&state, &headers, &name, || Ok(NodeAction::Uncordon)).await;
-    respond(reply)
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || Ok(NodeAction::Uncordon)).await
 }
 
 pub(crate) async fn drain(
@@ -404,12 +347,11 @@ pub(crate) async fn drain(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let reply = act(&state, &headers, &name, || {
+) -> Result<Response, ApiError> {
+    act(&state, &headers, &name, || {
         request::drain(request::parse_body(&body, true)?)
     })
-    .await;
-    respond(reply)
+    .await
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::{Result, accepted, controller, legacy, quota, request};
 use crate::api::ApiState;
@@ -21,14 +21,10 @@ pub(crate) async fn create(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let reply = create_inner(&state, &headers, &body).await;
-    reply.into_response()
-}
-
-async fn create_inner(state: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
-    let principal = state.principal(headers).await?;
-    let new = request::parse_create(body)?;
+) -> Result<Response> {
+    let state = &*state;
+    let principal = state.principal(&headers).await?;
+    let new = request::parse_create(&body)?;
     if !state.session_api.allow_disabled_timers {
         check_timers(&new)?;
     }

@@ -78,14 +78,13 @@ impl IntoResponse for SessionsError {
                 StatusCode::FORBIDDEN,
                 json!({"success": false, "error": "Quota exceeded", "message": message}),
             ),
-            SessionsError::Conflict(message) => (
-                StatusCode::CONFLICT,
-                json!({"success": false, "error": message}),
-            ),
-            SessionsError::Unavailable(message) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"success": false, "error": message}),
-            ),
+            // The same answers as every endpoint's.
+            SessionsError::Conflict(message) => {
+                return ApiError::Conflict(message).into_response();
+            }
+            SessionsError::Unavailable(message) => {
+                return ApiError::Unavailable(message).into_response();
+            }
         };
         (status, Json(body)).into_response()
     }

@@ -30,15 +30,10 @@ pub(crate) async fn list(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
-) -> Response {
-    let reply = list_inner(&state, &headers, query).await;
-    reply.into_response()
-}
-
-async fn list_inner(state: &ApiState, headers: &HeaderMap, query: ListQuery) -> Result<Response> {
-    let principal = state.principal(headers).await?;
-    let sessions = visible_sessions(state, &principal, query.user).await?;
-    Ok(list_response(state, &sessions))
+) -> Result<Response> {
+    let principal = state.principal(&headers).await?;
+    let sessions = visible_sessions(&state, &principal, query.user).await?;
+    Ok(list_response(&state, &sessions))
 }
 
 /// The sessions `principal` may list, sorted by name: with `user`, that user's (someone
@@ -121,14 +116,10 @@ pub(crate) async fn by_tags(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    let reply: Result<Response> = async {
-        let principal = state.principal(&headers).await?;
-        let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
-        let mut sessions = visible_sessions(&state, &principal, user).await?;
-        sessions.retain(|s| request::has_any_tag(&s.spec.tags, &tags));
-        Ok(list_response(&state, &sessions))
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response> {
+    let principal = state.principal(&headers).await?;
+    let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
+    let mut sessions = visible_sessions(&state, &principal, user).await?;
+    sessions.retain(|s| request::has_any_tag(&s.spec.tags, &tags));
+    Ok(list_response(&state, &sessions))
 }
