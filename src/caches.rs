@@ -32,6 +32,21 @@ use crate::session::names::{APP_SESSION, APP_USER_HOME};
 use crate::supervisor::SupervisorHandle;
 use crate::writes::WriteLog;
 
+/// A watch cache closed before it loaded: the process is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("a watch cache closed before it loaded (the controller is shutting down)")]
+pub struct CachesClosed;
+
+/// Waits until `loaded` says the caches have their initial lists: a reconciler deciding before
+/// that would read existing objects as missing.
+pub async fn wait_loaded(loaded: &watch::Receiver<bool>) -> Result<(), CachesClosed> {
+    let mut loaded = loaded.clone();
+    match loaded.wait_for(|loaded| *loaded).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CachesClosed),
+    }
+}
+
 pub mod trim;
 
 /// Changes buffered per cache for slow subscribers before they are resent the whole store.

@@ -75,8 +75,8 @@ pub enum Error {
     Plan(#[from] PlanError),
     #[error("GitSync has no namespace")]
     NoNamespace,
-    #[error("the node watch closed (the controller is shutting down)")]
-    CacheClosed,
+    #[error(transparent)]
+    CacheClosed(#[from] crate::caches::CachesClosed),
     /// An object the repository declares exists and was not created by this GitSync.
     #[error("{object} exists and was not created by this GitSync ({}); it is left alone, not taken over", owner.as_ref().map_or("no stream.space/gitsync label".to_string(), |o| format!("label stream.space/gitsync={o}")))]
     NotOurs {
@@ -99,7 +99,7 @@ impl ReconcileError for Error {
             Error::Interval(_) => "interval",
             Error::Plan(e) => e.metric_label(),
             Error::NoNamespace => "no_namespace",
-            Error::CacheClosed => "cache_closed",
+            Error::CacheClosed(_) => "cache_closed",
             Error::NotOurs { .. } => "not_ours",
             Error::ParseDeadline(_) => "deadline",
         }

@@ -174,11 +174,7 @@ fn owner_of(
 
 pub async fn reconcile(sync: Arc<GitSync>, ctx: Arc<GitopsContext>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
-    ctx.nodes_loaded
-        .clone()
-        .wait_for(|loaded| *loaded)
-        .await
-        .map_err(|_| Error::CacheClosed)?;
+    crate::caches::wait_loaded(&ctx.nodes_loaded).await?;
     let namespace = sync.namespace().ok_or(Error::NoNamespace)?;
     let Some(sync) = read_fresh(&ctx, &sync, &namespace).await? else {
         return Ok(Action::await_change());

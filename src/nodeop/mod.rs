@@ -23,8 +23,8 @@ pub enum Error {
     Api(#[from] KubeFailure),
     #[error("the node kept changing under us; gave up after {0} attempts")]
     TooManyConflicts(u32),
-    #[error("a watch cache closed before it loaded (the controller is shutting down)")]
-    CacheClosed,
+    #[error(transparent)]
+    CacheClosed(#[from] crate::caches::CachesClosed),
 }
 
 impl ReconcileError for Error {
@@ -32,7 +32,7 @@ impl ReconcileError for Error {
         match self {
             Error::Api(failure) => failure.metric_label(),
             Error::TooManyConflicts(_) => "too_many_conflicts",
-            Error::CacheClosed => "cache_closed",
+            Error::CacheClosed(_) => "cache_closed",
         }
     }
 
@@ -41,7 +41,7 @@ impl ReconcileError for Error {
         match self {
             Error::Api(failure) => failure.is_conflict(),
             Error::TooManyConflicts(_) => true,
-            Error::CacheClosed => false,
+            Error::CacheClosed(_) => false,
         }
     }
 }

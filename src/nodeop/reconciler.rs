@@ -64,11 +64,7 @@ pub fn operations_of_node(
 
 pub async fn reconcile(op: Arc<NodeOperation>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
-    ctx.caches_loaded
-        .clone()
-        .wait_for(|loaded| *loaded)
-        .await
-        .map_err(|_| Error::CacheClosed)?;
+    crate::caches::wait_loaded(&ctx.caches_loaded).await?;
     let Some(shared) = ctx.node_operations.as_ref() else {
         return Ok(Action::await_change());
     };

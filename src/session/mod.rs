@@ -23,8 +23,8 @@ pub enum Error {
     Api(#[from] KubeFailure),
     #[error("session has no namespace")]
     NoNamespace,
-    #[error("a watch cache closed before it loaded (the controller is shutting down)")]
-    CacheClosed,
+    #[error(transparent)]
+    CacheClosed(#[from] crate::caches::CachesClosed),
 }
 
 impl Error {
@@ -32,7 +32,7 @@ impl Error {
         match self {
             Error::Api(failure) => failure.metric_label(),
             Error::NoNamespace => "no_namespace",
-            Error::CacheClosed => "cache_closed",
+            Error::CacheClosed(_) => "cache_closed",
         }
     }
 

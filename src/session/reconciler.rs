@@ -38,12 +38,7 @@ pub use crate::caches::SessionStores;
 
 pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcilers.start(CONTROLLER);
-    // Deciding before the caches are loaded would read existing children as missing.
-    ctx.caches_loaded
-        .clone()
-        .wait_for(|loaded| *loaded)
-        .await
-        .map_err(|_| Error::CacheClosed)?;
+    crate::caches::wait_loaded(&ctx.caches_loaded).await?;
     let namespace = session.namespace().ok_or(Error::NoNamespace)?;
     let name = session.name_any();
     let key = format!("{namespace}/{name}");
