@@ -325,40 +325,43 @@ fn respond(response: AdmissionResponse) -> Response {
     axum::Json(response.into_review()).into_response()
 }
 
-async fn validate(State(state): State<Arc<AdmissionState>>, body: Bytes) -> Response {
+/// One review through either webhook: parse it, allow what is not a Session unchanged, let
+/// `decide` answer the rest, and count the outcome under `webhook` with its duration.
+async fn review(
+    state: &AdmissionState,
+    webhook: &'static str,
+    body: &[u8],
+    decide: impl AsyncFnOnce(&AdmissionRequest<DynamicObject>) -> (&'static str, AdmissionResponse),
+) -> Response {
     let started = Instant::now();
-    let (result, response) = match parse_review(&body) {
+    let (result, response) = match parse_review(body) {
         Err(reason) => ("invalid", invalid_review(reason)),
         Ok(request) if !is_session(&request) => {
             ("ignored", respond(AdmissionResponse::from(&request)))
         }
         Ok(request) => {
-            let (result, response) = state.validate(&request).await;
+            let (result, response) = decide(&request).await;
             (result, respond(response))
         }
     };
     state
         .metrics
-        .request("validate", result, started.elapsed().as_secs_f64());
+        .request(webhook, result, started.elapsed().as_secs_f64());
     response
 }
 
+async fn validate(State(state): State<Arc<AdmissionState>>, body: Bytes) -> Response {
+    review(&state, "validate", &body, async |request| {
+        state.validate(request).await
+    })
+    .await
+}
+
 async fn mutate(State(state): State<Arc<AdmissionState>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let (result, response) = match parse_review(&body) {
-        Err(reason) => ("invalid", invalid_review(reason)),
-        Ok(request) if !is_session(&request) => {
-            ("ignored", respond(AdmissionResponse::from(&request)))
-        }
-        Ok(request) => {
-            let (result, response) = state.mutate(&request);
-            (result, respond(response))
-        }
-    };
-    state
-        .metrics
-        .request("mutate", result, started.elapsed().as_secs_f64());
-    response
+    review(&state, "mutate", &body, async |request| {
+        state.mutate(request)
+    })
+    .await
 }
 
 impl AdmissionState {
