@@ -270,7 +270,8 @@ fn desired_replicas(deployment: &Deployment) -> i32 {
 
 /// The phase rule of a session meant to run, shared by this state machine and the API's
 /// status follower of legacy sessions: `Running` once its Deployment has an available replica
-/// and the pod serving it ([`pick_pod`]) is ready, `Pending` before. Also returns that pod.
+/// and the pod serving it (a ready one first, then the newest) is ready, `Pending` before.
+/// Also returns that pod.
 pub fn running_phase<'a>(
     available_replicas: i32,
     pods: &[&'a Pod],
