@@ -22,8 +22,15 @@ echo "== cargo doc (intra-doc links resolve)"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked --quiet
 
 echo "== cargo test"
+# What the tests leave for this script to report (written afresh by this run).
+artefacts="${CARGO_TARGET_DIR:-target}/artefacts"
+rm -f "$artefacts/docs-blocks.txt"
 # End-to-end tests mostly wait on the API server; more threads than cores keeps them busy.
 cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+
+echo "== figures and artefacts of the test run"
+# tests/docs.rs: how many documentation shell blocks ran and which did not (with the ceiling).
+cat "$artefacts/docs-blocks.txt"
 
 echo "== modern CRD server (standalone apiextensions-apiserver, Kubernetes 1.36 series)"
 # Built from Debian's Go library packages on first use (several minutes), then cached. Exit
