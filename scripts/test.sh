@@ -22,8 +22,21 @@ echo "== cargo doc (intra-doc links resolve)"
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --locked --quiet
 
 echo "== cargo test"
+# What the tests leave for this script to report (written afresh by this run).
+artefacts="${CARGO_TARGET_DIR:-target}/artefacts"
+rm -f "$artefacts/docs-blocks.txt" "$artefacts/dev-timing.txt" "$artefacts/console.png"
 # End-to-end tests mostly wait on the API server; more threads than cores keeps them busy.
 cargo test --locked -- --test-threads="${TEST_THREADS:-4}"
+
+echo "== figures and artefacts of the test run"
+# tests/docs.rs: how many documentation shell blocks ran and which did not (with the ceiling).
+cat "$artefacts/docs-blocks.txt"
+# tests/e2e/dev.rs: from the one `dev` command to alice's sixth session refused (measured on
+# this machine, not asserted).
+cat "$artefacts/dev-timing.txt"
+# tests/e2e/console.rs: the rollout console in headless Chromium.
+[ -f "$artefacts/console.png" ] || { echo "no console screenshot in $artefacts" >&2; exit 1; }
+echo "console screenshot: $(cd "$artefacts" && pwd)/console.png"
 
 echo "== modern CRD server (standalone apiextensions-apiserver, Kubernetes 1.36 series)"
 # Built from Debian's Go library packages on first use (several minutes), then cached. Exit

@@ -516,6 +516,31 @@ async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn logs_go_to_the_temp_directory_unless_told_and_v_also_prints_them() {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            dev: DevArgs,
+        }
+        use clap::Parser as _;
+        let plain = Command::try_parse_from(["dev"]).expect("parses").dev;
+        assert_eq!(
+            plain.log_file(),
+            std::env::temp_dir().join("streamspace-dev.log")
+        );
+        assert!(!plain.verbose());
+        let told = Command::try_parse_from(["dev", "-v", "--log-file", "/x/dev.log"])
+            .expect("parses")
+            .dev;
+        assert_eq!(told.log_file(), Path::new("/x/dev.log"));
+        assert!(told.verbose());
+        let long = Command::try_parse_from(["dev", "--verbose"])
+            .expect("parses")
+            .dev;
+        assert!(long.verbose());
+    }
+
     #[tokio::test]
     async fn the_gitops_examples_become_a_repository_that_validates() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,7 +1,7 @@
 //! The documentation test: the shell examples of README.md and docs/*.md run against `dev`.
 //!
 //! Every fenced shell block (```` ```sh ````, `bash`, `shell`, `console`) must carry a marker
-//! in its info string:
+//! in its info string, and so must an unlabelled block whose first line is a prompt (`$ `):
 //! - ```` ```sh run ````: executed with `bash -eo pipefail`, in order; README.md first, then
 //!   docs/operating.md, then the other pages by name, all in one environment (the variables a
 //!   block exports are seen by the blocks after it, as in one terminal). A block that exits
@@ -11,24 +11,30 @@
 //!   any lines, and `[HASH]` (a Git commit), `[TIME]` (RFC 3339), `[TMP]` (this run's
 //!   temporary directory) stand for values that change from run to run.
 //! - ```` ```sh norun ````: not executed (it needs a real forge, a cloud, a real cluster, or
-//!   it is the command this test itself runs); counted and printed.
+//!   it is the command this test itself runs); counted. The count may not grow above
+//!   [`MAX_UNRUN`]; it is written, with the list, to `<target>/artefacts/docs-blocks.txt`,
+//!   which `scripts/test.sh` prints after the suite.
 //!
 //! The environment is the one a reader has after `streamspace-controller dev`: this test
 //! starts `dev` (local control plane, node simulator `sim-node-1` and `sim-node-2`, examples,
-//! the GitSync `streamspace/examples` and the controller) with a private `TMPDIR`, and gives
-//! the blocks `KUBECONFIG`, `TMPDIR`, `API_ADDR` (a free loopback port for the `api` that
-//! docs/operating.md starts) and `PATH` with `streamspace-controller` and `kubectl`. Blocks
-//! run in the repository root. Processes a block leaves in the background are stopped at the
-//! end.
+//! the GitSync `streamspace/examples`, the controller with its admission webhooks and the API)
+//! on free loopback ports with a private `TMPDIR`, reads the block `dev` prints, and gives the
+//! blocks what that block exports (`KUBECONFIG`, `STREAMSPACE_API`, `ADMIN_TOKEN`,
+//! `USER_TOKEN`), `TMPDIR`, and `PATH` with `streamspace-controller` and `kubectl`. Blocks run
+//! in the repository root. Processes a block leaves in the background are stopped at the end.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use streamspace_controller::dev::block;
+
 /// Longest a single block may run.
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
-/// Longest `dev` may take to print its kubeconfig and become ready.
+/// What every text log line of this program holds (level, then the crate's target).
+const LOG_LINE: &str = " INFO streamspace_controller";
+/// Longest `dev` may take to print its block and become ready.
 const DEV_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +100,12 @@ fn parse(text: &str) -> Result<Vec<Block>, String> {
     for (i, (fence, end)) in fences.iter().enumerate() {
         let mut words = fence.info.split_whitespace();
         let language = words.next().unwrap_or("");
+        if language.is_empty() && fence.body.starts_with("$ ") {
+            return Err(format!(
+                "line {}: an unlabelled block starting with a prompt (`$ `); mark it `console run` or `console norun`",
+                fence.line
+            ));
+        }
         if !SHELL_LANGUAGES.contains(&language) {
             continue;
         }
@@ -160,44 +172,84 @@ fn signal(pid: u32, sig: libc::c_int) {
 /// `dev` running in the background, stopped (SIGINT, as Ctrl-C) when dropped.
 struct Dev {
     child: Child,
-    kubeconfig: PathBuf,
+    /// What its block exports (`KUBECONFIG`, `STREAMSPACE_API`, `ADMIN_TOKEN`, ...).
+    exports: Vec<(String, String)>,
+    /// The log file its block names.
+    log: PathBuf,
+    /// Its standard output (the block, then the session table) and standard error.
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// The exports and the log file named by the block `dev` printed into `text`, once it is
+/// complete (its last line is [`block::END`]).
+fn parse_dev_block(text: &str) -> Option<(Vec<(String, String)>, PathBuf)> {
+    let begin = text.find(block::BEGIN)?;
+    let printed = &text[begin..];
+    let end = printed.lines().position(|l| l == block::END)?;
+    let mut exports = Vec::new();
+    let mut log = None;
+    for line in printed.lines().take(end) {
+        if let Some(assignment) = line.strip_prefix("export ") {
+            let assignment = assignment.split("    #").next().unwrap_or_default().trim();
+            if let Some((name, value)) = assignment.split_once('=') {
+                let value = value.trim_matches('\'');
+                exports.push((name.to_string(), value.to_string()));
+            }
+        } else if let Some(path) = line.strip_prefix("# logs: ") {
+            log = Some(PathBuf::from(path));
+        }
+    }
+    Some((exports, log?))
 }
 
 impl Dev {
+    /// Starts `dev` on free ports, without `--log-file` (the default path in `tmp`), and
+    /// waits for its block and for the controller's `/readyz`.
     fn start(tmp: &Path, http_port: u16) -> Dev {
-        let log = tmp.join("dev.log");
-        let file = std::fs::File::create(&log).expect("dev log");
+        let stdout = tmp.join("dev.out");
+        let stderr = tmp.join("dev.err");
         let child = Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
             .args(["dev", "--refresh", "3600", "--http-addr"])
             .arg(format!("127.0.0.1:{http_port}"))
+            .args(["--api-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
             .env("TMPDIR", tmp)
             .env_remove("KUBECONFIG")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
+            .stdout(std::fs::File::create(&stdout).expect("dev stdout"))
+            .stderr(std::fs::File::create(&stderr).expect("dev stderr"))
             .spawn()
             .expect("starting dev");
         let mut dev = Dev {
             child,
-            kubeconfig: PathBuf::new(),
+            exports: Vec::new(),
+            log: PathBuf::new(),
+            stdout,
+            stderr,
         };
         let deadline = Instant::now() + DEV_TIMEOUT;
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(path) = text
-                .lines()
-                .find_map(|l| l.split_once("export KUBECONFIG=").map(|(_, p)| p.trim()))
-            {
-                dev.kubeconfig = PathBuf::from(path);
+            let text = std::fs::read_to_string(&dev.stdout).unwrap_or_default();
+            if let Some((exports, log)) = parse_dev_block(&text) {
+                dev.exports = exports;
+                dev.log = log;
                 break;
             }
             if let Ok(Some(status)) = dev.child.try_wait() {
-                panic!("dev exited ({status}) before its control plane was ready:\n{text}");
+                panic!(
+                    "dev exited ({status}) before printing its block:\n{text}\n{}",
+                    dev.errors()
+                );
             }
-            assert!(Instant::now() < deadline, "dev did not start:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "dev printed no block:\n{text}\n{}",
+                dev.errors()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
-        // Ready: the controller's caches loaded and the example GitSync applied.
+        // The controller's caches loaded too (the block needs the API's only).
         let url = format!("http://127.0.0.1:{http_port}/readyz");
         loop {
             let ready = Command::new("curl")
@@ -208,13 +260,25 @@ impl Dev {
                 break;
             }
             if let Ok(Some(status)) = dev.child.try_wait() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("dev exited ({status}):\n{text}");
+                panic!("dev exited ({status}):\n{}", dev.errors());
             }
             assert!(Instant::now() < deadline, "dev never became ready");
             std::thread::sleep(Duration::from_millis(200));
         }
         dev
+    }
+
+    fn errors(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The value `dev`'s block exports as `name`.
+    fn export(&self, name: &str) -> &str {
+        self.exports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("dev's block exports no {name}: {:?}", self.exports))
     }
 }
 
@@ -326,15 +390,17 @@ fn redactions(tmp: &Path) -> snapbox::Redactions {
     redactions
 }
 
-#[test]
-fn documented_commands_run_and_print_what_the_docs_show() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+/// Blocks marked `norun` today: the count may go down, never up (lower it with it).
+const MAX_UNRUN: usize = 19;
+
+/// Every page's blocks, by page name; a page that does not parse fails the test.
+fn parse_pages(root: &Path) -> Vec<(String, Vec<Block>)> {
     let mut parsed = Vec::new();
     let mut problems = Vec::new();
-    for page in pages(&root) {
+    for page in pages(root) {
         let text = std::fs::read_to_string(&page).expect("reading a page");
         let name = page
-            .strip_prefix(&root)
+            .strip_prefix(root)
             .unwrap_or(&page)
             .display()
             .to_string();
@@ -344,6 +410,52 @@ fn documented_commands_run_and_print_what_the_docs_show() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    parsed
+}
+
+/// `<target>/artefacts`, where the suite leaves what `scripts/test.sh` reports.
+fn artefacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("artefacts");
+    std::fs::create_dir_all(&dir).expect("artefact directory");
+    dir
+}
+
+#[test]
+fn unrun_blocks_are_counted_reported_and_do_not_grow() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (mut run, mut unrun) = (0, Vec::new());
+    for (name, blocks) in parse_pages(&root) {
+        for block in blocks {
+            match block.mark {
+                Mark::Run => run += 1,
+                Mark::NoRun => unrun.push(format!("{name}:{}", block.line)),
+            }
+        }
+    }
+    let report = format!(
+        "documentation shell blocks: {run} run, {} not run (at most {MAX_UNRUN}):\n{}\n",
+        unrun.len(),
+        unrun
+            .iter()
+            .map(|at| format!("  {at}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let path = artefacts().join("docs-blocks.txt");
+    std::fs::write(&path, &report).expect("writing the block report");
+    assert!(
+        unrun.len() <= MAX_UNRUN,
+        "{report}more unrun blocks than the {MAX_UNRUN} allowed: make the new one run against `dev`"
+    );
+}
+
+#[test]
+fn documented_commands_run_and_print_what_the_docs_show() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let parsed = parse_pages(&root);
     let kubectl = Command::new("kubectl")
         .args(["version", "--client"])
         .output()
@@ -370,19 +482,24 @@ fn documented_commands_run_and_print_what_the_docs_show() {
     std::fs::write(&state, "").expect("state file");
 
     let dev = Dev::start(&tmp_path, free_port());
+    // Without --log-file, the logs go to streamspace-dev.log in the temp directory.
+    assert_eq!(dev.log, tmp_path.join("streamspace-dev.log"));
     let path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let mut env: Vec<(String, String)> =
+        ["KUBECONFIG", "STREAMSPACE_API", "ADMIN_TOKEN", "USER_TOKEN"]
+            .into_iter()
+            .map(|name| (name.to_string(), dev.export(name).to_string()))
+            .collect();
     let mut runner = Runner {
         root: root.clone(),
         tmp: tmp_path.clone(),
         state,
         env: vec![
-            ("KUBECONFIG".into(), dev.kubeconfig.display().to_string()),
             ("TMPDIR".into(), tmp_path.display().to_string()),
-            ("API_ADDR".into(), format!("127.0.0.1:{}", free_port())),
             ("PATH".into(), path),
             ("RUST_LOG".into(), "warn".into()),
             // Errors as a reader sees them, without a backtrace.
@@ -399,6 +516,7 @@ fn documented_commands_run_and_print_what_the_docs_show() {
         groups: Vec::new(),
         counter: 0,
     };
+    runner.env.append(&mut env);
     let assert = snapbox::Assert::new().redact_with(redactions(&tmp_path));
 
     let (mut run, mut unrun) = (0, Vec::new());
@@ -434,7 +552,24 @@ fn documented_commands_run_and_print_what_the_docs_show() {
         }
     }
     drop(runner);
+    // The logs went to the file only, and the session table (not a terminal) has no escapes.
+    let logged = std::fs::read_to_string(&dev.log).unwrap_or_default();
+    let printed = std::fs::read_to_string(&dev.stdout).unwrap_or_default();
+    let errors = dev.errors();
     drop(dev);
+    assert!(
+        logged.contains(LOG_LINE),
+        "log lines in {}",
+        tmp_path.display()
+    );
+    assert!(
+        !errors.contains(LOG_LINE),
+        "without -v no log line on standard error:\n{errors}"
+    );
+    assert!(
+        printed.contains("NAMESPACE") && !printed.contains("\x1b["),
+        "a plain session table on a pipe:\n{printed:?}"
+    );
     eprintln!(
         "docs: {run} shell blocks run, {} not run: {}",
         unrun.len(),
@@ -475,6 +610,59 @@ mod parse_tests {
         let text = "```sh run\ntrue\n```\nsome prose\n```text\nx\n```\n";
         let blocks = parse(text).expect("parses");
         assert_eq!(blocks[0].expected, None);
+    }
+
+    #[test]
+    fn an_unlabelled_block_starting_with_a_prompt_needs_a_marker() {
+        let error = parse("x\n\n```\n$ helm install x\nError: bad\n```\n").expect_err("prompt");
+        assert!(
+            error.contains("line 3") && error.contains("console norun"),
+            "{error}"
+        );
+        assert_eq!(
+            parse("```\nError: bad\n```\n").expect("output only"),
+            vec![]
+        );
+        let marked = parse("```console norun\n$ helm install x\n```\n").expect("marked");
+        assert_eq!(marked[0].mark, Mark::NoRun);
+    }
+
+    #[test]
+    fn the_block_dev_prints_gives_its_exports_and_log_file() {
+        let rendered = block::Block {
+            kubeconfig: Some(Path::new("/tmp/cp/kubeconfig")),
+            api_url: "http://127.0.0.1:41000",
+            admin: ("streamspace-admin", "a1"),
+            user: Some(("alice", "u1")),
+            tokens_file: None,
+            gitops_repo: None,
+            log_file: Some(Path::new("/tmp/x/streamspace-dev.log")),
+            template: "firefox-browser",
+            program: "streamspace-controller",
+        }
+        .render();
+        let head = &rendered[..rendered.len() / 2];
+        assert_eq!(
+            parse_dev_block(&format!("starting...\n{head}")),
+            None,
+            "incomplete"
+        );
+        let (exports, log) = parse_dev_block(&format!("starting...\n{rendered}\nNAMESPACE ...\n"))
+            .expect("complete");
+        assert_eq!(log, Path::new("/tmp/x/streamspace-dev.log"));
+        let names: Vec<(&str, &str)> = exports
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("KUBECONFIG", "/tmp/cp/kubeconfig"),
+                ("STREAMSPACE_API", "http://127.0.0.1:41000"),
+                ("ADMIN_TOKEN", "a1"),
+                ("USER_TOKEN", "u1"),
+            ]
+        );
     }
 
     #[test]

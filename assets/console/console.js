@@ -99,7 +99,7 @@ function connect() {
   socket.onopen = () => setStatus("live", "live");
   socket.onmessage = (event) => renderFlags(JSON.parse(event.data));
   socket.onclose = () => {
-    setStatus("disconnected (check the token)", "down");
+    setStatus("disconnected (check the token: the console needs an operator's)", "down");
     setTimeout(connect, 3000);
   };
 }

@@ -9,7 +9,9 @@
 //!
 //! The page keeps the token in the browser's session storage and sends it as the API's
 //! bearer token; changes go through the flag endpoints ([`super::flags`]), so the console can
-//! do nothing the token could not do with curl.
+//! do nothing the token could not do with curl. Its state (who flipped what and why, shadow
+//! differences of every user's sessions) is for operators: the state and the stream need
+//! [`CONSOLE_PERMISSION`], anyone else gets 403.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::ApiState;
+use super::auth::Permission;
 use super::handlers::ApiError;
 use crate::crd::FeatureFlag;
 use crate::ownership::ResourceType;
@@ -73,12 +76,22 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// What reading the console's state needs: the operator right over every user's sessions,
+/// since the state names every user's shadow differences and the reasons of every flip.
+pub(super) const CONSOLE_PERMISSION: Permission = Permission::OperateSessions("list");
+
+/// 401 without a valid token, 403 for a caller who is no operator.
+async fn require_operator(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let principal = state.principal(headers).await?;
+    state.require(&principal, CONSOLE_PERMISSION).await
+}
+
 pub(super) async fn state_handler(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Response {
     let reply = async {
-        state.principal(&headers).await?;
+        require_operator(&state, &headers).await?;
         Ok::<_, ApiError>(Json(snapshot(&state).await).into_response())
     }
     .await;
@@ -211,7 +224,7 @@ pub(super) async fn flags_ws(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     super::live::add_query_token(&mut headers, query.token.as_deref());
-    match (state.principal(&headers).await, upgrade) {
+    match (require_operator(&state, &headers).await, upgrade) {
         (Err(error), _) => error.into_response(),
         (Ok(_), Err(rejection)) => rejection.into_response(),
         (Ok(_), Ok(upgrade)) => {

@@ -174,6 +174,17 @@ fn assert_refused(code: u16, body: &Value, wanted: u16, what: &str) {
     assert!(body["error"].is_string(), "{what}: {body}");
 }
 
+/// A refusal whose `error` (or, in the StreamSpace shape, `message`) contains `says`.
+fn assert_refused_saying(code: u16, body: &Value, wanted: u16, what: &str, says: &str) {
+    assert_refused(code, body, wanted, what);
+    assert!(
+        ["error", "message"]
+            .iter()
+            .any(|field| body[field].as_str().is_some_and(|e| e.contains(says))),
+        "{what}: {says:?} in {body}"
+    );
+}
+
 fn names(list: &Value) -> Vec<String> {
     list["sessions"]
         .as_array()
@@ -314,6 +325,31 @@ async fn tags_are_replaced_and_searched_only_within_what_the_caller_may_see() {
     assert_refused(code, &body, 403, "?user= is no identity");
     let (code, body) = get(addr, "/api/v1/sessions/by-tags", Some(&alice)).await;
     assert_refused(code, &body, 400, "no tags");
+    // A tag is at most 63 characters (a label value's length): 63 searches, 64 is refused.
+    let (code, body) = get(
+        addr,
+        &format!("/api/v1/sessions/by-tags?tags=gpu,{}", "t".repeat(63)),
+        Some(&alice),
+    )
+    .await;
+    assert_eq!(
+        (code, names(&body)),
+        (200, vec!["alice-a".to_string()]),
+        "{body}"
+    );
+    let (code, body) = get(
+        addr,
+        &format!("/api/v1/sessions/by-tags?tags=gpu,{}", "t".repeat(64)),
+        Some(&alice),
+    )
+    .await;
+    assert_refused_saying(
+        code,
+        &body,
+        400,
+        "a 64-character tag",
+        "longer than 63 characters",
+    );
 
     // Replace alice-b's tags.
     let (code, item) = request(
@@ -847,10 +883,70 @@ async fn quota_reports_what_the_webhook_computes() {
     );
     let (code, body) = get(addr, "/api/v1/quota?user=bob", Some(&alice)).await;
     assert_refused(code, &body, 403, "another user's quota");
+    // A user nobody has heard of (no session, no User policy): the limits that user would get
+    // (here the Default policy's) and nothing used. The API keeps no list of users.
+    let (code, unknown) = get(addr, "/api/v1/quota?user=zed", Some(&operator)).await;
+    assert_eq!(code, 200, "{unknown}");
+    let limits = quota_rules::limits_for("zed", [&policy]);
+    assert_eq!(unknown["user"], "zed");
+    assert_eq!(
+        unknown["limits"]["maxSessions"], limits.max_sessions,
+        "{unknown}"
+    );
+    assert_eq!(
+        unknown["limits"]["maxSessions"], 3,
+        "the Default policy: {unknown}"
+    );
+    assert_eq!(
+        (&unknown["usage"]["sessions"], &unknown["usage"]["cpu"]),
+        (&json!(0), &json!("0m")),
+        "{unknown}"
+    );
+    assert_eq!(unknown["remaining"]["sessions"], 3, "{unknown}");
     let (code, body) = get(addr, "/api/v1/quota?user=Not_A_User", Some(&operator)).await;
     assert_refused(code, &body, 400, "invalid user");
     let (code, body) = get(addr, "/api/v1/quota", None).await;
     assert_refused(code, &body, 401, "no token");
+    drop(api);
+    world.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollout console: its state and stream are for operators
+
+#[tokio::test]
+async fn console_state_and_stream_are_for_operators_only() {
+    let world = World::new("api-ui-console").await;
+    let api = world.replica().await;
+    let addr = api.addr;
+    let (alice, operator) = (dev_token("alice"), dev_token("operator"));
+
+    // A user learns nothing of the flips and their reasons, nor of others' sessions.
+    let (code, body) = get(addr, "/api/v1/console/state", Some(&alice)).await;
+    assert_refused_saying(
+        code,
+        &body,
+        403,
+        "a user reading the console",
+        "alice may not",
+    );
+    match open_ws(addr, "/api/v1/ws/flags", Some(&alice)).await {
+        Err(code) => assert_eq!(code, 403, "a user opening the flags stream"),
+        Ok(_) => panic!("a user opened the flags stream"),
+    }
+    let (code, body) = get(addr, "/api/v1/console/state", None).await;
+    assert_refused(code, &body, 401, "no token");
+
+    // An operator reads both: the state once, and the stream's first message.
+    let (code, state) = get(addr, "/api/v1/console/state", Some(&operator)).await;
+    assert_eq!(code, 200, "{state}");
+    assert_eq!(state["flags"].as_array().map(Vec::len), Some(5), "{state}");
+    let mut ws = open_ws(addr, "/api/v1/ws/flags", Some(&operator))
+        .await
+        .unwrap_or_else(|code| panic!("the operator's flags stream: {code}"));
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["flags"], state["flags"], "{first}");
+    drop(ws);
     drop(api);
     world.cleanup().await;
 }
@@ -875,7 +971,8 @@ async fn open_ws(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<Ws
     }
 }
 
-async fn next_message(ws: &mut Ws, kind: &str) -> Value {
+/// The next text message of `ws`, as JSON.
+async fn next_json(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -883,11 +980,15 @@ async fn next_message(ws: &mut Ws, kind: &str) -> Value {
             .expect("stream open")
             .expect("message");
         if let Message::Text(text) = message {
-            let update: Value = serde_json::from_str(text.as_str()).expect("JSON message");
-            assert_eq!(update["type"], kind, "{update}");
-            return update;
+            return serde_json::from_str(text.as_str()).expect("JSON message");
         }
     }
+}
+
+async fn next_message(ws: &mut Ws, kind: &str) -> Value {
+    let update = next_json(ws).await;
+    assert_eq!(update["type"], kind, "{update}");
+    update
 }
 
 #[tokio::test]

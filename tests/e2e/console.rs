@@ -109,7 +109,8 @@ async fn click_in_table(browser: &Client, css: &str) {
     panic!("click {css}: the element went stale on every one of 20 tries");
 }
 
-fn artefact(name: &str) -> PathBuf {
+/// `<target>/artefacts/<name>`: what the suite keeps for `scripts/test.sh` to report.
+pub(crate) fn artefact(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));

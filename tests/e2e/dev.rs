@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use kube::api::Api;
-use serde_json::Value;
+use serde_json::{Value, json};
 use streamspace_controller::crd::{GitSync, QuotaPolicy, Session, SessionPhase, SessionState};
 use streamspace_controller::dev::{self, DevArgs, block};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -185,6 +185,7 @@ struct Printed {
     commands: Vec<String>,
     repo: PathBuf,
     log: PathBuf,
+    console: String,
 }
 
 fn parse_block(lines: &[String]) -> Printed {
@@ -192,6 +193,7 @@ fn parse_block(lines: &[String]) -> Printed {
     let mut commands = Vec::new();
     let mut repo = None;
     let mut log = None;
+    let mut console = None;
     for line in lines {
         if let Some(export) = line.strip_prefix("export ") {
             let assignment = export.split("    #").next().unwrap_or_default().trim();
@@ -202,6 +204,8 @@ fn parse_block(lines: &[String]) -> Printed {
             repo = Some(PathBuf::from(path));
         } else if let Some(path) = line.strip_prefix("# logs: ") {
             log = Some(PathBuf::from(path));
+        } else if let Some(url) = line.strip_prefix("# console: ") {
+            console = url.split_whitespace().next().map(str::to_string);
         } else if !line.is_empty() && !line.starts_with('#') && line != block::BEGIN {
             commands.push(line.clone());
         }
@@ -211,6 +215,7 @@ fn parse_block(lines: &[String]) -> Printed {
         commands,
         repo: repo.expect("the block names the repository"),
         log: log.expect("the block names the log file"),
+        console: console.expect("the block names the console"),
     }
 }
 
@@ -285,25 +290,36 @@ async fn dev_prints_a_block_with_which_a_user_creates_flips_commits_and_meets_th
             "127.0.0.1:0",
             "--refresh",
             "1",
+            "-v",
             "--log-file",
         ])
         .arg(&log)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start dev");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    // Standard error (progress, and with -v the logs): read throughout, kept for the checks.
+    let errors = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut all = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push(line);
+        }
+        all
+    });
     let mut lines = BufReader::new(stdout).lines();
     let printed = parse_block(&read_block(&mut lines).await);
     let ready = started.elapsed();
     // Keep reading (the session table), so dev never blocks on a full pipe.
     let table = tokio::spawn(async move {
-        let mut last = Vec::new();
+        let mut all = Vec::new();
         while let Ok(Some(line)) = lines.next_line().await {
-            last.push(line);
+            all.push(line);
         }
-        last
+        all
     });
     assert_eq!(printed.log, log);
     assert_eq!(printed.commands.len(), 3, "{:?}", printed.commands);
@@ -337,6 +353,24 @@ async fn dev_prints_a_block_with_which_a_user_creates_flips_commits_and_meets_th
         flipped.contains("legacy") && flipped.contains("override"),
         "{flipped}"
     );
+    // The API decides with it, not only the command's own table.
+    let flag = "curl -sSf -H \"Authorization: Bearer $ADMIN_TOKEN\" \"$STREAMSPACE_API/api/v1/flags/sessions\"";
+    let flag: Value = serde_json::from_str(&printed.sh(flag).await).expect("flag JSON");
+    assert_eq!(
+        (&flag["mode"], &flag["source"], &flag["override"]["reason"]),
+        (
+            &json!("legacy"),
+            &json!("override"),
+            &json!("trying a rollback")
+        ),
+        "{flag}"
+    );
+    // The console the block names answers.
+    let page = format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' '{}'",
+        printed.console
+    );
+    assert_eq!(printed.sh(&page).await, "200", "{}", printed.console);
 
     // Connecting to alice's hibernated example session wakes it through the controller: the
     // API's connection event carries the token the controller expects (no 401).
@@ -378,12 +412,28 @@ async fn dev_prints_a_block_with_which_a_user_creates_flips_commits_and_meets_th
         "refused for the session count: {text}"
     );
     let done = started.elapsed();
-    println!(
-        "dev printed its block after {ready:?}; created {} sessions, flipped, committed and met the quota after {done:?}",
+    // Measured, not asserted (a shared machine's speed varies): scripts/test.sh prints it.
+    let figure = format!(
+        "dev ready-to-quota-refusal: {:.1} s (command to block: {:.1} s; command to refusal: {:.1} s; {} sessions created, a flag flipped, a Git commit synced)\n",
+        (done - ready).as_secs_f64(),
+        ready.as_secs_f64(),
+        done.as_secs_f64(),
         created.len()
     );
+    print!("{figure}");
+    std::fs::write(crate::console::artefact("dev-timing.txt"), &figure).expect("timing figure");
 
-    // Stopping removes what this run created: the repository and the bare clones.
+    // Stopping removes what this run created: the whole run directory, with the repository
+    // and the bare clone the GitSync fetched into.
+    let run_dir = printed
+        .repo
+        .parent()
+        .expect("the run directory")
+        .to_path_buf();
+    assert!(
+        run_dir.join("git-cache").is_dir(),
+        "the GitSync's clones in {run_dir:?}"
+    );
     let pid = child.id().expect("pid") as i32;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -392,11 +442,28 @@ async fn dev_prints_a_block_with_which_a_user_creates_flips_commits_and_meets_th
         .expect("dev stops on SIGTERM")
         .expect("exit status");
     assert!(status.success(), "{status}");
-    let _ = table.await;
-    assert!(!printed.repo.exists(), "{:?} removed on exit", printed.repo);
+    let table = table.await.expect("the table reader");
+    let errors = errors.await.expect("the standard error reader");
+    assert!(!run_dir.exists(), "{run_dir:?} removed on exit");
     let logged = std::fs::read_to_string(&log).expect("log file");
     assert!(
         logged.contains("connection event delivered") && !logged.contains("answered 401"),
         "connection events delivered, none refused:\n{logged}"
+    );
+    // -v: the log lines are on standard error too.
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("connection event delivered") && l.contains(" INFO ")),
+        "with -v the logs on standard error: {errors:?}"
+    );
+    // A pipe gets the session table plainly: no cursor movement or clearing.
+    assert!(
+        table.iter().any(|l| l.starts_with("NAMESPACE")),
+        "a session table: {table:?}"
+    );
+    assert!(
+        table.iter().all(|l| !l.contains("\x1b[")),
+        "no terminal escapes on a pipe: {table:?}"
     );
 }

@@ -1,15 +1,21 @@
 //! `streamspace-controller flags`: the binary against a running API (`--api-url`, token from
-//! `STREAMSPACE_TOKEN`) and straight against the cluster (`--kubeconfig`).
+//! `STREAMSPACE_TOKEN`) and straight against the cluster (`--kubeconfig`); the rollback drill
+//! with a controller running, on a session created during the override.
 
 use std::process::Output;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use streamspace_controller::crd::FeatureFlag;
+use streamspace_controller::api::sessions::LEGACY_FIELD_MANAGER;
+use streamspace_controller::crd::{FeatureFlag, FlagMode, Session, SessionPhase, Template};
+use streamspace_controller::ownership::ResourceType;
+use streamspace_controller::ownership::handoff::ACTED_BY_ANNOTATION;
 
-use crate::http_client::{API_TOKEN, RunningApi};
-use crate::support::{TestEnv, kubeconfig, wait_for};
+use crate::http_client::{API_TOKEN, RunningApi, call_json};
+use crate::support::{TestEnv, WAIT, kubeconfig, wait_for, wait_object};
 
 /// Runs the binary with `args` (and `STREAMSPACE_TOKEN` when given); exit status and output.
 async fn flags(args: &[&str], token: Option<&str>) -> Output {
@@ -69,9 +75,25 @@ fn row(table: &str, kind: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no row {kind} in\n{table}"))
 }
 
+/// Which side last acted on the session (`stream.space/acted-by`).
+fn acted_by(session: &Session) -> Option<&str> {
+    session
+        .annotations()
+        .get(ACTED_BY_ANNOTATION)
+        .map(String::as_str)
+}
+
 #[tokio::test]
 async fn an_override_with_a_ttl_rolls_back_and_flags_get_shows_the_baseline_return() {
-    let env = TestEnv::without_controller("flags-cli").await;
+    let env = TestEnv::new("flags-cli").await;
+    env.create::<Template>(json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "Template",
+        "metadata": {"name": "firefox"},
+        "spec": {"displayName": "Firefox", "baseImage": "lscr.io/linuxserver/firefox:latest",
+                 "defaultResources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                 "vnc": {"enabled": true, "port": 3000}}
+    }))
+    .await;
     let api = RunningApi::start(&env, Duration::from_millis(500), None).await;
     let url = format!("http://{}", api.addr);
     let base = ["--api-url", url.as_str()];
@@ -107,6 +129,53 @@ async fn an_override_with_a_ttl_rolls_back_and_flags_get_shows_the_baseline_retu
     assert_eq!(&cells[1..4], ["legacy", "100", "override"], "{set}");
     assert!(set.contains("test"), "the reason is shown: {set}");
 
+    // During the override a new session is the legacy handlers': the API builds it itself
+    // and records itself on it. (The API decides from its flag watch: wait for it to see the
+    // override, then create at once, well inside the 2 s.)
+    let mut flags_seen = api.flags.subscribe();
+    tokio::time::timeout(
+        WAIT,
+        flags_seen
+            .wait_for(|_| api.flags.effective(ResourceType::Sessions).mode == FlagMode::Legacy),
+    )
+    .await
+    .expect("the API sees the override")
+    .expect("the API's flag index");
+    let (code, created) = call_json(
+        api.addr,
+        "POST",
+        "/api/v1/sessions",
+        Some(API_TOKEN),
+        &json!({"user": "alice", "template": "firefox"}),
+    )
+    .await;
+    assert_eq!(code, 202, "{created}");
+    let name = created["name"]
+        .as_str()
+        .expect("the new session's name")
+        .to_string();
+    let sessions = env.api::<Session>();
+    let by_legacy = sessions.get(&name).await.expect("the session");
+    assert_eq!(
+        acted_by(&by_legacy),
+        Some("legacy"),
+        "{:?}",
+        by_legacy.metadata.annotations
+    );
+    let deployment = env
+        .api::<Deployment>()
+        .get(&format!("ss-{name}"))
+        .await
+        .expect("the Deployment the legacy handler built");
+    let managers: Vec<_> = deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.manager.as_deref())
+        .collect();
+    assert!(managers.contains(&LEGACY_FIELD_MANAGER), "{managers:?}");
+
     // `flags get` shows the override in force (its own watch), then the baseline back.
     let get = with(&["get", "sessions"]);
     wait_for(
@@ -128,6 +197,20 @@ async fn an_override_with_a_ttl_rolls_back_and_flags_get_shows_the_baseline_retu
         "{back}"
     );
     assert!(back.contains("legacy/100 (expired)"), "{back}");
+
+    // The baseline back, the controller takes the session over: it claims it (records
+    // itself) and brings it to Running.
+    let claimed = wait_object(
+        &sessions,
+        &name,
+        "claimed by the controller and Running",
+        |s| {
+            acted_by(s) == Some("controller")
+                && s.status.as_ref().and_then(|st| st.phase.clone()) == Some(SessionPhase::Running)
+        },
+    )
+    .await;
+    assert_eq!(claimed.spec.user, "alice");
 
     // JSON and YAML carry the same view.
     let json_text = run(with(&["get", "sessions", "-o", "json"])).await;
