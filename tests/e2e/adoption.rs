@@ -1,6 +1,6 @@
 //! Taking over sessions the old StreamSpace controller built: adoption (make-before-break, the
 //! shared Deployment of the old naming collision), fencing while the old controller's Lease is
-//! renewed, and `migrate preflight`'s plan.
+//! renewed, adoption by the API's legacy handlers, and `migrate preflight`'s plan.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,9 +16,11 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::migrate::preflight::{PreflightArgs, preflight};
+use streamspace_controller::ownership::ResourceType;
 use streamspace_controller::session::fence::{CONDITION_FENCED, FenceSettings, REASON_ACTIVE};
 
-use crate::support::{TestEnv, wait_for, wait_gone, wait_object};
+use crate::http_client::{API_TOKEN, Http, RunningApi, counter};
+use crate::support::{TestEnv, wait_for, wait_object};
 
 /// Field manager of the old controller (controller-runtime names it after its `/manager`
 /// binary).
@@ -101,6 +103,23 @@ async fn old_children(env: &TestEnv, owner: &Session) {
                 "name": format!("{name}-svc"), "port": {"number": 3000}}}}]}}]}
     }))
     .await;
+}
+
+/// A running session `name` of `user` exactly as the old controller leaves it (Template, home
+/// claim, children, status), its pod ready; returns the home claim.
+async fn old_running_session(env: &TestEnv, user: &str, name: &str) -> PersistentVolumeClaim {
+    env.create::<Template>(template()).await;
+    let home = old_home(env, user).await;
+    let session = create_session(env, name, user).await;
+    old_children(env, &session).await;
+    old_status(env, name, &format!("ss-{user}-firefox")).await;
+    wait_for(
+        "the old pod to run",
+        || ready_pods(env),
+        |pods| pods.get(name).is_some_and(|p| p.len() == 1),
+    )
+    .await;
+    home
 }
 
 /// The status the old controller writes: Running at once, `podName` = the Deployment name.
@@ -250,6 +269,30 @@ async fn old_objects_left(env: &TestEnv, users: &[&str]) -> Vec<String> {
     left
 }
 
+/// Session `name` of `user` runs on its own pod, the old objects are gone and one `Adopted`
+/// Event says so.
+async fn wait_adopted(env: &TestEnv, user: &str, name: &str) {
+    let users = [user];
+    wait_for(
+        "the session to be adopted",
+        || converged(env, name),
+        |done| *done,
+    )
+    .await;
+    wait_for(
+        "the old objects to go",
+        || old_objects_left(env, &users),
+        Vec::is_empty,
+    )
+    .await;
+    wait_for(
+        "the Adopted event",
+        || event_notes(env, name, "Adopted"),
+        |notes| notes.len() == 1,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn old_sessions_are_adopted_make_before_break() {
     let mut env = TestEnv::without_controller("adopt").await;
@@ -358,10 +401,11 @@ async fn old_sessions_are_adopted_make_before_break() {
     env.cleanup().await;
 }
 
-/// Renews the old controller's Lease in the test namespace every second until aborted.
-fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
+/// Renews the old controller's Lease in the test namespace every second until aborted; returns
+/// once the Lease exists.
+async fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
     let leases = env.api::<Lease>();
-    tokio::spawn(async move {
+    let renewer = tokio::spawn(async move {
         loop {
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -379,26 +423,17 @@ fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    })
+    });
+    wait_object(&env.api::<Lease>(), "streamspace.io", "the lease", |_| true).await;
+    renewer
 }
 
 #[tokio::test]
 async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
     let mut env = TestEnv::without_controller("fence").await;
-    env.create::<Template>(template()).await;
-    old_home(&env, "carol").await;
     let name = "carol-firefox-0000000d";
-    let session = create_session(&env, name, "carol").await;
-    old_children(&env, &session).await;
-    old_status(&env, name, "ss-carol-firefox").await;
-    wait_for(
-        "the old pod to run",
-        || ready_pods(&env),
-        |pods| pods.get(name).is_some_and(|p| p.len() == 1),
-    )
-    .await;
-    let renewer = renew_lease(&env);
-    wait_object(&env.api::<Lease>(), "streamspace.io", "the lease", |_| true).await;
+    old_running_session(&env, "carol", name).await;
+    let renewer = renew_lease(&env).await;
 
     let fence = fence_settings(&env, Duration::from_millis(500));
     env.start_controller_with(|config| config.legacy_controller = fence)
@@ -460,24 +495,7 @@ async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
     // The old controller stops: its Lease is no longer renewed and expires.
     renewer.abort();
     let _ = renewer.await;
-    wait_for(
-        "the session to be adopted",
-        || converged(&env, name),
-        |done| *done,
-    )
-    .await;
-    wait_gone(
-        &env.api::<Deployment>(),
-        "ss-carol-firefox",
-        "the old deployment",
-    )
-    .await;
-    wait_gone(
-        &env.api::<Service>(),
-        "ss-carol-firefox-svc",
-        "the old service",
-    )
-    .await;
+    wait_adopted(&env, "carol", name).await;
     let adopted = wait_object(
         &env.api::<Session>(),
         name,
@@ -493,12 +511,6 @@ async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
         adopted.status.and_then(|s| s.phase),
         Some(SessionPhase::Running)
     );
-    wait_for(
-        "the Adopted event",
-        || event_notes(&env, name, "Adopted"),
-        |notes| notes.len() == 1,
-    )
-    .await;
     env.cleanup().await;
 }
 
@@ -558,5 +570,63 @@ async fn preflight_lists_the_adoption_it_plans() {
     assert!(stdout.contains(&expected), "{stdout}");
     let failed = stdout.lines().any(|l| l.starts_with("FAIL"));
     assert_eq!(output.status.code(), Some(i32::from(failed)), "{stdout}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_legacy_api_adopts_an_old_session_it_acts_on() {
+    let env = TestEnv::without_controller("adopt-legacy").await;
+    let name = "dave-firefox-0000000f";
+    let home = old_running_session(&env, "dave", name).await;
+    let api = RunningApi::start_static(&env, |_| {}).await;
+    crate::api_sessions::set_flag(&env, &api, ResourceType::Sessions, "legacy", 100).await;
+
+    // Hibernating needs no desktop: the legacy handler deletes the old objects at once.
+    let body = json!({"state": "hibernated"}).to_string();
+    let (code, reply) = Http::connect(api.addr)
+        .await
+        .request(
+            "PATCH",
+            &format!("/api/v1/sessions/{name}"),
+            Some(API_TOKEN),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(code, 202, "{reply}");
+    wait_for(
+        "the old objects to go",
+        || old_objects_left(&env, &["dave"]),
+        Vec::is_empty,
+    )
+    .await;
+    let notes = wait_for(
+        "the Adopted event",
+        || event_notes(&env, name, "Adopted"),
+        |notes| !notes.is_empty(),
+    )
+    .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("Deployment ss-dave-firefox"), "{notes:?}");
+    assert_eq!(
+        counter(
+            &api.metrics,
+            "streamspace_adoptions_total",
+            "outcome=\"adopted\""
+        ),
+        1
+    );
+    wait_object(&env.api::<Session>(), name, "hibernated", |s| {
+        s.status.as_ref().and_then(|st| st.phase.clone()) == Some(SessionPhase::Hibernated)
+    })
+    .await;
+    let now = env
+        .api::<PersistentVolumeClaim>()
+        .get(&home.name_any())
+        .await
+        .expect("home claim stays");
+    assert_eq!(now.uid(), home.uid());
+
+    drop(api);
+    crate::api_sessions::delete_flags(&env).await;
     env.cleanup().await;
 }
