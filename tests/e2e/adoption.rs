@@ -1,11 +1,12 @@
 //! Taking over sessions the old StreamSpace controller built: adoption (make-before-break, the
 //! shared Deployment of the old naming collision), fencing while the old controller's Lease is
-//! renewed, adoption by the API's legacy handlers, and `migrate preflight`'s plan.
+//! renewed (and not with `--allow-legacy-controller`), adoption by the API's legacy handlers,
+//! and `migrate preflight`'s plan.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -249,6 +250,17 @@ async fn old_objects_left(env: &TestEnv, users: &[&str]) -> Vec<String> {
             left.push(format!("Ingress {name}"));
         }
     }
+    // ReplicaSets of an old Deployment (`<old name>-<pod-template-hash>`); ours are named
+    // `ss-<session>-<hash>` and start alike, so the owner decides.
+    let sets = env.api::<ReplicaSet>().list(&ListParams::default()).await;
+    for set in sets.map(|l| l.items).unwrap_or_default() {
+        let old = set.owner_references().iter().any(|o| {
+            o.kind == "Deployment" && users.iter().any(|u| o.name == format!("ss-{u}-firefox"))
+        });
+        if old {
+            left.push(format!("ReplicaSet {}", set.name_any()));
+        }
+    }
     // Pods of an old Deployment: their ReplicaSet is `<old name>-<pod-template-hash>`.
     let pods = env.api::<Pod>().list(&ListParams::default()).await;
     for pod in pods.map(|l| l.items).unwrap_or_default() {
@@ -268,6 +280,10 @@ async fn old_objects_left(env: &TestEnv, users: &[&str]) -> Vec<String> {
     }
     left
 }
+
+/// What b's first pod may take beyond one pod start: the controller's caches loading and its
+/// first reconcile, on a shared machine.
+const B_SLACK: Duration = Duration::from_secs(8);
 
 /// Session `name` of `user` runs on its own pod, the old objects are gone and one `Adopted`
 /// Event says so.
@@ -307,6 +323,8 @@ async fn old_sessions_are_adopted_make_before_break() {
     let session_a = create_session(&env, a, "alice").await;
     create_session(&env, b, "alice").await;
     let session_c = create_session(&env, c, "bob").await;
+    // How long a pod start takes on this machine now: the old Deployments' pods.
+    let built = tokio::time::Instant::now();
     old_children(&env, &session_a).await;
     old_children(&env, &session_c).await;
     old_status(&env, a, "ss-alice-firefox").await;
@@ -320,13 +338,17 @@ async fn old_sessions_are_adopted_make_before_break() {
         },
     )
     .await;
+    let pod_start = built.elapsed();
 
     let fence = fence_settings(&env, Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
     env.start_controller_with(|config| config.legacy_controller = fence)
         .await;
 
     // Sample until every session has converged, and a while after.
     let mut zero_ready: BTreeMap<&str, u32> = BTreeMap::new();
+    // b never had a pod of its own (the shared one is a's): when its first one is ready.
+    let mut b_first_ready = None;
     let mut after_convergence = 0;
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
@@ -335,6 +357,14 @@ async fn old_sessions_are_adopted_make_before_break() {
             if pods.get(session).is_none_or(Vec::is_empty) {
                 *zero_ready.entry(session).or_default() += 1;
             }
+        }
+        let b_own = format!("ss-{b}-");
+        if b_first_ready.is_none()
+            && pods
+                .get(b)
+                .is_some_and(|p| p.iter().any(|pod| pod.starts_with(&b_own)))
+        {
+            b_first_ready = Some(started.elapsed());
         }
         let mut all = true;
         for session in [a, b, c] {
@@ -364,11 +394,41 @@ async fn old_sessions_are_adopted_make_before_break() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The owners of old pods kept a ready pod throughout (make-before-break); b had none of its
-    // own and got its first.
+    // own and got its first within one pod start of the controller's start (with room for the
+    // controller's caches to load and the first reconcile): it did not wait for a's adoption.
     assert!(
         zero_ready.is_empty(),
         "sessions without a ready pod: {zero_ready:?}"
     );
+    let b_waited = b_first_ready.unwrap_or_else(|| panic!("{b} never had a ready pod"));
+    println!(
+        "b's first own pod ready {b_waited:?} after the controller started; a pod start took {pod_start:?}"
+    );
+    assert!(
+        b_waited <= pod_start + B_SLACK,
+        "{b} waited {b_waited:?} for its first pod; a pod start takes {pod_start:?}"
+    );
+    // b answers through objects of its own, not the old shared ones.
+    let child = format!("ss-{b}");
+    let service = env.api::<Service>().get(&child).await.expect("b's service");
+    assert!(service.owner_references().iter().any(|o| o.name == b));
+    let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector.get("session").map(String::as_str), Some(b));
+    let ingress = env.api::<Ingress>().get(&child).await.expect("b's ingress");
+    assert!(ingress.owner_references().iter().any(|o| o.name == b));
+    let rules = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        rules[0].host.as_deref(),
+        Some(format!("{b}.test.local").as_str())
+    );
+    let backend = rules[0]
+        .http
+        .as_ref()
+        .and_then(|h| h.paths.first())
+        .and_then(|p| p.backend.service.as_ref())
+        .map(|s| s.name.clone());
+    assert_eq!(backend.as_deref(), Some(child.as_str()));
     for (session, expected) in [(a, 1), (b, 0), (c, 1)] {
         let notes = event_notes(&env, session, "Adopted").await;
         assert_eq!(notes.len(), expected, "{session}: {notes:?}");
@@ -570,6 +630,61 @@ async fn preflight_lists_the_adoption_it_plans() {
     assert!(stdout.contains(&expected), "{stdout}");
     let failed = stdout.lines().any(|l| l.starts_with("FAIL"));
     assert_eq!(output.status.code(), Some(i32::from(failed)), "{stdout}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_allowed_old_controller_does_not_fence_adoption() {
+    let mut env = TestEnv::without_controller("fence-allowed").await;
+    let name = "frank-firefox-00000011";
+    old_running_session(&env, "frank", name).await;
+    let renewer = renew_lease(&env).await;
+
+    // `--allow-legacy-controller`: the operator takes the responsibility.
+    let fence = FenceSettings {
+        allow: true,
+        ..fence_settings(&env, Duration::from_millis(500))
+    };
+    env.start_controller_with(|config| config.legacy_controller = fence)
+        .await;
+    wait_adopted(&env, "frank", name).await;
+
+    // All of that happened while the old controller's Lease was held and renewed.
+    assert!(!renewer.is_finished(), "the renewer kept going");
+    let lease = env
+        .api::<Lease>()
+        .get("streamspace.io")
+        .await
+        .expect("the lease");
+    let renewed = lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0)
+        .expect("renewed");
+    let age = Timestamp::now().duration_since(renewed);
+    assert!(
+        age < k8s_openapi::jiff::SignedDuration::from_secs(3),
+        "the lease is current (renewed {age:?} ago)"
+    );
+    // And nothing was fenced: no condition, no Event, no fenced reconcile.
+    let adopted = env.api::<Session>().get(name).await.expect("session");
+    let status = adopted.status.unwrap_or_default();
+    assert!(
+        !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_FENCED),
+        "{:?}",
+        status.conditions
+    );
+    assert!(event_notes(&env, name, REASON_ACTIVE).await.is_empty());
+    assert_eq!(env.metric("streamspace_fenced_reconciles_total", ""), 0.0);
+    assert_eq!(
+        env.metric("streamspace_adoptions_total", "outcome=\"adopted\""),
+        1.0
+    );
+    renewer.abort();
+    let _ = renewer.await;
     env.cleanup().await;
 }
 
