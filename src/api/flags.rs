@@ -271,7 +271,7 @@ where
 }
 
 /// Writes `over` as the override of flag object `name`, in one server-side apply
-/// ([`apply_spec`]). The whole override is spelled out, so none of a previous one survives; the
+/// (`apply_spec`). The whole override is spelled out, so none of a previous one survives; the
 /// baseline is the one stored (Git's stays Git's), or, for a new object, `default`, the value
 /// in force now, so the override does not change what the baseline means.
 pub async fn write_override(
@@ -366,7 +366,7 @@ pub enum BaselineError {
 }
 
 /// Sets the baseline (`spec.mode`, `spec.percent`) of flag object `name`, creating it when
-/// missing, in one server-side apply ([`apply_spec`]) that keeps the stored override; refused
+/// missing, in one server-side apply (`apply_spec`) that keeps the stored override; refused
 /// for a flag a GitSync applied (the next sync would put Git's back). The precondition of the
 /// apply makes the refusal hold even if a sync takes the flag over between the read and the
 /// write.
