@@ -10,9 +10,12 @@
 //! | PUT | `/api/v1/flags/{type}/baseline` | `{mode, percent?, reason}`; needs the flags permission; refused (409) for a flag from Git |
 //!
 //! Reads come from this replica's watch-fed [`FlagIndex`](crate::ownership::index::FlagIndex),
-//! so they show what this replica decides with right now. The override is written with its own
-//! server-side apply field manager, which a Git sync of the baseline (`spec.mode`,
-//! `spec.percent`) never touches; every change is recorded as an Event naming who and why.
+//! so they show what this replica decides with right now. An override or a baseline is written
+//! in one server-side apply of the whole spec under this endpoint's own field manager, guarded
+//! by the `resourceVersion` of a read ([`write_override`], [`write_baseline`]): the part not
+//! being changed is applied as read, so nothing another writer set is overwritten, and a Git
+//! sync of the baseline (`spec.mode`, `spec.percent`, another field manager) never touches the
+//! override. Every change is recorded as an Event naming who and why.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +35,12 @@ use tracing::{info, warn};
 use super::ApiState;
 use super::auth::Permission;
 use super::handlers::ApiError;
-use crate::crd::{FeatureFlag, FlagMode, FlagOverride};
+use crate::crd::{FeatureFlag, FeatureFlagSpec, FlagMode, FlagOverride};
 use crate::idle::deadline::parse_duration;
 use crate::ownership::{Effective, ResourceType};
 
-/// Field manager of override writes; Git syncs use another, so neither erases the other.
+/// Field manager of override and baseline writes; Git syncs use another, so neither erases the
+/// other.
 pub const FIELD_MANAGER: &str = "streamspace-api-flags";
 /// Longest accepted reason, in bytes.
 const MAX_REASON: usize = 1024;
@@ -118,31 +122,26 @@ fn current_view(state: &ApiState, resource: ResourceType) -> Value {
     )
 }
 
-pub(crate) async fn list(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let reply: Result<Response, ApiError> = async {
-        state.principal(&headers).await?;
-        let flags: Vec<Value> = ResourceType::ALL
-            .into_iter()
-            .map(|t| current_view(&state, t))
-            .collect();
-        Ok(Json(json!({"flags": flags, "loaded": state.flags().loaded()})).into_response())
-    }
-    .await;
-    reply.into_response()
+pub(crate) async fn list(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.principal(&headers).await?;
+    let flags: Vec<Value> = ResourceType::ALL
+        .into_iter()
+        .map(|t| current_view(&state, t))
+        .collect();
+    Ok(Json(json!({"flags": flags, "loaded": state.flags().loaded()})).into_response())
 }
 
 pub(crate) async fn get(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(kind): Path<String>,
-) -> Response {
-    let reply: Result<Response, ApiError> = async {
-        state.principal(&headers).await?;
-        let resource = parse_type(&kind)?;
-        Ok(Json(current_view(&state, resource)).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response, ApiError> {
+    state.principal(&headers).await?;
+    let resource = parse_type(&kind)?;
+    Ok(Json(current_view(&state, resource)).into_response())
 }
 
 pub(crate) async fn put_override(
@@ -150,111 +149,149 @@ pub(crate) async fn put_override(
     headers: HeaderMap,
     Path(kind): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let reply: Result<Response, ApiError> = async {
-        let principal = state.principal(&headers).await?;
-        let resource = parse_type(&kind)?;
-        state.require(&principal, Permission::ManageFlags).await?;
-        let request: OverrideRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid override: {e}")))?;
-        let over = build_override(&request, &principal.name, Timestamp::now())
-            .map_err(ApiError::BadRequest)?;
-        let name = state.flags().object_name(resource);
-        let default = state.flags().effective(resource);
-        let stored = write_override(&state.client, &name, &over, &default).await?;
-        let until = over
-            .expires_at
-            .as_ref()
-            .map_or("until cleared".to_string(), |t| format!("until {}", t.0));
-        let note = format!(
-            "{} set override {} {}% {until}: {}",
-            principal.name,
-            over.mode,
-            over.percent,
-            over.reason.as_deref().unwrap_or_default()
-        );
-        info!(flag = %name, by = %principal.name, mode = %over.mode, percent = over.percent, "flag override set");
-        record(&state, &stored, "OverrideSet", note).await;
-        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
-        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers).await?;
+    let resource = parse_type(&kind)?;
+    state.require(&principal, Permission::ManageFlags).await?;
+    let request: OverrideRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid override: {e}")))?;
+    let over = build_override(&request, &principal.name, Timestamp::now())
+        .map_err(ApiError::BadRequest)?;
+    let name = state.flags().object_name(resource);
+    let default = state.flags().effective(resource);
+    let stored = write_override(&state.client, &name, &over, &default).await?;
+    let until = over
+        .expires_at
+        .as_ref()
+        .map_or("until cleared".to_string(), |t| format!("until {}", t.0));
+    let note = format!(
+        "{} set override {} {}% {until}: {}",
+        principal.name,
+        over.mode,
+        over.percent,
+        over.reason.as_deref().unwrap_or_default()
+    );
+    info!(flag = %name, by = %principal.name, mode = %over.mode, percent = over.percent, "flag override set");
+    record(&state, &stored, "OverrideSet", note).await;
+    let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+    Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
 }
 
 pub(crate) async fn delete_override(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(kind): Path<String>,
-) -> Response {
-    let reply = async {
-        let principal = state.principal(&headers).await?;
-        let resource = parse_type(&kind)?;
-        state.require(&principal, Permission::ManageFlags).await?;
-        let name = state.flags().object_name(resource);
-        let Some(stored) = clear_override(&state.client, &name).await? else {
-            return Err(ApiError::Missing(format!(
-                "flag object {name:?} does not exist"
-            )));
-        };
-        info!(flag = %name, by = %principal.name, "flag override cleared");
-        record(
-            &state,
-            &stored,
-            "OverrideCleared",
-            format!("{} cleared the override", principal.name),
-        )
-        .await;
-        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
-        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
-    }
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers).await?;
+    let resource = parse_type(&kind)?;
+    state.require(&principal, Permission::ManageFlags).await?;
+    let name = state.flags().object_name(resource);
+    let Some(stored) = clear_override(&state.client, &name).await? else {
+        return Err(ApiError::Missing(format!(
+            "flag object {name:?} does not exist"
+        )));
+    };
+    info!(flag = %name, by = %principal.name, "flag override cleared");
+    record(
+        &state,
+        &stored,
+        "OverrideCleared",
+        format!("{} cleared the override", principal.name),
+    )
     .await;
-    reply.into_response()
+    let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+    Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
 }
 
-/// Writes `over` as the override of flag object `name`. A merge patch of the override alone
-/// when the object exists (the baseline keeps whoever owns it, such as Git; every override
-/// field is spelled out, null when unset, so none of a previous override survives); otherwise
-/// a new object whose baseline is `default`, the value in force now, so the override does not
-/// change what the baseline means.
+/// Reads of a flag object and applies made on them before a concurrent writer (a Git sync, the
+/// controller's status) lets one through; each retry reads again.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// Writes flag object `name` with one server-side apply of its whole spec under
+/// [`FIELD_MANAGER`]. `next` turns the object as read (`None`: there is none) into the spec to
+/// apply, or refuses. The read guards the write:
+///
+/// - an object that exists is applied with its `resourceVersion` as a precondition and forced:
+///   the fields `next` keeps are the values just read, so taking them over changes nothing, and
+///   whatever changed in between (a Git sync of the baseline, another override) fails the
+///   precondition instead of being overwritten; the write is then retried on a fresh read;
+/// - a new object is applied without force: if someone created it meanwhile with other values,
+///   the field conflict stops the write and the retry reads what they wrote.
+///
+/// One writer of the whole spec also means a later apply that leaves a field out removes it
+/// only when no other manager (Git, for the baseline) has applied it.
+async fn apply_spec<E>(
+    client: &kube::Client,
+    name: &str,
+    next: impl Fn(Option<&FeatureFlag>) -> Result<FeatureFlagSpec, E>,
+) -> Result<FeatureFlag, E>
+where
+    E: From<kube::Error>,
+{
+    let api: Api<FeatureFlag> = Api::all(client.clone());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api.get_opt(name).await?;
+        let spec = next(current.as_ref())?;
+        let mut metadata = json!({"name": name});
+        let params = match current.as_ref().and_then(|f| f.resource_version()) {
+            Some(version) => {
+                metadata["resourceVersion"] = version.into();
+                PatchParams::apply(FIELD_MANAGER).force()
+            }
+            None => PatchParams::apply(FIELD_MANAGER),
+        };
+        let mut spec = serde_json::to_value(&spec).map_err(kube::Error::SerdeError)?;
+        // An override without expiry says so explicitly: a leaving-out would keep an expiry
+        // another manager wrote (a merge patch of an earlier release), the forced null does not.
+        if let Some(over) = spec.get_mut("override").and_then(Value::as_object_mut) {
+            over.entry("expiresAt").or_insert(Value::Null);
+        }
+        let body = json!({
+            "apiVersion": "stream.space/v1alpha1",
+            "kind": "FeatureFlag",
+            "metadata": metadata,
+            "spec": spec,
+        });
+        match api.patch(name, &params, &Patch::Apply(&body)).await {
+            Ok(stored) => return Ok(stored),
+            Err(kube::Error::Api(status))
+                if (status.is_conflict() || status.is_already_exists())
+                    && attempt < WRITE_ATTEMPTS =>
+            {
+                info!(
+                    flag = name,
+                    attempt, "flag changed while it was written; retrying"
+                );
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Writes `over` as the override of flag object `name`, in one server-side apply
+/// (`apply_spec`). The whole override is spelled out, so none of a previous one survives; the
+/// baseline is the one stored (Git's stays Git's), or, for a new object, `default`, the value
+/// in force now, so the override does not change what the baseline means.
 pub async fn write_override(
     client: &kube::Client,
     name: &str,
     over: &FlagOverride,
     default: &Effective,
 ) -> Result<FeatureFlag, kube::Error> {
-    let api: Api<FeatureFlag> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_some() {
-        let over_fields = json!({
-            "mode": over.mode.as_str(),
-            "percent": over.percent,
-            "expiresAt": over.expires_at,
-            "reason": over.reason,
-            "setBy": over.set_by,
-        });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
+    apply_spec(client, name, |current| {
+        let mut spec = match current {
+            Some(flag) => flag.spec.clone(),
+            None => FeatureFlagSpec {
+                mode: default.mode.clone(),
+                percent: default.percent,
+                override_: None,
+            },
         };
-        return api
-            .patch(
-                name,
-                &params,
-                &Patch::Merge(json!({"spec": {"override": over_fields}})),
-            )
-            .await;
-    }
-    let body = json!({
-        "apiVersion": "stream.space/v1alpha1",
-        "kind": "FeatureFlag",
-        "metadata": {"name": name},
-        "spec": {"mode": default.mode_str(), "percent": default.percent, "override": over},
-    });
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
+        spec.override_ = Some(over.clone());
+        Ok::<_, kube::Error>(spec)
+    })
     .await
 }
 
@@ -329,42 +366,31 @@ pub enum BaselineError {
 }
 
 /// Sets the baseline (`spec.mode`, `spec.percent`) of flag object `name`, creating it when
-/// missing; refused for a flag a GitSync applied (the next sync would put Git's back).
+/// missing, in one server-side apply (`apply_spec`) that keeps the stored override; refused
+/// for a flag a GitSync applied (the next sync would put Git's back). The precondition of the
+/// apply makes the refusal hold even if a sync takes the flag over between the read and the
+/// write.
 pub async fn write_baseline(
     client: &kube::Client,
     name: &str,
     baseline: &Baseline,
 ) -> Result<FeatureFlag, BaselineError> {
-    let api: Api<FeatureFlag> = Api::all(client.clone());
     let label = crate::gitops::manifest::OWNER_LABEL;
-    if let Some(existing) = api.get_opt(name).await? {
-        if let Some(owner) = existing.labels().get(label) {
+    apply_spec(client, name, |current| {
+        if let Some(owner) = current.and_then(|f| f.labels().get(label)) {
             return Err(BaselineError::FromGit {
                 flag: name.to_string(),
                 owner: owner.clone(),
                 label,
             });
         }
-        let spec = json!({"spec": {"mode": baseline.mode.as_str(), "percent": baseline.percent}});
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        return Ok(api.patch(name, &params, &Patch::Merge(spec)).await?);
-    }
-    let body = json!({
-        "apiVersion": "stream.space/v1alpha1",
-        "kind": "FeatureFlag",
-        "metadata": {"name": name},
-        "spec": {"mode": baseline.mode.as_str(), "percent": baseline.percent},
-    });
-    Ok(api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?)
+        Ok(FeatureFlagSpec {
+            mode: baseline.mode.clone(),
+            percent: baseline.percent,
+            override_: current.and_then(|f| f.spec.override_.clone()),
+        })
+    })
+    .await
 }
 
 pub(super) async fn put_baseline(
@@ -372,31 +398,27 @@ pub(super) async fn put_baseline(
     headers: HeaderMap,
     Path(kind): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let reply = async {
-        let principal = state.principal(&headers).await?;
-        let resource = parse_type(&kind)?;
-        state.require(&principal, Permission::ManageFlags).await?;
-        let request: BaselineRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid baseline: {e}")))?;
-        let baseline = build_baseline(&request).map_err(ApiError::BadRequest)?;
-        let name = state.flags().object_name(resource);
-        let stored = match write_baseline(&state.client, &name, &baseline).await {
-            Ok(stored) => stored,
-            Err(BaselineError::Kube(error)) => return Err(error.into()),
-            Err(refused) => return Err(ApiError::Conflict(refused.to_string())),
-        };
-        let note = format!(
-            "{} set the baseline {} {}%: {}",
-            principal.name, baseline.mode, baseline.percent, baseline.reason
-        );
-        info!(flag = %name, by = %principal.name, mode = %baseline.mode, percent = baseline.percent, "flag baseline set");
-        record(&state, &stored, "BaselineSet", note).await;
-        let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
-        Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
-    }
-    .await;
-    reply.into_response()
+) -> Result<Response, ApiError> {
+    let principal = state.principal(&headers).await?;
+    let resource = parse_type(&kind)?;
+    state.require(&principal, Permission::ManageFlags).await?;
+    let request: BaselineRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid baseline: {e}")))?;
+    let baseline = build_baseline(&request).map_err(ApiError::BadRequest)?;
+    let name = state.flags().object_name(resource);
+    let stored = match write_baseline(&state.client, &name, &baseline).await {
+        Ok(stored) => stored,
+        Err(BaselineError::Kube(error)) => return Err(error.into()),
+        Err(refused) => return Err(ApiError::Conflict(refused.to_string())),
+    };
+    let note = format!(
+        "{} set the baseline {} {}%: {}",
+        principal.name, baseline.mode, baseline.percent, baseline.reason
+    );
+    info!(flag = %name, by = %principal.name, mode = %baseline.mode, percent = baseline.percent, "flag baseline set");
+    record(&state, &stored, "BaselineSet", note).await;
+    let effective = crate::ownership::effective(&stored.spec, Timestamp::now());
+    Ok(Json(view(resource, &name, Some(&stored.spec), &effective)).into_response())
 }
 
 /// Records a flag change as an Event on the FeatureFlag; a failure is logged, not returned

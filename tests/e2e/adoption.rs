@@ -1,11 +1,12 @@
 //! Taking over sessions the old StreamSpace controller built: adoption (make-before-break, the
 //! shared Deployment of the old naming collision), fencing while the old controller's Lease is
-//! renewed, and `migrate preflight`'s plan.
+//! renewed (and not with `--allow-legacy-controller`), adoption by the API's legacy handlers,
+//! and `migrate preflight`'s plan.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -16,9 +17,11 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use streamspace_controller::crd::{Session, SessionPhase, Template};
 use streamspace_controller::migrate::preflight::{PreflightArgs, preflight};
+use streamspace_controller::ownership::ResourceType;
 use streamspace_controller::session::fence::{CONDITION_FENCED, FenceSettings, REASON_ACTIVE};
 
-use crate::support::{TestEnv, wait_for, wait_gone, wait_object};
+use crate::http_client::{API_TOKEN, Http, RunningApi, counter};
+use crate::support::{TestEnv, wait_for, wait_object};
 
 /// Field manager of the old controller (controller-runtime names it after its `/manager`
 /// binary).
@@ -101,6 +104,23 @@ async fn old_children(env: &TestEnv, owner: &Session) {
                 "name": format!("{name}-svc"), "port": {"number": 3000}}}}]}}]}
     }))
     .await;
+}
+
+/// A running session `name` of `user` exactly as the old controller leaves it (Template, home
+/// claim, children, status), its pod ready; returns the home claim.
+async fn old_running_session(env: &TestEnv, user: &str, name: &str) -> PersistentVolumeClaim {
+    env.create::<Template>(template()).await;
+    let home = old_home(env, user).await;
+    let session = create_session(env, name, user).await;
+    old_children(env, &session).await;
+    old_status(env, name, &format!("ss-{user}-firefox")).await;
+    wait_for(
+        "the old pod to run",
+        || ready_pods(env),
+        |pods| pods.get(name).is_some_and(|p| p.len() == 1),
+    )
+    .await;
+    home
 }
 
 /// The status the old controller writes: Running at once, `podName` = the Deployment name.
@@ -230,6 +250,17 @@ async fn old_objects_left(env: &TestEnv, users: &[&str]) -> Vec<String> {
             left.push(format!("Ingress {name}"));
         }
     }
+    // ReplicaSets of an old Deployment (`<old name>-<pod-template-hash>`); ours are named
+    // `ss-<session>-<hash>` and start alike, so the owner decides.
+    let sets = env.api::<ReplicaSet>().list(&ListParams::default()).await;
+    for set in sets.map(|l| l.items).unwrap_or_default() {
+        let old = set.owner_references().iter().any(|o| {
+            o.kind == "Deployment" && users.iter().any(|u| o.name == format!("ss-{u}-firefox"))
+        });
+        if old {
+            left.push(format!("ReplicaSet {}", set.name_any()));
+        }
+    }
     // Pods of an old Deployment: their ReplicaSet is `<old name>-<pod-template-hash>`.
     let pods = env.api::<Pod>().list(&ListParams::default()).await;
     for pod in pods.map(|l| l.items).unwrap_or_default() {
@@ -250,6 +281,34 @@ async fn old_objects_left(env: &TestEnv, users: &[&str]) -> Vec<String> {
     left
 }
 
+/// What b's first pod may take beyond one pod start: the controller's caches loading and its
+/// first reconcile, on a shared machine.
+const B_SLACK: Duration = Duration::from_secs(8);
+
+/// Session `name` of `user` runs on its own pod, the old objects are gone and one `Adopted`
+/// Event says so.
+async fn wait_adopted(env: &TestEnv, user: &str, name: &str) {
+    let users = [user];
+    wait_for(
+        "the session to be adopted",
+        || converged(env, name),
+        |done| *done,
+    )
+    .await;
+    wait_for(
+        "the old objects to go",
+        || old_objects_left(env, &users),
+        Vec::is_empty,
+    )
+    .await;
+    wait_for(
+        "the Adopted event",
+        || event_notes(env, name, "Adopted"),
+        |notes| notes.len() == 1,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn old_sessions_are_adopted_make_before_break() {
     let mut env = TestEnv::without_controller("adopt").await;
@@ -264,6 +323,8 @@ async fn old_sessions_are_adopted_make_before_break() {
     let session_a = create_session(&env, a, "alice").await;
     create_session(&env, b, "alice").await;
     let session_c = create_session(&env, c, "bob").await;
+    // How long a pod start takes on this machine now: the old Deployments' pods.
+    let built = tokio::time::Instant::now();
     old_children(&env, &session_a).await;
     old_children(&env, &session_c).await;
     old_status(&env, a, "ss-alice-firefox").await;
@@ -277,13 +338,17 @@ async fn old_sessions_are_adopted_make_before_break() {
         },
     )
     .await;
+    let pod_start = built.elapsed();
 
     let fence = fence_settings(&env, Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
     env.start_controller_with(|config| config.legacy_controller = fence)
         .await;
 
     // Sample until every session has converged, and a while after.
     let mut zero_ready: BTreeMap<&str, u32> = BTreeMap::new();
+    // b never had a pod of its own (the shared one is a's): when its first one is ready.
+    let mut b_first_ready = None;
     let mut after_convergence = 0;
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
@@ -292,6 +357,14 @@ async fn old_sessions_are_adopted_make_before_break() {
             if pods.get(session).is_none_or(Vec::is_empty) {
                 *zero_ready.entry(session).or_default() += 1;
             }
+        }
+        let b_own = format!("ss-{b}-");
+        if b_first_ready.is_none()
+            && pods
+                .get(b)
+                .is_some_and(|p| p.iter().any(|pod| pod.starts_with(&b_own)))
+        {
+            b_first_ready = Some(started.elapsed());
         }
         let mut all = true;
         for session in [a, b, c] {
@@ -321,11 +394,41 @@ async fn old_sessions_are_adopted_make_before_break() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The owners of old pods kept a ready pod throughout (make-before-break); b had none of its
-    // own and got its first.
+    // own and got its first within one pod start of the controller's start (with room for the
+    // controller's caches to load and the first reconcile): it did not wait for a's adoption.
     assert!(
         zero_ready.is_empty(),
         "sessions without a ready pod: {zero_ready:?}"
     );
+    let b_waited = b_first_ready.unwrap_or_else(|| panic!("{b} never had a ready pod"));
+    println!(
+        "b's first own pod ready {b_waited:?} after the controller started; a pod start took {pod_start:?}"
+    );
+    assert!(
+        b_waited <= pod_start + B_SLACK,
+        "{b} waited {b_waited:?} for its first pod; a pod start takes {pod_start:?}"
+    );
+    // b answers through objects of its own, not the old shared ones.
+    let child = format!("ss-{b}");
+    let service = env.api::<Service>().get(&child).await.expect("b's service");
+    assert!(service.owner_references().iter().any(|o| o.name == b));
+    let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(selector.get("session").map(String::as_str), Some(b));
+    let ingress = env.api::<Ingress>().get(&child).await.expect("b's ingress");
+    assert!(ingress.owner_references().iter().any(|o| o.name == b));
+    let rules = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        rules[0].host.as_deref(),
+        Some(format!("{b}.test.local").as_str())
+    );
+    let backend = rules[0]
+        .http
+        .as_ref()
+        .and_then(|h| h.paths.first())
+        .and_then(|p| p.backend.service.as_ref())
+        .map(|s| s.name.clone());
+    assert_eq!(backend.as_deref(), Some(child.as_str()));
     for (session, expected) in [(a, 1), (b, 0), (c, 1)] {
         let notes = event_notes(&env, session, "Adopted").await;
         assert_eq!(notes.len(), expected, "{session}: {notes:?}");
@@ -358,10 +461,11 @@ async fn old_sessions_are_adopted_make_before_break() {
     env.cleanup().await;
 }
 
-/// Renews the old controller's Lease in the test namespace every second until aborted.
-fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
+/// Renews the old controller's Lease in the test namespace every second until aborted; returns
+/// once the Lease exists.
+async fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
     let leases = env.api::<Lease>();
-    tokio::spawn(async move {
+    let renewer = tokio::spawn(async move {
         loop {
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -379,26 +483,17 @@ fn renew_lease(env: &TestEnv) -> tokio::task::JoinHandle<()> {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    })
+    });
+    wait_object(&env.api::<Lease>(), "streamspace.io", "the lease", |_| true).await;
+    renewer
 }
 
 #[tokio::test]
 async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
     let mut env = TestEnv::without_controller("fence").await;
-    env.create::<Template>(template()).await;
-    old_home(&env, "carol").await;
     let name = "carol-firefox-0000000d";
-    let session = create_session(&env, name, "carol").await;
-    old_children(&env, &session).await;
-    old_status(&env, name, "ss-carol-firefox").await;
-    wait_for(
-        "the old pod to run",
-        || ready_pods(&env),
-        |pods| pods.get(name).is_some_and(|p| p.len() == 1),
-    )
-    .await;
-    let renewer = renew_lease(&env);
-    wait_object(&env.api::<Lease>(), "streamspace.io", "the lease", |_| true).await;
+    old_running_session(&env, "carol", name).await;
+    let renewer = renew_lease(&env).await;
 
     let fence = fence_settings(&env, Duration::from_millis(500));
     env.start_controller_with(|config| config.legacy_controller = fence)
@@ -460,24 +555,7 @@ async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
     // The old controller stops: its Lease is no longer renewed and expires.
     renewer.abort();
     let _ = renewer.await;
-    wait_for(
-        "the session to be adopted",
-        || converged(&env, name),
-        |done| *done,
-    )
-    .await;
-    wait_gone(
-        &env.api::<Deployment>(),
-        "ss-carol-firefox",
-        "the old deployment",
-    )
-    .await;
-    wait_gone(
-        &env.api::<Service>(),
-        "ss-carol-firefox-svc",
-        "the old service",
-    )
-    .await;
+    wait_adopted(&env, "carol", name).await;
     let adopted = wait_object(
         &env.api::<Session>(),
         name,
@@ -493,12 +571,6 @@ async fn a_renewed_old_lease_fences_sessions_until_it_expires() {
         adopted.status.and_then(|s| s.phase),
         Some(SessionPhase::Running)
     );
-    wait_for(
-        "the Adopted event",
-        || event_notes(&env, name, "Adopted"),
-        |notes| notes.len() == 1,
-    )
-    .await;
     env.cleanup().await;
 }
 
@@ -558,5 +630,118 @@ async fn preflight_lists_the_adoption_it_plans() {
     assert!(stdout.contains(&expected), "{stdout}");
     let failed = stdout.lines().any(|l| l.starts_with("FAIL"));
     assert_eq!(output.status.code(), Some(i32::from(failed)), "{stdout}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_allowed_old_controller_does_not_fence_adoption() {
+    let mut env = TestEnv::without_controller("fence-allowed").await;
+    let name = "frank-firefox-00000011";
+    old_running_session(&env, "frank", name).await;
+    let renewer = renew_lease(&env).await;
+
+    // `--allow-legacy-controller`: the operator takes the responsibility.
+    let fence = FenceSettings {
+        allow: true,
+        ..fence_settings(&env, Duration::from_millis(500))
+    };
+    env.start_controller_with(|config| config.legacy_controller = fence)
+        .await;
+    wait_adopted(&env, "frank", name).await;
+
+    // All of that happened while the old controller's Lease was held and renewed.
+    assert!(!renewer.is_finished(), "the renewer kept going");
+    let lease = env
+        .api::<Lease>()
+        .get("streamspace.io")
+        .await
+        .expect("the lease");
+    let renewed = lease
+        .spec
+        .and_then(|s| s.renew_time)
+        .map(|t| t.0)
+        .expect("renewed");
+    let age = Timestamp::now().duration_since(renewed);
+    assert!(
+        age < k8s_openapi::jiff::SignedDuration::from_secs(3),
+        "the lease is current (renewed {age:?} ago)"
+    );
+    // And nothing was fenced: no condition, no Event, no fenced reconcile.
+    let adopted = env.api::<Session>().get(name).await.expect("session");
+    let status = adopted.status.unwrap_or_default();
+    assert!(
+        !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_FENCED),
+        "{:?}",
+        status.conditions
+    );
+    assert!(event_notes(&env, name, REASON_ACTIVE).await.is_empty());
+    assert_eq!(env.metric("streamspace_fenced_reconciles_total", ""), 0.0);
+    assert_eq!(
+        env.metric("streamspace_adoptions_total", "outcome=\"adopted\""),
+        1.0
+    );
+    renewer.abort();
+    let _ = renewer.await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_legacy_api_adopts_an_old_session_it_acts_on() {
+    let env = TestEnv::without_controller("adopt-legacy").await;
+    let name = "dave-firefox-0000000f";
+    let home = old_running_session(&env, "dave", name).await;
+    let api = RunningApi::start_static(&env, |_| {}).await;
+    crate::api_sessions::set_flag(&env, &api, ResourceType::Sessions, "legacy", 100).await;
+
+    // Hibernating needs no desktop: the legacy handler deletes the old objects at once.
+    let body = json!({"state": "hibernated"}).to_string();
+    let (code, reply) = Http::connect(api.addr)
+        .await
+        .request(
+            "PATCH",
+            &format!("/api/v1/sessions/{name}"),
+            Some(API_TOKEN),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(code, 202, "{reply}");
+    wait_for(
+        "the old objects to go",
+        || old_objects_left(&env, &["dave"]),
+        Vec::is_empty,
+    )
+    .await;
+    let notes = wait_for(
+        "the Adopted event",
+        || event_notes(&env, name, "Adopted"),
+        |notes| !notes.is_empty(),
+    )
+    .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("Deployment ss-dave-firefox"), "{notes:?}");
+    assert_eq!(
+        counter(
+            &api.metrics,
+            "streamspace_adoptions_total",
+            "outcome=\"adopted\""
+        ),
+        1
+    );
+    wait_object(&env.api::<Session>(), name, "hibernated", |s| {
+        s.status.as_ref().and_then(|st| st.phase.clone()) == Some(SessionPhase::Hibernated)
+    })
+    .await;
+    let now = env
+        .api::<PersistentVolumeClaim>()
+        .get(&home.name_any())
+        .await
+        .expect("home claim stays");
+    assert_eq!(now.uid(), home.uid());
+
+    drop(api);
+    crate::api_sessions::delete_flags(&env).await;
     env.cleanup().await;
 }

@@ -1,13 +1,19 @@
 //! `migrate backup`, `restore` and `verify` as an operator runs them: the real binary against
-//! the real control plane, with a controller that rebuilds what restore re-creates.
+//! the real control plane, with a controller that rebuilds what restore re-creates; and flag
+//! objects an earlier release wrote.
 
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use streamspace_controller::crd::{FeatureFlag, QuotaPolicy, Session, SessionPhase, Template};
+use streamspace_controller::api::flags as flags_api;
+use streamspace_controller::crd::{
+    FeatureFlag, FlagMode, QuotaPolicy, Session, SessionPhase, Template,
+};
+use streamspace_controller::ownership::Effective;
 
 use crate::support::{TestEnv, kubeconfig_path, wait_gone, wait_object};
 
@@ -303,4 +309,74 @@ async fn migrate_restore_refuses_a_bad_archive_and_a_missing_file() {
         migrate(&["restore", &dir.path().join("none.yaml").to_string_lossy()]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("none.yaml"), "{err}");
+}
+
+/// Upgrading from a release that wrote overrides by merge patch: the flag endpoint's apply
+/// replaces such an override whole (no expiry of the old one survives), keeps the baseline Git
+/// applied, and a baseline write keeps the override.
+#[tokio::test]
+async fn migrate_an_override_merged_by_an_earlier_release_is_replaced_whole() {
+    let env = TestEnv::without_controller("flag-upgrade").await;
+    let name = format!("{}idle", env.flag_settings().name_prefix);
+    let flags: Api<FeatureFlag> = Api::all(env.client.clone());
+    let baseline = json!({
+        "apiVersion": "stream.space/v1alpha1", "kind": "FeatureFlag",
+        "metadata": {"name": name},
+        "spec": {"mode": "controller", "percent": 50}
+    });
+    flags
+        .patch(
+            &name,
+            &PatchParams::apply("streamspace-controller").force(),
+            &Patch::Apply(baseline),
+        )
+        .await
+        .expect("the baseline");
+    let params = PatchParams {
+        field_manager: Some(flags_api::FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let old = json!({"spec": {"override": {"mode": "legacy", "percent": 100,
+        "expiresAt": "2999-01-01T00:00:00Z", "reason": "old release", "setBy": "alice"}}});
+    flags
+        .patch(&name, &params, &Patch::Merge(old))
+        .await
+        .expect("the old override");
+
+    let request = flags_api::OverrideRequest {
+        mode: "shadow".into(),
+        percent: Some(10),
+        ttl: None,
+        reason: Some("until cleared".into()),
+    };
+    let over = flags_api::build_override(&request, "bob", Timestamp::now()).expect("override");
+    let default = Effective::default_for(FlagMode::Controller);
+    let stored = flags_api::write_override(&env.client, &name, &over, &default)
+        .await
+        .expect("write the override");
+    assert_eq!(stored.spec.override_.as_ref(), Some(&over), "{stored:?}");
+    assert_eq!(
+        (stored.spec.mode.as_str(), stored.spec.percent),
+        ("controller", 50)
+    );
+
+    let wanted = flags_api::Baseline {
+        mode: FlagMode::Legacy,
+        percent: 100,
+        reason: "roll back".into(),
+    };
+    let stored = flags_api::write_baseline(&env.client, &name, &wanted)
+        .await
+        .expect("write the baseline");
+    assert_eq!(
+        (stored.spec.mode.as_str(), stored.spec.percent),
+        ("legacy", 100)
+    );
+    assert_eq!(stored.spec.override_.as_ref(), Some(&over), "{stored:?}");
+    // Read back: what the writes returned is what is stored.
+    let read = flags.get(&name).await.expect("flag");
+    assert_eq!(read.spec, stored.spec);
+
+    let _ = flags.delete(&name, &DeleteParams::default()).await;
+    env.cleanup().await;
 }

@@ -13,11 +13,12 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     LEGACY_FIELD_MANAGER, Result, SessionsError, create_error, refresh_activity, session_labels,
@@ -31,6 +32,9 @@ use crate::ownership::handoff::{
 use crate::session::adopt::{self, LegacyKind, Progress};
 use crate::session::names;
 use crate::session::objects::{self, SessionContext};
+
+/// The component named by the Events the legacy handlers publish.
+const REPORTER: &str = "streamspace-api";
 
 fn merge_params() -> PatchParams {
     PatchParams {
@@ -160,7 +164,9 @@ pub(super) async fn set_state(
 /// deleted now when no desktop of it has to be kept (hibernate, terminate, or a wake of a
 /// stopped one). A session whose old Deployment still runs its desktop and is asked to run is
 /// left as it is (`false`: build nothing, so it never gets a second pod); the controller
-/// replaces it make-before-break once it owns the session.
+/// replaces it make-before-break once it owns the session. When the last old object goes, the
+/// adoption is counted (`streamspace_adoptions_total`) and an `Adopted` Event published, as the
+/// controller does.
 async fn adopt_old_objects(
     state: &ApiState,
     session: &Session,
@@ -188,19 +194,48 @@ async fn adopt_old_objects(
     match plan.progress(false) {
         Progress::Nothing => Ok(true),
         Progress::Waiting => Ok(false),
-        Progress::Delete { objects, .. } => {
+        Progress::Delete { objects, completes } => {
             for object in &objects {
-                match object.kind {
-                    LegacyKind::Deployment => {
-                        delete_child::<Deployment>(state, &object.name).await?
-                    }
-                    LegacyKind::Service => delete_child::<Service>(state, &object.name).await?,
-                    LegacyKind::Ingress => delete_child::<Ingress>(state, &object.name).await?,
+                let deleted = match object.kind {
+                    LegacyKind::Deployment => delete_child::<Deployment>(state, &object.name).await,
+                    LegacyKind::Service => delete_child::<Service>(state, &object.name).await,
+                    LegacyKind::Ingress => delete_child::<Ingress>(state, &object.name).await,
+                };
+                if let Err(error) = deleted {
+                    state.metrics.migration.adoption("failed");
+                    return Err(error);
                 }
             }
-            debug!(session = %name, ?objects, "deleted the old controller's objects");
+            info!(session = %name, ?objects, completes, "deleted the old controller's objects");
+            if completes {
+                state.metrics.migration.adoption("adopted");
+                let note = adopt::adopted_note(&objects, &names::child_name(&name));
+                publish_adopted(state, session, note).await;
+            }
             Ok(true)
         }
+    }
+}
+
+/// Publishes the `Adopted` Event on `session`, as the controller does when it adopts; a failure
+/// is logged, not returned (the adoption itself is done).
+async fn publish_adopted(state: &ApiState, session: &Session, note: String) {
+    let recorder = Recorder::new(
+        state.client.clone(),
+        Reporter {
+            controller: REPORTER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let event = Event {
+        type_: EventType::Normal,
+        reason: adopt::ADOPTED_EVENT_REASON.into(),
+        note: Some(note),
+        action: "Adopt".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &session.object_ref(&())).await {
+        warn!(session = %session.name_any(), %error, "could not publish the adoption event");
     }
 }
 
