@@ -8,8 +8,14 @@
 //! one gets it. A failure to reach the API server denies (503): the quota fails closed.
 //! Within one process, admissions of one user are also serialised (a fixed set of locks by
 //! user hash), so they do not conflict with each other.
+//!
+//! Each process remembers the ledger object it last read or wrote per user, so a reserving
+//! admission usually needs one round trip (the guarded write) instead of two: if another
+//! replica wrote since, that write fails with a conflict and the next attempt reads. A denial
+//! or a dry run is never decided on the remembered copy (a reservation another replica released
+//! would deny wrongly); those read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -33,6 +39,9 @@ pub const USER_ANNOTATION: &str = "stream.space/quota-user";
 const MAX_ATTEMPTS: u32 = 10;
 /// Independent locks; admissions of users that share one are serialised in this process.
 const LOCKS: usize = 64;
+/// Most ledger objects remembered at once; beyond it the memory starts over (it only saves
+/// reads).
+const REMEMBERED: usize = 4096;
 
 /// Why a ledger operation did not complete; every case denies the admission.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,7 @@ pub struct Admission<'a> {
 pub struct LedgerStore {
     api: Api<ConfigMap>,
     locks: Vec<Mutex<()>>,
+    remembered: Remembered,
 }
 
 /// Name of `user`'s ledger: a hash, because user names need not be valid object names.
@@ -88,6 +98,7 @@ impl LedgerStore {
         LedgerStore {
             api: Api::namespaced(client, namespace),
             locks: (0..LOCKS).map(|_| Mutex::new(())).collect(),
+            remembered: Remembered::default(),
         }
     }
 
@@ -106,11 +117,22 @@ impl LedgerStore {
     ) -> Result<Decision, LedgerError> {
         let _serialised = self.lock(admission.user).lock().await;
         for attempt in 0..MAX_ATTEMPTS {
-            let stored = self.read(admission.user).await?;
+            let remembered = match attempt {
+                0 if admission.reserve => self.remembered.get(admission.user),
+                _ => None,
+            };
+            let from_memory = remembered.is_some();
+            let stored = match remembered {
+                Some(object) => Some(parse(object)),
+                None => self.read(admission.user).await?,
+            };
             let ledger = stored.as_ref().map(|(_, l)| l.clone()).unwrap_or_default();
             let now = Timestamp::now();
             let live: Vec<&Reservation> = ledger.live(now).collect();
             let decision = decide(&admission.limits, &cached(&live, now), &admission.request);
+            if decision != Decision::Allowed && from_memory {
+                continue;
+            }
             if decision != Decision::Allowed || !admission.reserve {
                 return Ok(decision);
             }
@@ -129,9 +151,11 @@ impl LedgerStore {
             }
             debug!(
                 user = admission.user,
-                attempt, "quota ledger changed; deciding again"
+                attempt, from_memory, "quota ledger changed; deciding again"
             );
-            backoff(attempt).await;
+            if !from_memory {
+                backoff(attempt).await;
+            }
         }
         Err(LedgerError::Busy)
     }
@@ -176,15 +200,13 @@ impl LedgerStore {
 
     /// The user's ledger object and its content; `None` when there is none yet.
     async fn read(&self, user: &str) -> Result<Option<(ConfigMap, Ledger)>, LedgerError> {
-        let Some(object) = self.api.get_opt(&ledger_name(user)).await? else {
+        let name = ledger_name(user);
+        let Some(object) = self.api.get_opt(&name).await? else {
+            self.remembered.forget(user);
             return Ok(None);
         };
-        let text = object.data.as_ref().and_then(|d| d.get(LEDGER_KEY));
-        let ledger = Ledger::parse(text.map(String::as_str)).unwrap_or_else(|(empty, reason)| {
-            warn!(ledger = %object.name_any(), %reason, "quota ledger replaced");
-            empty
-        });
-        Ok(Some((object, ledger)))
+        self.remembered.keep(user, &object);
+        Ok(Some(parse(object)))
     }
 
     /// Writes `ledger` guarded by `read`'s resourceVersion (or creates the object); `false`
@@ -223,10 +245,63 @@ impl LedgerStore {
             }
         };
         match result {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(error) => Err(error.into()),
+            Ok(stored) => {
+                self.remembered.keep(user, &stored);
+                Ok(true)
+            }
+            // Someone wrote first, or deleted the ledger (a clean-up) since it was read.
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+                self.remembered.forget(user);
+                Ok(false)
+            }
+            Err(error) => {
+                self.remembered.forget(user);
+                Err(error.into())
+            }
         }
+    }
+}
+
+/// A ledger object and its content; an unreadable ledger is reported and read as empty (the
+/// next admission rewrites it).
+fn parse(object: ConfigMap) -> (ConfigMap, Ledger) {
+    let text = object.data.as_ref().and_then(|d| d.get(LEDGER_KEY));
+    let ledger = Ledger::parse(text.map(String::as_str)).unwrap_or_else(|(empty, reason)| {
+        warn!(ledger = %object.name_any(), %reason, "quota ledger replaced");
+        empty
+    });
+    (object, ledger)
+}
+
+/// The ledger objects this process last read or wrote, by user: what a reserving admission
+/// starts from instead of a read.
+#[derive(Default)]
+struct Remembered(std::sync::Mutex<HashMap<String, ConfigMap>>);
+
+impl Remembered {
+    fn get(&self, user: &str) -> Option<ConfigMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .cloned()
+    }
+
+    fn keep(&self, user: &str, object: &ConfigMap) {
+        let mut object = object.clone();
+        object.metadata.managed_fields = None;
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= REMEMBERED && !map.contains_key(user) {
+            map.clear();
+        }
+        map.insert(user.to_string(), object);
+    }
+
+    fn forget(&self, user: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
     }
 }
 
@@ -236,4 +311,41 @@ async fn backoff(attempt: u32) {
     let base = Duration::from_millis(2) * 2u32.saturating_pow(attempt.min(6));
     let jitter = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs() % 1000);
     tokio::time::sleep(base + base.mul_f64(jitter as f64 / 1000.0)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(version: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                resource_version: Some(version.into()),
+                managed_fields: Some(Vec::new()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_copy_per_user_forgets_and_stays_bounded() {
+        let remembered = Remembered::default();
+        assert!(remembered.get("alice").is_none());
+        remembered.keep("alice", &object("1"));
+        remembered.keep("alice", &object("2"));
+        let kept = remembered.get("alice").expect("kept");
+        assert_eq!(kept.metadata.resource_version.as_deref(), Some("2"));
+        assert!(
+            kept.metadata.managed_fields.is_none(),
+            "bookkeeping is not kept"
+        );
+        remembered.forget("alice");
+        assert!(remembered.get("alice").is_none());
+        for n in 0..REMEMBERED + 10 {
+            remembered.keep(&format!("user-{n}"), &object("1"));
+        }
+        let size = remembered.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(size <= REMEMBERED, "{size}");
+    }
 }
