@@ -5,7 +5,9 @@
 //! (self-managed certificate) and measures:
 //! - at the webhook: the handler (JSON in, decision, JSON out) called through the router,
 //!   `BENCH_CALLS` times (default 2,000) for each webhook: the quota webhook once with dry-run
-//!   reviews (reads the user's ledger) and once with real ones (reads and writes it);
+//!   reviews (reads the user's ledger), once with real ones for users without a ledger yet
+//!   (a read and a create) and once more with real ones for the same users (the ledger this
+//!   process wrote last: one guarded write);
 //! - as seen by a client: `BENCH_CREATES` sequential Session creates (default 300) through the
 //!   API server, in a namespace the webhooks select and, as the baseline, in one they do not.
 //!
@@ -134,14 +136,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let router = admission::router(webhook.state.clone());
+    // The second reserving pass admits new sessions of the same users: their ledgers exist
+    // and this process wrote them last (the first pass creates each one).
     let passes = [
-        ("validate (dry run)", VALIDATE_PATH, true),
-        ("validate (reserving)", VALIDATE_PATH, false),
-        ("mutate", MUTATE_PATH, true),
+        ("validate (dry run)", VALIDATE_PATH, true, 0),
+        ("validate (reserving, new ledger)", VALIDATE_PATH, false, 0),
+        ("validate (reserving, known ledger)", VALIDATE_PATH, false, calls),
+        ("mutate", MUTATE_PATH, true, 0),
     ];
-    for (name, path, dry_run) in passes {
+    for (name, path, dry_run, offset) in passes {
         let mut samples = Vec::with_capacity(calls);
-        for i in 0..calls {
+        for i in offset..offset + calls {
             let body = review(i, dry_run);
             let request = axum::http::Request::post(path)
                 .header("content-type", "application/json")
