@@ -54,7 +54,7 @@ pub async fn wait_loaded(loaded: &watch::Receiver<bool>) -> Result<(), CachesClo
 pub mod index;
 pub mod trim;
 
-pub use index::LabelIndex;
+pub use index::{LabelIndex, Seen};
 
 /// Changes buffered per cache for slow subscribers before they are resent the whole store.
 const BROADCAST_BUFFER: usize = 4096;
@@ -133,11 +133,10 @@ impl<K: Cached> Shared<K> {
             let stream = reflector::reflector(writer, watch).default_backoff();
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                // (object, deleted, part of a relist)
-                let (object, deleted, relisting) = match event {
-                    Ok(watcher::Event::Apply(object)) => (object, false, false),
-                    Ok(watcher::Event::InitApply(object)) => (object, false, true),
-                    Ok(watcher::Event::Delete(object)) => (object, true, false),
+                let (object, seen) = match event {
+                    Ok(watcher::Event::Apply(object)) => (object, Seen::Applied),
+                    Ok(watcher::Event::InitApply(object)) => (object, Seen::Relisted),
+                    Ok(watcher::Event::Delete(object)) => (object, Seen::Deleted),
                     Ok(watcher::Event::InitDone) => {
                         // The store now holds the new list (the reflector swapped it in).
                         if let Some(index) = &index {
@@ -160,7 +159,7 @@ impl<K: Cached> Shared<K> {
                     meta.namespace.as_deref(),
                     meta.name.as_deref(),
                     meta.resource_version.as_deref(),
-                    deleted,
+                    seen == Seen::Deleted,
                 );
                 // The store's own copy when it holds this version (not while a relist is
                 // buffered), so a change waiting for a slow subscriber costs no second copy.
@@ -168,13 +167,8 @@ impl<K: Cached> Shared<K> {
                     .get(&ObjectRef::from_obj(&object))
                     .filter(|s| s.meta().resource_version == object.meta().resource_version);
                 let object = stored.unwrap_or_else(|| Arc::new(object));
-                // Objects of a relist reach the index when it is rebuilt at its end.
                 if let Some(index) = &index {
-                    match (deleted, relisting) {
-                        (true, _) => index.delete(&object),
-                        (false, false) => index.apply(object.clone()),
-                        (false, true) => {}
-                    }
+                    index.observe(&object, seen);
                 }
                 // No receiver is fine: nobody consumes changes on a follower.
                 let _ = sender.send(object);

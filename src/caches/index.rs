@@ -16,6 +16,16 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube::Resource;
 
+/// How the watch delivered an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Created or changed.
+    Applied,
+    /// Part of a (re)list; the cache holds it only once the list is complete.
+    Relisted,
+    Deleted,
+}
+
 /// (namespace, label value or object name).
 type Key = (String, String);
 
@@ -70,6 +80,16 @@ impl<K: Resource> LabelIndex<K> {
 
     fn write(&self) -> RwLockWriteGuard<'_, Entries<K>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One object as the watch delivered it. Objects of a relist wait for [`Self::reset`] at
+    /// its end, as the cache keeps its old contents until then.
+    pub fn observe(&self, object: &Arc<K>, seen: Seen) {
+        match seen {
+            Seen::Applied => self.apply(object.clone()),
+            Seen::Deleted => self.delete(object),
+            Seen::Relisted => {}
+        }
     }
 
     /// An object the watch applied: filed under its label's value (moved if the value
@@ -166,6 +186,8 @@ mod tests {
 
     enum Step {
         Apply(&'static str, &'static str, Option<&'static str>),
+        /// Delivered as part of a relist, before its end.
+        Listed(&'static str, &'static str, Option<&'static str>),
         Delete(&'static str, &'static str),
         /// A relist: the cache now holds exactly these.
         Reset(Vec<(&'static str, &'static str, Option<&'static str>)>),
@@ -220,6 +242,12 @@ mod tests {
             ("changes after a relist apply as before",
              vec![Reset(vec![("ns", "p1", Some("s1"))]), Apply("ns", "p2", Some("s1")), Delete("ns", "p1")],
              vec![("ns", "s1", vec!["p2"])], (1, 1)),
+            ("objects of a relist wait for its end, as the cache does",
+             vec![Apply("ns", "p1", Some("s1")), Listed("ns", "p2", Some("s1"))],
+             vec![("ns", "s1", vec!["p1"])], (1, 1)),
+            ("... and the end of the relist holds exactly what it listed",
+             vec![Apply("ns", "p1", Some("s1")), Listed("ns", "p2", Some("s1")), Reset(vec![("ns", "p2", Some("s1"))])],
+             vec![("ns", "s1", vec!["p2"])], (1, 1)),
             ("an empty relist empties it",
              vec![Apply("ns", "p1", Some("s1")), Reset(vec![])],
              vec![("ns", "s1", vec![])], (0, 0)),
@@ -228,8 +256,15 @@ mod tests {
             let index = LabelIndex::new("session");
             for step in steps {
                 match step {
-                    Apply(namespace, name, session) => index.apply(pod(namespace, name, session)),
-                    Delete(namespace, name) => index.delete(&pod(namespace, name, None)),
+                    Apply(namespace, name, session) => {
+                        index.observe(&pod(namespace, name, session), Seen::Applied)
+                    }
+                    Listed(namespace, name, session) => {
+                        index.observe(&pod(namespace, name, session), Seen::Relisted)
+                    }
+                    Delete(namespace, name) => {
+                        index.observe(&pod(namespace, name, None), Seen::Deleted)
+                    }
                     Reset(all) => index.reset(all.into_iter().map(|(ns, n, s)| pod(ns, n, s))),
                 }
             }
