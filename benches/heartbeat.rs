@@ -143,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Heartbeats with a `connectionId`: each renews the connection's Lease. Opens one connection
+/// Heartbeats with a `connectionId`: each may renew the connection's Lease (batched: at most
+/// once per a quarter of the connection expiry, 15 s by default). Opens one connection
 /// on each of M sessions (default 100, `BENCH_CONNECTION_SESSIONS`), heartbeats them
 /// round-robin at the same rate for the same time, and counts the Lease writes the API server
 /// served (`apiserver_request_total` of `leases`), per heartbeat and per session per flush

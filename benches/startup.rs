@@ -14,6 +14,13 @@
 //!   settled sessions: any write fails the run;
 //! - the controller's CPU time for the start, its RSS then, and its peak RSS.
 //!
+//! Sessions idle out after [`IDLE_TIMEOUT`], not the default 30 min: the idle reconciler
+//! starts a running session's idle clock when it first sees it, so with the default a run
+//! whose creating and settling take over 35 min (30 min plus the 5 min grace; 10,000 sessions
+//! on a loaded machine can) would see the deadlines pass during the measured start, which then
+//! hibernates those sessions: per session one idle write, two status writes and one Deployment
+//! write, due work rather than a settled start.
+//!
 //! Run with `cargo bench --bench startup`.
 
 mod support;
@@ -29,6 +36,8 @@ use support::{cpu_seconds, free_port, http_get, metric_sum, size};
 
 const NAMESPACE: &str = "bench-startup";
 const IN_FLIGHT: usize = 16;
+/// Idle timeout of every session: longer than any run, so none idles out while measured.
+const IDLE_TIMEOUT: &str = "24h";
 /// Longest wait for the first controller to settle every session.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Longest wait for the measured start to have nothing left to do.
@@ -51,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "apiVersion": "stream.space/v1alpha1", "kind": "Session",
             "metadata": {"name": format!("s-{i}")},
-            "spec": {"user": format!("user-{}", i % 500), "template": "desktop", "state": state}
+            "spec": {
+                "user": format!("user-{}", i % 500), "template": "desktop", "state": state,
+                "idleTimeout": IDLE_TIMEOUT,
+            }
         })
     })
     .await?;

@@ -7,6 +7,10 @@
 //! the store, then the changes. The broadcast never blocks the watch, so caches stay current on
 //! followers that run no reconciler; a consumer that falls behind gets the whole store again.
 //!
+//! A cache may also feed a [`LabelIndex`] from the same events (pods by their `session` label,
+//! [`Caches::pods_by_session`]): the index is rebuilt from the store after each relist before
+//! the cache reports loaded, then follows every applied and deleted object.
+//!
 //! Readiness: a store wakes only one waiter ([`Store::wait_until_ready`]), so each cache
 //! publishes its first full list on a `watch` channel of its own ([`Shared::loaded`]), and
 //! [`Caches::loaded`] once every cache has loaded; any number of tasks may wait on either.
@@ -28,7 +32,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::crd::{FeatureFlag, Session, Template};
-use crate::session::names::{APP_SESSION, APP_USER_HOME};
+use crate::session::names::{APP_SESSION, APP_USER_HOME, SESSION_LABEL};
 use crate::supervisor::SupervisorHandle;
 use crate::writes::WriteLog;
 
@@ -47,7 +51,10 @@ pub async fn wait_loaded(loaded: &watch::Receiver<bool>) -> Result<(), CachesClo
     }
 }
 
+pub mod index;
 pub mod trim;
+
+pub use index::{LabelIndex, Seen};
 
 /// Changes buffered per cache for slow subscribers before they are resent the whole store.
 const BROADCAST_BUFFER: usize = 4096;
@@ -99,6 +106,19 @@ impl<K: Cached> Shared<K> {
         config: watcher::Config,
         trim: fn(&mut K),
     ) -> Self {
+        Self::start_indexed(supervisor, name, api, config, trim, None)
+    }
+
+    /// [`Self::start`], also keeping `index` equal to the store: rebuilt after each (re)list,
+    /// before the cache reports loaded, then fed every applied and deleted object.
+    pub fn start_indexed(
+        supervisor: &SupervisorHandle,
+        name: &str,
+        api: Api<K>,
+        config: watcher::Config,
+        trim: fn(&mut K),
+        index: Option<Arc<LabelIndex<K>>>,
+    ) -> Self {
         let (store, writer) = reflector::store();
         let (changes, _) = broadcast::channel(BROADCAST_BUFFER);
         let (loaded_tx, loaded) = watch::channel(false);
@@ -113,12 +133,15 @@ impl<K: Cached> Shared<K> {
             let stream = reflector::reflector(writer, watch).default_backoff();
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                let (object, deleted) = match event {
-                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                        (object, false)
-                    }
-                    Ok(watcher::Event::Delete(object)) => (object, true),
+                let (object, seen) = match event {
+                    Ok(watcher::Event::Apply(object)) => (object, Seen::Applied),
+                    Ok(watcher::Event::InitApply(object)) => (object, Seen::Relisted),
+                    Ok(watcher::Event::Delete(object)) => (object, Seen::Deleted),
                     Ok(watcher::Event::InitDone) => {
+                        // The store now holds the new list (the reflector swapped it in).
+                        if let Some(index) = &index {
+                            index.reset(reader.state());
+                        }
                         loaded_tx.send_replace(true);
                         continue;
                     }
@@ -136,15 +159,19 @@ impl<K: Cached> Shared<K> {
                     meta.namespace.as_deref(),
                     meta.name.as_deref(),
                     meta.resource_version.as_deref(),
-                    deleted,
+                    seen == Seen::Deleted,
                 );
                 // The store's own copy when it holds this version (not while a relist is
                 // buffered), so a change waiting for a slow subscriber costs no second copy.
                 let stored = reader
                     .get(&ObjectRef::from_obj(&object))
                     .filter(|s| s.meta().resource_version == object.meta().resource_version);
+                let object = stored.unwrap_or_else(|| Arc::new(object));
+                if let Some(index) = &index {
+                    index.observe(&object, seen);
+                }
                 // No receiver is fine: nobody consumes changes on a follower.
-                let _ = sender.send(stored.unwrap_or_else(|| Arc::new(object)));
+                let _ = sender.send(object);
             }
             Err(anyhow!("the {label} watch ended"))
         });
@@ -261,7 +288,8 @@ pub struct SessionStores {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub ingresses: Store<Ingress>,
-    pub pods: Store<Pod>,
+    /// Pods by their `session` label.
+    pub pods: Arc<LabelIndex<Pod>>,
     pub claims: Store<PersistentVolumeClaim>,
     /// The reconciler's writes these caches (and the Session cache) do not show yet.
     pub written: SessionWrites,
@@ -288,6 +316,8 @@ pub struct Caches {
     pub services: Shared<Service>,
     pub ingresses: Shared<Ingress>,
     pub pods: Shared<Pod>,
+    /// The pods of [`Self::pods`] by their `session` label, fed by the same watch.
+    pub pods_by_session: Arc<LabelIndex<Pod>>,
     /// Home claims (label `app=streamspace-user-home`).
     pub claims: Shared<PersistentVolumeClaim>,
     pub nodes: Shared<Node>,
@@ -304,6 +334,7 @@ impl Caches {
     ) -> Caches {
         let session_children = watcher::Config::default().labels(&format!("app={APP_SESSION}"));
         let (loaded_tx, loaded) = watch::channel(false);
+        let pods_by_session = Arc::new(LabelIndex::new(SESSION_LABEL));
         let caches = Caches {
             sessions: Shared::start(
                 supervisor,
@@ -340,13 +371,15 @@ impl Caches {
                 session_children.clone(),
                 trim::ingress,
             ),
-            pods: Shared::start(
+            pods: Shared::start_indexed(
                 supervisor,
                 "pods",
                 scoped(client, namespace),
                 session_children,
                 trim::pod,
+                Some(pods_by_session.clone()),
             ),
+            pods_by_session,
             claims: Shared::start(
                 supervisor,
                 "home claims",
@@ -411,7 +444,7 @@ impl Caches {
             deployments: self.deployments.store(),
             services: self.services.store(),
             ingresses: self.ingresses.store(),
-            pods: self.pods.store(),
+            pods: self.pods_by_session.clone(),
             claims: self.claims.store(),
             written: SessionWrites {
                 sessions: self.sessions.writes(),

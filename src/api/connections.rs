@@ -23,6 +23,17 @@
 //! expired ones ([`ConnectionStore::sweep`], guarded by uid and resourceVersion, so a renewal
 //! in between wins).
 //!
+//! **Renewals are batched**: a heartbeat (or a repeated `connect`) of an open connection writes
+//! its Lease only when the newest renewTime known to this replica (stored, or written by this
+//! replica and not yet back through the watch) is at least [`renew_threshold`] old, a quarter
+//! of the Lease's own expiry ([`on_heartbeat`]). So a connection costs at most one write per
+//! threshold (15 s with the default 60 s expiry) however often its client heartbeats, and a
+//! client that heartbeats more often than every three quarters of the expiry never loses it.
+//! The stored renewTime, reported as `lastHeartbeat`, is therefore the last *written*
+//! heartbeat: the real last one is at most one threshold later, and a connection whose client
+//! stops expires between `expiry - threshold` and `expiry` after its last heartbeat. Every
+//! replica reads the same stored fields, so all of them agree on both.
+//!
 //! **Streams** ([`StreamSlots`]): open WebSocket streams per user and in total; a stream holds
 //! a [`StreamSlot`] that gives its place back when dropped, so a user's entry exists only while
 //! they have a stream open.
@@ -36,7 +47,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
@@ -97,6 +108,50 @@ pub fn expires_at(renewed: Timestamp, duration: Duration) -> Timestamp {
 /// Whether a connection last heartbeated at `renewed` is still open at `now`.
 pub fn is_live(renewed: Timestamp, duration: Duration, now: Timestamp) -> bool {
     now < expires_at(renewed, duration)
+}
+
+/// A renewal is written once the last one is this fraction of the expiry old: with a quarter,
+/// a 60 s expiry renews at most every 15 s (the default flush interval of activity), and a 2 s
+/// one every 500 ms.
+const RENEW_FRACTION: u32 = 4;
+
+/// How old the last written renewal of a connection with expiry `duration` may get before a
+/// heartbeat writes a new one.
+pub fn renew_threshold(duration: Duration) -> Duration {
+    duration / RENEW_FRACTION
+}
+
+/// What a heartbeat of a connection does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// The connection is not open any more: the client connects again.
+    Expired,
+    /// Write a renewal now.
+    Renew,
+    /// The last renewal is recent enough: nothing is written.
+    Recent,
+}
+
+/// The decision for a heartbeat at `now` of a connection with expiry `duration` whose stored
+/// renewTime is `stored`, and which this replica last renewed at `written` (a write the watch
+/// may not have brought back yet).
+pub fn on_heartbeat(
+    stored: Timestamp,
+    written: Option<Timestamp>,
+    duration: Duration,
+    now: Timestamp,
+) -> Beat {
+    let newest = written.map_or(stored, |w| w.max(stored));
+    if !is_live(newest, duration, now) {
+        return Beat::Expired;
+    }
+    let threshold =
+        SignedDuration::try_from(renew_threshold(duration)).unwrap_or(SignedDuration::MAX);
+    if now.duration_since(newest) >= threshold {
+        Beat::Renew
+    } else {
+        Beat::Recent
+    }
 }
 
 /// One connection, as stored and as answered.
@@ -213,6 +268,9 @@ pub struct ConnectionStore {
     cache: Store<Lease>,
     loaded: AtomicBool,
     expiry: Duration,
+    /// The renewTime this replica last wrote (or is writing), per Lease name: the watch may not
+    /// have brought it back yet. Entries go once they would have expired ([`Self::sweep`]).
+    written: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl ConnectionStore {
@@ -222,7 +280,12 @@ impl ConnectionStore {
             cache,
             loaded: AtomicBool::new(false),
             expiry,
+            written: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn written(&self) -> MutexGuard<'_, HashMap<String, Timestamp>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Watch configuration of the connection Leases.
@@ -263,12 +326,8 @@ impl ConnectionStore {
     /// may have been made through another replica a moment ago).
     async fn find(&self, session: &str, id: &str) -> Result<Option<Lease>, kube::Error> {
         let name = lease_name(session, id);
-        let cached = self
-            .cache
-            .state()
-            .into_iter()
-            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
-        match cached {
+        let key = ObjectRef::new(&name).within(self.api.namespace().unwrap_or_default());
+        match self.cache.get(&key) {
             Some(lease) => Ok(Some(Lease::clone(&lease))),
             None => self.api.get_opt(&name).await,
         }
@@ -285,8 +344,14 @@ impl ConnectionStore {
         let name = session.name_any();
         let now = Timestamp::now();
         if let Some(existing) = self.find(&name, id).await? {
-            let live = parse(&existing).is_some_and(|p| p.live(now));
-            self.renew_lease(&existing, now, !live).await?;
+            let live = match parse(&existing) {
+                Some(parsed) => self.beat(&existing, &parsed, now).await?.is_some(),
+                None => false,
+            };
+            if !live {
+                self.renew_lease(&existing, now, true).await?;
+                self.written().insert(existing.name_any(), now);
+            }
             return Ok(if live { Opened::Renewed } else { Opened::New });
         }
         // Counted in the API server, not the cache: a fast connect loop must not outrun it.
@@ -298,11 +363,16 @@ impl ConnectionStore {
         }
         let lease = self.new_lease(session, id, user, now);
         match self.api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Opened::New),
+            Ok(_) => {
+                self.written().insert(lease.name_any(), now);
+                Ok(Opened::New)
+            }
             // Another replica made it at the same moment: the same connection.
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                if let Some(existing) = self.api.get_opt(&lease_name(&name, id)).await? {
-                    self.renew_lease(&existing, now, false).await?;
+                if let Some(existing) = self.api.get_opt(&lease_name(&name, id)).await?
+                    && let Some(parsed) = parse(&existing)
+                {
+                    self.beat(&existing, &parsed, now).await?;
                 }
                 Ok(Opened::Renewed)
             }
@@ -374,8 +444,9 @@ impl ConnectionStore {
         Ok(())
     }
 
-    /// A heartbeat of connection `id`: renews it; `Ok(None)` when it is not open (never made,
-    /// closed or expired: the client connects again). Returns when it now expires.
+    /// A heartbeat of connection `id`: renews it when due ([`on_heartbeat`]); `Ok(None)` when
+    /// it is not open (never made, closed or expired: the client connects again). Returns when
+    /// it now expires (from the newest renewal written, as every replica computes it).
     pub async fn heartbeat(
         &self,
         session: &str,
@@ -385,25 +456,59 @@ impl ConnectionStore {
         let Some(lease) = self.find(session, id).await? else {
             return Ok(None);
         };
-        let Some(parsed) = parse(&lease).filter(|p| p.session == session && p.live(now)) else {
+        let Some(parsed) = parse(&lease).filter(|p| p.session == session) else {
             return Ok(None);
         };
-        let duration = parsed.duration;
-        match self.renew_lease(&lease, now, false).await {
-            Ok(()) => Ok(Some(expires_at(now, duration))),
+        match self.beat(&lease, &parsed, now).await {
+            Ok(renewed) => Ok(renewed.map(|at| expires_at(at, parsed.duration))),
             Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
             Err(error) => Err(error),
         }
     }
 
+    /// One heartbeat at `now` of an existing connection Lease: writes a renewal when
+    /// [`on_heartbeat`] says so, claiming it in memory first so that concurrent heartbeats on
+    /// this replica write once. Returns the newest renewTime written, `None` when expired.
+    async fn beat(
+        &self,
+        lease: &Lease,
+        parsed: &Parsed<'_>,
+        now: Timestamp,
+    ) -> Result<Option<Timestamp>, kube::Error> {
+        let name = lease.name_any();
+        let previous = {
+            let mut written = self.written();
+            let previous = written.get(&name).copied();
+            match on_heartbeat(parsed.renewed, previous, parsed.duration, now) {
+                Beat::Expired => return Ok(None),
+                Beat::Recent => {
+                    return Ok(Some(
+                        previous.map_or(parsed.renewed, |w| w.max(parsed.renewed)),
+                    ));
+                }
+                Beat::Renew => written.insert(name.clone(), now),
+            }
+        };
+        if let Err(error) = self.renew_lease(lease, now, false).await {
+            // Not written: the next heartbeat tries again.
+            let mut written = self.written();
+            if written.get(&name) == Some(&now) {
+                match previous {
+                    Some(at) => written.insert(name, at),
+                    None => written.remove(&name),
+                };
+            }
+            return Err(error);
+        }
+        Ok(Some(now))
+    }
+
     /// Closes connection `id` of `session` (closing one that is not open is no error); returns
     /// the live connections left, read from the API server so that every replica answers alike.
     pub async fn close(&self, session: &str, id: &str) -> Result<usize, kube::Error> {
-        match self
-            .api
-            .delete(&lease_name(session, id), &DeleteParams::default())
-            .await
-        {
+        let name = lease_name(session, id);
+        self.written().remove(&name);
+        match self.api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
             Err(error) => return Err(error),
@@ -428,6 +533,8 @@ impl ConnectionStore {
     /// resourceVersion (a heartbeat in between keeps it). Every replica sweeps; a lost race
     /// is no error.
     pub async fn sweep(&self, now: Timestamp) {
+        self.written()
+            .retain(|_, at| is_live(*at, self.expiry, now));
         for lease in self.cache.state() {
             if parse(&lease).is_none_or(|p| p.live(now)) {
                 continue;
@@ -611,6 +718,44 @@ mod tests {
             "a clock behind counts it open"
         );
         assert_eq!(expires_at(at(10), expiry), at(70));
+    }
+
+    #[test]
+    fn a_heartbeat_renews_only_when_the_last_renewal_is_a_quarter_of_the_expiry_old() {
+        let ms = |n: i64| at(0) + SignedDuration::from_millis(n);
+        let (minute, short) = (Duration::from_secs(60), Duration::from_secs(2));
+        #[rustfmt::skip]
+        let rows = [
+            // (stored, written by this replica, expiry, now, decision, why)
+            (ms(0), None, minute, ms(0), Beat::Recent, "just renewed"),
+            (ms(0), None, minute, ms(14_999), Beat::Recent, "under 15 s"),
+            (ms(0), None, minute, ms(15_000), Beat::Renew, "15 s: a quarter"),
+            (ms(0), None, minute, ms(59_999), Beat::Renew, "late but open"),
+            (ms(0), None, minute, ms(60_000), Beat::Expired, "at expiry"),
+            (ms(0), Some(ms(10_000)), minute, ms(20_000), Beat::Recent, "own write not yet in the cache"),
+            (ms(0), Some(ms(10_000)), minute, ms(25_000), Beat::Renew, "own write old too"),
+            (ms(0), Some(ms(10_000)), minute, ms(65_000), Beat::Renew, "own write keeps it open"),
+            (ms(10_000), Some(ms(0)), minute, ms(20_000), Beat::Recent, "another replica renewed later"),
+            (ms(5_000), None, minute, ms(0), Beat::Recent, "clock behind the writer's"),
+            (ms(0), None, short, ms(499), Beat::Recent, "2 s expiry: under 500 ms"),
+            (ms(0), None, short, ms(500), Beat::Renew, "2 s expiry: 500 ms"),
+            (ms(0), None, short, ms(2_000), Beat::Expired, "2 s expiry: gone"),
+            (ms(0), None, Duration::ZERO, ms(0), Beat::Expired, "no expiry stored"),
+        ];
+        for (stored, written, expiry, now, want, why) in rows {
+            assert_eq!(on_heartbeat(stored, written, expiry, now), want, "{why}");
+        }
+        // A client heartbeating more often than the threshold never loses its connection, and
+        // costs one write per threshold: simulate 10 minutes at one heartbeat a second.
+        let (mut stored, mut writes) = (ms(0), 0);
+        for second in 1..=600 {
+            match on_heartbeat(stored, None, minute, ms(second * 1_000)) {
+                Beat::Renew => (stored, writes) = (ms(second * 1_000), writes + 1),
+                Beat::Recent => {}
+                Beat::Expired => panic!("expired at {second} s"),
+            }
+        }
+        assert_eq!(writes, 40, "one write per 15 s");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 pub const APP_SESSION: &str = "streamspace-session";
 /// `app` label value on a user's home volume claim.
 pub const APP_USER_HOME: &str = "streamspace-user-home";
+/// Label naming the session (its [`label_value`]) on everything that belongs to one.
+pub const SESSION_LABEL: &str = "session";
 /// Container name inside the session pod.
 pub const CONTAINER_NAME: &str = "session";
 /// Name of the VNC port on the container and the Service.
@@ -82,7 +84,7 @@ pub fn session_labels(
 pub fn selector_labels(session: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app".to_string(), APP_SESSION.to_string()),
-        ("session".to_string(), label_value(session)),
+        (SESSION_LABEL.to_string(), label_value(session)),
     ])
 }
 

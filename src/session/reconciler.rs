@@ -214,15 +214,7 @@ impl World {
                 .ingresses
                 .get(&ObjectRef::new(child).within(namespace)),
             home_claim: stores.claims.get(&ObjectRef::new(&home).within(namespace)),
-            pods: stores
-                .pods
-                .state()
-                .into_iter()
-                .filter(|pod| {
-                    pod.namespace().as_deref() == Some(namespace)
-                        && pod.labels().get("session") == Some(&session_label)
-                })
-                .collect(),
+            pods: stores.pods.get(namespace, &session_label),
         }
     }
 
