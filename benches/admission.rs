@@ -141,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
     let passes = [
         ("validate (dry run)", VALIDATE_PATH, true, 0),
         ("validate (reserving, new ledger)", VALIDATE_PATH, false, 0),
-        ("validate (reserving, known ledger)", VALIDATE_PATH, false, calls),
+        (
+            "validate (reserving, known ledger)",
+            VALIDATE_PATH,
+            false,
+            calls,
+        ),
         ("mutate", MUTATE_PATH, true, 0),
     ];
     for (name, path, dry_run, offset) in passes {
