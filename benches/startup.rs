@@ -12,7 +12,9 @@
 //!   finished one reconcile per session and none is in flight;
 //! - the controller's API writes during start (from its own metrics), which must be 0 for
 //!   settled sessions: any write fails the run;
-//! - the controller's CPU time for the start, its RSS then, and its peak RSS.
+//! - the controller's CPU time for the start, its RSS then, and its peak RSS;
+//! - then, over a window in which nothing is due (`BENCH_QUIET_SECONDS`, default 60), its CPU
+//!   as a share of one core, its writes (must be 0) and its RSS.
 //!
 //! Sessions idle out after [`IDLE_TIMEOUT`], not the default 30 min: the idle reconciler
 //! starts a running session's idle clock when it first sees it, so with the default a run
@@ -105,6 +107,16 @@ async fn main() -> anyhow::Result<()> {
     // `+ 0.0`: an empty sum is -0.0.
     let writes = metric_sum(&metrics, "streamspace_controller_api_writes_total") + 0.0;
 
+    // Nothing is due for 24 h: what the controller costs while it only waits and watches.
+    let quiet = Duration::from_secs(size("BENCH_QUIET_SECONDS", 60, 1) as u64);
+    let quiet_from = cpu_seconds(second.pid)?;
+    tokio::time::sleep(quiet).await;
+    let quiet_cpu = 100.0 * (cpu_seconds(second.pid)? - quiet_from) / quiet.as_secs_f64();
+    let quiet_rss = support::rss_kib(second.pid)? as f64 / 1024.0;
+    let quiet_metrics = http_get(second.port, "/metrics").await?;
+    let quiet_writes =
+        metric_sum(&quiet_metrics, "streamspace_controller_api_writes_total") + 0.0 - writes;
+
     println!(
         "startup: {sessions} settled sessions ({running} running), a controller started beside them"
     );
@@ -124,11 +136,26 @@ async fn main() -> anyhow::Result<()> {
     results.record("writes during start", writes, "writes", None)?;
     results.record("controller CPU for the start", cpu, "s", None)?;
     results.record("controller RSS after start", rss, "MiB", None)?;
+    results.record(
+        &format!(
+            "controller CPU while nothing is due ({} s)",
+            quiet.as_secs()
+        ),
+        quiet_cpu,
+        "% of a core",
+        None,
+    )?;
+    results.record("writes while nothing is due", quiet_writes, "writes", None)?;
+    results.record("controller RSS after that", quiet_rss, "MiB", None)?;
     results.record_peak_rss("controller", second.pid)?;
     println!(
         "  (floor: one LIST of {sessions} sessions {:.0} ms; one write p50 {:.2} ms)",
         ms(list_time),
         ms(floor.write_p50)
+    );
+    anyhow::ensure!(
+        quiet_writes == 0.0,
+        "the controller wrote {quiet_writes} times while nothing was due"
     );
     anyhow::ensure!(
         writes == 0.0,
