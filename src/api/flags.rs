@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use super::ApiState;
 use super::auth::Permission;
 use super::handlers::ApiError;
+use crate::api_status::Attempts;
 use crate::crd::{FeatureFlag, FeatureFlagSpec, FlagMode, FlagOverride};
 use crate::idle::deadline::parse_duration;
 use crate::ownership::{Effective, ResourceType};
@@ -229,9 +230,8 @@ where
     E: From<kube::Error>,
 {
     let api: Api<FeatureFlag> = Api::all(client.clone());
-    let mut attempt = 0;
+    let mut attempts = Attempts::new(WRITE_ATTEMPTS);
     loop {
-        attempt += 1;
         let current = api.get_opt(name).await?;
         let spec = next(current.as_ref())?;
         let mut metadata = json!({"name": name});
@@ -254,19 +254,19 @@ where
             "metadata": metadata,
             "spec": spec,
         });
-        match api.patch(name, &params, &Patch::Apply(&body)).await {
-            Ok(stored) => return Ok(stored),
-            Err(kube::Error::Api(status))
-                if (status.is_conflict() || status.is_already_exists())
-                    && attempt < WRITE_ATTEMPTS =>
-            {
-                info!(
-                    flag = name,
-                    attempt, "flag changed while it was written; retrying"
-                );
-            }
-            Err(error) => return Err(error.into()),
+        let written = api.patch(name, &params, &Patch::Apply(&body)).await;
+        let stale = |error: &kube::Error| {
+            matches!(error, kube::Error::Api(status)
+                if status.is_conflict() || status.is_already_exists())
+        };
+        if let Some(done) = attempts.settle(written, stale, |error| error) {
+            return done.map_err(E::from);
         }
+        info!(
+            flag = name,
+            attempt = attempts.made(),
+            "flag changed while it was written; retrying"
+        );
     }
 }
 
