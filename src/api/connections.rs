@@ -132,6 +132,12 @@ pub enum Beat {
     Recent,
 }
 
+/// The newest renewTime of a connection: the stored one, or this replica's own write when the
+/// watch has not brought it back yet.
+fn newest_renewal(stored: Timestamp, written: Option<Timestamp>) -> Timestamp {
+    written.map_or(stored, |w| w.max(stored))
+}
+
 /// The decision for a heartbeat at `now` of a connection with expiry `duration` whose stored
 /// renewTime is `stored`, and which this replica last renewed at `written` (a write the watch
 /// may not have brought back yet).
@@ -141,7 +147,7 @@ pub fn on_heartbeat(
     duration: Duration,
     now: Timestamp,
 ) -> Beat {
-    let newest = written.map_or(stored, |w| w.max(stored));
+    let newest = newest_renewal(stored, written);
     if !is_live(newest, duration, now) {
         return Beat::Expired;
     }
@@ -481,11 +487,7 @@ impl ConnectionStore {
             let previous = written.get(&name).copied();
             match on_heartbeat(parsed.renewed, previous, parsed.duration, now) {
                 Beat::Expired => return Ok(None),
-                Beat::Recent => {
-                    return Ok(Some(
-                        previous.map_or(parsed.renewed, |w| w.max(parsed.renewed)),
-                    ));
-                }
+                Beat::Recent => return Ok(Some(newest_renewal(parsed.renewed, previous))),
                 Beat::Renew => written.insert(name.clone(), now),
             }
         };
