@@ -69,11 +69,6 @@ impl<K: Resource> LabelIndex<K> {
         }
     }
 
-    /// The label this index is keyed by.
-    pub fn label(&self) -> &'static str {
-        self.label
-    }
-
     fn read(&self) -> RwLockReadGuard<'_, Entries<K>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -147,13 +142,10 @@ impl<K: Resource> LabelIndex<K> {
     }
 
     /// Objects indexed, and distinct (namespace, value) pairs.
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
         let entries = self.read();
         (entries.value_of.len(), entries.by_value.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.read().value_of.is_empty()
     }
 }
 
@@ -275,7 +267,7 @@ mod tests {
                     "{why}: {namespace}/{session}"
                 );
             }
-            assert_eq!(index.len(), sizes, "{why}: objects and buckets");
+            assert_eq!(index.sizes(), sizes, "{why}: objects and buckets");
         }
     }
 }
