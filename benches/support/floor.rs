@@ -112,20 +112,44 @@ fn config_map(name: &str) -> ConfigMap {
     }
 }
 
-/// Writes (POST, PUT, PATCH, DELETE) the API server has served since it started, from its own
-/// `apiserver_request_total`: every writer counts, the controller, the controller manager and
-/// the node simulator alike.
+/// The verbs of `apiserver_request_total` that write; the API server counts a server-side apply
+/// as `APPLY`, not `PATCH`.
+const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+
+/// Writes the API server has served since it started, from its own `apiserver_request_total`:
+/// every writer counts, the controller, the controller manager and the node simulator alike.
 pub async fn apiserver_writes(client: &Client) -> anyhow::Result<f64> {
+    Ok(apiserver_writes_by_kind(client).await?.values().sum())
+}
+
+/// [`apiserver_writes`] per `verb resource[/subresource]`, to tell which writers a run's
+/// writes came from.
+pub async fn apiserver_writes_by_kind(
+    client: &Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
     let request = hyper::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
-    Ok(text
+    let mut writes = std::collections::BTreeMap::new();
+    for line in text
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "DELETE"]
-                .iter()
-                .any(|verb| l.contains(&format!("verb=\"{verb}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    {
+        let label = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = line[start..].find('"')? + start;
+            Some(&line[start..end])
+        };
+        let Some(verb) = label("verb").filter(|v| WRITE_VERBS.contains(v)) else {
+            continue;
+        };
+        let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
+            continue;
+        };
+        let mut kind = format!("{verb} {}", label("resource").unwrap_or_default());
+        if let Some(sub) = label("subresource").filter(|s| !s.is_empty()) {
+            kind = format!("{kind}/{sub}");
+        }
+        *writes.entry(kind).or_insert(0.0) += count;
+    }
+    Ok(writes)
 }
