@@ -10,21 +10,25 @@
 //! copied into one buffer with the four values written in between. The bytes are the same as
 //! serialising the items on every request, key order included.
 //!
-//! An entry is reused while the session's `uid` and `resourceVersion` are those it was
-//! rendered from, and dropped once its session has left the cache (checked whenever there are
-//! more entries than sessions, so there are never more). A list of every session reuses the
+//! An entry belongs to one session object of the watch cache, which replaces a session's
+//! object whenever its `resourceVersion` changes (and on a relist) and shares it otherwise.
+//! Entries are found by the object's address, a [`Weak`] to it keeping that address from being
+//! reused, so checking 10,000 entries reads neither names nor versions: found by name and
+//! compared by `uid` and `resourceVersion`, mostly cache misses, they cost about 4 ms of the
+//! 10 ms a request took. Entries of objects no longer listed are dropped whenever there are
+//! more entries than sessions, so there are never more. A list of every session reuses the
 //! order by name of the previous one while no entry changed, so a steady list neither renders
 //! nor sorts.
 //!
-//! Memory: the item's JSON plus about 360 bytes of bookkeeping (names, versions, the map)
-//! per session, and 8 more for the order: 850 bytes for each of the benchmark's 10,000
-//! sessions, 489 of them JSON (measured with `mallinfo2`). One cache serves the process (one
-//! API process serves one namespace); the `uid` check keeps answers right should
-//! several share it, as tests do.
+//! Memory: the item's JSON plus about 210 bytes of bookkeeping (entry, map, order) per
+//! session: 696 bytes for each of the benchmark's 10,000 sessions, 489 of them JSON (6.8 MiB,
+//! measured with `mallinfo2`). A dropped session object's allocation (not its strings) waits
+//! for its entry to go. One cache serves the process (one API process serves one namespace);
+//! should several share it, as tests do, each drops the others' entries: answers stay right.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -43,25 +47,35 @@ const REQUEST_KEYS: [&[u8]; 4] = [
     b",\"isActive\":",
 ];
 
-/// Entries of the process, by session name.
+/// Entries of the process, by the session object they were rendered from.
 pub(crate) struct ListCache {
     inner: RwLock<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<String, Arc<Rendered>>,
+    /// By [`address`] of the session object.
+    entries: HashMap<usize, Entry>,
     /// Bumped on every change of `entries`.
     version: u64,
     /// Every entry sorted by name, as of the `version` it carries.
     sorted: Option<(u64, Arc<[Arc<Rendered>]>)>,
 }
 
+struct Entry {
+    /// The object `rendered` was rendered from: held so that its address stays its own.
+    _object: Weak<Session>,
+    rendered: Arc<Rendered>,
+}
+
+/// The key of `session`'s entry.
+fn address(session: &Arc<Session>) -> usize {
+    Arc::as_ptr(session) as usize
+}
+
 /// One session's item, rendered from one version of it.
 pub(crate) struct Rendered {
     name: String,
-    uid: Option<String>,
-    resource_version: Option<String>,
     body: Body,
 }
 
@@ -127,17 +141,8 @@ impl Rendered {
             );
         Rendered {
             name: session.metadata.name.clone().unwrap_or_default(),
-            uid: session.metadata.uid.clone(),
-            resource_version: session.metadata.resource_version.clone(),
             body,
         }
-    }
-
-    /// Whether this is the item of `session` as it is now.
-    fn renders(&self, session: &Session) -> bool {
-        self.resource_version.is_some()
-            && self.resource_version == session.metadata.resource_version
-            && self.uid == session.metadata.uid
     }
 
     /// Bytes of the item with its request-time values, at most.
@@ -227,8 +232,8 @@ impl ListCache {
         }
     }
 
-    /// The items of the sessions of `all` (every session there is) that `keep` holds, sorted
-    /// by name; `keep` `None` for all of them.
+    /// The items of the sessions of `all` (every session object of the watch cache) that
+    /// `keep` holds, sorted by name; `keep` `None` for all of them.
     pub(crate) fn items(
         &self,
         all: &[Arc<Session>],
@@ -239,33 +244,34 @@ impl ListCache {
         let mut stale = Vec::new();
         let (entries, version) = {
             let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            for session in all.iter().filter(|s| keep.is_none_or(|keep| keep(s))) {
-                let name = session.metadata.name.as_deref().unwrap_or_default();
-                match inner.entries.get(name) {
-                    Some(entry) if entry.renders(session) => items.push(entry.clone()),
-                    _ => stale.push(session),
-                }
+            if whole
+                && inner.entries.len() == all.len()
+                && let Some((version, sorted)) = &inner.sorted
+                && *version == inner.version
+                && all.iter().all(|s| inner.entries.contains_key(&address(s)))
+            {
+                // Every session has its entry and there are no others: the entries are the
+                // list, and have not changed since it was sorted.
+                return sorted.clone();
             }
-            if whole && stale.is_empty() && inner.entries.len() == all.len() {
-                // Every session has its entry and there are no others: the entries are the list.
-                if let Some((version, sorted)) = &inner.sorted
-                    && *version == inner.version
-                {
-                    return sorted.clone();
+            for session in all.iter().filter(|s| keep.is_none_or(|keep| keep(s))) {
+                match inner.entries.get(&address(session)) {
+                    Some(entry) => items.push(entry.rendered.clone()),
+                    None => stale.push(session),
                 }
             }
             (inner.entries.len(), inner.version)
         };
-        let fresh: Vec<Arc<Rendered>> = stale
+        let fresh: Vec<(&Arc<Session>, Arc<Rendered>)> = stale
             .into_iter()
-            .map(|s| Arc::new(Rendered::of(s)))
+            .map(|s| (s, Arc::new(Rendered::of(s))))
             .collect();
         let version = if fresh.is_empty() && entries <= all.len() {
             version
         } else {
             self.update(&fresh, all)
         };
-        items.extend(fresh);
+        items.extend(fresh.into_iter().map(|(_, rendered)| rendered));
         items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let items: Arc<[Arc<Rendered>]> = items.into();
         if whole {
@@ -277,23 +283,22 @@ impl ListCache {
         items
     }
 
-    /// Stores `fresh` and drops the entries of sessions not in `all` when there are more
+    /// Stores `fresh` and drops the entries of objects not in `all` when there are more
     /// entries than sessions; the version of the entries afterwards.
-    fn update(&self, fresh: &[Arc<Rendered>], all: &[Arc<Session>]) -> u64 {
+    fn update(&self, fresh: &[(&Arc<Session>, Arc<Rendered>)], all: &[Arc<Session>]) -> u64 {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
-        for entry in fresh.iter().filter(|e| e.resource_version.is_some()) {
-            inner.entries.insert(entry.name.clone(), entry.clone());
+        for (session, rendered) in fresh {
+            let entry = Entry {
+                _object: Arc::downgrade(session),
+                rendered: rendered.clone(),
+            };
+            inner.entries.insert(address(session), entry);
             changed = true;
         }
         if inner.entries.len() > all.len() {
-            let names: HashSet<&str> = all
-                .iter()
-                .map(|s| s.metadata.name.as_deref().unwrap_or_default())
-                .collect();
-            inner
-                .entries
-                .retain(|name, _| names.contains(name.as_str()));
+            let listed: HashSet<usize> = all.iter().map(address).collect();
+            inner.entries.retain(|key, _| listed.contains(key));
             changed = true;
         }
         if changed {
@@ -489,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_rendered_again_only_when_its_session_changed() {
+    fn an_entry_is_rendered_again_only_for_another_object() {
         let cache = ListCache::new();
         let one = session("s", "10", json!({"spec": {"tags": ["old"]}}));
         let first = cache.items(std::slice::from_ref(&one), None);
@@ -498,42 +503,33 @@ mod tests {
             Arc::ptr_eq(&first, &again),
             "neither rendered nor sorted again"
         );
-        let same_version = session("s", "10", json!({"spec": {"tags": ["old"]}}));
-        assert!(Arc::ptr_eq(
-            &first[0],
-            &cache.items(&[same_version], None)[0]
-        ));
+        let filtered = cache.items(std::slice::from_ref(&one), Some(&|_| true));
+        assert!(Arc::ptr_eq(&first[0], &filtered[0]));
 
+        // The watch cache's object of a new resourceVersion.
         let changed = session("s", "11", json!({"spec": {"tags": ["new"]}}));
         let after = cache.items(std::slice::from_ref(&changed), None);
         assert!(!Arc::ptr_eq(&first[0], &after[0]));
         let now = at("2026-01-02T04:00:00Z");
         assert_eq!(answer_of(&after, 0, now), serde_answer(&[changed], 0, now));
+        assert_eq!(entries(&cache), ["s"], "the old object's entry is gone");
 
-        // Deleted and created again under the same name: another uid.
-        let recreated = {
-            let mut s = (*session("s", "11", json!({"spec": {"tags": ["other"]}}))).clone();
-            s.metadata.uid = Some("another".into());
-            Arc::new(s)
-        };
+        // Deleted and created again under the same name, even with the same resourceVersion.
+        let recreated = session("s", "11", json!({"spec": {"tags": ["other"]}}));
         let items = cache.items(std::slice::from_ref(&recreated), None);
         assert_eq!(
             answer_of(&items, 0, now),
             serde_answer(&[recreated], 0, now)
         );
-
-        // Without a resourceVersion nothing is kept.
-        let mut unversioned = (*one).clone();
-        unversioned.metadata.resource_version = None;
-        let unversioned = Arc::new(unversioned);
-        let first = cache.items(std::slice::from_ref(&unversioned), None);
-        let again = cache.items(&[unversioned], None);
-        assert!(!Arc::ptr_eq(&first[0], &again[0]));
     }
 
     fn entries(cache: &ListCache) -> Vec<String> {
         let inner = cache.inner.read().expect("lock");
-        let mut names: Vec<String> = inner.entries.keys().cloned().collect();
+        let mut names: Vec<String> = inner
+            .entries
+            .values()
+            .map(|e| e.rendered.name.clone())
+            .collect();
         names.sort();
         names
     }
@@ -653,8 +649,6 @@ mod tests {
         );
         let whole = Arc::new(Rendered {
             name: "s".into(),
-            uid: None,
-            resource_version: None,
             body: Body::Whole(one.clone()),
         });
         let now = at("2026-01-02T05:00:00Z");
