@@ -41,10 +41,10 @@ pub(crate) async fn list(
     Ok(list_response(&state, &items))
 }
 
-/// Every session (from the watch cache, or the API server until it has loaded) and whose of
-/// them `principal` may list: with `user`, that user's (someone else's needs the operator
-/// right: 403); without, their own, or every session (`None`) for an operator. `user` is a
-/// filter, never an identity: it cannot widen what the caller sees.
+/// Every session (from the watch cache, or the API server until it has loaded), and the user
+/// whose sessions `principal` may list (`None`: all of them): with `user`, that user (someone
+/// else needs the operator right: 403); without, themselves, or `None` for an operator. `user`
+/// is a filter, never an identity: it cannot widen what the caller sees.
 async fn visible_sessions(
     state: &ApiState,
     principal: &crate::api::auth::Principal,
