@@ -28,6 +28,7 @@ mod item;
 mod legacy;
 mod list;
 pub(crate) mod quota;
+mod rendered;
 pub mod request;
 
 use std::sync::Arc;

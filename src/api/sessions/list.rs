@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Json;
 use axum::extract::{Query, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use serde::Deserialize;
 
+use super::rendered::{self, ListCache, Rendered};
 use super::{Result, request};
 use crate::api::ApiState;
 use crate::api::auth::Permission;
@@ -32,18 +33,23 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response> {
     let principal = state.principal(&headers).await?;
-    let sessions = visible_sessions(&state, &principal, query.user).await?;
-    Ok(list_response(&state, &sessions))
+    let (all, only) = visible_sessions(&state, &principal, query.user).await?;
+    let items = match &only {
+        None => ListCache::global().items(&all, None),
+        Some(user) => ListCache::global().items(&all, Some(&|s: &Session| &s.spec.user == user)),
+    };
+    Ok(list_response(&state, &items))
 }
 
-/// The sessions `principal` may list, sorted by name: with `user`, that user's (someone
-/// else's needs the operator right: 403); without, their own, or every session for an
-/// operator. `user` is a filter, never an identity: it cannot widen what the caller sees.
+/// Every session (from the watch cache, or the API server until it has loaded), and the user
+/// whose sessions `principal` may list (`None`: all of them): with `user`, that user (someone
+/// else needs the operator right: 403); without, themselves, or `None` for an operator. `user`
+/// is a filter, never an identity: it cannot widen what the caller sees.
 async fn visible_sessions(
     state: &ApiState,
     principal: &crate::api::auth::Principal,
     user: Option<String>,
-) -> Result<Vec<Arc<Session>>> {
+) -> Result<(Vec<Arc<Session>>, Option<String>)> {
     let user = user.filter(|u| !u.is_empty());
     let only = match user {
         Some(user) if user == principal.name => Some(user),
@@ -62,7 +68,7 @@ async fn visible_sessions(
             (!operator).then(|| principal.name.clone())
         }
     };
-    let mut sessions: Vec<Arc<Session>> = if state.sessions_loaded.load(Ordering::Relaxed) {
+    let all: Vec<Arc<Session>> = if state.sessions_loaded.load(Ordering::Relaxed) {
         state.sessions.state()
     } else {
         state
@@ -74,39 +80,19 @@ async fn visible_sessions(
             .map(Arc::new)
             .collect()
     };
-    sessions.retain(|s| only.as_ref().is_none_or(|user| &s.spec.user == user));
-    sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(sessions)
+    Ok((all, only))
 }
 
-/// `{sessions, total}` of `sessions`.
-fn list_response(state: &ApiState, sessions: &[Arc<Session>]) -> Response {
+/// `{sessions, total}` of `items` (sorted by name), with the open connections and activity of
+/// now.
+fn list_response(state: &ApiState, items: &[Arc<Rendered>]) -> Response {
     let connections = state.connection_counts();
-    let now = Timestamp::now();
-    let items: Vec<request::SessionItem<'_>> = sessions
-        .iter()
-        .map(|s| {
-            let active = s
-                .metadata
-                .name
-                .as_ref()
-                .and_then(|n| connections.get(n))
-                .copied()
-                .unwrap_or(0);
-            request::session_item(s, active, now)
-        })
-        .collect();
-    let total = items.len();
-    #[derive(serde::Serialize)]
-    struct List<'a> {
-        sessions: Vec<request::SessionItem<'a>>,
-        total: usize,
+    let active = |name: &str| connections.get(name).copied().unwrap_or(0);
+    match rendered::answer(items, active, Timestamp::now()) {
+        Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
+        // As `Json` answers a value it cannot serialise (no item has one).
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
-    Json(List {
-        sessions: items,
-        total,
-    })
-    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -119,7 +105,11 @@ pub(crate) async fn by_tags(
 ) -> Result<Response> {
     let principal = state.principal(&headers).await?;
     let (tags, user) = request::parse_tag_query(query.as_deref().unwrap_or_default())?;
-    let mut sessions = visible_sessions(&state, &principal, user).await?;
-    sessions.retain(|s| request::has_any_tag(&s.spec.tags, &tags));
-    Ok(list_response(&state, &sessions))
+    let (all, only) = visible_sessions(&state, &principal, user).await?;
+    let keep = |s: &Session| {
+        only.as_ref().is_none_or(|user| &s.spec.user == user)
+            && request::has_any_tag(&s.spec.tags, &tags)
+    };
+    let items = ListCache::global().items(&all, Some(&keep));
+    Ok(list_response(&state, &items))
 }
