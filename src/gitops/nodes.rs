@@ -1,5 +1,11 @@
 //! Node writes of a sync: the plan against the node cache, and one JSON Patch per changed node
 //! guarded by its resourceVersion (read again and planned again on a conflict).
+//!
+//! The guard is the resourceVersion of the node state the change was planned from, kept with
+//! the plan (`Planned`), never one read from the cache again later: the cache moves on while
+//! a sync runs (a sync triggered by our own node events plans from a cache still catching up),
+//! and a change planned from an old state but guarded by the new one would be accepted and
+//! write again what the node already carries.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,6 +53,42 @@ fn live_node(node: &Node) -> LiveNode {
     }
 }
 
+/// A plan with the node states it was computed from, by name: each change is written guarded
+/// by the resourceVersion of its own node state.
+pub(crate) struct Planned {
+    pub plan: Plan,
+    nodes: HashMap<String, LiveNode>,
+}
+
+/// The node part of a plan, against `nodes` (one snapshot of the cache).
+fn plan_nodes(
+    id: &str,
+    desired: &Desired,
+    mut nodes: Vec<LiveNode>,
+    record: &Record,
+    prune: bool,
+) -> Result<Planned, PlanError> {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let plan = plan::plan(id, &desired.node_configs, &nodes, record, prune)?;
+    let nodes = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+    Ok(Planned { plan, nodes })
+}
+
+/// Each node change with the node state it was planned from.
+fn planned_writes(planned: &Planned) -> Vec<(plan::NodeChange, LiveNode)> {
+    planned
+        .plan
+        .changes
+        .iter()
+        .map(|change| {
+            // Every change comes from a planned node; a missing one (never) is written with
+            // no resourceVersion, which fails its guard and is read again.
+            let live = planned.nodes.get(&change.node).cloned();
+            (change.clone(), live.unwrap_or_default())
+        })
+        .collect()
+}
+
 pub(crate) fn plan_against_cache(
     ctx: &GitopsContext,
     id: &str,
@@ -54,17 +96,16 @@ pub(crate) fn plan_against_cache(
     desired: &Desired,
     record: &Record,
     prune: bool,
-) -> Result<Plan, PlanError> {
-    let mut nodes: Vec<LiveNode> = ctx.nodes.state().iter().map(|n| live_node(n)).collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut plan = plan::plan(id, &desired.node_configs, &nodes, record, prune)?;
-    plan.objects = plan::plan_objects(
+) -> Result<Planned, PlanError> {
+    let nodes: Vec<LiveNode> = ctx.nodes.state().iter().map(|n| live_node(n)).collect();
+    let mut planned = plan_nodes(id, desired, nodes, record, prune)?;
+    planned.plan.objects = plan::plan_objects(
         &desired.objects,
         &labelled_objects(ctx, namespace),
         &owner_value(id),
         prune,
     )?;
-    Ok(plan)
+    Ok(planned)
 }
 
 /// Applies every node change (one patch per node, concurrently); returns how many changed.
@@ -74,27 +115,11 @@ pub(crate) async fn apply(
     desired: &Desired,
     record: &Record,
     prune: bool,
-    plan: &Plan,
+    planned: &Planned,
 ) -> Result<usize, Error> {
-    let cached: HashMap<String, LiveNode> = ctx
-        .nodes
-        .state()
-        .iter()
-        .map(|n| (n.name_any(), live_node(n)))
-        .collect();
-    let mut writes = Vec::with_capacity(plan.changes.len());
-    for change in &plan.changes {
-        let live = cached.get(&change.node).cloned().unwrap_or_default();
-        writes.push(patch_node(
-            ctx,
-            id,
-            desired,
-            record,
-            prune,
-            change.clone(),
-            live,
-        ));
-    }
+    let writes = planned_writes(planned)
+        .into_iter()
+        .map(|(change, live)| patch_node(ctx, id, desired, record, prune, change, live));
     let results = future::join_all(writes).await;
     let mut changed = 0;
     for result in results {
@@ -157,6 +182,98 @@ async fn patch_node(
         .await;
         if let Some(done) = attempts.settle(result, stale, |last| last) {
             return done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::manifest::{NodeConfig, NodeTarget, Origin};
+    use super::*;
+
+    const ID: &str = "ns/sync";
+    const VERSION: &str = "example.com/version";
+
+    fn node(name: &str, resource_version: &str, version: Option<&str>) -> LiveNode {
+        let mut labels = BTreeMap::from([("pool".to_string(), "a".to_string())]);
+        if let Some(version) = version {
+            labels.insert(VERSION.into(), version.into());
+        }
+        LiveNode {
+            name: name.into(),
+            resource_version: Some(resource_version.into()),
+            labels: Some(labels),
+            ..LiveNode::default()
+        }
+    }
+
+    fn pool_at(version: &str) -> Desired {
+        Desired {
+            node_configs: vec![NodeConfig {
+                name: "pool".into(),
+                origin: Origin {
+                    file: "nodes.yaml".into(),
+                    line: 1,
+                },
+                target: NodeTarget::Selector(BTreeMap::from([("pool".into(), "a".into())])),
+                labels: BTreeMap::from([(VERSION.into(), version.into())]),
+                taints: Vec::new(),
+            }],
+            objects: Vec::new(),
+        }
+    }
+
+    /// The resourceVersion the first operation of a node's patch tests.
+    fn guard(change: &plan::NodeChange, live: &LiveNode) -> String {
+        plan::json_patch(change, live)[0]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// One row per snapshot the plan is made from: the nodes written, each with the guard of
+    /// the state it was planned from.
+    #[test]
+    fn each_write_is_guarded_by_the_state_it_was_planned_from() {
+        // (case, the snapshot planned from, the nodes written with their guards)
+        type Case = (
+            &'static str,
+            Vec<LiveNode>,
+            Vec<(&'static str, &'static str)>,
+        );
+        let cases: [Case; 4] = [
+            (
+                "all behind",
+                vec![node("n1", "11", Some("1")), node("n2", "12", Some("1"))],
+                vec![("n1", "11"), ("n2", "12")],
+            ),
+            (
+                "one already written",
+                vec![node("n2", "22", Some("1")), node("n1", "31", Some("2"))],
+                vec![("n2", "22")],
+            ),
+            ("unlabelled", vec![node("n3", "5", None)], vec![("n3", "5")]),
+            (
+                "all written",
+                vec![node("n1", "31", Some("2")), node("n2", "32", Some("2"))],
+                vec![],
+            ),
+        ];
+        for (case, snapshot, wanted) in cases {
+            let planned = plan_nodes(ID, &pool_at("2"), snapshot, &None, true)
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            let writes: Vec<(String, String)> = planned_writes(&planned)
+                .iter()
+                .map(|(change, live)| {
+                    assert_eq!(change.node, live.name, "{case}");
+                    (change.node.clone(), guard(change, live))
+                })
+                .collect();
+            let wanted: Vec<(String, String)> = wanted
+                .iter()
+                .map(|(n, rv)| (n.to_string(), rv.to_string()))
+                .collect();
+            assert_eq!(writes, wanted, "{case}");
         }
     }
 }
