@@ -525,6 +525,7 @@ async fn watch_nodes(
 struct Counts {
     node_writes: f64,
     conflicts: f64,
+    skipped: f64,
     watched: HashMap<String, u64>,
 }
 
@@ -536,6 +537,9 @@ impl Counts {
                 .await?,
             conflicts: controller
                 .metric("streamspace_gitops_node_conflicts_total")
+                .await?,
+            skipped: controller
+                .metric("streamspace_controller_skipped_writes_total{controller=\"gitsync\"}")
                 .await?,
             watched: nodes.writes()?,
         })
@@ -549,6 +553,8 @@ struct Phase {
     node_writes: f64,
     /// Node patches refused by a concurrent write and retried.
     conflicts: f64,
+    /// Node patches not made again: planned from a cache that did not show them yet.
+    skipped: f64,
     /// Per node: changes the watch delivered during the phase (nodes with none are absent).
     watched: HashMap<String, u64>,
 }
@@ -573,6 +579,7 @@ impl Phase {
             time,
             node_writes: after.node_writes - before.node_writes,
             conflicts: after.conflicts - before.conflicts,
+            skipped: after.skipped - before.skipped,
             watched,
         })
     }
@@ -611,6 +618,12 @@ impl Phase {
             &format!("{name}: node patch conflicts"),
             self.conflicts,
             "retries",
+            None,
+        )?;
+        results.record(
+            &format!("{name}: node patches not repeated"),
+            self.skipped,
+            "skips",
             None,
         )
     }

@@ -5,7 +5,12 @@
 //! the plan (`Planned`), never one read from the cache again later: the cache moves on while
 //! a sync runs (a sync triggered by our own node events plans from a cache still catching up),
 //! and a change planned from an old state but guarded by the new one would be accepted and
-//! write again what the node already carries.
+//! write again what the node already carries. Nor is a stale plan sent to meet a conflict: a
+//! change this process has written and the cache does not show yet is not written again (the
+//! node cache's write log), and a node the cache has moved on from since the plan is planned
+//! again from what the cache shows. A sync started by the node events of the previous sync's
+//! writes would otherwise meet one conflict (a refused patch and a read) per node the cache
+//! still showed as it was.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,6 +18,7 @@ use futures::future;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 
 use super::context::{CONTROLLER, Error, GitopsContext, is_stale_write};
 use super::manifest::{Desired, owner_value};
@@ -128,6 +134,50 @@ pub(crate) async fn apply(
     Ok(changed)
 }
 
+/// The change planned again for `live` alone (`None`: nothing to change there).
+fn replan(
+    id: &str,
+    desired: &Desired,
+    record: &Record,
+    prune: bool,
+    live: &LiveNode,
+) -> Result<Option<plan::NodeChange>, PlanError> {
+    let nodes = std::slice::from_ref(live);
+    let replanned = plan::plan(id, &desired.node_configs, nodes, record, prune)?;
+    Ok(replanned.changes.into_iter().next())
+}
+
+/// Before the first attempt: `None` when the change need not be written (our own write of it
+/// is on its way to the cache, or the cache has moved on to a state that needs none);
+/// otherwise the change and the node state that guards it, planned again from the cache when
+/// the cache moved on since the plan (a request guarded by the old state would only conflict).
+fn still_due(
+    ctx: &GitopsContext,
+    (id, desired, record, prune): (&str, &Desired, &Record, bool),
+    change: plan::NodeChange,
+    live: LiveNode,
+) -> Result<Option<(plan::NodeChange, LiveNode)>, PlanError> {
+    let digest = unguarded(&plan::json_patch(&change, &live));
+    let planned_from = live.resource_version.as_deref();
+    if ctx
+        .node_writes
+        .pending("", &change.node, &digest, planned_from)
+    {
+        ctx.metrics.reconcilers.skipped_write(CONTROLLER);
+        return Ok(None);
+    }
+    // Not pending: a write of ours is in the cache by now (its store is updated before its
+    // write log), so what the cache shows is at least as new as our last write.
+    let now = ctx.nodes.get(&ObjectRef::new(&change.node));
+    match now.map(|n| live_node(&n)) {
+        Some(now) if now.resource_version != live.resource_version => {
+            let change = replan(id, desired, record, prune, &now)?;
+            Ok(change.map(|c| (c, now)))
+        }
+        _ => Ok(Some((change, live))),
+    }
+}
+
 /// One JSON Patch guarded by a `test` of the resourceVersion; on a conflict the node is read
 /// again and its change planned again. Returns whether the node was written.
 async fn patch_node(
@@ -136,9 +186,13 @@ async fn patch_node(
     desired: &Desired,
     record: &Record,
     prune: bool,
-    mut change: plan::NodeChange,
-    mut live: LiveNode,
+    change: plan::NodeChange,
+    live: LiveNode,
 ) -> Result<bool, Error> {
+    let sync = (id, desired, record, prune);
+    let Some((mut change, mut live)) = still_due(ctx, sync, change, live)? else {
+        return Ok(false);
+    };
     let api: Api<Node> = Api::all(ctx.client.clone());
     let stale = |e: &Error| matches!(e, Error::Api(failure) if is_stale_write(&failure.source));
     let mut attempts = Attempts::new(NODE_PATCH_ATTEMPTS);
@@ -154,28 +208,30 @@ async fn patch_node(
                     return Ok(false);
                 };
                 live = live_node(&fresh);
-                let nodes = std::slice::from_ref(&live);
-                let replanned = plan::plan(id, &desired.node_configs, nodes, record, prune)?;
-                match replanned.changes.into_iter().next() {
+                match replan(id, desired, record, prune, &live)? {
                     Some(next) => change = next,
                     None => return Ok(false),
                 }
             }
-            let patch: json_patch::Patch = serde_json::from_value(plan::json_patch(&change, &live))
-                .map_err(|e| {
-                    Error::Api(KubeFailure::new(
-                        "building a node patch",
-                        kube::Error::SerdeError(e),
-                    ))
-                })?;
+            let ops = plan::json_patch(&change, &live);
+            let digest = unguarded(&ops);
+            let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| {
+                Error::Api(KubeFailure::new(
+                    "building a node patch",
+                    kube::Error::SerdeError(e),
+                ))
+            })?;
             ctx.metrics.reconcilers.write(CONTROLLER, "node");
             let params = PatchParams {
                 force: false,
                 ..PatchParams::apply(FIELD_MANAGER)
             };
-            api.patch(&change.node, &params, &Patch::Json::<()>(patch))
+            let written = api
+                .patch(&change.node, &params, &Patch::Json::<()>(patch))
                 .await
                 .map_err(KubeFailure::during("patching a node"))?;
+            let version = written.resource_version();
+            ctx.node_writes.wrote("", &change.node, &digest, version);
             ctx.metrics.gitops.node_writes.inc();
             Ok(true)
         }
@@ -184,6 +240,13 @@ async fn patch_node(
             return done;
         }
     }
+}
+
+/// What a node patch writes, without its guard (the `test` of the resourceVersion, first):
+/// the same for one change planned twice from one node state, whatever the guard.
+fn unguarded(patch: &serde_json::Value) -> String {
+    let ops = patch.as_array().map(Vec::as_slice).unwrap_or_default();
+    serde_json::Value::from(ops.get(1..).unwrap_or_default()).to_string()
 }
 
 #[cfg(test)]
@@ -274,6 +337,47 @@ mod tests {
                 .map(|(n, rv)| (n.to_string(), rv.to_string()))
                 .collect();
             assert_eq!(writes, wanted, "{case}");
+        }
+    }
+
+    /// One row per pair of patches to one node (the write log keys digests by node): whether
+    /// their unguarded digests are equal.
+    #[test]
+    fn a_digest_leaves_the_guard_out_and_keeps_every_change() {
+        let desired = pool_at("2");
+        let patch = |live: &LiveNode| {
+            let planned = plan_nodes(ID, &desired, vec![live.clone()], &None, true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let writes = planned_writes(&planned);
+            writes
+                .first()
+                .map(|(change, live)| plan::json_patch(change, live))
+                .unwrap_or_default()
+        };
+        let cases = [
+            (
+                "same state, same guard",
+                node("n1", "11", Some("1")),
+                node("n1", "11", Some("1")),
+                true,
+            ),
+            (
+                "same change, other guard",
+                node("n1", "11", Some("1")),
+                node("n1", "12", Some("1")),
+                true,
+            ),
+            (
+                "other change",
+                node("n1", "11", Some("1")),
+                node("n1", "11", None),
+                false,
+            ),
+        ];
+        for (case, a, b, equal) in cases {
+            let (a, b) = (unguarded(&patch(&a)), unguarded(&patch(&b)));
+            assert_eq!(a == b, equal, "{case}: {a} vs {b}");
+            assert!(!a.contains("resourceVersion"), "{case}: {a}");
         }
     }
 }

@@ -83,6 +83,7 @@ pub fn controller(
         metrics,
         settings,
         nodes: shared_nodes.store(),
+        node_writes: shared_nodes.writes(),
         quotas,
         operations,
         flags: shared_flags.store(),
