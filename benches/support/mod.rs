@@ -57,11 +57,22 @@ pub fn spawn_controller(
     port: u16,
     extra: &[&str],
 ) -> anyhow::Result<tokio::process::Child> {
+    spawn_controller_with_hooks(kubeconfig, namespace, port, free_port()?, extra)
+}
+
+/// [`spawn_controller`] with the push hooks listener (`--hooks-addr`) on `hooks_port`.
+pub fn spawn_controller_with_hooks(
+    kubeconfig: &Path,
+    namespace: &str,
+    port: u16,
+    hooks_port: u16,
+    extra: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
     Ok(
         tokio::process::Command::new(env!("CARGO_BIN_EXE_streamspace-controller"))
             .args(["controller", "--watch-namespace", namespace])
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
-            .args(["--hooks-addr", &format!("127.0.0.1:{}", free_port()?)])
+            .args(["--hooks-addr", &format!("127.0.0.1:{hooks_port}")])
             .args(extra)
             .arg("--kubeconfig")
             .arg(kubeconfig)

@@ -23,6 +23,7 @@ use crate::api_status::KubeFailure;
 use crate::backoff::{FailureBackoff, ReconcileError};
 use crate::crd::{FeatureFlag, GitSync, NodeOperation, QuotaPolicy};
 use crate::metrics::SharedMetrics;
+use crate::writes::WriteLog;
 
 pub const CONTROLLER: &str = "gitsync";
 
@@ -137,6 +138,8 @@ pub struct GitopsContext {
     pub(crate) metrics: SharedMetrics,
     pub(crate) settings: GitopsSettings,
     pub(crate) nodes: Store<Node>,
+    /// Node patches of this process the node cache does not show yet (its write log).
+    pub(crate) node_writes: Arc<WriteLog>,
     /// QuotaPolicies and NodeOperations carrying the ownership label (of any GitSync).
     pub(crate) quotas: Store<QuotaPolicy>,
     pub(crate) operations: Store<NodeOperation>,

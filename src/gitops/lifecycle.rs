@@ -116,9 +116,9 @@ async fn cleanup(ctx: &GitopsContext, sync: &GitSync, namespace: &str) -> Result
     let record = nodes::record(&sync.status.clone().unwrap_or_default());
     let empty = Desired::default();
     let prune = sync.spec.prune;
-    let plan = plan_against_cache(ctx, &id, namespace, &empty, &record, prune)?;
-    let nodes = apply(ctx, &id, &empty, &record, prune, &plan).await?;
-    let objects = apply_objects(ctx, &id, namespace, &empty, &plan.objects).await?;
+    let planned = plan_against_cache(ctx, &id, namespace, &empty, &record, prune)?;
+    let nodes = apply(ctx, &id, &empty, &record, prune, &planned).await?;
+    let objects = apply_objects(ctx, &id, namespace, &empty, &planned.plan.objects).await?;
     info!(gitsync = %id, nodes, objects, prune, "GitSync deleted; removed what it applied");
     Ok(())
 }

@@ -83,6 +83,7 @@ pub fn controller(
         metrics,
         settings,
         nodes: shared_nodes.store(),
+        node_writes: shared_nodes.writes(),
         quotas,
         operations,
         flags: shared_flags.store(),
@@ -307,15 +308,16 @@ async fn plan_and_apply(
 ) -> Result<(Plan, usize, usize), Error> {
     let record = nodes::record(&sync.status.clone().unwrap_or_default());
     let prune = sync.spec.prune;
-    let plan = match plan_against_cache(ctx, id, namespace, desired, &record, prune) {
-        Ok(plan) => plan,
+    let planned = match plan_against_cache(ctx, id, namespace, desired, &record, prune) {
+        Ok(planned) => planned,
         Err(error) => {
             let reason = error.to_string();
             reject(ctx, sync, status, commit, "", &reason, error.metric_label()).await;
             return Err(error.into());
         }
     };
-    let nodes_changed = apply(ctx, id, desired, &record, prune, &plan).await?;
+    let nodes_changed = apply(ctx, id, desired, &record, prune, &planned).await?;
+    let plan = planned.plan;
     match apply_objects(ctx, id, namespace, desired, &plan.objects).await {
         Ok(objects) => Ok((plan, nodes_changed + objects, objects)),
         Err(error) => {
