@@ -202,32 +202,67 @@ pub struct ActivityView {
     pub is_active: bool,
 }
 
-/// The activity of `session` at `now`.
-pub fn view(session: &Session, now: Timestamp) -> ActivityView {
-    let last = session
+/// What the request-time activity values derive from: one rule for a session's view and for
+/// a list item rendered ahead of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Clock {
+    /// `status.lastActivity` in seconds.
+    last_activity: Option<i64>,
+    /// The idle threshold in seconds (`None`: never idle).
+    threshold: Option<i64>,
+    /// `spec.state` is running.
+    running: bool,
+}
+
+impl Clock {
+    pub(crate) fn of(session: &Session) -> Clock {
+        let timeout = if session.spec.idle_timeout.trim().is_empty() {
+            crate::crd::session::DEFAULT_IDLE_TIMEOUT
+        } else {
+            session.spec.idle_timeout.as_str()
+        };
+        let threshold = crate::idle::deadline::parse_duration(timeout)
+            .or_else(|| {
+                crate::idle::deadline::parse_duration(crate::crd::session::DEFAULT_IDLE_TIMEOUT)
+            })
+            .filter(|d| !d.is_zero())
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Clock {
+            last_activity: last_activity(session).map(|t| t.as_second()),
+            threshold,
+            running: session.spec.desired_state() == crate::crd::SessionState::Running,
+        }
+    }
+
+    /// `(idleDuration, isIdle, isActive)` at `now`.
+    pub(crate) fn at(self, now: Timestamp) -> (Option<i64>, bool, bool) {
+        let idle = self
+            .last_activity
+            .map(|last| now.as_second().saturating_sub(last).max(0));
+        let is_idle =
+            matches!((idle, self.threshold), (Some(idle), Some(threshold)) if idle >= threshold);
+        (idle, is_idle, self.running && !is_idle)
+    }
+}
+
+fn last_activity(session: &Session) -> Option<Timestamp> {
+    session
         .status
         .as_ref()
         .and_then(|s| s.last_activity.as_ref())
-        .map(|t| t.0);
-    let timeout = if session.spec.idle_timeout.trim().is_empty() {
-        crate::crd::session::DEFAULT_IDLE_TIMEOUT
-    } else {
-        session.spec.idle_timeout.as_str()
-    };
-    let threshold = crate::idle::deadline::parse_duration(timeout)
-        .or_else(|| {
-            crate::idle::deadline::parse_duration(crate::crd::session::DEFAULT_IDLE_TIMEOUT)
-        })
-        .filter(|d| !d.is_zero())
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let idle = last.map(|last| now.as_second().saturating_sub(last.as_second()).max(0));
-    let is_idle = matches!((idle, threshold), (Some(idle), Some(threshold)) if idle >= threshold);
+        .map(|t| t.0)
+}
+
+/// The activity of `session` at `now`.
+pub fn view(session: &Session, now: Timestamp) -> ActivityView {
+    let clock = Clock::of(session);
+    let (idle_duration, is_idle, is_active) = clock.at(now);
     ActivityView {
-        last_activity: last.map(|t| t.to_string()),
-        idle_duration: idle,
-        idle_threshold: threshold,
+        last_activity: last_activity(session).map(|t| t.to_string()),
+        idle_duration,
+        idle_threshold: clock.threshold,
         is_idle,
-        is_active: session.spec.desired_state() == crate::crd::SessionState::Running && !is_idle,
+        is_active,
     }
 }
 

@@ -92,6 +92,8 @@ pub(crate) struct SessionsShared {
     /// Whether `0s` may switch a new session's idle or duration timer off.
     allow_disabled_timers: bool,
     dirty: Arc<follower::Dirty>,
+    /// The list items, each rendered once per version of its session.
+    list_cache: rendered::ListCache,
 }
 
 /// The watch streams that fill [`SessionsShared`]'s caches; driven by [`background`].
@@ -131,6 +133,7 @@ impl SessionsShared {
                 quota: quota::LegacyQuota::new(client, namespace),
                 allow_disabled_timers,
                 dirty: Arc::default(),
+                list_cache: rendered::ListCache::new(),
             },
             Watches {
                 policies: policy_stream,

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use serde::Deserialize;
 
-use super::rendered::{self, ListCache, Rendered};
+use super::rendered::{self, Rendered};
 use super::{Result, request};
 use crate::api::ApiState;
 use crate::api::auth::Permission;
@@ -35,8 +35,11 @@ pub(crate) async fn list(
     let principal = state.principal(&headers).await?;
     let (all, only) = visible_sessions(&state, &principal, query.user).await?;
     let items = match &only {
-        None => ListCache::global().items(&all, None),
-        Some(user) => ListCache::global().items(&all, Some(&|s: &Session| &s.spec.user == user)),
+        None => state.session_api.list_cache.items(&all, None),
+        Some(user) => state
+            .session_api
+            .list_cache
+            .items(&all, Some(&|s: &Session| &s.spec.user == user)),
     };
     Ok(list_response(&state, &items))
 }
@@ -110,6 +113,6 @@ pub(crate) async fn by_tags(
         only.as_ref().is_none_or(|user| &s.spec.user == user)
             && request::has_any_tag(&s.spec.tags, &tags)
     };
-    let items = ListCache::global().items(&all, Some(&keep));
+    let items = state.session_api.list_cache.items(&all, Some(&keep));
     Ok(list_response(&state, &items))
 }
