@@ -136,14 +136,18 @@ async fn wait_for_mode(
     sent: Instant,
 ) -> anyhow::Result<Duration> {
     let deadline = sent + ROUND_TIMEOUT;
+    let mut last = String::new();
     while Instant::now() < deadline {
         let (code, body) = http_request(port, "GET", path, Some(TOKEN), None).await?;
         if code == 200 && current_mode(&body).as_deref() == Some(mode) {
             return Ok(sent.elapsed());
         }
+        last = format!("{code} {body}");
         tokio::time::sleep(POLL).await;
     }
-    anyhow::bail!("127.0.0.1:{port}{path} did not show {mode} within {ROUND_TIMEOUT:?}")
+    anyhow::bail!(
+        "127.0.0.1:{port}{path} did not show {mode} within {ROUND_TIMEOUT:?}; it last answered {last}"
+    )
 }
 
 /// The sessions mode in either response shape (one flag, or `{flags: [...]}`).

@@ -6,6 +6,9 @@
 //! that becomes leader after its caches loaded): a subscription first yields every object in
 //! the store, then the changes. The broadcast never blocks the watch, so caches stay current on
 //! followers that run no reconciler; a consumer that falls behind gets the whole store again.
+//! A relist (after the watch lost its place) reaches the store only when it is complete, so its
+//! objects are announced then, as the differences it made: a consumer woken by an object always
+//! finds that object's version, or its absence, in the store.
 //!
 //! A cache may also feed a [`LabelIndex`] from the same events (pods by their `session` label,
 //! [`Caches::pods_by_session`]): the index is rebuilt from the store after each relist before
@@ -132,6 +135,8 @@ impl<K: Cached> Shared<K> {
             let watch = watcher(api, config.any_semantic()).modify(trim);
             let stream = reflector::reflector(writer, watch).default_backoff();
             let mut stream = std::pin::pin!(stream);
+            // The store as it was when the current relist began.
+            let mut before_relist: Vec<Arc<K>> = Vec::new();
             while let Some(event) = stream.next().await {
                 let (object, seen) = match event {
                     Ok(watcher::Event::Apply(object)) => (object, Seen::Applied),
@@ -139,14 +144,22 @@ impl<K: Cached> Shared<K> {
                     Ok(watcher::Event::Delete(object)) => (object, Seen::Deleted),
                     Ok(watcher::Event::InitDone) => {
                         // The store now holds the new list (the reflector swapped it in).
+                        let after = reader.state();
                         if let Some(index) = &index {
-                            index.reset(reader.state());
+                            index.reset(after.clone());
                         }
                         loaded_tx.send_replace(true);
+                        // Only now can a subscriber read what the relist brought from the
+                        // store: announce every difference it made.
+                        for object in relist_changes(std::mem::take(&mut before_relist), after) {
+                            let _ = sender.send(object);
+                        }
                         continue;
                     }
                     Ok(watcher::Event::Init) => {
                         log.relisted();
+                        // Unchanged until the relist is done (the reflector buffers it).
+                        before_relist = reader.state();
                         continue;
                     }
                     Err(error) => {
@@ -161,8 +174,13 @@ impl<K: Cached> Shared<K> {
                     meta.resource_version.as_deref(),
                     seen == Seen::Deleted,
                 );
-                // The store's own copy when it holds this version (not while a relist is
-                // buffered), so a change waiting for a slow subscriber costs no second copy.
+                if seen == Seen::Relisted {
+                    // Not in the store (nor the index) before the relist is done; announced
+                    // then, so that no subscriber reads the store in between and finds it old.
+                    continue;
+                }
+                // The store's own copy when it holds this version (a deleted object is gone
+                // from it), so a change waiting for a slow subscriber costs no second copy.
                 let stored = reader
                     .get(&ObjectRef::from_obj(&object))
                     .filter(|s| s.meta().resource_version == object.meta().resource_version);
@@ -224,6 +242,25 @@ impl<K: Cached> Shared<K> {
     }
 }
 
+/// What a relist changed, once the store holds it: every object of `after` that `before` did
+/// not hold at the same resourceVersion, then every object of `before` that `after` no longer
+/// holds (deleted while the watch was down; a subscriber finds it gone from the store).
+fn relist_changes<K: Cached>(before: Vec<Arc<K>>, after: Vec<Arc<K>>) -> Vec<Arc<K>> {
+    let mut gone: HashMap<ObjectRef<K>, Arc<K>> = before
+        .into_iter()
+        .map(|object| (ObjectRef::from_obj(&*object), object))
+        .collect();
+    let mut changed = Vec::new();
+    for object in after {
+        match gone.remove(&ObjectRef::from_obj(&*object)) {
+            Some(old) if old.meta().resource_version == object.meta().resource_version => {}
+            _ => changed.push(object),
+        }
+    }
+    changed.extend(gone.into_values());
+    changed
+}
+
 /// `changes` without the objects whose `digest` equals the digest of the same object passed
 /// last: a change of fields the consumer does not read starts no reconcile. `ignored` is called
 /// for each object dropped. An object no longer in `store` (deleted) always passes.
@@ -263,11 +300,45 @@ pub(crate) type Reflected<K> = (
 
 pub(crate) fn reflect<K: Cached>(api: Api<K>, config: watcher::Config) -> Reflected<K> {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config.any_semantic()))
-        .default_backoff()
-        .touched_objects()
-        .boxed();
+    let events =
+        reflector::reflector(writer, watcher(api, config.any_semantic())).default_backoff();
+    let stream = settled_objects(store.clone(), events);
     (store, stream)
+}
+
+/// The objects a reflector's `events` touched (applied or deleted), each yielded only once
+/// `store` shows it. A (re)list reaches the store only when complete, so its objects are
+/// yielded then, as the differences it made ([`relist_changes`]): unlike kube's
+/// `touched_objects`, a consumer woken by an object never reads the store before the object.
+pub(crate) fn settled_objects<K: Cached>(
+    store: Store<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> futures::stream::BoxStream<'static, Result<K, watcher::Error>> {
+    events
+        .scan(Vec::new(), move |before_relist, event| {
+            let touched: Vec<Result<Arc<K>, watcher::Error>> = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    vec![Ok(Arc::new(object))]
+                }
+                Ok(watcher::Event::Init) => {
+                    *before_relist = store.state();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(_)) => Vec::new(),
+                Ok(watcher::Event::InitDone) => {
+                    relist_changes(std::mem::take(before_relist), store.state())
+                        .into_iter()
+                        .map(Ok)
+                        .collect()
+                }
+                Err(error) => vec![Err(error)],
+            };
+            futures::future::ready(Some(futures::stream::iter(touched)))
+        })
+        .flatten()
+        // The store shares its copies: clone one only when the consumer takes it.
+        .map(|touched| touched.map(Arc::unwrap_or_clone))
+        .boxed()
 }
 
 /// An `Api` of `namespace`, or of all namespaces when `None`.
@@ -508,6 +579,94 @@ mod tests {
             resent.extend(stream.next().await);
         }
         assert_eq!(names(&resent), ["a", "b", "c", "d", "e"], "{resent:?}");
+    }
+
+    fn versioned(name: &str, version: &str) -> Arc<ConfigMap> {
+        let mut map = object(name);
+        map.metadata.resource_version = Some(version.into());
+        Arc::new(map)
+    }
+
+    #[test]
+    fn a_relist_announces_what_it_changed_and_what_it_deleted_but_not_what_it_kept() {
+        let before = vec![
+            versioned("kept", "1"),
+            versioned("changed", "2"),
+            versioned("deleted", "3"),
+        ];
+        let after = vec![
+            versioned("kept", "1"),
+            versioned("changed", "7"),
+            versioned("created", "8"),
+        ];
+        let announced: Vec<(String, String)> = relist_changes(before, after)
+            .iter()
+            .map(|m| {
+                (
+                    m.metadata.name.clone().unwrap_or_default(),
+                    m.metadata.resource_version.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let expected = [("changed", "7"), ("created", "8"), ("deleted", "3")]
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+        assert_eq!(announced, expected);
+        let first_list = relist_changes(Vec::new(), vec![versioned("a", "1")]);
+        assert_eq!(
+            names(&first_list),
+            ["a"],
+            "a first list announces everything"
+        );
+    }
+
+    #[tokio::test]
+    async fn settled_objects_yield_a_relist_only_once_the_store_holds_it() {
+        let (store, writer) = reflector::store();
+        let map = |name: &str, version: &str| (*versioned(name, version)).clone();
+        let events = [
+            watcher::Event::Init,
+            watcher::Event::InitApply(map("kept", "1")),
+            watcher::Event::InitApply(map("deleted", "1")),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(map("created", "2")),
+            // The watch lost its place: "deleted" went and "kept" changed meanwhile.
+            watcher::Event::Init,
+            watcher::Event::InitApply(map("kept", "3")),
+            watcher::Event::InitApply(map("created", "2")),
+            watcher::Event::InitDone,
+        ]
+        .map(Ok);
+        let events = reflector::reflector(writer, futures::stream::iter(events));
+        let reader = store.clone();
+        let mut seen: Vec<(String, bool)> = settled_objects(store, events)
+            .map(|touched| {
+                let touched = touched.map_err(|e| e.to_string())?;
+                // What the consumer finds in the store when it is woken by this object.
+                let stored = reader.get(&ObjectRef::from_obj(&touched)).is_some_and(|s| {
+                    s.metadata.resource_version == touched.metadata.resource_version
+                });
+                Ok::<_, String>((touched.metadata.name.unwrap_or_default(), stored))
+            })
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        // A list's objects come in the store's order.
+        seen.sort();
+        let expected = [
+            ("created", true),
+            ("deleted", false),
+            ("deleted", true),
+            ("kept", true),
+            ("kept", true),
+        ]
+        .map(|(name, stored)| (name.to_string(), stored));
+        assert_eq!(
+            seen, expected,
+            "the first list (kept, deleted), the create, then what the relist changed (kept \
+             anew, deleted gone); never an object before the store holds it"
+        );
     }
 
     #[tokio::test]

@@ -387,7 +387,7 @@ fn event_sender(config: &ApiConfig) -> Result<Option<EventSender>, StartError> {
 }
 
 /// The Session watch of `namespace` and the store it fills; the stream yields every object
-/// the watch touched.
+/// the watch touched, once the store shows it.
 fn session_watch(
     client: &Client,
     namespace: &str,
@@ -396,16 +396,15 @@ fn session_watch(
     BoxStream<'static, Result<Session, watcher::Error>>,
 ) {
     let (sessions, writer) = reflector::store();
-    let watch = reflector::reflector(
+    let events = reflector::reflector(
         writer,
         watcher(
             Api::<Session>::namespaced(client.clone(), namespace),
             watcher::Config::default().any_semantic(),
         ),
     )
-    .default_backoff()
-    .touched_objects()
-    .boxed();
+    .default_backoff();
+    let watch = crate::caches::settled_objects(sessions.clone(), events);
     (sessions, watch)
 }
 

@@ -11,6 +11,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+
+use crate::caches::settled_objects;
 use tracing::{info, warn};
 
 pub struct NodeCache {
@@ -26,15 +28,18 @@ impl NodeCache {
     pub fn start(client: &Client) -> (NodeCache, BoxFuture<'static, ()>) {
         let (nodes, node_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
-        let node_watch = reflector::reflector(
-            node_writer,
-            watcher(
-                Api::<Node>::all(client.clone()),
-                watcher::Config::default().any_semantic(),
-            ),
-        )
-        .default_backoff()
-        .touched_objects();
+        // Each change is announced once the store shows it (a relist when it is complete).
+        let node_watch = settled_objects(
+            nodes.clone(),
+            reflector::reflector(
+                node_writer,
+                watcher(
+                    Api::<Node>::all(client.clone()),
+                    watcher::Config::default().any_semantic(),
+                ),
+            )
+            .default_backoff(),
+        );
         let pod_watch = reflector::reflector(
             pod_writer,
             watcher(
@@ -45,8 +50,7 @@ impl NodeCache {
             )
             .modify(strip_pod),
         )
-        .default_backoff()
-        .touched_objects();
+        .default_backoff();
         let loaded = Arc::new(AtomicBool::new(false));
         let changes = tokio::sync::watch::Sender::new(0u64);
         let drive = {
