@@ -226,6 +226,7 @@ impl World {
             ingress: self.ingress.as_deref(),
             home_claim: self.home_claim.as_deref(),
             pods: self.pods.iter().map(Arc::as_ref).collect(),
+            now: Timestamp::now(),
         }
     }
 }

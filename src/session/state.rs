@@ -8,6 +8,7 @@
 //! running      invalid         any                           -> Failed (TemplateInvalid)
 //! running      valid           pod ready, replica available  -> Running
 //! running      valid           otherwise                     -> Pending (Starting)
+//!                                                               (pod named after 10 s)
 //! hibernated   any             any                           -> Hibernated (replicas 0)
 //! terminated   any             any                           -> Terminated (Deployment deleted)
 //! ```
@@ -37,6 +38,11 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check of a session that waits on something the watches may not report (a Template
 /// created in a namespace we do not watch, a pod that never schedules).
 const WAITING_RECHECK: Duration = Duration::from_secs(30);
+/// How long a starting pod goes unnamed in the status. Most pods are ready sooner, and are
+/// named in the same write that says Running; naming each one as it appears would cost every
+/// session a status write of its own. A pod that takes longer is named, so that whoever looks
+/// at a slow start can find it.
+pub const POD_NAMING_DELAY: Duration = Duration::from_secs(10);
 
 /// What the reconciler observed about the session's children.
 #[derive(Default)]
@@ -48,6 +54,8 @@ pub struct Observed<'a> {
     pub home_claim: Option<&'a PersistentVolumeClaim>,
     /// Pods labelled with this session.
     pub pods: Vec<&'a Pod>,
+    /// When these were read.
+    pub now: Timestamp,
 }
 
 /// What to do with the session's Deployment.
@@ -219,12 +227,18 @@ fn running(
             .filter(|_| decision.deployment == DeploymentChange::Keep),
     );
     let (phase, pod) = running_phase(available, &observed.pods);
-    decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
+    let unnamed_for = match pod {
+        Some(pod) if phase != SessionPhase::Running => naming_delay_left(pod, observed.now),
+        _ => None,
+    };
+    if unnamed_for.is_none() {
+        decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
+    }
     decision.status.url = Some(ctx.url());
     let ready = if phase == SessionPhase::Running {
         condition(CONDITION_READY, true, "Running", "session is running")
     } else {
-        decision.recheck = WAITING_RECHECK;
+        decision.recheck = unnamed_for.map_or(WAITING_RECHECK, |left| left.min(WAITING_RECHECK));
         not_ready(
             "Starting",
             "waiting for the session pod to become ready".into(),
@@ -250,6 +264,15 @@ fn running(
         },
         ready,
     ];
+}
+
+/// How much longer a starting pod goes unnamed ([`POD_NAMING_DELAY`]); `None` once it is to be
+/// named (also when its creation time is unknown).
+fn naming_delay_left(pod: &Pod, now: Timestamp) -> Option<Duration> {
+    let created = pod.metadata.creation_timestamp.as_ref()?.0;
+    let waited = now.duration_since(created);
+    let left = POD_NAMING_DELAY.checked_sub(waited.try_into().unwrap_or(Duration::ZERO))?;
+    (!left.is_zero()).then_some(left)
 }
 
 /// True when the live Deployment already is what we would apply.

@@ -91,6 +91,7 @@ fn ready_pod_and_available_replica_mean_running_with_no_changes() {
         ingress: ingress.as_ref(),
         home_claim: Some(&claim),
         pods: vec![&ready],
+        ..Observed::default()
     };
     let decision = decide(&ctx, &observed);
     assert_eq!(decision.deployment, DeploymentChange::Keep);
@@ -122,6 +123,58 @@ fn available_replica_without_ready_pod_is_still_pending() {
     );
     assert_eq!(decision.status.phase, SessionPhase::Pending);
     assert_eq!(decision.status.pod_name.as_deref(), Some("p"));
+}
+
+#[test]
+fn a_starting_pod_is_named_only_once_it_has_waited_the_naming_delay() {
+    let spec = spec("running");
+    let template = template();
+    let created: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let pod_created_at = |name: &str, ready: bool| {
+        let mut pod = pod(name, ready);
+        pod.metadata.creation_timestamp = Some(Time(created));
+        pod
+    };
+    let (starting, ready) = (pod_created_at("p", false), pod_created_at("p", true));
+    let at = |seconds: i64| created + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+    let deployment = desired_deployment(&spec, 0);
+    let decide_at = |pod: &Pod, now: Timestamp, available: &Deployment| {
+        decide_for(
+            &spec,
+            &Observed {
+                template: Some(&template),
+                deployment: Some(available),
+                pods: vec![pod],
+                now,
+                ..Observed::default()
+            },
+        )
+    };
+
+    let young = decide_at(&starting, at(3), &deployment);
+    assert_eq!(young.status.phase, SessionPhase::Pending);
+    assert_eq!(
+        young.status.pod_name, None,
+        "named in the write that says Running"
+    );
+    assert_eq!(
+        young.recheck,
+        Duration::from_secs(7),
+        "looked at again when due"
+    );
+
+    let slow = decide_at(&starting, at(10), &deployment);
+    assert_eq!(
+        slow.status.pod_name.as_deref(),
+        Some("p"),
+        "a slow start names it"
+    );
+    assert_eq!(slow.recheck, WAITING_RECHECK);
+
+    let available = desired_deployment(&spec, 1);
+    let running = decide_at(&ready, at(1), &available);
+    assert_eq!(running.status.phase, SessionPhase::Running);
+    assert_eq!(running.status.pod_name.as_deref(), Some("p"));
 }
 
 #[test]
