@@ -97,6 +97,8 @@ impl Default for NodeOperationSettings {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// Events a reconcile sends without waiting for them (the same recorder behind it).
+    pub events: crate::events::EventQueue,
     pub metrics: SharedMetrics,
     pub config: Config,
     pub session_stores: SessionStores,

@@ -199,6 +199,7 @@ async fn build_context(
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        events: crate::events::EventQueue::start(recorder.clone()),
         recorder,
         waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
         shadow: ShadowReports::new(metrics.ownership.clone()),

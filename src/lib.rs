@@ -43,6 +43,7 @@ pub mod controller;
 pub mod crd;
 pub mod dev;
 pub mod devcluster;
+pub mod events;
 pub mod flags_cli;
 pub mod gitops;
 pub mod http;

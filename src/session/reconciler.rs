@@ -110,19 +110,23 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
 
     let previous_phase = session.status.as_ref().and_then(|s| s.phase.clone());
     let generation = session.meta().generation;
-    if let Some(status) = state::status_update(
-        session.status.as_ref(),
-        &decision.status,
-        generation,
-        Timestamp::now(),
-    ) {
+    let now = Timestamp::now();
+    let update = state::status_update(session.status.as_ref(), &decision.status, generation, now);
+    let held_back = update
+        .as_ref()
+        .and_then(|update| state::progress_wait(session.status.as_ref(), update, now));
+    if let Some(left) = held_back {
+        ctx.backoff.succeeded(&backoff_key(&session));
+        return Ok(Action::requeue(left.min(decision.recheck)));
+    }
+    if let Some(status) = update {
         let digest = objects::digest(format!("{:?}/{generation:?}", decision.status).as_bytes());
         if writer
             .status(&name, &status, &digest, session.resource_version())
             .await?
             && previous_phase.as_ref() != Some(&decision.status.phase)
         {
-            publish_phase_event(&ctx, &session, &decision.status).await;
+            publish_phase_event(&ctx, &session, &decision.status);
         }
     }
     ctx.backoff.succeeded(&backoff_key(&session));
@@ -226,7 +230,6 @@ impl World {
             ingress: self.ingress.as_deref(),
             home_claim: self.home_claim.as_deref(),
             pods: self.pods.iter().map(Arc::as_ref).collect(),
-            now: Timestamp::now(),
         }
     }
 }
@@ -518,7 +521,7 @@ where
     body
 }
 
-async fn publish_phase_event(ctx: &Context, session: &Session, status: &state::StatusReport) {
+fn publish_phase_event(ctx: &Context, session: &Session, status: &state::StatusReport) {
     let ready = status
         .conditions
         .iter()
@@ -539,7 +542,6 @@ async fn publish_phase_event(ctx: &Context, session: &Session, status: &state::S
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
-        warn!(%error, "could not publish session event");
-    }
+    // Not awaited: the reconcile slot is not held for a note to people.
+    ctx.events.publish(event, session.object_ref(&()));
 }

@@ -166,7 +166,6 @@ mod tests {
             ingress: ingress.as_ref(),
             home_claim: Some(&claim),
             pods: vec![],
-            ..Observed::default()
         };
         let cases: Vec<(&str, &SessionSpec, Observed<'_>, SessionStatus, Vec<&str>)> = vec![
             (

@@ -8,7 +8,6 @@
 //! running      invalid         any                           -> Failed (TemplateInvalid)
 //! running      valid           pod ready, replica available  -> Running
 //! running      valid           otherwise                     -> Pending (Starting)
-//!                                                               (pod named after 10 s)
 //! hibernated   any             any                           -> Hibernated (replicas 0)
 //! terminated   any             any                           -> Terminated (Deployment deleted)
 //! ```
@@ -38,11 +37,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check of a session that waits on something the watches may not report (a Template
 /// created in a namespace we do not watch, a pod that never schedules).
 const WAITING_RECHECK: Duration = Duration::from_secs(30);
-/// How long a starting pod goes unnamed in the status. Most pods are ready sooner, and are
-/// named in the same write that says Running; naming each one as it appears would cost every
-/// session a status write of its own. A pod that takes longer is named, so that whoever looks
-/// at a slow start can find it.
-pub const POD_NAMING_DELAY: Duration = Duration::from_secs(10);
+/// Least time between two status writes of a session that stays `Pending` ([`progress_wait`]).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What the reconciler observed about the session's children.
 #[derive(Default)]
@@ -54,8 +50,6 @@ pub struct Observed<'a> {
     pub home_claim: Option<&'a PersistentVolumeClaim>,
     /// Pods labelled with this session.
     pub pods: Vec<&'a Pod>,
-    /// When these were read.
-    pub now: Timestamp,
 }
 
 /// What to do with the session's Deployment.
@@ -227,18 +221,12 @@ fn running(
             .filter(|_| decision.deployment == DeploymentChange::Keep),
     );
     let (phase, pod) = running_phase(available, &observed.pods);
-    let unnamed_for = match pod {
-        Some(pod) if phase != SessionPhase::Running => naming_delay_left(pod, observed.now),
-        _ => None,
-    };
-    if unnamed_for.is_none() {
-        decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
-    }
+    decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
     decision.status.url = Some(ctx.url());
     let ready = if phase == SessionPhase::Running {
         condition(CONDITION_READY, true, "Running", "session is running")
     } else {
-        decision.recheck = unnamed_for.map_or(WAITING_RECHECK, |left| left.min(WAITING_RECHECK));
+        decision.recheck = WAITING_RECHECK;
         not_ready(
             "Starting",
             "waiting for the session pod to become ready".into(),
@@ -264,15 +252,6 @@ fn running(
         },
         ready,
     ];
-}
-
-/// How much longer a starting pod goes unnamed ([`POD_NAMING_DELAY`]); `None` once it is to be
-/// named (also when its creation time is unknown).
-fn naming_delay_left(pod: &Pod, now: Timestamp) -> Option<Duration> {
-    let created = pod.metadata.creation_timestamp.as_ref()?.0;
-    let waited = now.duration_since(created);
-    let left = POD_NAMING_DELAY.checked_sub(waited.try_into().unwrap_or(Duration::ZERO))?;
-    (!left.is_zero()).then_some(left)
 }
 
 /// True when the live Deployment already is what we would apply.
@@ -482,6 +461,36 @@ pub fn status_update(
         reconciled_at: Some(Time(now)),
         ..SessionStatus::default()
     })
+}
+
+/// How long to hold back `update`, a status write of a session that was `Pending` and still is,
+/// or `None` to write it now.
+///
+/// While a session starts, its progress details change several times (claim created, claim
+/// bound, pod named, Deployment available), and most sessions are `Running` within seconds.
+/// Writing each step would cost every session a status write per step, so a starting session's
+/// progress is written at most once per [`PROGRESS_INTERVAL`] after its last status write: a
+/// quick start costs two writes (`Pending`, `Running`), a slow one shows its progress
+/// at that pace. A change of phase, of the generation observed or of the URL is written at once.
+pub fn progress_wait(
+    current: Option<&SessionStatus>,
+    update: &SessionStatus,
+    now: Timestamp,
+) -> Option<Duration> {
+    let current = current?;
+    let still_starting = current.phase == Some(SessionPhase::Pending)
+        && update.phase == Some(SessionPhase::Pending)
+        && current.observed_generation == update.observed_generation
+        && current.url == update.url;
+    if !still_starting {
+        return None;
+    }
+    let written = current.reconciled_at.as_ref()?.0;
+    // A last write stamped in the future (another replica's clock) does not hold anything back.
+    let since = Duration::try_from(now.duration_since(written)).ok()?;
+    PROGRESS_INTERVAL
+        .checked_sub(since)
+        .filter(|left| !left.is_zero())
 }
 
 /// Condition types this reconciler owns; others' conditions are never compared or written.

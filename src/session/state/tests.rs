@@ -91,7 +91,6 @@ fn ready_pod_and_available_replica_mean_running_with_no_changes() {
         ingress: ingress.as_ref(),
         home_claim: Some(&claim),
         pods: vec![&ready],
-        ..Observed::default()
     };
     let decision = decide(&ctx, &observed);
     assert_eq!(decision.deployment, DeploymentChange::Keep);
@@ -123,58 +122,6 @@ fn available_replica_without_ready_pod_is_still_pending() {
     );
     assert_eq!(decision.status.phase, SessionPhase::Pending);
     assert_eq!(decision.status.pod_name.as_deref(), Some("p"));
-}
-
-#[test]
-fn a_starting_pod_is_named_only_once_it_has_waited_the_naming_delay() {
-    let spec = spec("running");
-    let template = template();
-    let created: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-    let pod_created_at = |name: &str, ready: bool| {
-        let mut pod = pod(name, ready);
-        pod.metadata.creation_timestamp = Some(Time(created));
-        pod
-    };
-    let (starting, ready) = (pod_created_at("p", false), pod_created_at("p", true));
-    let at = |seconds: i64| created + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
-    let deployment = desired_deployment(&spec, 0);
-    let decide_at = |pod: &Pod, now: Timestamp, available: &Deployment| {
-        decide_for(
-            &spec,
-            &Observed {
-                template: Some(&template),
-                deployment: Some(available),
-                pods: vec![pod],
-                now,
-                ..Observed::default()
-            },
-        )
-    };
-
-    let young = decide_at(&starting, at(3), &deployment);
-    assert_eq!(young.status.phase, SessionPhase::Pending);
-    assert_eq!(
-        young.status.pod_name, None,
-        "named in the write that says Running"
-    );
-    assert_eq!(
-        young.recheck,
-        Duration::from_secs(7),
-        "looked at again when due"
-    );
-
-    let slow = decide_at(&starting, at(10), &deployment);
-    assert_eq!(
-        slow.status.pod_name.as_deref(),
-        Some("p"),
-        "a slow start names it"
-    );
-    assert_eq!(slow.recheck, WAITING_RECHECK);
-
-    let available = desired_deployment(&spec, 1);
-    let running = decide_at(&ready, at(1), &available);
-    assert_eq!(running.status.phase, SessionPhase::Running);
-    assert_eq!(running.status.pod_name.as_deref(), Some("p"));
 }
 
 #[test]
@@ -398,4 +345,52 @@ fn status_update_removes_a_condition_we_no_longer_report() {
         ..Condition::default()
     });
     assert!(status_update(Some(&current), &report(SessionPhase::Running), Some(1), t0).is_some());
+}
+
+#[test]
+fn a_starting_session_writes_its_progress_at_most_once_per_interval() {
+    let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+    let at = |seconds: i64| t0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+    let pending = |pod: Option<&str>| StatusReport {
+        pod_name: pod.map(str::to_string),
+        ..report(SessionPhase::Pending)
+    };
+    let first = status_update(None, &pending(None), Some(1), t0).expect("first write");
+    assert_eq!(
+        progress_wait(None, &first, t0),
+        None,
+        "the first status at once"
+    );
+
+    let named = status_update(Some(&first), &pending(Some("p")), Some(1), at(3)).expect("change");
+    assert_eq!(
+        progress_wait(Some(&first), &named, at(3)),
+        Some(Duration::from_secs(7)),
+        "progress waits for the rest of the interval"
+    );
+    assert_eq!(progress_wait(Some(&first), &named, at(10)), None);
+    assert_eq!(
+        progress_wait(Some(&first), &named, at(-5)),
+        None,
+        "a last write stamped in the future holds nothing back"
+    );
+
+    let running = status_update(Some(&first), &report(SessionPhase::Running), Some(1), at(1));
+    let running = running.expect("phase change");
+    assert_eq!(
+        progress_wait(Some(&first), &running, at(1)),
+        None,
+        "phase at once"
+    );
+    let edited = status_update(Some(&first), &pending(Some("p")), Some(2), at(1)).expect("gen");
+    assert_eq!(
+        progress_wait(Some(&first), &edited, at(1)),
+        None,
+        "new generation at once"
+    );
+    let unstamped = SessionStatus {
+        reconciled_at: None,
+        ..first.clone()
+    };
+    assert_eq!(progress_wait(Some(&unstamped), &named, at(1)), None);
 }
