@@ -99,6 +99,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Events a reconcile sends without waiting for them (the same recorder behind it).
     pub events: crate::events::EventQueue,
+    /// Session Service writes a reconcile does not wait for.
+    pub session_services: Arc<crate::session::detached::Detached>,
     pub metrics: SharedMetrics,
     pub config: Config,
     pub session_stores: SessionStores,

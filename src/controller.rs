@@ -200,6 +200,9 @@ async fn build_context(
     let ctx = Arc::new(Context {
         client: client.clone(),
         events: crate::events::EventQueue::start(recorder.clone()),
+        session_services: Arc::new(crate::session::detached::Detached::new(usize::from(
+            config.concurrency,
+        ))),
         recorder,
         waker: Waker::new(client.clone(), metrics.clone(), config.flags.clone()),
         shadow: ShadowReports::new(metrics.ownership.clone()),
@@ -385,6 +388,7 @@ fn sessions(
         .watches_shared_stream(caches.templates.subscribe(), sessions_of_template)
         .watches_shared_stream(caches.claims.subscribe(), sessions_of_claim)
         .reconcile_all_on(flag_changes(&ctx.flags, ResourceType::Sessions))
+        .reconcile_on(ctx.session_services.retries())
         .graceful_shutdown_on(stop)
         .run(
             session_reconciler::reconcile,

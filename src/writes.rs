@@ -142,6 +142,17 @@ impl WriteLog {
         }
     }
 
+    /// A write of `namespace/name` failed after it was recorded: nothing of it is pending.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut entries = self.entries();
+        if let Some(names) = entries.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                entries.remove(namespace);
+            }
+        }
+    }
+
     /// The watch lists again: what it will show is current, so nothing is pending any more.
     pub fn relisted(&self) {
         self.entries().clear();

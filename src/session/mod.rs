@@ -2,6 +2,7 @@
 //! they should be, and the reconciler that applies that decision.
 
 pub mod adopt;
+pub mod detached;
 pub mod fence;
 #[cfg(test)]
 pub(crate) mod fixtures;

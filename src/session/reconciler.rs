@@ -81,10 +81,8 @@ pub async fn reconcile(session: Arc<Session>, ctx: Arc<Context>) -> Result<Actio
         async {
             match &decision.service {
                 Some(desired) => {
-                    let log = &stores.written.services;
-                    writer
-                        .apply("service", &child, desired, log, version(&world.service))
-                        .await
+                    let cached = version(&world.service);
+                    writer.service(&session, &child, desired, cached).await
                 }
                 None => Ok(()),
             }
@@ -382,6 +380,42 @@ impl Writer<'_> {
             .await
             .map_err(KubeFailure::during("applying a session object"))?;
         log.wrote(self.namespace, name, &digest, applied.resource_version());
+        Ok(())
+    }
+
+    /// Starts the Service write without waiting for it ([`super::detached`]), or writes it
+    /// inline when the last detached write failed.
+    async fn service(
+        &self,
+        session: &Session,
+        name: &str,
+        desired: &Service,
+        cached: Option<String>,
+    ) -> Result<()> {
+        let log = &self.written.services;
+        let session = ObjectRef::from_obj(session);
+        if self.ctx.session_services.take_failure(&session) {
+            return self.apply("service", name, desired, log, cached).await;
+        }
+        let digest = objects::recorded_hash(desired)
+            .unwrap_or_default()
+            .to_string();
+        if self.pending(log, name, &digest, cached.as_deref()) {
+            return Ok(());
+        }
+        self.ctx.metrics.reconcilers.write(CONTROLLER, "service");
+        let write = super::detached::ServiceWrite {
+            api: self.api(),
+            params: PatchParams::apply(FIELD_MANAGER).force(),
+            namespace: self.namespace.to_string(),
+            name: name.to_string(),
+            digest,
+            body: with_type_meta(desired),
+            session,
+        };
+        self.ctx
+            .session_services
+            .start(write, log.clone(), self.ctx.metrics.clone());
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! any          any             bad resource quantity         -> Failed (InvalidResources)
 //! running      missing         any                           -> Pending (TemplateNotFound)
 //! running      invalid         any                           -> Failed (TemplateInvalid)
-//! running      valid           pod ready, replica available  -> Running
+//! running      valid           pod ready, replica available,
+//!                              Service cached                -> Running
 //! running      valid           otherwise                     -> Pending (Starting)
 //! hibernated   any             any                           -> Hibernated (replicas 0)
 //! terminated   any             any                           -> Terminated (Deployment deleted)
@@ -220,17 +221,25 @@ fn running(
             .deployment
             .filter(|_| decision.deployment == DeploymentChange::Keep),
     );
-    let (phase, pod) = running_phase(available, &observed.pods);
+    let (pod_phase, pod) = running_phase(available, &observed.pods);
+    // The session is reached through its Service, which is written apart from the reconcile
+    // (`detached`): Running waits until the cache shows it.
+    let phase = match (&pod_phase, observed.service) {
+        (SessionPhase::Running, None) => SessionPhase::Pending,
+        (phase, _) => phase.clone(),
+    };
     decision.status.pod_name = pod.and_then(|p| p.metadata.name.clone());
     decision.status.url = Some(ctx.url());
     let ready = if phase == SessionPhase::Running {
         condition(CONDITION_READY, true, "Running", "session is running")
     } else {
         decision.recheck = WAITING_RECHECK;
-        not_ready(
-            "Starting",
-            "waiting for the session pod to become ready".into(),
-        )
+        let waiting_for = if pod_phase == SessionPhase::Running {
+            "waiting for the session's Service"
+        } else {
+            "waiting for the session pod to become ready"
+        };
+        not_ready("Starting", waiting_for.into())
     };
     decision.status.phase = phase;
     decision.status.conditions = vec![

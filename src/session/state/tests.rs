@@ -394,3 +394,26 @@ fn a_starting_session_writes_its_progress_at_most_once_per_interval() {
     };
     assert_eq!(progress_wait(Some(&unstamped), &named, at(1)), None);
 }
+
+#[test]
+fn a_ready_pod_without_its_service_in_the_cache_is_still_pending() {
+    let spec = spec("running");
+    let template = template();
+    let deployment = desired_deployment(&spec, 1);
+    let ready = pod("p", true);
+    let decision = decide_for(
+        &spec,
+        &Observed {
+            template: Some(&template),
+            deployment: Some(&deployment),
+            pods: vec![&ready],
+            ..Observed::default()
+        },
+    );
+    assert_eq!(decision.status.phase, SessionPhase::Pending);
+    assert!(decision.service.is_some(), "the Service is (re)written");
+    assert_eq!(
+        condition_of(&decision, CONDITION_READY).map(|c| c.message.as_str()),
+        Some("waiting for the session's Service")
+    );
+}
