@@ -38,8 +38,9 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check of a session that waits on something the watches may not report (a Template
 /// created in a namespace we do not watch, a pod that never schedules).
 const WAITING_RECHECK: Duration = Duration::from_secs(30);
-/// Least time between two status writes of a session that stays `Pending` ([`progress_wait`]).
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Least time between two status writes of a session that stays `Pending` ([`progress_wait`]);
+/// the pace at which a waiting session is looked at anyway.
+pub const PROGRESS_INTERVAL: Duration = WAITING_RECHECK;
 
 /// What the reconciler observed about the session's children.
 #[derive(Default)]
@@ -480,15 +481,24 @@ pub fn status_update(
 /// Writing each step would cost every session a status write per step, so a starting session's
 /// progress is written at most once per [`PROGRESS_INTERVAL`] after its last status write: a
 /// quick start costs two writes (`Pending`, `Running`), a slow one shows its progress
-/// at that pace. A change of phase, of the generation observed or of the URL is written at once.
+/// at that pace. A change of phase, of why the session is not ready (a Template that appeared),
+/// of the generation observed or of the URL is written at once.
 pub fn progress_wait(
     current: Option<&SessionStatus>,
     update: &SessionStatus,
     now: Timestamp,
 ) -> Option<Duration> {
     let current = current?;
+    let ready_reason = |status: &SessionStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_READY)
+            .map(|c| c.reason.clone())
+    };
     let still_starting = current.phase == Some(SessionPhase::Pending)
         && update.phase == Some(SessionPhase::Pending)
+        && ready_reason(current) == ready_reason(update)
         && current.observed_generation == update.observed_generation
         && current.url == update.url;
     if !still_starting {

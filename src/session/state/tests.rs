@@ -365,10 +365,10 @@ fn a_starting_session_writes_its_progress_at_most_once_per_interval() {
     let named = status_update(Some(&first), &pending(Some("p")), Some(1), at(3)).expect("change");
     assert_eq!(
         progress_wait(Some(&first), &named, at(3)),
-        Some(Duration::from_secs(7)),
+        Some(PROGRESS_INTERVAL - Duration::from_secs(3)),
         "progress waits for the rest of the interval"
     );
-    assert_eq!(progress_wait(Some(&first), &named, at(10)), None);
+    assert_eq!(progress_wait(Some(&first), &named, at(30)), None);
     assert_eq!(
         progress_wait(Some(&first), &named, at(-5)),
         None,
@@ -387,6 +387,22 @@ fn a_starting_session_writes_its_progress_at_most_once_per_interval() {
         progress_wait(Some(&first), &edited, at(1)),
         None,
         "new generation at once"
+    );
+    let template_missing = StatusReport {
+        conditions: vec![ConditionReport {
+            type_: CONDITION_READY,
+            status: false,
+            reason: "TemplateNotFound",
+            message: "no template".into(),
+        }],
+        ..pending(None)
+    };
+    let missing = status_update(None, &template_missing, Some(1), t0).expect("first write");
+    let found = status_update(Some(&missing), &pending(None), Some(1), at(1)).expect("change");
+    assert_eq!(
+        progress_wait(Some(&missing), &found, at(1)),
+        None,
+        "a new reason for not being ready at once"
     );
     let unstamped = SessionStatus {
         reconciled_at: None,
