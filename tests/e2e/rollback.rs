@@ -118,6 +118,17 @@ fn api_idle_stops(api: &RunningApi) -> u64 {
     )
 }
 
+/// The monitor's idle stops once it counted one. It counts after its last write (clearing the
+/// operation mark), so the session can read hibernated a moment before the count.
+async fn wait_idle_stops(api: &RunningApi) -> u64 {
+    wait_for(
+        "the API's monitor to count its stop",
+        || async { api_idle_stops(api) },
+        |n| *n >= 1,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn rollback_idle_legacy_is_hibernated_by_the_api() {
     let env = TestEnv::new("rollback-idle").await;
@@ -157,7 +168,11 @@ async fn rollback_idle_legacy_is_hibernated_by_the_api() {
     )
     .await;
     wait_replicas(&env, &name, 0).await;
-    assert_eq!(api_idle_stops(&api), 1, "the API's monitor stopped it");
+    assert_eq!(
+        wait_idle_stops(&api).await,
+        1,
+        "the API's monitor stopped it"
+    );
     assert_eq!(
         env.metric("streamspace_idle_session_stops", "reason=\"Idle\""),
         0.0,
@@ -250,7 +265,11 @@ async fn rollback_controller_stopped_every_flag_legacy_the_api_does_everything()
     )
     .await;
     wait_replicas(&env, &name, 0).await;
-    assert_eq!(api_idle_stops(&api), 1, "the API's monitor stopped it");
+    assert_eq!(
+        wait_idle_stops(&api).await,
+        1,
+        "the API's monitor stopped it"
+    );
 
     drop(api);
     delete_flags(&env).await;
