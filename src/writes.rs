@@ -135,22 +135,13 @@ impl WriteLog {
                     && entry.resource_version.as_deref() == resource_version)
         });
         if done {
-            names.remove(name);
-            if names.is_empty() {
-                entries.remove(namespace);
-            }
+            remove(&mut entries, namespace, name);
         }
     }
 
     /// A write of `namespace/name` failed after it was recorded: nothing of it is pending.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let mut entries = self.entries();
-        if let Some(names) = entries.get_mut(namespace) {
-            names.remove(name);
-            if names.is_empty() {
-                entries.remove(namespace);
-            }
-        }
+        remove(&mut self.entries(), namespace, name);
     }
 
     /// The watch lists again: what it will show is current, so nothing is pending any more.
@@ -165,6 +156,16 @@ impl WriteLog {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Drops the entry of `namespace/name`, and the namespace's map once empty.
+fn remove(entries: &mut HashMap<String, HashMap<String, Entry>>, namespace: &str, name: &str) {
+    if let Some(names) = entries.get_mut(namespace) {
+        names.remove(name);
+        if names.is_empty() {
+            entries.remove(namespace);
+        }
     }
 }
 

@@ -345,6 +345,26 @@ impl Writer<'_> {
         pending
     }
 
+    /// The digest of `object` when a write of it is due (counted as one), `None` when it
+    /// would repeat our last write of it, which the cache does not show yet.
+    fn due<K: Hashed>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        object: &K,
+        log: &WriteLog,
+        cached: Option<String>,
+    ) -> Option<String> {
+        let digest = objects::recorded_hash(object)
+            .unwrap_or_default()
+            .to_string();
+        if self.pending(log, name, &digest, cached.as_deref()) {
+            return None;
+        }
+        self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
+        Some(digest)
+    }
+
     async fn apply<K>(
         &self,
         kind: &'static str,
@@ -361,15 +381,11 @@ impl Writer<'_> {
             + Clone
             + std::fmt::Debug,
     {
-        let digest = objects::recorded_hash(object)
-            .unwrap_or_default()
-            .to_string();
-        if self.pending(log, name, &digest, cached.as_deref()) {
+        let Some(digest) = self.due(kind, name, object, log, cached) else {
             return Ok(());
-        }
+        };
         // Server-side apply needs the type information in the body.
         let body = with_type_meta(object);
-        self.ctx.metrics.reconcilers.write(CONTROLLER, kind);
         let applied = self
             .api::<K>()
             .patch(
@@ -397,13 +413,9 @@ impl Writer<'_> {
         if self.ctx.session_services.take_failure(&session) {
             return self.apply("service", name, desired, log, cached).await;
         }
-        let digest = objects::recorded_hash(desired)
-            .unwrap_or_default()
-            .to_string();
-        if self.pending(log, name, &digest, cached.as_deref()) {
+        let Some(digest) = self.due("service", name, desired, log, cached) else {
             return Ok(());
-        }
-        self.ctx.metrics.reconcilers.write(CONTROLLER, "service");
+        };
         let write = super::detached::ServiceWrite {
             api: self.api(),
             params: PatchParams::apply(FIELD_MANAGER).force(),
