@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use crate::crd::{FeatureFlag, Session, Template};
 use crate::session::names::{APP_SESSION, APP_USER_HOME, SESSION_LABEL};
 use crate::supervisor::SupervisorHandle;
-use crate::writes::WriteLog;
+use crate::writes::{Deletions, WriteLog};
 
 /// A watch cache closed before it loaded: the process is shutting down.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +375,8 @@ pub struct SessionWrites {
     pub services: Arc<WriteLog>,
     pub ingresses: Arc<WriteLog>,
     pub claims: Arc<WriteLog>,
+    /// Objects the reconciler deleted (the old controller's, on adoption).
+    pub deleted: Arc<Deletions>,
 }
 
 /// The controller process's caches, one per kind.
@@ -393,6 +395,8 @@ pub struct Caches {
     pub claims: Shared<PersistentVolumeClaim>,
     pub nodes: Shared<Node>,
     pub flags: Shared<FeatureFlag>,
+    /// Deletions of the session reconciler these caches do not show yet.
+    deleted: Arc<Deletions>,
     loaded: watch::Receiver<bool>,
 }
 
@@ -472,6 +476,7 @@ impl Caches {
                 watcher::Config::default(),
                 trim::bookkeeping,
             ),
+            deleted: Arc::default(),
             loaded,
         };
         let all = caches.clone();
@@ -523,6 +528,7 @@ impl Caches {
                 services: self.services.writes(),
                 ingresses: self.ingresses.writes(),
                 claims: self.claims.writes(),
+                deleted: self.deleted.clone(),
             },
         }
     }

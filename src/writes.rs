@@ -159,6 +159,48 @@ impl WriteLog {
     }
 }
 
+/// Objects this process deleted, by UID, until their watch cache has surely dropped them.
+///
+/// A delete reaches the cache a moment after the server answered it, like any write. A UID is
+/// never reused, so a cached object whose UID is here is already gone: a reconcile in between
+/// must not act on it (delete it again, count the adoption twice). An entry expires after
+/// [`PENDING_FOR`].
+#[derive(Debug, Default)]
+pub struct Deletions {
+    uids: Mutex<HashMap<String, Instant>>,
+}
+
+impl Deletions {
+    fn uids(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.uids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that the object with `uid` was deleted.
+    pub fn deleted(&self, uid: &str) {
+        self.deleted_at(uid, Instant::now());
+    }
+
+    fn deleted_at(&self, uid: &str, at: Instant) {
+        let mut uids = self.uids();
+        if uids.len() > SWEEP_ABOVE {
+            uids.retain(|_, when| at.duration_since(*when) < PENDING_FOR);
+        }
+        uids.insert(uid.to_string(), at);
+    }
+
+    /// True when the object with `uid` (`None`: an object without one) was deleted by us.
+    pub fn is_deleted(&self, uid: Option<&str>) -> bool {
+        self.is_deleted_at(uid, Instant::now())
+    }
+
+    fn is_deleted_at(&self, uid: Option<&str>, now: Instant) -> bool {
+        uid.and_then(|uid| self.uids().get(uid).copied())
+            .is_some_and(|at| now.duration_since(at) < PENDING_FOR)
+    }
+}
+
 /// Drops the entry of `namespace/name`, and the namespace's map once empty.
 fn remove(entries: &mut HashMap<String, HashMap<String, Entry>>, namespace: &str, name: &str) {
     if let Some(names) = entries.get_mut(namespace) {
@@ -230,6 +272,23 @@ mod tests {
             let pending = log.pending_at("ns", "a", row.digest, row.cached, at + row.age);
             assert_eq!(pending, row.pending, "{}", row.case);
         }
+    }
+
+    #[test]
+    fn a_deleted_uid_stays_deleted_until_it_expires() {
+        let deletions = Deletions::default();
+        let at = Instant::now();
+        deletions.deleted_at("u1", at);
+        assert!(deletions.is_deleted_at(Some("u1"), at));
+        assert!(!deletions.is_deleted_at(Some("u2"), at), "another object");
+        assert!(
+            !deletions.is_deleted_at(None, at),
+            "an object without a UID"
+        );
+        assert!(
+            !deletions.is_deleted_at(Some("u1"), at + PENDING_FOR),
+            "expired"
+        );
     }
 
     #[test]

@@ -5,11 +5,12 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -101,24 +102,30 @@ async fn write_condition(ctx: &Context, session: &Session, message: Option<&str>
         })
 }
 
-/// The session's adoption plan from the watch caches.
+/// The session's adoption plan from the watch caches. An object this process deleted is
+/// gone even while its cache still shows it.
 pub fn plan(ctx: &Context, session: &Session, namespace: &str) -> Plan {
     let name = session.name_any();
     let legacy = adopt::legacy_names(&session.spec.user, &session.spec.template);
     let stores = &ctx.session_stores;
+    let deleted = &stores.written.deleted;
+    let present = |meta: &ObjectMeta| !deleted.is_deleted(meta.uid.as_deref());
     let found = adopt::legacy_found(
         stores
             .deployments
             .get(&ObjectRef::new(&legacy.workload).within(namespace))
-            .as_deref(),
+            .as_deref()
+            .filter(|o| present(&o.metadata)),
         stores
             .services
             .get(&ObjectRef::new(&legacy.service).within(namespace))
-            .as_deref(),
+            .as_deref()
+            .filter(|o| present(&o.metadata)),
         stores
             .ingresses
             .get(&ObjectRef::new(&legacy.workload).within(namespace))
-            .as_deref(),
+            .as_deref()
+            .filter(|o| present(&o.metadata)),
     );
     let running = session.spec.desired_state() == crate::crd::SessionState::Running;
     adopt::plan(&name, &names::child_name(&name), running, &found)
@@ -174,9 +181,23 @@ pub async fn adopt(
     Ok(Adoption::Continue)
 }
 
+/// Deletes one old object and remembers its UID, so that reconciles before its cache shows the
+/// deletion do not see it. The UID is a precondition: a newer object of the same name is left.
 async fn delete(ctx: &Context, namespace: &str, object: &LegacyObject) -> Result<()> {
+    let stores = &ctx.session_stores;
+    let uid = match object.kind {
+        LegacyKind::Deployment => cached_uid(&stores.deployments, namespace, &object.name),
+        LegacyKind::Service => cached_uid(&stores.services, namespace, &object.name),
+        LegacyKind::Ingress => cached_uid(&stores.ingresses, namespace, &object.name),
+    };
     let client = ctx.client.clone();
-    let params = DeleteParams::background();
+    let params = DeleteParams {
+        preconditions: uid.clone().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
     let kind = match object.kind {
         LegacyKind::Deployment => "deployment",
         LegacyKind::Service => "service",
@@ -198,13 +219,28 @@ async fn delete(ctx: &Context, namespace: &str, object: &LegacyObject) -> Result
             .map(|_| ()),
     };
     match result {
-        Ok(()) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(source) => Err(Error::Api(KubeFailure::new(
-            "deleting an object of the old controller",
-            source,
-        ))),
+        // Gone already, or replaced by an object of the same name (the UID precondition).
+        Ok(()) => {}
+        Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+        Err(source) => {
+            return Err(Error::Api(KubeFailure::new(
+                "deleting an object of the old controller",
+                source,
+            )));
+        }
     }
+    if let Some(uid) = uid {
+        stores.written.deleted.deleted(&uid);
+    }
+    Ok(())
+}
+
+fn cached_uid<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let object = store.get(&ObjectRef::new(name).within(namespace))?;
+    object.meta().uid.clone()
 }
 
 async fn publish(ctx: &Context, session: &Session, type_: EventType, reason: &str, note: String) {
