@@ -14,7 +14,11 @@
 //!   settled sessions: any write fails the run;
 //! - the controller's CPU time for the start, its RSS then, and its peak RSS;
 //! - then, over a window in which nothing is due (`BENCH_QUIET_SECONDS`, default 60), its CPU
-//!   as a share of one core, its writes (must be 0) and its RSS.
+//!   as a share of one core, its writes (must be 0) and its RSS;
+//! - what the sessions cost in memory: the RSS of a controller started on an empty namespace,
+//!   the difference per session, and the heap bytes per cached object of each kind the
+//!   controller caches (counted by this process's allocator over a store built from the
+//!   listed objects with the controller's own trimming; [`support::heap`]).
 //!
 //! Sessions idle out after [`IDLE_TIMEOUT`], not the default 30 min: the idle reconciler
 //! starts a running session's idle clock when it first sees it, so with the default a run
@@ -29,7 +33,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, ListParams};
+use streamspace_controller::caches::trim;
 use streamspace_controller::crd::{Session, SessionPhase, SessionState};
 use streamspace_controller::devcluster::ControlPlane;
 use support::floor::{self, ms};
@@ -37,6 +45,8 @@ use support::results::Results;
 use support::{cpu_seconds, free_port, http_get, metric_sum, size};
 
 const NAMESPACE: &str = "bench-startup";
+/// A namespace with nothing in it: the controller's memory without sessions.
+const EMPTY_NAMESPACE: &str = "bench-startup-empty";
 const IN_FLIGHT: usize = 16;
 /// Idle timeout of every session: longer than any run, so none idles out while measured.
 const IDLE_TIMEOUT: &str = "24h";
@@ -44,6 +54,9 @@ const IDLE_TIMEOUT: &str = "24h";
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Longest wait for the measured start to have nothing left to do.
 const START_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[global_allocator]
+static HEAP: support::heap::Counting = support::heap::Counting;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -167,8 +180,106 @@ async fn main() -> anyhow::Result<()> {
             .join("\n")
     );
     let _ = second.process.kill().await;
+    memory(&plane, &client, &results, sessions, rss).await?;
     simulator.stop().await;
     plane.stop().await;
+    Ok(())
+}
+
+/// What the sessions cost in memory. `rss` is the RSS (MiB) of the controller that started
+/// beside them, once it had nothing left to do.
+async fn memory(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    results: &Results,
+    sessions: usize,
+    rss: f64,
+) -> anyhow::Result<()> {
+    support::create_namespace(client, EMPTY_NAMESPACE).await?;
+    let mut empty = Controller::spawn_in(plane, EMPTY_NAMESPACE)?;
+    empty.wait_ready(START_TIMEOUT).await?;
+    empty.wait_nothing_to_do(0, START_TIMEOUT).await?;
+    let empty_rss = support::rss_kib(empty.pid)? as f64 / 1024.0;
+    let _ = empty.process.kill().await;
+    results.record("controller RSS, empty namespace", empty_rss, "MiB", None)?;
+    results.record(
+        "controller RSS per session",
+        (rss - empty_rss) * 1024.0 / sessions as f64,
+        "KiB",
+        None,
+    )?;
+
+    let children = Some("app=streamspace-session");
+    let namespaced = || client.clone();
+    let kinds = [
+        (
+            "Session",
+            support::heap::cached_bytes(
+                Api::<Session>::namespaced(namespaced(), NAMESPACE),
+                None,
+                trim::bookkeeping,
+            )
+            .await?,
+        ),
+        (
+            "Deployment",
+            support::heap::cached_bytes(
+                Api::<Deployment>::namespaced(namespaced(), NAMESPACE),
+                children,
+                trim::deployment,
+            )
+            .await?,
+        ),
+        (
+            "Service",
+            support::heap::cached_bytes(
+                Api::<Service>::namespaced(namespaced(), NAMESPACE),
+                children,
+                trim::service,
+            )
+            .await?,
+        ),
+        (
+            "Ingress",
+            support::heap::cached_bytes(
+                Api::<Ingress>::namespaced(namespaced(), NAMESPACE),
+                children,
+                trim::ingress,
+            )
+            .await?,
+        ),
+        (
+            "Pod",
+            support::heap::cached_bytes(
+                Api::<Pod>::namespaced(namespaced(), NAMESPACE),
+                children,
+                trim::pod,
+            )
+            .await?,
+        ),
+        (
+            "home claim",
+            support::heap::cached_bytes(
+                Api::<PersistentVolumeClaim>::namespaced(namespaced(), NAMESPACE),
+                Some("app=streamspace-user-home"),
+                trim::bookkeeping,
+            )
+            .await?,
+        ),
+        (
+            "Node",
+            support::heap::cached_bytes(Api::<Node>::all(namespaced()), None, trim::node).await?,
+        ),
+    ];
+    for (kind, cached) in kinds {
+        anyhow::ensure!(cached.objects > 0, "no {kind} to measure");
+        results.record(
+            &format!("heap per cached {kind} ({} cached)", cached.objects),
+            cached.bytes_per_object / 1024.0,
+            "KiB",
+            None,
+        )?;
+    }
     Ok(())
 }
 
@@ -181,8 +292,12 @@ struct Controller {
 
 impl Controller {
     fn spawn(plane: &ControlPlane) -> anyhow::Result<Controller> {
+        Controller::spawn_in(plane, NAMESPACE)
+    }
+
+    fn spawn_in(plane: &ControlPlane, namespace: &str) -> anyhow::Result<Controller> {
         let port = free_port()?;
-        let process = support::spawn_controller(plane.kubeconfig_path(), NAMESPACE, port, &[])?;
+        let process = support::spawn_controller(plane.kubeconfig_path(), namespace, port, &[])?;
         let pid = process
             .id()
             .ok_or_else(|| anyhow::anyhow!("controller exited at once"))?;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod floor;
+pub mod heap;
 pub mod results;
 
 use std::path::Path;
