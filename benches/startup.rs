@@ -210,77 +210,87 @@ async fn memory(
     )?;
 
     let children = Some("app=streamspace-session");
-    let namespaced = || client.clone();
-    let kinds = [
-        (
-            "Session",
-            support::heap::cached_bytes(
-                Api::<Session>::namespaced(namespaced(), NAMESPACE),
-                None,
-                trim::bookkeeping,
-            )
-            .await?,
-        ),
-        (
-            "Deployment",
-            support::heap::cached_bytes(
-                Api::<Deployment>::namespaced(namespaced(), NAMESPACE),
-                children,
-                trim::deployment,
-            )
-            .await?,
-        ),
-        (
-            "Service",
-            support::heap::cached_bytes(
-                Api::<Service>::namespaced(namespaced(), NAMESPACE),
-                children,
-                trim::service,
-            )
-            .await?,
-        ),
-        (
-            "Ingress",
-            support::heap::cached_bytes(
-                Api::<Ingress>::namespaced(namespaced(), NAMESPACE),
-                children,
-                trim::ingress,
-            )
-            .await?,
-        ),
-        (
-            "Pod",
-            support::heap::cached_bytes(
-                Api::<Pod>::namespaced(namespaced(), NAMESPACE),
-                children,
-                trim::pod,
-            )
-            .await?,
-        ),
-        (
-            "home claim",
-            support::heap::cached_bytes(
-                Api::<PersistentVolumeClaim>::namespaced(namespaced(), NAMESPACE),
-                Some("app=streamspace-user-home"),
-                trim::bookkeeping,
-            )
-            .await?,
-        ),
-        (
-            "Node",
-            support::heap::cached_bytes(Api::<Node>::all(namespaced()), None, trim::node).await?,
-        ),
-    ];
-    for (kind, cached) in kinds {
-        anyhow::ensure!(cached.objects > 0, "no {kind} to measure");
-        results.record(
-            &format!("heap per cached {kind} ({} cached)", cached.objects),
-            cached.bytes_per_object / 1024.0,
-            "KiB",
-            None,
-        )?;
-    }
+    let c = || client.clone();
+    let ns = NAMESPACE;
+    heap_per_object(
+        results,
+        "Session",
+        Api::<Session>::namespaced(c(), ns),
+        None,
+        trim::bookkeeping,
+    )
+    .await?;
+    heap_per_object(
+        results,
+        "Deployment",
+        Api::<Deployment>::namespaced(c(), ns),
+        children,
+        trim::deployment,
+    )
+    .await?;
+    heap_per_object(
+        results,
+        "Service",
+        Api::<Service>::namespaced(c(), ns),
+        children,
+        trim::service,
+    )
+    .await?;
+    heap_per_object(
+        results,
+        "Ingress",
+        Api::<Ingress>::namespaced(c(), ns),
+        children,
+        trim::ingress,
+    )
+    .await?;
+    heap_per_object(
+        results,
+        "Pod",
+        Api::<Pod>::namespaced(c(), ns),
+        children,
+        trim::pod,
+    )
+    .await?;
+    let claims = Some("app=streamspace-user-home");
+    heap_per_object(
+        results,
+        "home claim",
+        Api::<PersistentVolumeClaim>::namespaced(c(), ns),
+        claims,
+        trim::bookkeeping,
+    )
+    .await?;
+    heap_per_object(results, "Node", Api::<Node>::all(c()), None, trim::node).await?;
     Ok(())
+}
+
+/// Records the heap bytes per cached object of one kind ([`support::heap::cached_bytes`]).
+async fn heap_per_object<K>(
+    results: &Results,
+    kind: &str,
+    api: Api<K>,
+    labels: Option<&str>,
+    trim: fn(&mut K),
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let cached = support::heap::cached_bytes(api, labels, trim).await?;
+    anyhow::ensure!(cached.objects > 0, "no {kind} to measure");
+    results.record(
+        &format!("heap per cached {kind} ({} cached)", cached.objects),
+        cached.bytes_per_object / 1024.0,
+        "KiB",
+        None,
+    )
 }
 
 /// A `streamspace-controller controller` process watching the bench namespace.
